@@ -1,0 +1,1 @@
+"""The `vlcurate` command line: one module per command group, gathered in `main.py`."""

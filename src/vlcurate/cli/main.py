@@ -1,0 +1,46 @@
+"""The `vlcurate` typer app. Each command group lives in its own module with a `register(app)`."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="vlcurate",
+    help="Score, filter and reshard image-caption data; build verified vision-language datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Each module defines `register(app: typer.Typer) -> None`.
+_COMMAND_MODULES = (
+    "vlcurate.cli.score_cmd",
+    "vlcurate.cli.filter_cmd",
+    "vlcurate.cli.reshard_cmd",
+    "vlcurate.cli.models_cmd",
+    "vlcurate.cli.synth_cmd",
+    "vlcurate.cli.demo_cmd",
+)
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:  # a command group not written yet
+        if _exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed vlcurate version."""
+    from vlcurate import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

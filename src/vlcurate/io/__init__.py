@@ -1,0 +1,1 @@
+"""Readers and writers: WebDataset shards, Parquet, image folders, manifests, DataComp subsets."""
