@@ -1,0 +1,84 @@
+"""`vlcurate score`: score every image-caption pair of a dataset with a CLIP-style model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlcurate.cli.errors import user_errors
+
+console = Console()
+
+
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="shards (path, glob, brace pattern, fsspec URL), parquet, folder or manifest")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory (resumes if it exists)")],
+    model: Annotated[str, typer.Option(help="model name; `vlcurate models` lists them")] = "tiny-synth",
+    batch_size: Annotated[int, typer.Option(help="pairs per model call")] = 256,
+    workers: Annotated[int | None, typer.Option(help="decode processes (default: all cores; 0: in-process)")] = None,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16)")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    save_embeddings: Annotated[bool, typer.Option("--save-embeddings", help="also write float16 image/text embeddings")] = False,
+    allow_download: Annotated[bool, typer.Option("--allow-download", help="let the model loader download weights")] = False,
+    fetch_concurrency: Annotated[int, typer.Option(help="parallel downloads for images given by URL")] = 32,
+    fetch_timeout: Annotated[float, typer.Option(help="seconds per image download")] = 10.0,
+    fetch_retries: Annotated[int, typer.Option(help="retries per image download")] = 2,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Score image-caption pairs: cosine similarity in [-1, 1], one Parquet table per input shard."""
+    from vlcurate.models.clip import WeightsNotFoundError
+    from vlcurate.models.registry import UnknownModelError
+    from vlcurate.pipeline.score_config import ScoreConfig
+    from vlcurate.pipeline.score_job import RunMismatchError, score_dataset
+
+    with user_errors(WeightsNotFoundError, UnknownModelError, RunMismatchError, RuntimeError):
+        config = ScoreConfig(
+            model=model,
+            batch_size=batch_size,
+            workers=workers,
+            precision=precision,  # type: ignore[arg-type]
+            device=device,
+            save_embeddings=save_embeddings,
+            allow_download=allow_download,
+            fetch_concurrency=fetch_concurrency,
+            fetch_timeout=fetch_timeout,
+            fetch_retries=fetch_retries,
+            progress=not quiet,
+        )
+        summary = score_dataset(inputs if len(inputs) > 1 else inputs[0], out, config)
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    """A short table of what a scoring run produced."""
+    t = Table(title="vlcurate score", show_header=False)
+    this_run = summary.get("this_run", {})
+    assert isinstance(this_run, dict)
+    model = summary.get("model", {})
+    assert isinstance(model, dict)
+    t.add_row("model", f"{model.get('name')} ({model.get('precision')}, {model.get('device')})")
+    t.add_row("shards", f"{summary['shards_done']}/{summary['shards_total']} done")
+    t.add_row("pairs", f"{summary['pairs']:,}")
+    t.add_row("by status", json.dumps(summary["counts_by_status"]))
+    t.add_row("this run", f"{this_run.get('pairs_this_run', 0):,} pairs at {this_run.get('pairs_per_s') or 0:,.1f} pairs/s")
+    q = summary.get("score_quantiles", {})
+    assert isinstance(q, dict)
+    t.add_row("score q05/q50/q95", f"{q.get('q05')} / {q.get('q50')} / {q.get('q95')}")
+    failed = this_run.get("failed_shards") or []
+    if failed:
+        t.add_row("[red]failed shards[/]", "; ".join(f"{f['shard']}: {f['error']}" for f in failed))
+    partial = summary.get("partial_shards") or []
+    if partial:
+        assert isinstance(partial, list)
+        t.add_row("[yellow]partial shards[/]", "; ".join(f"{p['shard']}: {p['error']}" for p in partial))
+    t.add_row("output", f"{summary['out']}/scores/*.parquet, summary.json")
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

@@ -1,0 +1,157 @@
+"""Decode encoded images into model-ready uint8 arrays, safely, fast, and in worker processes.
+
+Matches open_clip's eval transform (resize the shorter side to the model size with bicubic
+filtering, centre crop); normalisation happens later on the batch, on the model's device.
+JPEGs go through simplejpeg with DCT-domain downscaling (libjpeg-turbo) and everything else
+through Pillow. This module imports no torch so that decode workers start fast and stay small.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 1 << 27  # ~134 MP; a larger image is a decompression bomb for our purposes
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeFailure(Exception):
+    """An image that cannot be used, with the status it gets in the score table."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decode result: the array (None on failure) and the original size."""
+
+    array: np.ndarray | None
+    width: int | None
+    height: int | None
+    status: str = "ok"
+    error: str | None = None
+
+
+def _resize_crop(img: Image.Image, size: int) -> np.ndarray:
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if (nw, nh) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha composited on white, 16/32-bit scaled, CMYK/palette converted."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode in ("I", "F") and arr.max() <= 255:
+            hi = 255.0
+        arr8 = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def decode_image(data: bytes | None, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode `data` to a (size, size, 3) uint8 array, or a failure with its status and reason."""
+    try:
+        if data is None:
+            raise DecodeFailure("missing_image", "no image bytes")
+        if len(data) == 0:
+            raise DecodeFailure("decode_error", "empty image file (0 bytes)")
+        if _is_jpeg(data):
+            fast = _decode_jpeg_fast(data, size, max_pixels)
+            if fast is not None:
+                return fast
+        return _decode_pillow(data, size, max_pixels)
+    except DecodeFailure as exc:
+        return Decoded(None, None, None, exc.status, exc.message)
+    except Exception as exc:  # a decoder bug must not take the worker down
+        return Decoded(None, None, None, "decode_error", f"{type(exc).__name__}: {exc}")
+
+
+def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int) -> Decoded | None:
+    """simplejpeg path; None means 'let Pillow try' (e.g. CMYK or odd JPEGs)."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if w * h > max_pixels:
+        raise DecodeFailure("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=size, min_width=size)
+    except ValueError as exc:
+        raise DecodeFailure("decode_error", f"corrupt or truncated JPEG: {exc}") from exc
+    return Decoded(_resize_crop(Image.fromarray(arr), size), w, h)
+
+
+def _decode_pillow(data: bytes, size: int, max_pixels: int) -> Decoded:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as exc:
+            raise DecodeFailure("decode_error", "not an image (unrecognised format)") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DecodeFailure("too_large", f"decompression bomb: {exc}") from exc
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise DecodeFailure("decode_error", f"invalid image size {w}x{h}")
+        if w * h > max_pixels:
+            raise DecodeFailure("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+        try:
+            if getattr(img, "is_animated", False):
+                img.seek(0)  # first frame of an animated GIF/WebP/PNG
+            img.draft("RGB", (size, size))
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise DecodeFailure("decode_error", f"corrupt or truncated image: {exc}") from exc
+        rgb = _to_rgb(img)
+    return Decoded(_resize_crop(rgb, size), w, h)
+
+
+def decode_chunk(
+    images: list[bytes | None], size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, list[tuple[int, str, str | None, int | None, int | None]]]:
+    """Decode many images in one worker call.
+
+    Returns the stacked arrays of the successes and, per input, (row in that stack or -1,
+    status, error, width, height). One stacked array pickles far faster than many small ones.
+    """
+    arrays: list[np.ndarray] = []
+    meta: list[tuple[int, str, str | None, int | None, int | None]] = []
+    for data in images:
+        d = decode_image(data, size, max_pixels)
+        if d.array is not None:
+            meta.append((len(arrays), d.status, d.error, d.width, d.height))
+            arrays.append(d.array)
+        else:
+            meta.append((-1, d.status, d.error, d.width, d.height))
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.uint8)
+    return stacked, meta

@@ -1,0 +1,82 @@
+"""The layout of a scoring run directory, and the atomic writes that make resume free.
+
+    OUT/run.json              model, fingerprint, preprocessing, input (checked on resume)
+    OUT/scores/NAME.parquet   one score table per input shard
+    OUT/embeddings/NAME.parquet  optional float16 embeddings
+    OUT/done/NAME.json        completion marker, written last: a shard is done iff it exists
+    OUT/summary.json          counts, quantiles, throughput, model, preprocessing, versions
+
+A shard's table is written to a temporary file and renamed, then its marker is written the same
+way, so a run killed at any moment (even by SIGKILL) leaves each shard either done or not started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class RunDir:
+    """Paths and atomic writers of one scoring run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.scores = self.root / "scores"
+        self.embeddings = self.root / "embeddings"
+        self.done = self.root / "done"
+
+    def create(self) -> None:
+        for d in (self.root, self.scores, self.embeddings, self.done):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.scores, self.embeddings, self.done, self.root):
+            for tmp in d.glob("*.tmp*"):
+                tmp.unlink(missing_ok=True)  # left by a killed run
+
+    def score_path(self, shard: str) -> Path:
+        return self.scores / f"{shard}.parquet"
+
+    def embedding_path(self, shard: str) -> Path:
+        return self.embeddings / f"{shard}.parquet"
+
+    def marker_path(self, shard: str) -> Path:
+        return self.done / f"{shard}.json"
+
+    def is_done(self, shard: str) -> bool:
+        return self.marker_path(shard).exists() and self.score_path(shard).exists()
+
+    def markers(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.done.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue  # a marker is written atomically; an unreadable one is not ours
+        return out
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        p = self.root / name
+        if not p.exists():
+            return None
+        return dict(json.loads(p.read_text()))
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)

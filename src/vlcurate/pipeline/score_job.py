@@ -1,0 +1,441 @@
+"""`vlcurate score`: read shards, decode in worker processes, run the model in batches, write tables.
+
+Three stages overlap: a reader thread walks the shards (fetching URL images in bounded
+concurrency) and hands chunks of encoded images to a pool of decode processes; the main thread
+takes decoded chunks in order, runs the model in batches, and writes each shard's table and
+completion marker as soon as its last sample is scored. A bounded queue between the stages keeps
+memory flat however large the input. Shards with a marker are skipped, so a re-run after any kill
+finishes the job with no missing and no duplicated uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlcurate.io.shards import ShardReadError, ShardRef
+from vlcurate.io.sources import Source, open_source
+from vlcurate.pipeline.decode import decode_chunk
+from vlcurate.pipeline.progress import ScoreProgress
+from vlcurate.pipeline.run_dir import RunDir, write_json_atomic, write_parquet_atomic
+from vlcurate.pipeline.score_config import ScoreConfig
+from vlcurate.pipeline.score_stats import merge_markers, score_histogram
+from vlcurate.records import SCORE_SCHEMA, Sample, Status, embedding_field
+
+
+class RunMismatchError(RuntimeError):
+    """The output directory holds a run made with another model; resuming would mix scores."""
+
+
+@dataclass
+class _Chunk:
+    shard: str
+    samples: list[Sample]  # samples sent to decode (status OK, have bytes)
+    result: Any  # a Future, or the ready (stack, meta) tuple when decoding in-process
+
+
+@dataclass
+class _Rows:
+    """A finished row that never reaches the model (read/fetch failure, missing caption)."""
+
+    shard: str
+    samples: list[Sample]
+
+
+@dataclass
+class _ShardEnd:
+    shard: str
+    error: str | None
+    duplicates: int
+    seen: int
+    fatal: bool = False  # nothing could be read: no marker, so a re-run tries again
+
+
+@dataclass
+class _ShardAcc:
+    """Rows of one shard gathered until its end arrives."""
+
+    uids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
+    widths: list[int | None] = field(default_factory=list)
+    heights: list[int | None] = field(default_factory=list)
+    emb_uids: list[str] = field(default_factory=list)
+    img_embs: list[np.ndarray] = field(default_factory=list)
+    txt_embs: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, s: Sample, score: float, status: str, error: str | None, w: int | None, h: int | None) -> None:
+        self.uids.append(s.uid)
+        self.scores.append(score)
+        self.statuses.append(status)
+        self.errors.append(error)
+        self.texts.append(s.text)
+        ow, oh = s.meta.get("original_width"), s.meta.get("original_height")
+        self.widths.append(int(ow) if isinstance(ow, (int, float)) and ow else w)
+        self.heights.append(int(oh) if isinstance(oh, (int, float)) and oh else h)
+
+
+@dataclass
+class _Pending:
+    """Decoded images waiting for a full model batch."""
+
+    shards: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    sizes: list[tuple[int | None, int | None]] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)  # stacks from decode chunks
+    count: int = 0
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("vlcurate", "torch", "open_clip_torch", "pillow", "simplejpeg", "numpy", "pyarrow"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+class ScoreJob:
+    """One scoring run over a source into a run directory."""
+
+    def __init__(self, input_spec: str | list[str], out_dir: str | Path, config: ScoreConfig) -> None:
+        self.config = config
+        self.input_spec = input_spec
+        self.run = RunDir(out_dir)
+        self.source: Source = open_source(input_spec, **config.source_options)
+        self.workers = config.workers if config.workers is not None else (os.cpu_count() or 1)
+        self._stop = threading.Event()
+        self._reader_error: BaseException | None = None
+        self.timings: Counter[str] = Counter()
+
+    # ----- public -------------------------------------------------------------------------
+    def run_job(self) -> dict[str, Any]:
+        from vlcurate.models.clip import load_scorer
+
+        started = time.perf_counter()
+        shards = self.source.shards()
+        names = [s.name for s in shards]
+        if len(set(names)) != len(names):
+            raise ValueError("two input shards map to the same output name; give inputs distinct names")
+        self.run.create()
+        pending = [s for s in shards if not self.run.is_done(s.name)]
+        pool = self._start_pool() if pending else None
+        try:
+            scorer = load_scorer(
+                self.config.model,
+                device=self.config.device,
+                precision=self.config.precision,  # type: ignore[arg-type]
+                allow_download=self.config.allow_download,
+            )
+            self._check_or_write_run_json(scorer)
+            stats = self._score(scorer, pending, pool, len(shards)) if pending else {"pairs_this_run": 0}
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        wall = time.perf_counter() - started
+        return self._write_summary(scorer, shards, stats, wall)
+
+    # ----- setup --------------------------------------------------------------------------
+    def _start_pool(self) -> Any:
+        if self.workers <= 0:
+            return None
+        ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+
+    def _check_or_write_run_json(self, scorer: Any) -> None:
+        info = {
+            "input": self.input_spec,
+            "model": scorer.describe(),
+            "preprocessing": scorer.preprocessing.as_dict() | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "save_embeddings": self.config.save_embeddings,
+        }
+        old = self.run.read_json("run.json")
+        if old is not None:
+            old_fp = old.get("model", {}).get("fingerprint")
+            if old_fp != scorer.fingerprint:
+                raise RunMismatchError(
+                    f"{self.run.root} holds scores from model {old.get('model', {}).get('name')!r} "
+                    f"(fingerprint {str(old_fp)[:12]}); this run uses {scorer.name!r} "
+                    f"({scorer.fingerprint[:12]}). Use another --out."
+                )
+            return
+        write_json_atomic(self.run.root / "run.json", info)
+
+    # ----- reader thread ------------------------------------------------------------------
+    def _reader(self, shards: list[ShardRef], size: int, pool: Any, out: queue.Queue[Any]) -> None:
+        try:
+            for shard in shards:
+                if self._stop.is_set():
+                    return
+                self._read_shard(shard, size, pool, out)
+        except BaseException as exc:  # surfaced in the main thread
+            self._reader_error = exc
+        finally:
+            out.put(None)
+
+    def _read_shard(self, shard: ShardRef, size: int, pool: Any, out: queue.Queue[Any]) -> None:
+        seen_uids: set[str] = set()
+        duplicates = 0
+        seen = 0
+        error: str | None = None
+        chunk: list[Sample] = []
+
+        def flush() -> None:
+            nonlocal chunk
+            if chunk:
+                self._submit(shard.name, chunk, size, pool, out)
+                chunk = []
+
+        try:
+            for s in self.source.iter_samples(shard):
+                if self._stop.is_set():
+                    return
+                seen += 1
+                if s.uid in seen_uids:
+                    duplicates += 1
+                    continue
+                seen_uids.add(s.uid)
+                chunk.append(s)
+                if len(chunk) >= self.config.chunk_size:
+                    flush()
+        except ShardReadError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        flush()
+        fatal = error is not None and seen == 0
+        out.put(_ShardEnd(shard.name, error, duplicates, seen, fatal))
+
+    def _submit(self, shard: str, samples: list[Sample], size: int, pool: Any, out: queue.Queue[Any]) -> None:
+        if any(s.image is None and s.image_ref and s.status == Status.OK for s in samples):
+            from vlcurate.io.fetch import resolve_images
+
+            t = time.perf_counter()
+            samples = resolve_images(
+                samples,
+                concurrency=self.config.fetch_concurrency,
+                timeout=self.config.fetch_timeout,
+                retries=self.config.fetch_retries,
+            )
+            self.timings["fetch_s"] += time.perf_counter() - t
+        bad = [s for s in samples if s.status != Status.OK or s.image is None or not s.text]
+        good = [s for s in samples if s.status == Status.OK and s.image is not None and s.text]
+        for s in bad:
+            if s.status == Status.OK:
+                s.status = Status.MISSING_IMAGE if s.image is None else Status.MISSING_TEXT
+                s.error = s.error or ("no image" if s.image is None else "empty caption")
+        if bad:
+            out.put(_Rows(shard, bad))
+        if good:
+            images = [s.image for s in good]
+            if pool is None:
+                result: Any = decode_chunk(images, size, self.config.max_pixels)
+            else:
+                result = pool.submit(decode_chunk, images, size, self.config.max_pixels)
+            for s in good:
+                s.image = None  # the bytes now live in the worker; keep the queue light
+            out.put(_Chunk(shard, good, result))
+
+    # ----- main loop ----------------------------------------------------------------------
+    def _score(self, scorer: Any, shards: list[ShardRef], pool: Any, total_shards: int) -> dict[str, Any]:
+        size = scorer.preprocessing.image_size
+        q: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * max(1, self.workers) + 2))
+        reader = threading.Thread(target=self._reader, args=(shards, size, pool, q), daemon=True)
+        accs: dict[str, _ShardAcc] = {}
+        pend = _Pending()
+        pairs = 0
+        failed: list[dict[str, str]] = []
+        t0 = time.perf_counter()
+        progress = ScoreProgress(
+            enabled=self.config.progress, total_shards=len(shards), done_before=total_shards - len(shards)
+        )
+        reader.start()
+        try:
+            with progress:
+                while True:
+                    t = time.perf_counter()
+                    item = q.get()
+                    if item is None:
+                        break
+                    if isinstance(item, _Chunk):
+                        stack, meta = item.result if isinstance(item.result, tuple) else item.result.result()
+                        self.timings["wait_decode_s"] += time.perf_counter() - t
+                        acc = accs.setdefault(item.shard, _ShardAcc())
+                        for s, (row, status, err, w, h) in zip(item.samples, meta, strict=True):
+                            if row < 0:
+                                acc.add(s, float("nan"), status, err, w, h)
+                                pairs += 1
+                            else:
+                                pend.shards.append(item.shard)
+                                pend.samples.append(s)
+                                pend.sizes.append((w, h))
+                        if len(stack):
+                            pend.arrays.append(stack)
+                            pend.count += len(stack)
+                        while pend.count >= self.config.batch_size:
+                            pairs += self._run_batch(scorer, pend, accs, self.config.batch_size)
+                    elif isinstance(item, _Rows):
+                        self.timings["wait_decode_s"] += time.perf_counter() - t
+                        acc = accs.setdefault(item.shard, _ShardAcc())
+                        for s in item.samples:
+                            acc.add(s, float("nan"), s.status.value, s.error, None, None)
+                            pairs += 1
+                    elif isinstance(item, _ShardEnd):
+                        while pend.count:
+                            pairs += self._run_batch(scorer, pend, accs, self.config.batch_size)
+                        acc = accs.pop(item.shard, _ShardAcc())
+                        if item.fatal:
+                            failed.append({"shard": item.shard, "error": item.error or "unreadable"})
+                            progress.shard_failed(item.shard, item.error or "")
+                        else:
+                            self._write_shard(scorer, item, acc)
+                        progress.shard_done(len(acc.uids))
+                    progress.update_pairs(pairs, time.perf_counter() - t0)
+        except BaseException:
+            self._stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    q.get_nowait()
+            raise
+        reader.join(timeout=5)
+        if self._reader_error is not None:
+            raise self._reader_error
+        elapsed = time.perf_counter() - t0
+        return {
+            "pairs_this_run": pairs,
+            "seconds_this_run": round(elapsed, 3),
+            "pairs_per_s": round(pairs / elapsed, 2) if elapsed > 0 else None,
+            "failed_shards": failed,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def _run_batch(self, scorer: Any, pend: _Pending, accs: dict[str, _ShardAcc], n: int) -> int:
+        """Score the first `n` pending decoded pairs (fewer at a shard end)."""
+        n = min(n, pend.count)
+        stacked = np.concatenate(pend.arrays) if len(pend.arrays) > 1 else pend.arrays[0]
+        images, rest = stacked[:n], stacked[n:]
+        samples, shards, sizes = pend.samples[:n], pend.shards[:n], pend.sizes[:n]
+        del pend.samples[:n], pend.shards[:n], pend.sizes[:n]
+        pend.arrays = [rest] if len(rest) else []
+        pend.count -= n
+        t = time.perf_counter()
+        img_emb = scorer.encode_images(images)
+        txt_emb = scorer.encode_texts([s.text or "" for s in samples])
+        scores = scorer.cosine(img_emb, txt_emb)
+        self.timings["model_s"] += time.perf_counter() - t
+        img_np = img_emb.cpu().numpy().astype(np.float16) if self.config.save_embeddings else None
+        txt_np = txt_emb.cpu().numpy().astype(np.float16) if self.config.save_embeddings else None
+        for i, (s, shard, (w, h)) in enumerate(zip(samples, shards, sizes, strict=True)):
+            acc = accs.setdefault(shard, _ShardAcc())
+            acc.add(s, float(scores[i]), Status.OK.value, None, w, h)
+            if img_np is not None and txt_np is not None:
+                acc.emb_uids.append(s.uid)
+                acc.img_embs.append(img_np[i])
+                acc.txt_embs.append(txt_np[i])
+        return n
+
+    def _write_shard(self, scorer: Any, end: _ShardEnd, acc: _ShardAcc) -> None:
+        t = time.perf_counter()
+        scores = np.asarray(acc.scores, dtype=np.float32)
+        table = pa.table(
+            {
+                "uid": pa.array(acc.uids, pa.string()),
+                "score": pa.array(scores, pa.float32(), mask=~np.isfinite(scores)),
+                "status": pa.array(acc.statuses, pa.string()),
+                "error": pa.array(acc.errors, pa.string()),
+                "text": pa.array(acc.texts, pa.string()),
+                "width": pa.array(acc.widths, pa.int32()),
+                "height": pa.array(acc.heights, pa.int32()),
+            },
+            schema=SCORE_SCHEMA,
+        )
+        if self.config.save_embeddings:
+            dim = int(acc.img_embs[0].shape[0]) if acc.img_embs else scorer.embed_dim
+            emb = pa.table(
+                {
+                    "uid": pa.array(acc.emb_uids, pa.string()),
+                    "image_embedding": _fixed_list(acc.img_embs, dim),
+                    "text_embedding": _fixed_list(acc.txt_embs, dim),
+                },
+                schema=pa.schema(
+                    [pa.field("uid", pa.string()), embedding_field("image_embedding", dim),
+                     embedding_field("text_embedding", dim)]
+                ),
+            )
+            write_parquet_atomic(self.run.embedding_path(end.shard), emb)
+        write_parquet_atomic(self.run.score_path(end.shard), table)
+        marker = {
+            "shard": end.shard,
+            "rows": len(acc.uids),
+            "samples_read": end.seen,
+            "duplicates": end.duplicates,
+            "counts": dict(Counter(acc.statuses)),
+            "histogram": score_histogram(scores),
+            "error": end.error,
+            "model_fingerprint": scorer.fingerprint,
+            "finished_at": time.time(),
+        }
+        write_json_atomic(self.run.marker_path(end.shard), marker)
+        self.timings["write_s"] += time.perf_counter() - t
+
+    # ----- summary ------------------------------------------------------------------------
+    def _write_summary(self, scorer: Any, shards: list[ShardRef], stats: dict[str, Any], wall: float) -> dict[str, Any]:
+        markers = self.run.markers()
+        names = {s.name for s in shards}
+        merged = merge_markers([m for m in markers if m.get("shard") in names])
+        done = {m["shard"] for m in markers}
+        summary: dict[str, Any] = {
+            "input": self.input_spec,
+            "out": str(self.run.root),
+            "shards_total": len(shards),
+            "shards_done": len(names & done),
+            "shards_missing": sorted(names - done),
+            **merged,
+            "this_run": stats | {"wall_s": round(wall, 3)},
+            "model": scorer.describe(),
+            "preprocessing": scorer.preprocessing.as_dict() | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "config": self.config.model_dump(exclude={"progress"}),
+            "decode_workers": self.workers,
+            "torch_threads": _torch_threads(),
+            "versions": _versions(),
+        }
+        write_json_atomic(self.run.root / "summary.json", summary)
+        return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _fixed_list(rows: list[np.ndarray], dim: int) -> pa.Array:
+    flat = np.concatenate(rows).astype(np.float16) if rows else np.zeros(0, dtype=np.float16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
+
+
+def iter_score_tables(run_dir: str | Path) -> Iterator[Path]:
+    """The score tables of a run directory, in shard order."""
+    yield from sorted(RunDir(run_dir).scores.glob("*.parquet"))
+
+
+def score_dataset(input_spec: str | list[str], out_dir: str | Path, config: ScoreConfig | None = None) -> dict[str, Any]:
+    """Score every pair of `input_spec` into `out_dir`; returns the run summary (also in summary.json)."""
+    return ScoreJob(input_spec, out_dir, config or ScoreConfig()).run_job()

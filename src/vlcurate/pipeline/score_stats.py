@@ -1,0 +1,56 @@
+"""Per-shard statistics that merge across shards in constant memory (for the run summary)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+HIST_BINS = 2000  # 0.001-wide bins over [-1, 1]: quantiles to within 0.001
+
+
+def score_histogram(scores: np.ndarray) -> list[int]:
+    """Counts of valid scores in fixed bins over [-1, 1]."""
+    valid = scores[np.isfinite(scores)]
+    hist, _ = np.histogram(np.clip(valid, -1.0, 1.0), bins=HIST_BINS, range=(-1.0, 1.0))
+    return [int(x) for x in hist]
+
+
+def quantiles_from_histogram(hist: np.ndarray, qs: tuple[float, ...]) -> dict[str, float | None]:
+    """Approximate quantiles (bin centres) from a merged histogram."""
+    total = int(hist.sum())
+    if total == 0:
+        return {f"q{int(q * 100):02d}": None for q in qs}
+    cdf = np.cumsum(hist)
+    edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        idx = int(np.searchsorted(cdf, max(1, int(np.ceil(q * total))), side="left"))
+        idx = min(idx, HIST_BINS - 1)
+        out[f"q{int(round(q * 100)):02d}"] = round(float((edges[idx] + edges[idx + 1]) / 2), 4)
+    return out
+
+
+def merge_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts by status and score quantiles over every finished shard."""
+    counts: Counter[str] = Counter()
+    hist = np.zeros(HIST_BINS, dtype=np.int64)
+    duplicates = 0
+    partial = []
+    for m in markers:
+        counts.update(m.get("counts", {}))
+        h = m.get("histogram")
+        if h and len(h) == HIST_BINS:
+            hist += np.asarray(h, dtype=np.int64)
+        duplicates += int(m.get("duplicates", 0))
+        if m.get("error"):
+            partial.append({"shard": m["shard"], "error": m["error"]})
+    qs = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+    return {
+        "pairs": int(sum(counts.values())),
+        "counts_by_status": dict(sorted(counts.items())),
+        "duplicate_uids_dropped": duplicates,
+        "score_quantiles": quantiles_from_histogram(hist, qs),
+        "partial_shards": partial,
+    }
