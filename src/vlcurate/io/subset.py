@@ -54,9 +54,15 @@ def read_subset(path: str | Path) -> np.ndarray:
     ):
         raise ValueError(f"{path} has dtype {arr.dtype}; a DataComp subset needs dtype 'u8,u8'")
     arr = np.asarray(arr).view(SUBSET_DTYPE)
-    if len(arr) > 1 and not bool(np.all(arr[1:] >= arr[:-1])):
+    if len(arr) > 1 and not is_sorted(arr):
         arr = np.sort(arr)
     return arr
+
+
+def is_sorted(arr: np.ndarray) -> bool:
+    """Lexicographic (high, low) order; NumPy 2 has no comparison operators for structured arrays."""
+    hi, lo = arr["f0"], arr["f1"]
+    return bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))))
 
 
 def subset_contains(subset: np.ndarray, uids: list[str]) -> np.ndarray:

@@ -41,12 +41,15 @@ class Decoded:
 
 
 def _resize_crop(img: Image.Image, size: int) -> np.ndarray:
+    # The same arithmetic as torchvision's Resize(size) + CenterCrop(size), which open_clip uses.
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if w <= h:
+        nw, nh = size, max(size, int(size * h / w))
+    else:
+        nw, nh = max(size, int(size * w / h)), size
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     if (nw, nh) != (size, size):
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)

@@ -1,0 +1,143 @@
+"""The one entry point for reading input: `open_source(spec)` -> a Source of shards and samples.
+
+It detects the input kind (WebDataset tars, Parquet, an image folder with caption sidecars, a
+CSV/JSONL manifest), plans shards with stable names, and streams `Sample`s shard by shard. Readers
+never load a whole dataset; a broken container raises `ShardReadError` after yielding what it could.
+Duplicate uids are kept as they come (both samples are yielded); deduplication by uid is the
+scorer's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vlcurate.io.folder_reader import is_image_file, iter_folder_samples, plan_folder
+from vlcurate.io.manifest_reader import iter_manifest_samples
+from vlcurate.io.parquet_reader import iter_parquet_samples
+from vlcurate.io.paths import expand_spec, is_dir, kind_of_file, list_files, shard_names
+from vlcurate.io.shards import SHARD_KINDS, ShardReadError, ShardRef
+from vlcurate.io.wds_reader import iter_wds_samples
+from vlcurate.records import Sample
+
+__all__ = ["ShardReadError", "ShardRef", "Source", "open_source"]
+
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "wds": (),
+    "parquet": ("image_column", "url_column", "text_column", "uid_column", "key_column", "batch_size"),
+    "folder": ("files_per_shard",),
+    "manifest": ("image_column", "text_column", "uid_column", "key_column"),
+}
+
+
+class Source(Protocol):
+    """Shards of one input and the samples of each; shards can be read in any order or in parallel."""
+
+    def shards(self) -> list[ShardRef]: ...
+
+    def iter_samples(self, shard: ShardRef) -> Iterator[Sample]: ...
+
+
+@dataclass
+class FileSource:
+    """A list of shard files of one kind (tars, parquet files or manifests) with reader options."""
+
+    refs: list[ShardRef]
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def shards(self) -> list[ShardRef]:
+        return list(self.refs)
+
+    def iter_samples(self, shard: ShardRef) -> Iterator[Sample]:
+        if shard.kind == "wds":
+            return iter_wds_samples(shard.url)
+        if shard.kind == "parquet":
+            return iter_parquet_samples(shard, **self.options)
+        if shard.kind == "manifest":
+            return iter_manifest_samples(shard, **self.options)
+        raise ValueError(f"a {self.kind} source cannot read a {shard.kind!r} shard")
+
+
+@dataclass
+class FolderSource:
+    """An image folder with `.txt` sidecars, one shard per directory or per `files_per_shard` files."""
+
+    root: str
+    refs: list[ShardRef]
+    plan: dict[str, list[str]]
+
+    def shards(self) -> list[ShardRef]:
+        return list(self.refs)
+
+    def iter_samples(self, shard: ShardRef) -> Iterator[Sample]:
+        return iter_folder_samples(shard, self.plan.get(shard.name), self.root)
+
+
+def _detect(urls: list[str]) -> tuple[str, list[str]]:
+    """The input kind and its shard files; a single folder is looked into."""
+    if len(urls) == 1 and is_dir(urls[0]):
+        files = list_files(urls[0])
+        by_kind: dict[str, list[str]] = {}
+        for f in files:
+            k = kind_of_file(f) or ("folder" if is_image_file(f) else None)
+            if k:
+                by_kind.setdefault(k, []).append(f)
+        for k in ("wds", "parquet", "folder", "manifest"):  # img2dataset output has tars + parquets
+            if k in by_kind:
+                return k, [urls[0]] if k == "folder" else by_kind[k]
+        raise ValueError(
+            f"no input found in folder {urls[0]}: expected .tar shards, .parquet files, images with "
+            f".txt captions, or a .csv/.jsonl manifest"
+        )
+    kinds = {kind_of_file(u) for u in urls}
+    if len(kinds) == 1 and None not in kinds:
+        return kinds.pop(), urls  # type: ignore[return-value]
+    unknown = [u for u in urls if kind_of_file(u) is None]
+    if unknown:
+        raise ValueError(
+            f"cannot tell the input kind of {unknown[0]!r} (expected .tar, .parquet, .csv, .tsv, .jsonl "
+            f"or a folder); pass kind=..."
+        )
+    raise ValueError(f"input mixes kinds {sorted(k for k in kinds if k)}; give one kind at a time")
+
+
+def open_source(spec: str | Sequence[str], *, kind: str | None = None, **options: Any) -> Source:
+    """Open any supported input.
+
+    `spec`: a path or fsspec URL of a file or folder, a glob, a brace pattern
+    (`shards/{00000000..00000099}.tar`), or a list of those. `kind` forces the input kind
+    ('wds', 'parquet', 'folder', 'manifest'). Options: parquet `image_column`, `url_column`,
+    `text_column`, `uid_column`, `key_column`, `batch_size`; manifest `image_column`,
+    `text_column`, `uid_column`, `key_column`; folder `files_per_shard`.
+    Raises ValueError for an empty spec, a pattern matching nothing, a missing path, an unknown
+    kind or an option the kind does not take.
+    """
+    urls = expand_spec(spec)
+    if kind is not None and kind not in SHARD_KINDS:
+        raise ValueError(f"unknown input kind {kind!r}; expected one of {', '.join(SHARD_KINDS)}")
+    if kind is None:
+        kind, files = _detect(urls)
+    elif len(urls) == 1 and kind != "folder" and is_dir(urls[0]):
+        files = [f for f in list_files(urls[0]) if kind_of_file(f) == kind]
+        if not files:
+            raise ValueError(f"no {kind} files found in folder {urls[0]}")
+    else:
+        files = urls
+    unknown = sorted(set(options) - set(_OPTIONS[kind]))
+    if unknown:
+        allowed = ", ".join(_OPTIONS[kind]) or "none"
+        raise ValueError(f"unknown option(s) for {kind} input: {', '.join(unknown)} (allowed: {allowed})")
+    if kind == "folder":
+        if len(files) != 1 or not is_dir(files[0]):
+            raise ValueError("an image-folder input must be a single folder")
+        fps = options.get("files_per_shard")
+        if fps is not None and int(fps) <= 0:
+            raise ValueError(f"files_per_shard must be positive, got {fps}")
+        refs, plan = plan_folder(files[0], int(fps) if fps else None)
+        if not refs:
+            raise ValueError(f"no images found in folder {files[0]}")
+        return FolderSource(files[0], refs, plan)
+    refs = [ShardRef(u, n, kind) for u, n in zip(files, shard_names(files), strict=True)]
+    return FileSource(refs, kind, dict(options))
