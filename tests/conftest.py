@@ -48,3 +48,43 @@ def coco_dir() -> Path:
 @pytest.fixture(scope="session")
 def coco_pairs(coco_dir: Path) -> list[CocoPair]:
     return load_coco_pairs("val2017")
+
+
+def make_tiny_open_clip_dir(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised, very small open_clip model saved as a local-dir folder (fast to run)."""
+    from vlcurate.models.tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": cfg,
+                "preprocess_cfg": {
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.25, 0.25, 0.25],
+                    "interpolation": "bicubic",
+                    "resize_mode": "shortest",
+                },
+            }
+        )
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny random open_clip folder; use as model name `local-dir:PATH`."""
+    return make_tiny_open_clip_dir(tmp_path_factory.mktemp("tiny-model"))
