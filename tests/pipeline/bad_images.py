@@ -32,7 +32,11 @@ def awkward_images(photo: bytes) -> dict[str, tuple[bytes, str, str]]:
         "not_an_image": (b"<html><body>404 not found</body></html>", "jpg", "decode_error"),
         "decompression_bomb": (bomb, "png", "too_large"),
         "cmyk_jpeg": (_save(im.convert("CMYK"), "JPEG"), "jpg", "ok"),
-        "png16": (_save(Image.fromarray((rng.random((90, 120)) * 65535).astype(np.uint16)), "PNG"), "png", "ok"),
+        "png16": (
+            _save(Image.fromarray((rng.random((90, 120)) * 65535).astype(np.uint16)), "PNG"),
+            "png",
+            "ok",
+        ),
         "palette_transparent": (_save(pal, "PNG"), "png", "ok"),
         "animated_gif": (gif.getvalue(), "gif", "ok"),
         "webp": (_save(small, "WEBP"), "webp", "ok"),

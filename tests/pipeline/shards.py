@@ -22,8 +22,14 @@ def write_coco_shards(out: Path, pairs: list, n_shards: int, per_shard: int) -> 
                 data = p.path.read_bytes()
                 caption = p.caption if i < len(pairs) else f"{p.caption} ({i})"
                 uid = derive_uid(data, caption)
-                w.write({"__key__": f"{s:04d}{i:05d}", "jpg": data, "txt": caption,
-                         "json": json.dumps({"uid": uid}).encode()})
+                w.write(
+                    {
+                        "__key__": f"{s:04d}{i:05d}",
+                        "jpg": data,
+                        "txt": caption,
+                        "json": json.dumps({"uid": uid}).encode(),
+                    }
+                )
                 uids.append(uid)
                 i += 1
     return uids

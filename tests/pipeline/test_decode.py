@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from tests.pipeline.bad_images import awkward_images
+
 from vlcurate.pipeline.decode import decode_chunk, decode_image
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from typer.testing import CliRunner
-
 from tests.pipeline.bad_images import awkward_images
 from tests.pipeline.shards import write_coco_shards
+from typer.testing import CliRunner
+
 from vlcurate.cli.main import app
 from vlcurate.pipeline.score_config import ScoreConfig
 from vlcurate.pipeline.score_job import RunMismatchError, score_dataset
@@ -43,14 +43,19 @@ def shards(tmp_path_factory: pytest.TempPathFactory, coco_pairs: list) -> tuple[
 
 def test_scores_every_pair_with_marker_summary_and_embeddings(shards, tiny_model_dir, tmp_path) -> None:
     d, uids = shards
-    cfg = ScoreConfig(model=f"local-dir:{tiny_model_dir}", batch_size=16, workers=2, save_embeddings=True,
-                      progress=False)
+    cfg = ScoreConfig(
+        model=f"local-dir:{tiny_model_dir}", batch_size=16, workers=2, save_embeddings=True, progress=False
+    )
     summary = score_dataset(str(d / "{00000000..00000002}.tar"), tmp_path / "run", cfg)
     rows = _read_scores(tmp_path / "run")
     assert sorted(r["uid"] for r in rows) == sorted(uids)  # DataComp uids from the json are kept
     assert all(r["status"] == "ok" and -1.0 <= r["score"] <= 1.0 for r in rows)
     assert all(r["width"] > 0 and r["height"] > 0 and r["text"] for r in rows)
-    assert sorted(p.stem for p in (tmp_path / "run" / "done").glob("*.json")) == ["00000000", "00000001", "00000002"]
+    assert sorted(p.stem for p in (tmp_path / "run" / "done").glob("*.json")) == [
+        "00000000",
+        "00000001",
+        "00000002",
+    ]
     assert summary["pairs"] == 60 and summary["counts_by_status"] == {"ok": 60}
     assert summary["shards_done"] == 3 and summary["shards_missing"] == []
     q = summary["score_quantiles"]
@@ -74,7 +79,9 @@ def test_scores_every_pair_with_marker_summary_and_embeddings(shards, tiny_model
 def test_in_process_and_worker_decode_agree(shards, tiny_model_dir, tmp_path) -> None:
     d, _ = shards
     a = ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=0, progress=False, precision="fp32")
-    b = ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=2, batch_size=7, progress=False, precision="fp32")
+    b = ScoreConfig(
+        model=f"local-dir:{tiny_model_dir}", workers=2, batch_size=7, progress=False, precision="fp32"
+    )
     score_dataset(str(d / "00000000.tar"), tmp_path / "a", a)
     score_dataset(str(d / "00000000.tar"), tmp_path / "b", b)
     ra = {r["uid"]: r["score"] for r in _read_scores(tmp_path / "a")}
@@ -99,19 +106,42 @@ def test_rerun_skips_done_shards_and_refuses_other_model(shards, tiny_model_dir,
         score_dataset(str(d), tmp_path / "run", ScoreConfig(model=f"local-dir:{other}", progress=False))
 
 
-def test_kill_minus_nine_then_rerun_has_no_missing_and_no_duplicate(coco_pairs, tiny_model_dir, tmp_path) -> None:
+def test_kill_minus_nine_then_rerun_has_no_missing_and_no_duplicate(
+    coco_pairs, tiny_model_dir, tmp_path
+) -> None:
     d = tmp_path / "shards"
     uids = write_coco_shards(d, coco_pairs, n_shards=12, per_shard=40)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vlcurate.cli.main", "score", str(d), "--out", str(run),
-           "--model", f"local-dir:{tiny_model_dir}", "--batch-size", "8", "--workers", "1", "--quiet",
-           "--precision", "fp32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlcurate.cli.main",
+        "score",
+        str(d),
+        "--out",
+        str(run),
+        "--model",
+        f"local-dir:{tiny_model_dir}",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+        "--quiet",
+        "--precision",
+        "fp32",
+    ]
     killed_after = []
     for delay_markers in (2, 6):  # kill twice, at different points, each time while work is in flight
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if len(list((run / "done").glob("*.json"))) >= delay_markers if (run / "done").exists() else False:
+            if (
+                len(list((run / "done").glob("*.json"))) >= delay_markers
+                if (run / "done").exists()
+                else False
+            ):
                 break
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # the job and its decode workers, no chance to clean up
@@ -129,7 +159,9 @@ def test_kill_minus_nine_then_rerun_has_no_missing_and_no_duplicate(coco_pairs, 
     assert not list(run.rglob("*.tmp*"))
 
 
-def test_bad_images_and_captions_get_status_rows_and_the_rest_completes(coco_pairs, tiny_model_dir, tmp_path) -> None:
+def test_bad_images_and_captions_get_status_rows_and_the_rest_completes(
+    coco_pairs, tiny_model_dir, tmp_path
+) -> None:
     photo = coco_pairs[0].path.read_bytes()
     d = tmp_path / "shards"
     d.mkdir()
@@ -178,8 +210,19 @@ def test_cli_reports_unknown_model_and_missing_weights_clearly(shards, tmp_path)
 
 def test_cli_scores_with_progress_and_table(shards, tiny_model_dir, tmp_path) -> None:
     d, _ = shards
-    r = runner.invoke(app, ["score", str(d / "00000000.tar"), "--out", str(tmp_path / "r"),
-                            "--model", f"local-dir:{tiny_model_dir}", "--workers", "0"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(d / "00000000.tar"),
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            f"local-dir:{tiny_model_dir}",
+            "--workers",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "20" in r.output and "pairs/s" in r.output
 
@@ -195,7 +238,7 @@ def test_manifest_of_urls_served_over_http(coco_pairs, tiny_model_dir, tmp_path)
     lines = ["url,caption"]
     for i, p in enumerate(coco_pairs[:8]):
         (root / f"{i}.jpg").write_bytes(p.path.read_bytes())
-        lines.append(f"http://127.0.0.1:{{port}}/{i}.jpg,\"{p.caption}\"")
+        lines.append(f'http://127.0.0.1:{{port}}/{i}.jpg,"{p.caption}"')
     lines.append("http://127.0.0.1:{port}/missing.jpg,a photo that is not there")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -236,13 +279,17 @@ def test_tar_written_by_tarfile_with_extra_members_is_read(tmp_path, coco_pairs,
 
     with tarfile.open(d / "00000000.tar", "w") as tf:
         for i, p in enumerate(coco_pairs[:5]):
-            for ext, data in (("jpg", p.path.read_bytes()), ("txt", p.caption.encode()),
-                              ("json", json.dumps({"uid": f"{i:032x}", "url": "http://x"}).encode()),
-                              ("exif", b"{}")):
+            for ext, data in (
+                ("jpg", p.path.read_bytes()),
+                ("txt", p.caption.encode()),
+                ("json", json.dumps({"uid": f"{i:032x}", "url": "http://x"}).encode()),
+                ("exif", b"{}"),
+            ):
                 info = tarfile.TarInfo(f"{i:09d}.{ext}")
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-    summary = score_dataset(str(d), tmp_path / "run", ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=0,
-                                                                  progress=False))
+    summary = score_dataset(
+        str(d), tmp_path / "run", ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=0, progress=False)
+    )
     assert summary["counts_by_status"] == {"ok": 5}
     assert sorted(r["uid"] for r in _read_scores(tmp_path / "run")) == [f"{i:032x}" for i in range(5)]

@@ -33,5 +33,5 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
         yield
     except ValidationError as exc:
         raise fail(validation_message(exc)) from None
-    except (FileNotFoundError, ValueError, *extra) as exc:
+    except (FileNotFoundError, ValueError, *extra) as exc:  # type: ignore[misc]
         raise fail(str(exc)) from None

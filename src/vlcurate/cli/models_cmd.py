@@ -31,7 +31,10 @@ def models_list() -> None:
     for form, desc in OPEN_FORMS.items():
         t.add_row(form, "", "", desc)
     console.print(t)
-    console.print("Weights are never downloaded unless you pass --allow-download (or run `vlcurate models download NAME`).")
+    console.print(
+        "Weights are never downloaded unless you pass --allow-download "
+        "(or run `vlcurate models download NAME`)."
+    )
 
 
 def models_download(
@@ -47,7 +50,9 @@ def models_download(
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="List and fetch scoring models.", invoke_without_command=True, no_args_is_help=False)
+    group = typer.Typer(
+        help="List and fetch scoring models.", invoke_without_command=True, no_args_is_help=False
+    )
 
     @group.callback(invoke_without_command=True)
     def _default(ctx: typer.Context) -> None:

@@ -16,15 +16,26 @@ console = Console()
 
 
 def score(
-    inputs: Annotated[list[str], typer.Argument(help="shards (path, glob, brace pattern, fsspec URL), parquet, folder or manifest")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="shards (path, glob, brace pattern, fsspec URL), parquet, folder or manifest"),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory (resumes if it exists)")],
     model: Annotated[str, typer.Option(help="model name; `vlcurate models` lists them")] = "tiny-synth",
     batch_size: Annotated[int, typer.Option(help="pairs per model call")] = 256,
-    workers: Annotated[int | None, typer.Option(help="decode processes (default: all cores; 0: in-process)")] = None,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16)")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option(help="decode processes (default: all cores; 0: in-process)")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on CPUs with native bf16)")
+    ] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
-    save_embeddings: Annotated[bool, typer.Option("--save-embeddings", help="also write float16 image/text embeddings")] = False,
-    allow_download: Annotated[bool, typer.Option("--allow-download", help="let the model loader download weights")] = False,
+    save_embeddings: Annotated[
+        bool, typer.Option("--save-embeddings", help="also write float16 image/text embeddings")
+    ] = False,
+    allow_download: Annotated[
+        bool, typer.Option("--allow-download", help="let the model loader download weights")
+    ] = False,
     fetch_concurrency: Annotated[int, typer.Option(help="parallel downloads for images given by URL")] = 32,
     fetch_timeout: Annotated[float, typer.Option(help="seconds per image download")] = 10.0,
     fetch_retries: Annotated[int, typer.Option(help="retries per image download")] = 2,
@@ -37,18 +48,20 @@ def score(
     from vlcurate.pipeline.score_job import RunMismatchError, score_dataset
 
     with user_errors(WeightsNotFoundError, UnknownModelError, RunMismatchError, RuntimeError):
-        config = ScoreConfig(
-            model=model,
-            batch_size=batch_size,
-            workers=workers,
-            precision=precision,  # type: ignore[arg-type]
-            device=device,
-            save_embeddings=save_embeddings,
-            allow_download=allow_download,
-            fetch_concurrency=fetch_concurrency,
-            fetch_timeout=fetch_timeout,
-            fetch_retries=fetch_retries,
-            progress=not quiet,
+        config = ScoreConfig.model_validate(
+            {
+                "model": model,
+                "batch_size": batch_size,
+                "workers": workers,
+                "precision": precision,
+                "device": device,
+                "save_embeddings": save_embeddings,
+                "allow_download": allow_download,
+                "fetch_concurrency": fetch_concurrency,
+                "fetch_timeout": fetch_timeout,
+                "fetch_retries": fetch_retries,
+                "progress": not quiet,
+            }
         )
         summary = score_dataset(inputs if len(inputs) > 1 else inputs[0], out, config)
     print_summary(summary)
@@ -65,7 +78,10 @@ def print_summary(summary: dict[str, object]) -> None:
     t.add_row("shards", f"{summary['shards_done']}/{summary['shards_total']} done")
     t.add_row("pairs", f"{summary['pairs']:,}")
     t.add_row("by status", json.dumps(summary["counts_by_status"]))
-    t.add_row("this run", f"{this_run.get('pairs_this_run', 0):,} pairs at {this_run.get('pairs_per_s') or 0:,.1f} pairs/s")
+    t.add_row(
+        "this run",
+        f"{this_run.get('pairs_this_run', 0):,} pairs at {this_run.get('pairs_per_s') or 0:,.1f} pairs/s",
+    )
     q = summary.get("score_quantiles", {})
     assert isinstance(q, dict)
     t.add_row("score q05/q50/q95", f"{q.get('q05')} / {q.get('q50')} / {q.get('q95')}")

@@ -245,7 +245,10 @@ def load_scorer(
 
     dev = _resolve_device(device)
     prec = choose_precision(precision, dev)
-    if spec.bundled and not (Path(spec.open_clip_name.removeprefix("local-dir:")) / "open_clip_config.json").exists():
+    if (
+        spec.bundled
+        and not (Path(spec.open_clip_name.removeprefix("local-dir:")) / "open_clip_config.json").exists()
+    ):
         raise WeightsNotFoundError(f"{spec.name}: {how_to_get(spec)}")
     if spec.pretrained and _looks_like_path(spec.pretrained) and not Path(spec.pretrained).exists():
         raise WeightsNotFoundError(f"{spec.name}: checkpoint file {spec.pretrained} does not exist")
@@ -259,17 +262,28 @@ def load_scorer(
                 device="cpu",
                 cache_dir=cache_dir,
             )
-            tokenizer = open_clip.get_tokenizer(spec.open_clip_name.split(":", 1)[0] if spec.random_init
-                                                else spec.open_clip_name, cache_dir=cache_dir)
+            tokenizer = open_clip.get_tokenizer(
+                spec.open_clip_name.split(":", 1)[0] if spec.random_init else spec.open_clip_name,
+                cache_dir=cache_dir,
+            )
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
-        offline_markers = ("offline", "LocalEntryNotFound", "OfflineModeIsEnabled", "Cannot find the requested",
-                           "couldn't connect", "Connection", "urlopen", "Max retries")
+        offline_markers = (
+            "offline",
+            "LocalEntryNotFound",
+            "OfflineModeIsEnabled",
+            "Cannot find the requested",
+            "couldn't connect",
+            "Connection",
+            "urlopen",
+            "Max retries",
+        )
         if any(m.lower() in text.lower() for m in offline_markers):
             raise WeightsNotFoundError(
                 f"weights for {spec.name!r} ({spec.open_clip_name}"
                 f"{', ' + spec.pretrained if spec.pretrained else ''}) are not on this machine and "
-                f"downloading is {'not allowed' if not allow_download else 'not possible'}: {how_to_get(spec)}"
+                f"downloading is {'not allowed' if not allow_download else 'not possible'}: "
+                f"{how_to_get(spec)}"
             ) from exc
         raise
     model.eval()
@@ -285,7 +299,7 @@ def load_scorer(
 def _preprocessing_of(preprocess: Any, model: Any) -> Preprocessing:
     """Read image size, mean and std from the model's own eval transform (what it was trained with)."""
     cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
-    size = cfg.get("size") or getattr(getattr(model, "visual", None), "image_size", 224)
+    size: Any = cfg.get("size") or getattr(getattr(model, "visual", None), "image_size", None) or 224
     if isinstance(size, (tuple, list)):
         size = size[0]
     mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))

@@ -54,8 +54,8 @@ _FIXED: dict[str, ModelSpec] = {
             None,
             "ViT-B/16 CLIP trained on DFN-2B (Apple); the default real scorer",
             hf_repo="apple/DFN2B-CLIP-ViT-B-16",
-            note="A CLIP trained on DFN-filtered data, used as the scorer by choice: the DFN paper notes that "
-            "ImageNet accuracy does not predict filtering quality.",
+            note="A CLIP trained on DFN-filtered data, used as the scorer by choice: the DFN paper "
+            "notes that ImageNet accuracy does not predict filtering quality.",
         ),
         ModelSpec(
             "dfn-l14",
@@ -110,7 +110,9 @@ def resolve(name: str) -> ModelSpec:
         if not arch:
             raise UnknownModelError("random: needs an architecture, e.g. random:ViT-B-32")
         return ModelSpec(name, arch, None, f"{arch} with random weights", random_init=True)
-    if name.startswith("local-dir:") or (Path(name).is_dir() and (Path(name) / "open_clip_config.json").exists()):
+    if name.startswith("local-dir:") or (
+        Path(name).is_dir() and (Path(name) / "open_clip_config.json").exists()
+    ):
         path = Path(name.removeprefix("local-dir:")).expanduser().resolve()
         if not (path / "open_clip_config.json").exists():
             raise UnknownModelError(f"{path} has no open_clip_config.json; not an open_clip model folder")
@@ -118,7 +120,9 @@ def resolve(name: str) -> ModelSpec:
     if name.startswith("open_clip:"):
         parts = name.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise UnknownModelError("use open_clip:ARCH:PRETRAINED, e.g. open_clip:ViT-B-32:/ckpt/epoch_32.pt")
+            raise UnknownModelError(
+                "use open_clip:ARCH:PRETRAINED, e.g. open_clip:ViT-B-32:/ckpt/epoch_32.pt"
+            )
         return ModelSpec(name, parts[1], parts[2], f"open_clip {parts[1]} with {parts[2]}")
     known = ", ".join(_FIXED)
     raise UnknownModelError(

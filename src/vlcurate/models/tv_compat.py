@@ -12,6 +12,7 @@ Call `ensure_torchvision()` before importing torchvision or open_clip.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 
@@ -51,15 +52,13 @@ def ensure_torchvision() -> bool:
         for loc in spec.submodule_search_locations:
             libs.extend(glob.glob(os.path.join(loc, "_C*.so")))
         for lib in libs:
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 torch.ops.load_library(lib)
-            except (OSError, RuntimeError):
-                pass
     except Exception:  # pragma: no cover - defensive: never let the probe itself fail the import
         pass
     if _ops_defined():
         return False
-    _LIB = torch.library.Library("torchvision", "DEF")  # noqa: PLW0603
+    _LIB = torch.library.Library("torchvision", "DEF")
     for schema in _SCHEMAS.values():
         _LIB.define(schema)
     return True

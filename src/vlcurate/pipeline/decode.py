@@ -49,7 +49,7 @@ def _resize_crop(img: Image.Image, size: int) -> np.ndarray:
         nw, nh = max(size, int(size * w / h)), size
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    left, top = round((nw - size) / 2.0), round((nh - size) / 2.0)
     if (nw, nh) != (size, size):
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
@@ -104,7 +104,9 @@ def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int) -> Decoded | None
     except ValueError:
         return None
     if w * h > max_pixels:
-        raise DecodeFailure("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+        raise DecodeFailure(
+            "too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+        )
     if colorspace not in ("Gray", "YCbCr", "RGB"):
         return None
     try:
@@ -127,7 +129,9 @@ def _decode_pillow(data: bytes, size: int, max_pixels: int) -> Decoded:
         if w <= 0 or h <= 0:
             raise DecodeFailure("decode_error", f"invalid image size {w}x{h}")
         if w * h > max_pixels:
-            raise DecodeFailure("too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+            raise DecodeFailure(
+                "too_large", f"{w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+            )
         try:
             if getattr(img, "is_animated", False):
                 img.seek(0)  # first frame of an animated GIF/WebP/PNG

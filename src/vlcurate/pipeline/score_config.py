@@ -14,9 +14,13 @@ class ScoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("tiny-synth", description="registry name, random:ARCH, local-dir:PATH or open_clip:ARCH:CKPT")
+    model: str = Field(
+        "tiny-synth", description="registry name, random:ARCH, local-dir:PATH or open_clip:ARCH:CKPT"
+    )
     batch_size: int = Field(256, ge=1, le=65536, description="pairs per model call")
-    workers: int | None = Field(None, ge=0, le=512, description="decode processes (default: all cores; 0 = in-process)")
+    workers: int | None = Field(
+        None, ge=0, le=512, description="decode processes (default: all cores; 0 = in-process)"
+    )
     chunk_size: int = Field(32, ge=1, le=4096, description="images per decode task")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")

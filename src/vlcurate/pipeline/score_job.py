@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 import os
 import platform
 import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -82,7 +82,9 @@ class _ShardAcc:
     img_embs: list[np.ndarray] = field(default_factory=list)
     txt_embs: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, s: Sample, score: float, status: str, error: str | None, w: int | None, h: int | None) -> None:
+    def add(
+        self, s: Sample, score: float, status: str, error: str | None, w: int | None, h: int | None
+    ) -> None:
         self.uids.append(s.uid)
         self.scores.append(score)
         self.statuses.append(status)
@@ -123,7 +125,7 @@ class ScoreJob:
         self.workers = config.workers if config.workers is not None else (os.cpu_count() or 1)
         self._stop = threading.Event()
         self._reader_error: BaseException | None = None
-        self.timings: Counter[str] = Counter()
+        self.timings: defaultdict[str, float] = defaultdict(float)
 
     # ----- public -------------------------------------------------------------------------
     def run_job(self) -> dict[str, Any]:
@@ -141,7 +143,7 @@ class ScoreJob:
             scorer = load_scorer(
                 self.config.model,
                 device=self.config.device,
-                precision=self.config.precision,  # type: ignore[arg-type]
+                precision=self.config.precision,
                 allow_download=self.config.allow_download,
             )
             self._check_or_write_run_json(scorer)
@@ -163,7 +165,8 @@ class ScoreJob:
         info = {
             "input": self.input_spec,
             "model": scorer.describe(),
-            "preprocessing": scorer.preprocessing.as_dict() | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "preprocessing": scorer.preprocessing.as_dict()
+            | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
             "save_embeddings": self.config.save_embeddings,
         }
         old = self.run.read_json("run.json")
@@ -196,12 +199,20 @@ class ScoreJob:
         seen = 0
         error: str | None = None
         chunk: list[Sample] = []
+        needs_fetch = False
+        # Images given by URL are fetched a group at a time so that `fetch_concurrency` downloads
+        # are in flight together; then they go to the decoders in chunks like any other.
+        fetch_group = max(self.config.chunk_size, 4 * self.config.fetch_concurrency)
 
         def flush() -> None:
-            nonlocal chunk
+            nonlocal chunk, needs_fetch
             if chunk:
-                self._submit(shard.name, chunk, size, pool, out)
+                if needs_fetch:
+                    chunk = self._fetch(chunk)
+                for i in range(0, len(chunk), self.config.chunk_size):
+                    self._submit(shard.name, chunk[i : i + self.config.chunk_size], size, pool, out)
                 chunk = []
+                needs_fetch = False
 
         try:
             for s in self.source.iter_samples(shard):
@@ -213,7 +224,8 @@ class ScoreJob:
                     continue
                 seen_uids.add(s.uid)
                 chunk.append(s)
-                if len(chunk) >= self.config.chunk_size:
+                needs_fetch = needs_fetch or (s.image is None and bool(s.image_ref) and s.status == Status.OK)
+                if len(chunk) >= (fetch_group if needs_fetch else self.config.chunk_size):
                     flush()
         except ShardReadError as exc:
             error = str(exc)
@@ -223,18 +235,21 @@ class ScoreJob:
         fatal = error is not None and seen == 0
         out.put(_ShardEnd(shard.name, error, duplicates, seen, fatal))
 
-    def _submit(self, shard: str, samples: list[Sample], size: int, pool: Any, out: queue.Queue[Any]) -> None:
-        if any(s.image is None and s.image_ref and s.status == Status.OK for s in samples):
-            from vlcurate.io.fetch import resolve_images
+    def _fetch(self, samples: list[Sample]) -> list[Sample]:
+        """Resolve path/URL-referenced images into bytes (bounded concurrency, retries, statuses)."""
+        from vlcurate.io.fetch import resolve_images
 
-            t = time.perf_counter()
-            samples = resolve_images(
-                samples,
-                concurrency=self.config.fetch_concurrency,
-                timeout=self.config.fetch_timeout,
-                retries=self.config.fetch_retries,
-            )
-            self.timings["fetch_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        resolved = resolve_images(
+            samples,
+            concurrency=self.config.fetch_concurrency,
+            timeout=self.config.fetch_timeout,
+            retries=self.config.fetch_retries,
+        )
+        self.timings["fetch_s"] += time.perf_counter() - t
+        return resolved
+
+    def _submit(self, shard: str, samples: list[Sample], size: int, pool: Any, out: queue.Queue[Any]) -> None:
         bad = [s for s in samples if s.status != Status.OK or s.image is None or not s.text]
         good = [s for s in samples if s.status == Status.OK and s.image is not None and s.text]
         for s in bad:
@@ -375,8 +390,11 @@ class ScoreJob:
                     "text_embedding": _fixed_list(acc.txt_embs, dim),
                 },
                 schema=pa.schema(
-                    [pa.field("uid", pa.string()), embedding_field("image_embedding", dim),
-                     embedding_field("text_embedding", dim)]
+                    [
+                        pa.field("uid", pa.string()),
+                        embedding_field("image_embedding", dim),
+                        embedding_field("text_embedding", dim),
+                    ]
                 ),
             )
             write_parquet_atomic(self.run.embedding_path(end.shard), emb)
@@ -396,7 +414,9 @@ class ScoreJob:
         self.timings["write_s"] += time.perf_counter() - t
 
     # ----- summary ------------------------------------------------------------------------
-    def _write_summary(self, scorer: Any, shards: list[ShardRef], stats: dict[str, Any], wall: float) -> dict[str, Any]:
+    def _write_summary(
+        self, scorer: Any, shards: list[ShardRef], stats: dict[str, Any], wall: float
+    ) -> dict[str, Any]:
         markers = self.run.markers()
         names = {s.name for s in shards}
         merged = merge_markers([m for m in markers if m.get("shard") in names])
@@ -410,7 +430,8 @@ class ScoreJob:
             **merged,
             "this_run": stats | {"wall_s": round(wall, 3)},
             "model": scorer.describe(),
-            "preprocessing": scorer.preprocessing.as_dict() | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "preprocessing": scorer.preprocessing.as_dict()
+            | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
             "config": self.config.model_dump(exclude={"progress"}),
             "decode_workers": self.workers,
             "torch_threads": _torch_threads(),
@@ -436,6 +457,8 @@ def iter_score_tables(run_dir: str | Path) -> Iterator[Path]:
     yield from sorted(RunDir(run_dir).scores.glob("*.parquet"))
 
 
-def score_dataset(input_spec: str | list[str], out_dir: str | Path, config: ScoreConfig | None = None) -> dict[str, Any]:
+def score_dataset(
+    input_spec: str | list[str], out_dir: str | Path, config: ScoreConfig | None = None
+) -> dict[str, Any]:
     """Score every pair of `input_spec` into `out_dir`; returns the run summary (also in summary.json)."""
     return ScoreJob(input_spec, out_dir, config or ScoreConfig()).run_job()

@@ -28,7 +28,7 @@ def quantiles_from_histogram(hist: np.ndarray, qs: tuple[float, ...]) -> dict[st
     for q in qs:
         idx = int(np.searchsorted(cdf, max(1, int(np.ceil(q * total))), side="left"))
         idx = min(idx, HIST_BINS - 1)
-        out[f"q{int(round(q * 100)):02d}"] = round(float((edges[idx] + edges[idx + 1]) / 2), 4)
+        out[f"q{round(q * 100):02d}"] = round(float((edges[idx] + edges[idx + 1]) / 2), 4)
     return out
 
 
