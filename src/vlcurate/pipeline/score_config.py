@@ -30,5 +30,8 @@ class ScoreConfig(BaseModel):
     fetch_timeout: float = Field(10.0, gt=0, le=600)
     fetch_retries: int = Field(2, ge=0, le=10)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    fast_decode: bool = Field(
+        False, description="let JPEG decoding scale down to the model size (~3/255 off)"
+    )
     progress: bool = True
     source_options: dict[str, Any] = Field(default_factory=dict)

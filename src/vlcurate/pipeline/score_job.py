@@ -165,8 +165,7 @@ class ScoreJob:
         info = {
             "input": self.input_spec,
             "model": scorer.describe(),
-            "preprocessing": scorer.preprocessing.as_dict()
-            | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "preprocessing": self._preprocessing(scorer),
             "save_embeddings": self.config.save_embeddings,
         }
         old = self.run.read_json("run.json")
@@ -180,6 +179,11 @@ class ScoreJob:
                 )
             return
         write_json_atomic(self.run.root / "run.json", info)
+
+    def _preprocessing(self, scorer: Any) -> dict[str, Any]:
+        decoder = "simplejpeg (JPEG) / Pillow, then bicubic resize of the shorter side and centre crop"
+        scaling = "to the model size (fast)" if self.config.fast_decode else "to at least 2x the model size"
+        return dict(scorer.preprocessing.as_dict()) | {"decoder": decoder, "jpeg_dct_scaling": scaling}
 
     # ----- reader thread ------------------------------------------------------------------
     def _reader(self, shards: list[ShardRef], size: int, pool: Any, out: queue.Queue[Any]) -> None:
@@ -261,9 +265,11 @@ class ScoreJob:
         if good:
             images = [s.image for s in good]
             if pool is None:
-                result: Any = decode_chunk(images, size, self.config.max_pixels)
+                result: Any = decode_chunk(images, size, self.config.max_pixels, self.config.fast_decode)
             else:
-                result = pool.submit(decode_chunk, images, size, self.config.max_pixels)
+                result = pool.submit(
+                    decode_chunk, images, size, self.config.max_pixels, self.config.fast_decode
+                )
             for s in good:
                 s.image = None  # the bytes now live in the worker; keep the queue light
             out.put(_Chunk(shard, good, result))
@@ -430,8 +436,7 @@ class ScoreJob:
             **merged,
             "this_run": stats | {"wall_s": round(wall, 3)},
             "model": scorer.describe(),
-            "preprocessing": scorer.preprocessing.as_dict()
-            | {"decoder": "simplejpeg (JPEG) / Pillow, bicubic"},
+            "preprocessing": self._preprocessing(scorer),
             "config": self.config.model_dump(exclude={"progress"}),
             "decode_workers": self.workers,
             "torch_threads": _torch_threads(),
