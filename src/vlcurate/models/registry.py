@@ -45,7 +45,8 @@ _FIXED: dict[str, ModelSpec] = {
             "tiny-synth",
             f"local-dir:{TINY_SYNTH_DIR}",
             None,
-            "0.6M-parameter CLIP-style model trained on vlcurate's synthetic scene world (bundled)",
+            "CLIP-style model trained on vlcurate's synthetic scene world (bundled; 1.3M-parameter ResNet "
+            "image tower, 2-layer text transformer)",
             bundled=True,
         ),
         ModelSpec(

@@ -1,0 +1,134 @@
+"""Write a synthetic image-caption pool as WebDataset shards plus the ground-truth table.
+
+The layout is DataComp/img2dataset's (`shards/00000000.tar` with `KEY.jpg`, `KEY.txt`,
+`KEY.json` per sample), so every reader in vlcurate treats it like a real pool, while
+`truth.parquet` says which captions were corrupted and how: that is what filtering
+quality is measured against.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlcurate.records import derive_uid
+from vlcurate.synth.corrupt import KINDS, corrupt
+from vlcurate.synth.scene import scene_from_seed
+
+TRUTH_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("true_caption", pa.string(), nullable=False),
+        pa.field("corrupted", pa.bool_(), nullable=False),
+        pa.field("corruption", pa.string()),
+        pa.field("n_objects", pa.int32(), nullable=False),
+    ]
+)
+_IMAGE_FORMATS = ("jpg", "png")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata (mtime 0, no owner) so the same seed gives byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def plan_corruptions(n: int, corrupt_fraction: float, seed: int) -> list[str | None]:
+    """Which samples are corrupted and how: exactly round(n * fraction), kinds balanced."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    n_bad = round(n * corrupt_fraction)
+    kinds: list[str | None] = [None] * n
+    chosen = rng.choice(n, size=n_bad, replace=False) if n_bad else np.empty(0, dtype=np.int64)
+    labels = [KINDS[j % len(KINDS)] for j in range(n_bad)]
+    for idx, j in zip(chosen.tolist(), rng.permutation(n_bad).tolist(), strict=True):
+        kinds[idx] = labels[j]
+    return kinds
+
+
+def write_pool(
+    out_dir: str | Path,
+    n: int,
+    *,
+    corrupt_fraction: float = 0.3,
+    seed: int = 0,
+    shard_size: int = 1000,
+    image_format: str = "jpg",
+) -> pa.Table:
+    """Write `n` scenes as shards under `out_dir/shards/` and `out_dir/truth.parquet`; return the truth.
+
+    Deterministic: the same arguments give byte-identical shards. Each shard is written to a
+    temporary name and renamed when complete, so a reader never sees a partial tar.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    if not 0.0 <= corrupt_fraction <= 1.0:
+        raise ValueError(f"corrupt_fraction must be in [0, 1], got {corrupt_fraction}")
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be > 0, got {shard_size}")
+    fmt = "jpg" if image_format == "jpeg" else image_format
+    if fmt not in _IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {_IMAGE_FORMATS}, got {image_format!r}")
+
+    out = Path(out_dir)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_corruptions(n, corrupt_fraction, seed)
+    n_shards = (n + shard_size - 1) // shard_size
+    key_width = max(4, len(str(shard_size - 1)))
+    rows: dict[str, list[Any]] = {f.name: [] for f in TRUTH_SCHEMA}
+
+    for shard in range(n_shards):
+        final = shard_dir / f"{shard:08d}.tar"
+        tmp = shard_dir / f".{shard:08d}.tar.tmp"
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for j in range(min(shard_size, n - shard * shard_size)):
+                index = shard * shard_size + j
+                scene = scene_from_seed(seed, index)
+                kind = plan[index]
+                caption = scene.caption
+                if kind is not None:
+                    caption = corrupt(kind, caption, scene.layout, np.random.default_rng([seed, index, 3]))
+                text = caption.text
+                image = scene.encode(fmt)
+                uid = derive_uid(image, text)
+                key = f"{shard:08d}{j:0{key_width}d}"
+                _add(tar, f"{key}.{fmt}", image)
+                _add(tar, f"{key}.txt", text.encode("utf-8"))
+                meta = {"uid": uid, "key": key, "caption": text}
+                _add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
+                for name, value in (
+                    ("uid", uid),
+                    ("shard", shard),
+                    ("key", key),
+                    ("caption", text),
+                    ("true_caption", scene.caption_text),
+                    ("corrupted", kind is not None),
+                    ("corruption", kind),
+                    ("n_objects", scene.n_objects),
+                ):
+                    rows[name].append(value)
+        os.replace(tmp, final)
+
+    table = pa.Table.from_pydict(rows, schema=TRUTH_SCHEMA)
+    _atomic_write_table(table, out / "truth.parquet")
+    return table
