@@ -80,7 +80,9 @@ def make_tiny_open_clip_dir(path: Path, seed: int = 0) -> Path:
             }
         )
     )
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors")
+    )
     return path
 
 

@@ -22,7 +22,9 @@ class Status(str, Enum):
     """Outcome of one sample in a scoring run."""
 
     OK = "ok"
-    DECODE_ERROR = "decode_error"  # bytes present but not a readable image (zero-byte, truncated, not an image)
+    DECODE_ERROR = (
+        "decode_error"  # bytes present but not a readable image (zero-byte, truncated, not an image)
+    )
     TOO_LARGE = "too_large"  # decompression bomb guard
     MISSING_IMAGE = "missing_image"  # no image member / empty path
     MISSING_TEXT = "missing_text"  # no caption (scored with an empty caption would be meaningless)

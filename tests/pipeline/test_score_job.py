@@ -293,3 +293,28 @@ def test_tar_written_by_tarfile_with_extra_members_is_read(tmp_path, coco_pairs,
     )
     assert summary["counts_by_status"] == {"ok": 5}
     assert sorted(r["uid"] for r in _read_scores(tmp_path / "run")) == [f"{i:032x}" for i in range(5)]
+
+
+def test_parquet_with_wrong_columns_is_a_failed_shard_and_good_parquet_scores(
+    coco_pairs, tiny_model_dir, tmp_path
+) -> None:
+    import pyarrow as pa
+
+    d = tmp_path / "pq"
+    d.mkdir()
+    good = pa.table(
+        {
+            "jpg": [p.path.read_bytes() for p in coco_pairs[:6]],
+            "caption": [p.caption for p in coco_pairs[:6]],
+        }
+    )
+    pq.write_table(good, d / "a.parquet")
+    pq.write_table(pa.table({"pixels": [b"x"], "label": ["cat"]}), d / "b.parquet")
+    cfg = ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=0, progress=False)
+    summary = score_dataset(str(d), tmp_path / "run", cfg)
+    assert summary["counts_by_status"] == {"ok": 6}
+    failed = summary["this_run"]["failed_shards"]
+    assert [f["shard"] for f in failed] == ["b"]
+    assert "pixels" in failed[0]["error"] and "label" in failed[0]["error"]
+    uids = [r["uid"] for r in _read_scores(tmp_path / "run")]
+    assert uids == [derive_uid(p.path.read_bytes(), p.caption) for p in coco_pairs[:6]]

@@ -39,6 +39,9 @@ def score(
     fetch_concurrency: Annotated[int, typer.Option(help="parallel downloads for images given by URL")] = 32,
     fetch_timeout: Annotated[float, typer.Option(help="seconds per image download")] = 10.0,
     fetch_retries: Annotated[int, typer.Option(help="retries per image download")] = 2,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: all cores; 1 for small models)")
+    ] = None,
     fast_decode: Annotated[
         bool,
         typer.Option(
@@ -67,6 +70,7 @@ def score(
                 "fetch_timeout": fetch_timeout,
                 "fetch_retries": fetch_retries,
                 "fast_decode": fast_decode,
+                "torch_threads": torch_threads,
                 "progress": not quiet,
             }
         )

@@ -49,8 +49,10 @@ def read_subset(path: str | Path) -> np.ndarray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # numpy raises several types for bad headers
         raise ValueError(f"{path} is not a NumPy .npy file: {exc}") from exc
-    if arr.dtype.names is None or len(arr.dtype.names) != 2 or any(
-        arr.dtype[n] != np.uint64 for n in arr.dtype.names
+    if (
+        arr.dtype.names is None
+        or len(arr.dtype.names) != 2
+        or any(arr.dtype[n] != np.uint64 for n in arr.dtype.names)
     ):
         raise ValueError(f"{path} has dtype {arr.dtype}; a DataComp subset needs dtype 'u8,u8'")
     arr = np.asarray(arr).view(SUBSET_DTYPE)

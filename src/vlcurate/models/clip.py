@@ -100,22 +100,19 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-# Below this many parameters a model is too small for bf16 matmuls to pay on a CPU: the time goes
-# to element-wise ops and decoding, and bf16 would only cost accuracy (~0.005 on tiny-synth).
-CPU_BF16_MIN_PARAMS = 20_000_000
+# Below this many parameters a model is cheap next to image decoding: on a CPU, the scoring job
+# then gives it one thread and leaves the other cores to the decode workers.
+SMALL_MODEL_PARAMS = 20_000_000
 
 
-def choose_precision(precision: Precision, device: torch.device, n_params: int | None = None) -> str:
-    """auto: bf16 autocast on CUDA; on CPU bf16 weights where the CPU has native bf16 (AMX or
-    AVX512-BF16) and the model is large enough to gain from it; else fp32."""
+def choose_precision(precision: Precision, device: torch.device) -> str:
+    """auto: bf16 autocast on CUDA, bf16 weights on CPUs with native bf16 (AMX or AVX512-BF16), else fp32."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise ValueError("fp16 is not supported on CPU; use bf16 or fp32")
         return precision
     if device.type == "cuda":
         return "bf16"
-    if n_params is not None and n_params < CPU_BF16_MIN_PARAMS:
-        return "fp32"
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
@@ -134,6 +131,15 @@ class ClipScorer:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def is_small(self) -> bool:
+        """Cheap next to decoding its inputs (see SMALL_MODEL_PARAMS)."""
+        return self.num_parameters < SMALL_MODEL_PARAMS
 
     @property
     def context_length(self) -> int:
@@ -252,7 +258,7 @@ def load_scorer(
     import open_clip
 
     dev = _resolve_device(device)
-    choose_precision(precision, dev)  # reject impossible combinations before the (slow) load
+    prec = choose_precision(precision, dev)
     if (
         spec.bundled
         and not (Path(spec.open_clip_name.removeprefix("local-dir:")) / "open_clip_config.json").exists()
@@ -295,7 +301,6 @@ def load_scorer(
             ) from exc
         raise
     model.eval()
-    prec = choose_precision(precision, dev, sum(p.numel() for p in model.parameters()))
     if dev.type == "cpu" and prec == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(dev)

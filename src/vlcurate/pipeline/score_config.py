@@ -29,6 +29,9 @@ class ScoreConfig(BaseModel):
     fetch_concurrency: int = Field(32, ge=1, le=1024)
     fetch_timeout: float = Field(10.0, gt=0, le=600)
     fetch_retries: int = Field(2, ge=0, le=10)
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for the model (default: all cores; 1 for small models)"
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     fast_decode: bool = Field(
         False, description="let JPEG decoding scale down to the model size (~3/255 off)"

@@ -146,6 +146,7 @@ class ScoreJob:
                 precision=self.config.precision,
                 allow_download=self.config.allow_download,
             )
+            self._set_threads(scorer, pool is not None)
             self._check_or_write_run_json(scorer)
             stats = self._score(scorer, pending, pool, len(shards)) if pending else {"pairs_this_run": 0}
         finally:
@@ -160,6 +161,19 @@ class ScoreJob:
             return None
         ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+
+    def _set_threads(self, scorer: Any, decoding_in_workers: bool) -> None:
+        """All cores for the model, except a small model beside decode workers gets one thread:
+        there decoding is the bottleneck, and idle intra-op threads spinning between the model's
+        many small ops steal the cores the decoders need (measured: +20% pairs/s on 2 cores)."""
+        import torch
+
+        if scorer.device.type != "cpu":
+            return
+        if self.config.torch_threads is not None:
+            torch.set_num_threads(self.config.torch_threads)
+        elif decoding_in_workers and scorer.is_small:
+            torch.set_num_threads(1)
 
     def _check_or_write_run_json(self, scorer: Any) -> None:
         info = {
