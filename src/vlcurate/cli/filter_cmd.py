@@ -85,7 +85,8 @@ def filter_command(
         False,
         "--basic",
         help="DataComp's basic rules: caption > 2 words and > 5 characters, shorter side >= 200, "
-        "aspect <= 3. DataComp's English language check is NOT applied here (see the language operator).",
+        "aspect <= 3. DataComp's English language check is NOT applied here "
+        "(language identification arrives with the curation operators).",
     ),
     min_words: int | None = typer.Option(None, help="Drop captions with fewer words (--basic: 3)."),
     min_chars: int | None = typer.Option(None, help="Drop captions with fewer characters (--basic: 6)."),
