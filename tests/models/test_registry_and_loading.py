@@ -92,3 +92,18 @@ def test_tv_compat_lets_open_clip_import() -> None:
     import torchvision.transforms  # noqa: F401
 
     assert hasattr(open_clip, "create_model_and_transforms")
+
+
+@pytest.mark.parametrize("name", ["tiny-synth", "random:ViT-B-32"])
+def test_trimmed_text_encoding_equals_open_clip(name: str) -> None:
+    """Skipping the padded tail gives the same embeddings as open_clip's full-context encode_text."""
+    from vlcurate.models.text_trim import can_trim
+
+    s = load_scorer(name, precision="fp32")
+    assert can_trim(s.model)
+    texts = ["a red circle", "two small blue squares on the left and a green star at the bottom", "x"]
+    tokens = s.tokenize(texts)
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(s.model.encode_text(tokens).float(), dim=-1)
+    trimmed = s.encode_tokens(tokens)
+    assert torch.allclose(full, trimmed, atol=1e-5)

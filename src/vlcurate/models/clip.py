@@ -20,6 +20,7 @@ import torch
 
 from vlcurate.models.device import cpu_supports_bf16
 from vlcurate.models.registry import ModelSpec, resolve
+from vlcurate.models.text_trim import can_trim, encode_text_trimmed
 from vlcurate.models.tv_compat import ensure_torchvision
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -207,8 +208,12 @@ class ClipScorer:
 
     @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 text embeddings; the padded tail is skipped where that is exact."""
         with self._autocast():
-            emb = self.model.encode_text(tokens.to(self.device))
+            if can_trim(self.model):
+                emb = encode_text_trimmed(self.model, tokens.to(self.device))
+            else:
+                emb = self.model.encode_text(tokens.to(self.device))
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 
     @torch.inference_mode()
