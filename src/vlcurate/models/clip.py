@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -313,6 +314,34 @@ def load_scorer(
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     pp = _preprocessing_of(preprocess, model)
     return ClipScorer(spec, model, tokenizer, pp, dev, prec)
+
+
+def peek_image_size(name: str) -> int | None:
+    """The model's input size from its config alone (no weights), or None when that needs a load."""
+    try:
+        spec = resolve(name)
+    except ValueError:
+        return None
+    cfg: dict[str, Any] | None = None
+    if spec.open_clip_name.startswith("local-dir:"):
+        path = Path(spec.open_clip_name.removeprefix("local-dir:")) / "open_clip_config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        size = (raw.get("preprocess_cfg") or {}).get("size")
+        cfg = raw.get("model_cfg")
+        if size is not None:
+            return int(size[0] if isinstance(size, (list, tuple)) else size)
+    elif not spec.open_clip_name.startswith("hf-hub:"):
+        ensure_torchvision()
+        import open_clip
+
+        cfg = open_clip.get_model_config(spec.open_clip_name)
+    image_size = ((cfg or {}).get("vision_cfg") or {}).get("image_size")
+    if image_size is None:
+        return None
+    return int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
 
 
 def _preprocessing_of(preprocess: Any, model: Any) -> Preprocessing:

@@ -59,6 +59,15 @@ class _Rows:
 
 
 @dataclass
+class _Prefetch:
+    """The running reader thread, the queue it fills, and the image size it decodes to."""
+
+    thread: threading.Thread
+    queue: queue.Queue[Any]
+    size: int
+
+
+@dataclass
 class _ShardEnd:
     shard: str
     error: str | None
@@ -129,7 +138,7 @@ class ScoreJob:
 
     # ----- public -------------------------------------------------------------------------
     def run_job(self) -> dict[str, Any]:
-        from vlcurate.models.clip import load_scorer
+        from vlcurate.models.clip import load_scorer, peek_image_size
 
         started = time.perf_counter()
         shards = self.source.shards()
@@ -139,16 +148,34 @@ class ScoreJob:
         self.run.create()
         pending = [s for s in shards if not self.run.is_done(s.name)]
         pool = self._start_pool() if pending else None
+        prefetch: _Prefetch | None = None
         try:
+            # Reading and decoding start while the model loads, when its input size is known.
+            early_size = peek_image_size(self.config.model) if pending else None
+            if early_size is not None:
+                prefetch = self._start_reader(pending, early_size, pool)
             scorer = load_scorer(
                 self.config.model,
                 device=self.config.device,
                 precision=self.config.precision,
                 allow_download=self.config.allow_download,
             )
+            size = scorer.preprocessing.image_size
+            if pending and (prefetch is None or prefetch.size != size):
+                if prefetch is not None:
+                    self._stop_reader(prefetch)
+                prefetch = self._start_reader(pending, size, pool)
             self._set_threads(scorer, pool is not None)
             self._check_or_write_run_json(scorer)
-            stats = self._score(scorer, pending, pool, len(shards)) if pending else {"pairs_this_run": 0}
+            stats = (
+                self._score(scorer, prefetch, len(pending), len(shards))
+                if prefetch
+                else {"pairs_this_run": 0}
+            )
+        except BaseException:
+            if prefetch is not None:
+                self._stop_reader(prefetch)
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -198,6 +225,25 @@ class ScoreJob:
         decoder = "simplejpeg (JPEG) / Pillow, then bicubic resize of the shorter side and centre crop"
         scaling = "to the model size (fast)" if self.config.fast_decode else "to at least 2x the model size"
         return dict(scorer.preprocessing.as_dict()) | {"decoder": decoder, "jpeg_dct_scaling": scaling}
+
+    def _start_reader(self, shards: list[ShardRef], size: int, pool: Any) -> _Prefetch:
+        # Room for about two model batches of decoded chunks, so the model never waits at a batch edge.
+        depth = max(4, 2 * -(-self.config.batch_size // self.config.chunk_size) + 2 * max(1, self.workers))
+        q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop.clear()
+        thread = threading.Thread(target=self._reader, args=(shards, size, pool, q), daemon=True)
+        thread.start()
+        return _Prefetch(thread, q, size)
+
+    def _stop_reader(self, prefetch: _Prefetch) -> None:
+        """Stop the reader thread, draining its queue so that a blocked `put` returns."""
+        self._stop.set()
+        while prefetch.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    prefetch.queue.get_nowait()
+            prefetch.thread.join(timeout=0.05)
+        self._reader_error = None
 
     # ----- reader thread ------------------------------------------------------------------
     def _reader(self, shards: list[ShardRef], size: int, pool: Any, out: queue.Queue[Any]) -> None:
@@ -289,19 +335,16 @@ class ScoreJob:
             out.put(_Chunk(shard, good, result))
 
     # ----- main loop ----------------------------------------------------------------------
-    def _score(self, scorer: Any, shards: list[ShardRef], pool: Any, total_shards: int) -> dict[str, Any]:
-        size = scorer.preprocessing.image_size
-        q: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * max(1, self.workers) + 2))
-        reader = threading.Thread(target=self._reader, args=(shards, size, pool, q), daemon=True)
+    def _score(self, scorer: Any, prefetch: _Prefetch, n_pending: int, total_shards: int) -> dict[str, Any]:
+        q, reader = prefetch.queue, prefetch.thread
         accs: dict[str, _ShardAcc] = {}
         pend = _Pending()
         pairs = 0
         failed: list[dict[str, str]] = []
         t0 = time.perf_counter()
         progress = ScoreProgress(
-            enabled=self.config.progress, total_shards=len(shards), done_before=total_shards - len(shards)
+            enabled=self.config.progress, total_shards=n_pending, done_before=total_shards - n_pending
         )
-        reader.start()
         try:
             with progress:
                 while True:
