@@ -61,10 +61,7 @@ class PairSpool:
         prev = None
         for start in range(0, self.count, _CHUNK):
             chunk = mm[start : start + _CHUNK]
-            new = np.ones(len(chunk), dtype=bool)
-            new[1:] = chunk[1:] != chunk[:-1]
-            if prev is not None:
-                new[0] = chunk[0] != prev
+            new = _first_of_runs(chunk, prev)
             keep_n += int(new.sum())
             prev = chunk[-1].copy()
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=SUBSET_DTYPE, shape=(keep_n,))
@@ -72,10 +69,7 @@ class PairSpool:
         prev = None
         for start in range(0, self.count, _CHUNK):
             chunk = mm[start : start + _CHUNK]
-            new = np.ones(len(chunk), dtype=bool)
-            new[1:] = chunk[1:] != chunk[:-1]
-            if prev is not None:
-                new[0] = chunk[0] != prev
+            new = _first_of_runs(chunk, prev)
             sel = chunk[new]
             out[pos : pos + len(sel)] = sel
             pos += len(sel)
@@ -90,3 +84,12 @@ class PairSpool:
         if not self._fh.closed:
             self._fh.close()
         self.path.unlink(missing_ok=True)
+
+
+def _first_of_runs(chunk: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+    """Mask of the rows of a sorted chunk that differ from the row before (the previous chunk's last)."""
+    new = np.ones(len(chunk), dtype=bool)
+    new[1:] = chunk[1:] != chunk[:-1]
+    if prev is not None and len(chunk):
+        new[0] = chunk[0] != prev
+    return new

@@ -6,6 +6,7 @@ and the status given to a sample with no image or no caption.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from vlcurate.records import Sample, Status, derive_uid, normalize_uid
@@ -106,3 +107,12 @@ def sniff_image_ext(data: bytes) -> str | None:
     if data.startswith(b"BM"):
         return "bmp"
     return None
+
+
+def pick_column(names: Sequence[str], explicit: str | None, candidates: Sequence[str]) -> str | None:
+    """The column to read: the one the user named (if present), else the first known name found
+    (case-insensitive)."""
+    if explicit is not None:
+        return explicit if explicit in names else None
+    lower = {n.lower(): n for n in names}
+    return next((lower[c] for c in candidates if c in lower), None)

@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from vlcurate.io.fields import META_KEYS, ext_of, make_sample
+from vlcurate.io.fields import META_KEYS, ext_of, make_sample, pick_column
 from vlcurate.io.parquet_reader import REF_COLUMNS, TEXT_COLUMNS, resolve_ref
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.records import Sample, Status, derive_uid
@@ -23,18 +23,11 @@ from vlcurate.records import Sample, Status, derive_uid
 MANIFEST_IMAGE_COLUMNS = ("image", "image_path", "image_url", *REF_COLUMNS, "filename", "img")
 
 
-def _pick(names: Sequence[str], explicit: str | None, candidates: Sequence[str]) -> str | None:
-    if explicit is not None:
-        return explicit if explicit in names else None
-    lower = {n.lower(): n for n in names}
-    return next((lower[c] for c in candidates if c in lower), None)
-
-
 def _columns(
     names: list[str], url: str, image_column: str | None, text_column: str | None
 ) -> tuple[str, str]:
-    image = _pick(names, image_column, MANIFEST_IMAGE_COLUMNS)
-    text = _pick(names, text_column, TEXT_COLUMNS)
+    image = pick_column(names, image_column, MANIFEST_IMAGE_COLUMNS)
+    text = pick_column(names, text_column, TEXT_COLUMNS)
     if image is None or text is None:
         want: list[str] = []
         if image is None:

@@ -6,7 +6,7 @@ multi-GB file costs one batch of memory. Column names are auto-detected or given
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlcurate.io.fields import IMAGE_EXTS, META_KEYS, ext_of, make_sample, sniff_image_ext
+from vlcurate.io.fields import IMAGE_EXTS, META_KEYS, ext_of, make_sample, pick_column, sniff_image_ext
 from vlcurate.io.paths import has_protocol
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.records import Sample
@@ -36,13 +36,6 @@ class ParquetColumns:
     meta: tuple[str, ...]
 
 
-def _pick(names: Sequence[str], explicit: str | None, candidates: Sequence[str]) -> str | None:
-    if explicit is not None:
-        return explicit if explicit in names else None
-    lower = {n.lower(): n for n in names}
-    return next((lower[c] for c in candidates if c in lower), None)
-
-
 def resolve_columns(
     schema: pa.Schema,
     url: str,
@@ -55,13 +48,13 @@ def resolve_columns(
 ) -> ParquetColumns:
     """Map a file's columns to roles, or raise ShardReadError listing found and expected columns."""
     names = list(schema.names)
-    image = _pick(names, image_column, IMAGE_COLUMNS)
-    ref = _pick(names, url_column, REF_COLUMNS)
+    image = pick_column(names, image_column, IMAGE_COLUMNS)
+    ref = pick_column(names, url_column, REF_COLUMNS)
     if image is not None and image_column is None:
         t = schema.field(image).type
         if pa.types.is_string(t) or pa.types.is_large_string(t):  # `image` holding paths
             ref, image = ref or image, None
-    text = _pick(names, text_column, TEXT_COLUMNS)
+    text = pick_column(names, text_column, TEXT_COLUMNS)
     problems = []
     if image is None and ref is None:
         want = [c for c in (image_column, url_column) if c] or [*IMAGE_COLUMNS, *REF_COLUMNS]
@@ -75,8 +68,8 @@ def resolve_columns(
     if problems:
         raise ShardReadError(f"{url}: expected {' and '.join(problems)}; columns found: {names}")
     assert text is not None
-    uid = _pick(names, uid_column, ("uid",))
-    key = _pick(names, key_column, ("key",))
+    uid = pick_column(names, uid_column, ("uid",))
+    key = pick_column(names, key_column, ("key",))
     used = {image, ref, text, uid, key}
     meta = tuple(n for n in names if n in META_KEYS and n not in used)
     return ParquetColumns(image, ref, text, uid, key, meta)
