@@ -318,3 +318,11 @@ def test_parquet_with_wrong_columns_is_a_failed_shard_and_good_parquet_scores(
     assert "pixels" in failed[0]["error"] and "label" in failed[0]["error"]
     uids = [r["uid"] for r in _read_scores(tmp_path / "run")]
     assert uids == [derive_uid(p.path.read_bytes(), p.caption) for p in coco_pairs[:6]]
+
+
+def test_default_model_is_dfn_and_says_how_to_get_it_offline(shards, tmp_path) -> None:
+    d, _ = shards
+    r = runner.invoke(app, ["score", str(d), "--out", str(tmp_path / "r")], env={"COLUMNS": "300"})
+    assert r.exit_code == 2
+    assert "dfn-b16" in r.output and "apple/DFN2B-CLIP-ViT-B-16" in r.output and "tiny-synth" in r.output
+    assert not (tmp_path / "r" / "scores").exists() or not list((tmp_path / "r" / "scores").iterdir())

@@ -21,7 +21,9 @@ def score(
         typer.Argument(help="shards (path, glob, brace pattern, fsspec URL), parquet, folder or manifest"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory (resumes if it exists)")],
-    model: Annotated[str, typer.Option(help="model name; `vlcurate models` lists them")] = "tiny-synth",
+    model: Annotated[
+        str, typer.Option(help="model name (`vlcurate models`); tiny-synth is bundled and works offline")
+    ] = "dfn-b16",
     batch_size: Annotated[int, typer.Option(help="pairs per model call")] = 256,
     workers: Annotated[
         int | None, typer.Option(help="decode processes (default: all cores; 0: in-process)")

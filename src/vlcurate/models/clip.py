@@ -88,7 +88,8 @@ def how_to_get(spec: ModelSpec) -> str:
             f"weights come from the Hugging Face repo {spec.hf_repo}: on a machine with network run "
             f"`vlcurate models download {spec.name}` (or `huggingface-cli download {spec.hf_repo}`), "
             "then copy the Hugging Face cache (HF_HOME) here; or pass --allow-download; or point "
-            "--model at a local open_clip folder or checkpoint (open_clip:ARCH:/path/to/ckpt.pt)"
+            "--model at a local open_clip folder or checkpoint (open_clip:ARCH:/path/to/ckpt.pt). "
+            "To try vlcurate offline, use the bundled --model tiny-synth"
         )
     return "pass a path that exists, or --allow-download for a pretrained tag"
 

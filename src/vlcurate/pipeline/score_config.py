@@ -15,7 +15,7 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        "tiny-synth", description="registry name, random:ARCH, local-dir:PATH or open_clip:ARCH:CKPT"
+        "dfn-b16", description="registry name, random:ARCH, local-dir:PATH or open_clip:ARCH:CKPT"
     )
     batch_size: int = Field(256, ge=1, le=65536, description="pairs per model call")
     workers: int | None = Field(
