@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlcurate.records import is_datacomp_uid, pair_to_uid
+from vlcurate.records import is_datacomp_uid, pair_to_uid, uid_to_pair
 
 SUBSET_DTYPE = np.dtype("u8,u8")
 
@@ -84,7 +84,7 @@ def uids_to_array_unsorted(uids: list[str]) -> np.ndarray:
     arr = np.zeros(len(uids), dtype=SUBSET_DTYPE)
     for i, u in enumerate(uids):
         if is_datacomp_uid(u):
-            arr[i] = (int(u[:16], 16), int(u[16:], 16))
+            arr[i] = uid_to_pair(u)
     return arr
 
 

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -512,11 +511,6 @@ def _torch_threads() -> int:
 def _fixed_list(rows: list[np.ndarray], dim: int) -> pa.Array:
     flat = np.concatenate(rows).astype(np.float16) if rows else np.zeros(0, dtype=np.float16)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
-
-
-def iter_score_tables(run_dir: str | Path) -> Iterator[Path]:
-    """The score tables of a run directory, in shard order."""
-    yield from sorted(RunDir(run_dir).scores.glob("*.parquet"))
 
 
 def score_dataset(
