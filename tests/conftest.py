@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +91,27 @@ def make_tiny_open_clip_dir(path: Path, seed: int = 0) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny random open_clip folder; use as model name `local-dir:PATH`."""
     return make_tiny_open_clip_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def platform_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh platform database: a SQLite file, then a PostgreSQL schema (skipped if none runs)."""
+    from tests.platform_live import pg_available, pg_schema
+
+    if request.param == "sqlite":
+        yield str(tmp_path / "platform.db")
+        return
+    if not pg_available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (database test)")
+    with pg_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def small_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 300-pair synthetic pool (30% corrupted captions) as WebDataset shards of 100."""
+    from vlcurate.synth.pool import write_pool
+
+    out = tmp_path_factory.mktemp("platform-pool")
+    write_pool(out, 300, corrupt_fraction=0.3, seed=7, shard_size=100)
+    return out / "shards"

@@ -22,6 +22,9 @@ _COMMAND_MODULES = (
     "vlcurate.cli.models_cmd",
     "vlcurate.cli.synth_cmd",
     "vlcurate.cli.demo_cmd",
+    "vlcurate.cli.agent_cmd",
+    "vlcurate.cli.serve_cmd",
+    "vlcurate.cli.platform_cmd",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,532 @@
+"""The agent loop: lease a unit, fetch and decode its images, score them, submit, repeat.
+
+Scores are computed exactly as `vlcurate score` computes them (same decoder, same model call),
+so an honest agent agrees with the coordinator's own checks. The loop is built to keep going:
+transient network trouble is retried inside the client, an empty queue means sleeping with
+backoff, a lost lease drops that unit only. It stops for good only when asked to (Ctrl-C,
+SIGTERM, max units, max idle time) or when continuing is pointless (bad token, paused
+contributor, a model whose weights differ from the one the task pins); before stopping it hands
+its current lease back so another agent can take the unit at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlcurate import __version__
+from vlcurate.agents.client import (
+    AuthError,
+    CancelledError,
+    ConflictError,
+    NotFoundError,
+    PausedError,
+    PlatformClient,
+    PlatformError,
+    RateLimitedError,
+    RetryPolicy,
+    UnavailableError,
+)
+from vlcurate.pipeline.decode import decode_image
+from vlcurate.server import schemas
+
+log = logging.getLogger("vlcurate.agent")
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ModelMismatchError(RuntimeError):
+    """The model this agent loaded is not the exact model the task pins (different weights)."""
+
+
+class AgentConfig(BaseModel):
+    """Everything `vlcurate agent run` can be told."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str = Field(pattern=r"^https?://", description="Coordinator URL.")
+    token: str = Field(min_length=1, repr=False, description="Agent token from `vlcurate agent register`.")
+    model: str | None = Field(default=None, description="Model override; default: the model the task pins.")
+    device: str = "auto"
+    precision: Precision = "auto"
+    task_id: int | None = Field(default=None, description="Only lease units of this task.")
+    max_units: int | None = Field(default=None, ge=1, description="Stop after this many submitted units.")
+    max_idle_s: float | None = Field(default=None, ge=0, description="Stop after this long without work.")
+    quiet: bool = False
+    fetch_concurrency: int = Field(default=16, ge=1, le=256)
+    batch_size: int = Field(default=256, ge=1, le=8192)
+    idle_sleep: float = Field(default=2.0, gt=0, description="First sleep when there is no work.")
+    idle_sleep_max: float = Field(default=30.0, gt=0)
+    retry_max_s: float | None = Field(
+        default=600.0, gt=0, description="How long one request keeps retrying a down server (None: forever)."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one request.")
+    me_every: int = Field(default=5, ge=1, description="Refresh reputation and points every N units.")
+
+
+# ---- counters ---------------------------------------------------------------------------
+
+
+@dataclass
+class PairView:
+    """One scored pair as the console shows it."""
+
+    caption: str | None
+    score: float | None
+    status: str
+
+
+@dataclass
+class AgentStats:
+    """Live counters the console reads; written by the runner (and the heartbeat thread for errors)."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    state: str = "starting"
+    units_done: int = 0
+    units_dropped: int = 0
+    pairs_scored: int = 0
+    points_credited: float = 0.0
+    submissions: dict[str, int] = field(default_factory=dict)
+    lease_id: int | None = None
+    unit_id: int | None = None
+    model: str | None = None
+    fingerprint: str | None = None
+    me: schemas.Me | None = None
+    last_pair: PairView | None = None
+    recent_pairs: deque[PairView] = field(default_factory=lambda: deque(maxlen=6))
+    errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=8))
+    _window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    WINDOW_S = 60.0
+
+    @property
+    def last_error(self) -> str | None:
+        with self._lock:
+            return self.errors[-1][1] if self.errors else None
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.errors.append((time.time(), message))
+
+    def add_pairs(self, n: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.pairs_scored += n
+            self._window.append((now, n))
+            self._trim(now)
+
+    def pairs_per_s(self, now: float | None = None) -> float:
+        """Throughput over the last minute (or since start, when younger than a minute)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            total = sum(n for _, n in self._window)
+        span = min(self.WINDOW_S, max(now - self.started_at, 1e-3))
+        return total / span
+
+    def _trim(self, now: float) -> None:
+        while self._window and self._window[0][0] < now - self.WINDOW_S:
+            self._window.popleft()
+
+
+# ---- building results ------------------------------------------------------------------
+
+
+class Scorer(Protocol):
+    """What the runner needs from a loaded model (vlcurate.models.clip.ClipScorer fits)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def preprocessing(self) -> Any: ...
+
+    def score(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class Fetched:
+    """An item's image after download (bytes) or the reason there is none."""
+
+    data: bytes | None
+    status: str = "ok"
+    error: str | None = None
+
+
+def build_results(
+    items: Sequence[schemas.UnitItem],
+    fetched: Sequence[Fetched | None],
+    scorer: Scorer,
+    batch_size: int = 256,
+) -> list[schemas.ItemResult]:
+    """One ItemResult per item, in order: a score for good pairs, the failure status for the rest.
+
+    `fetched[i]` is None for items that were not downloaded (no caption). Mirrors `vlcurate score`:
+    an empty caption is missing_text, an image that fails to decode gets the decoder's status.
+    """
+    size = int(scorer.preprocessing.image_size)
+    results: list[schemas.ItemResult | None] = [None] * len(items)
+    good: list[int] = []
+    arrays: list[np.ndarray] = []
+    for i, (item, f) in enumerate(zip(items, fetched, strict=True)):
+        if not item.caption:
+            results[i] = schemas.ItemResult(item_id=item.item_id, status="missing_text")
+            continue
+        if f is None or f.status != "ok" or f.data is None:
+            status = f.status if f is not None and f.status != "ok" else "missing_image"
+            results[i] = schemas.ItemResult(item_id=item.item_id, status=status)
+            continue
+        d = decode_image(f.data, size)
+        if d.array is None:
+            results[i] = schemas.ItemResult(item_id=item.item_id, status=d.status)
+            continue
+        good.append(i)
+        arrays.append(d.array)
+    for start in range(0, len(good), batch_size):
+        idx = good[start : start + batch_size]
+        batch = np.stack(arrays[start : start + batch_size])
+        scores = scorer.score(batch, [items[i].caption or "" for i in idx])
+        for i, s in zip(idx, scores.tolist(), strict=True):
+            value = float(s)
+            if not np.isfinite(value):
+                log.warning("non-finite score for item %s; reporting it as a decode error", items[i].item_id)
+                results[i] = schemas.ItemResult(item_id=items[i].item_id, status="decode_error")
+            else:
+                results[i] = schemas.ItemResult(item_id=items[i].item_id, score=min(1.0, max(-1.0, value)))
+    return [r for r in results if r is not None]
+
+
+# ---- the runner ------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """Why the loop ended and what it did."""
+
+    reason: Literal["max_units", "idle", "interrupted", "stopped"]
+    units_done: int
+    pairs_scored: int
+    points_credited: float
+
+
+class _LeaseLost(Exception):
+    """The lease expired or was taken away while working on it; drop the unit."""
+
+
+ScorerLoader = Callable[[str, str, str], Scorer]
+
+
+def _load_clip_scorer(name: str, device: str, precision: str) -> Scorer:
+    from vlcurate.models.clip import load_scorer
+
+    return load_scorer(name, device=device, precision=precision)  # type: ignore[arg-type]
+
+
+class AgentRunner:
+    """Runs the lease -> score -> submit loop against one server with one agent token."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: PlatformClient | None = None,
+        scorer_loader: ScorerLoader | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client or PlatformClient(
+            config.server,
+            config.token,
+            timeout=config.timeout_s,
+            retry=RetryPolicy(max_elapsed=config.retry_max_s),
+            max_connections=max(8, config.fetch_concurrency + 4),
+        )
+        self._own_client = client is None
+        self._load = scorer_loader or _load_clip_scorer
+        self._scorers: dict[tuple[str, str], Scorer] = {}
+        self.stats = AgentStats()
+        self._stop = threading.Event()
+        self._rng = random.Random()
+        self._lease: schemas.Lease | None = None
+        self._lease_lost = threading.Event()
+
+    # ---- public --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the current unit and stop (thread-safe)."""
+        self._stop.set()
+
+    def run(self) -> RunSummary:
+        """Work until a stop condition; KeyboardInterrupt releases the current lease and returns.
+
+        Raises AuthError, PausedError and ModelMismatchError: conditions under which going on is
+        pointless and the user has to act.
+        """
+        reason: Literal["max_units", "idle", "interrupted", "stopped"] = "stopped"
+        try:
+            self._refresh_me()
+            reason = self._loop()
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            self.stats.state = "interrupted"
+            log.info("interrupted; handing the current lease back")
+        finally:
+            self._release_current()
+            if self._own_client:
+                self.client.close()
+        self.stats.state = f"finished ({reason})"
+        return RunSummary(reason, self.stats.units_done, self.stats.pairs_scored, self.stats.points_credited)
+
+    # ---- loop ----------------------------------------------------------------------------
+    def _loop(self) -> Literal["max_units", "idle", "stopped"]:
+        idle_since: float | None = None
+        idle_attempt = 0
+        while not self._stop.is_set():
+            if self.config.max_units is not None and self.stats.units_done >= self.config.max_units:
+                return "max_units"
+            self.stats.state = "leasing"
+            try:
+                lease = self.client.lease(self.config.task_id)
+            except (UnavailableError, RateLimitedError) as exc:
+                # A long outage or quota: keep the agent alive and try again later.
+                self.stats.error(str(exc))
+                wait = exc.retry_after if exc.retry_after is not None else self.config.idle_sleep_max
+                self.stats.state = f"waiting {wait:.0f}s (server unavailable or rate limited)"
+                log.warning("cannot lease: %s; waiting %.0fs", exc, wait)
+                self._stop.wait(wait)
+                continue
+            if lease is None:
+                now = time.monotonic()
+                idle_since = now if idle_since is None else idle_since
+                if self.config.max_idle_s is not None and now - idle_since >= self.config.max_idle_s:
+                    return "idle"
+                delay = min(self.config.idle_sleep_max, self.config.idle_sleep * 2 ** min(idle_attempt, 20))
+                delay *= self._rng.uniform(0.75, 1.25)
+                if self.config.max_idle_s is not None:
+                    delay = max(0.05, min(delay, self.config.max_idle_s - (now - idle_since)))
+                idle_attempt += 1
+                self.stats.state = f"idle (no work; next try in {delay:.1f}s)"
+                self._stop.wait(delay)
+                continue
+            idle_since, idle_attempt = None, 0
+            self._work(lease)
+        return "stopped"
+
+    def _work(self, lease: schemas.Lease) -> None:
+        self._lease = lease
+        self._lease_lost.clear()
+        self.stats.lease_id, self.stats.unit_id = lease.lease_id, lease.unit_id
+        beat_stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(lease, beat_stop), name="agent-heartbeat", daemon=True
+        )
+        beat.start()
+        try:
+            out = self._process(lease)
+        except (_LeaseLost, ConflictError, NotFoundError) as exc:
+            self.stats.units_dropped += 1
+            self.stats.error(f"unit {lease.unit_id} dropped: {exc}")
+            log.warning("unit %s dropped: %s", lease.unit_id, exc)
+            self._lease = None  # nothing to hand back
+            return
+        except (UnavailableError, RateLimitedError, CancelledError) as exc:
+            self.stats.units_dropped += 1
+            self.stats.error(f"unit {lease.unit_id} abandoned: {exc}")
+            log.warning("unit %s abandoned: %s", lease.unit_id, exc)
+            self._release_current()
+            return
+        except (AuthError, PausedError, ModelMismatchError):
+            raise
+        except PlatformError as exc:  # e.g. 422/413: our submission is unacceptable; drop this unit
+            self.stats.units_dropped += 1
+            self.stats.error(f"unit {lease.unit_id} rejected: {exc}")
+            log.error("unit %s rejected: %s", lease.unit_id, exc)
+            self._release_current()
+            return
+        finally:
+            beat_stop.set()
+        self._lease = None
+        self.stats.lease_id = self.stats.unit_id = None
+        self._record(out, lease)
+
+    def _process(self, lease: schemas.Lease) -> schemas.SubmissionOut:
+        scorer = self._scorer_for(lease)
+        self.stats.state = f"fetching {len(lease.items)} images"
+        fetched = self._fetch(lease)
+        self._check_lease()
+        self.stats.state = f"scoring {len(lease.items)} pairs"
+        results = build_results(lease.items, fetched, scorer, self.config.batch_size)
+        n_ok = sum(r.status == "ok" for r in results)
+        self.stats.add_pairs(len(results))
+        shown = [PairView(it.caption, r.score, r.status) for it, r in zip(lease.items, results, strict=True)]
+        for pv in shown[-3:]:
+            self.stats.recent_pairs.append(pv)
+        ok_pairs = [p for p in shown if p.status == "ok"]
+        self.stats.last_pair = ok_pairs[-1] if ok_pairs else (shown[-1] if shown else None)
+        self._check_lease()
+        submission = schemas.SubmissionIn(
+            idempotency_key=f"l{lease.lease_id}-{uuid.uuid4().hex}",
+            model_fingerprint=scorer.fingerprint,
+            agent_version=__version__,
+            results=results,
+        )
+        self.stats.state = f"submitting {len(results)} results ({n_ok} scored)"
+        return self.client.submit(lease.lease_id, submission)
+
+    def _record(self, out: schemas.SubmissionOut, lease: schemas.Lease) -> None:
+        st = self.stats
+        st.units_done += 1
+        st.points_credited += out.points_credited
+        st.submissions[out.state] = st.submissions.get(out.state, 0) + 1
+        log.info(
+            "unit %d: %d pairs, %s (%s), +%.1f points; %d units, %.1f pairs/s",
+            lease.unit_id,
+            len(lease.items),
+            out.state,
+            out.detail,
+            out.points_credited,
+            st.units_done,
+            st.pairs_per_s(),
+        )
+        if st.units_done % self.config.me_every == 0:
+            self._refresh_me()
+
+    def _refresh_me(self) -> None:
+        try:
+            self.stats.me = self.client.me()
+        except (AuthError, PausedError):
+            raise
+        except PlatformError as exc:
+            self.stats.error(f"me: {exc}")
+            return
+        if self.stats.me.paused:
+            raise PausedError(403, self.stats.me.pause_reason or "paused")
+
+    # ---- pieces --------------------------------------------------------------------------
+    def _scorer_for(self, lease: schemas.Lease) -> Scorer:
+        """The pinned model (or the override), loaded once; its weights must match the task's fingerprint."""
+        name = self.config.model or lease.task.model
+        want = lease.task.model_fingerprint
+        # On CPUs with native bf16, `auto` casts the weights, which changes the fingerprint; when the
+        # user did not ask for a precision, fall back to fp32 (the weights as published) before failing.
+        tries: list[str] = [self.config.precision]
+        if self.config.precision == "auto":
+            tries += ["fp32", "bf16"]
+        seen: list[str] = []
+        for precision in tries:
+            key = (name, precision)
+            if key not in self._scorers:
+                self.stats.state = f"loading model {name} ({precision})"
+                log.info("loading model %s (%s) on %s", name, precision, self.config.device)
+                self._heartbeat_now()
+                self._scorers[key] = self._load(name, self.config.device, precision)
+            scorer = self._scorers[key]
+            if scorer.fingerprint == want:
+                self.stats.model, self.stats.fingerprint = name, scorer.fingerprint
+                return scorer
+            seen.append(f"{precision}: {scorer.fingerprint[:12]}")
+        self._release_current()
+        raise ModelMismatchError(
+            f"task {lease.task.id} pins model {lease.task.model!r} with fingerprint {want[:12]}, but "
+            f"{name!r} loaded here has {', '.join(seen)}; the task needs exactly that model "
+            "(drop --model, or get the same weights)"
+        )
+
+    def _fetch(self, lease: schemas.Lease) -> list[Fetched | None]:
+        """Download the images of items that have a caption, concurrently; failures become statuses."""
+        retry = RetryPolicy(max_elapsed=min(self.config.retry_max_s or 120.0, 120.0))
+
+        def one(url: str) -> Fetched:
+            if self._lease_lost.is_set():
+                return Fetched(None, "fetch_error", "lease lost")
+            try:
+                return Fetched(self.client.image(url, retry=retry))
+            except (AuthError, PausedError, ConflictError):
+                raise
+            except PlatformError as exc:
+                return Fetched(None, "fetch_error", str(exc))
+
+        todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        for i, it in enumerate(lease.items):
+            if it.caption:
+                todo.put((i, it.image_url))
+        out: list[Fetched | None] = [None] * len(lease.items)
+        fatal: list[BaseException] = []
+        quit_ = threading.Event()
+
+        def worker() -> None:
+            while not quit_.is_set():
+                try:
+                    i, url = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    out[i] = one(url)
+                except BaseException as exc:
+                    fatal.append(exc)
+                    quit_.set()
+
+        # Daemon threads, not a ThreadPoolExecutor: after Ctrl-C the process must exit at once,
+        # and the interpreter would otherwise wait for a download stuck on a slow server.
+        n = min(self.config.fetch_concurrency, todo.qsize())
+        threads = [threading.Thread(target=worker, name="agent-fetch", daemon=True) for _ in range(n)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        finally:
+            quit_.set()
+        if fatal:
+            raise fatal[0]
+        failed = [f for f in out if f is not None and f.status != "ok"]
+        if failed:
+            self.stats.error(f"unit {lease.unit_id}: {len(failed)} image(s) not fetched: {failed[0].error}")
+        return out
+
+    def _check_lease(self) -> None:
+        if self._lease_lost.is_set():
+            raise _LeaseLost("the server no longer holds this lease for us (expired or taken back)")
+
+    def _heartbeat(self, lease: schemas.Lease, stop: threading.Event) -> None:
+        """Renew the lease every heartbeat_seconds until the unit is done; a 409/404 means it is gone."""
+        interval = max(1.0, float(lease.heartbeat_seconds))
+        retry = RetryPolicy(max_elapsed=interval)
+        while not stop.wait(interval):
+            try:
+                self.client.heartbeat(lease.lease_id, retry=retry)
+            except (ConflictError, NotFoundError) as exc:
+                self._lease_lost.set()
+                self.stats.error(f"heartbeat: lease {lease.lease_id} lost: {exc}")
+                return
+            except PlatformError as exc:
+                self.stats.error(f"heartbeat: {exc}")
+            except Exception as exc:  # never let the heartbeat thread die silently
+                self.stats.error(f"heartbeat: {type(exc).__name__}: {exc}")
+
+    def _heartbeat_now(self) -> None:
+        """One renewal before a long step (model loading), so a short lease survives it."""
+        if self._lease is not None:
+            with contextlib.suppress(PlatformError):
+                self.client.heartbeat(self._lease.lease_id, retry=RetryPolicy(max_elapsed=5.0))
+
+    def _release_current(self) -> None:
+        lease, self._lease = self._lease, None
+        self.stats.lease_id = self.stats.unit_id = None
+        if lease is None:
+            return
+        try:
+            self.client.release(lease.lease_id, retry=RetryPolicy(base=0.2, cap=2.0, max_elapsed=10.0))
+            log.info("lease %d handed back (unit %d)", lease.lease_id, lease.unit_id)
+        except PlatformError as exc:  # expired or already submitted: nothing to hand back
+            log.info("lease %d not handed back: %s", lease.lease_id, exc)

@@ -1,0 +1,56 @@
+"""Score a small in-memory list of pairs: the path the platform's server (hidden checks) and the
+agents (one work unit at a time) share, so both produce exactly what `vlcurate score` would."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlcurate.models.clip import ClipScorer
+from vlcurate.pipeline.decode import decode_image
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """One pair's outcome: a score when status is 'ok', else the reason it has none."""
+
+    score: float | None
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def score_pairs(
+    scorer: ClipScorer,
+    images: Sequence[bytes | None],
+    captions: Sequence[str | None],
+    *,
+    batch_size: int = 64,
+    fast_decode: bool = False,
+) -> list[PairScore]:
+    """Decode and score pairs in batches; a missing caption or unreadable image gets its status."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    size = scorer.preprocessing.image_size
+    out: list[PairScore | None] = [None] * len(images)
+    ready: list[tuple[int, np.ndarray, str]] = []
+    for i, (data, caption) in enumerate(zip(images, captions, strict=True)):
+        decoded = decode_image(data, size, fast=fast_decode)
+        if decoded.array is None:
+            out[i] = PairScore(None, decoded.status, decoded.error, decoded.width, decoded.height)
+        elif caption is None or not caption.strip():
+            out[i] = PairScore(None, "missing_text", "no caption", decoded.width, decoded.height)
+        else:
+            ready.append((i, decoded.array, caption))
+            out[i] = PairScore(None, "ok", None, decoded.width, decoded.height)
+    for start in range(0, len(ready), batch_size):
+        batch = ready[start : start + batch_size]
+        scores = scorer.score(np.stack([a for _, a, _ in batch]), [c for _, _, c in batch])
+        for (i, _, _), s in zip(batch, scores, strict=True):
+            prev = out[i]
+            assert prev is not None
+            out[i] = PairScore(float(np.clip(s, -1.0, 1.0)), "ok", None, prev.width, prev.height)
+    return [p for p in out if p is not None]

@@ -1,0 +1,293 @@
+"""The FastAPI application: operators' and agents' JSON API, the dashboard, and the lease sweeper.
+
+Handlers are plain functions (FastAPI runs them in its thread pool) over the services in
+`ingest`, `leasing` and `submissions`; every error those raise becomes a status code with a one-line
+`detail`, and a dropped database connection becomes a 503 the agents retry.
+"""
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vlcurate import __version__
+from vlcurate.server import db, ingest, leasing, reputation, schemas, submissions
+from vlcurate.server.auth import Caller, agent_for_token, bearer
+from vlcurate.server.context import Platform
+from vlcurate.server.errors import Forbidden, NotFound, PlatformError, TooMany
+from vlcurate.server.migrate import upgrade
+from vlcurate.server.settings import ServerSettings
+from vlcurate.server.tokens import hash_token, new_token, same
+
+log = logging.getLogger("vlcurate.server")
+
+
+class BodyLimit:
+    """Reject bodies over `limit` bytes with 413 before the app reads them (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413).body
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _admin_hash(engine: Any, settings: ServerSettings) -> str:
+    """The operator token's hash: set from --admin-token, else generated once and printed."""
+    with db.begin_write(engine) as conn:
+        stored = conn.execute(
+            select(db.server_meta.c.value).where(db.server_meta.c.key == "admin_token_hash")
+        ).scalar()
+        if settings.admin_token:
+            h = hash_token(settings.admin_token)
+            if stored is None:
+                conn.execute(insert(db.server_meta).values(key="admin_token_hash", value=h))
+            elif stored != h:
+                conn.execute(
+                    update(db.server_meta).where(db.server_meta.c.key == "admin_token_hash").values(value=h)
+                )
+            return h
+        if stored is not None:
+            return str(stored)
+        token = new_token("vlo")
+        h = hash_token(token)
+        conn.execute(insert(db.server_meta).values(key="admin_token_hash", value=h))
+    print(f"vlcurate serve: generated operator token (shown once): {token}", flush=True)
+    return h
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    engine = db.make_engine(settings.db, pool_size=settings.pool_size)
+    if settings.migrate:
+        upgrade(engine)
+    platform = Platform(engine, settings)
+    admin_hash = _admin_hash(engine, settings)
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        while not stop.wait(settings.sweep_seconds):
+            try:
+                n = leasing.expire_leases(platform)
+                if n:
+                    log.info("requeued %d expired leases", n)
+            except Exception as exc:  # a dropped connection must not kill the sweeper
+                log.warning("lease sweep failed: %s", exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        t = threading.Thread(target=sweeper, name="lease-sweeper", daemon=True)
+        t.start()
+        yield
+        stop.set()
+        engine.dispose()
+
+    app = FastAPI(
+        title="vlcurate DataAgent platform",
+        version=__version__,
+        lifespan=lifespan,
+        description="Hands out scoring work, verifies it (quorum, hidden checks), pays valid work.",
+    )
+    app.state.engine = engine
+    app.state.platform = platform
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(PlatformError)
+    async def _platform_error(_: Request, exc: PlatformError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, TooMany) else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database error: %s", str(exc).splitlines()[0])
+        return JSONResponse(
+            {"detail": "database unavailable, retry"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not same(hash_token(bearer(authorization)), admin_hash):
+            raise Forbidden("this needs the operator token")
+
+    def agent_no_limit(authorization: Annotated[str | None, Header()] = None) -> Caller:
+        with engine.connect() as conn:
+            return agent_for_token(conn, bearer(authorization))
+
+    def agent(authorization: Annotated[str | None, Header()] = None) -> Caller:
+        caller = agent_no_limit(authorization)
+        wait = platform.limiter.check(caller.agent_id, caller.rate_per_minute)
+        if wait > 0:
+            raise TooMany(f"rate limit of {caller.rate_per_minute} requests/minute exceeded", wait)
+        return caller
+
+    AdminDep = Annotated[None, Depends(admin)]
+    AgentDep = Annotated[Caller, Depends(agent)]
+    # Image downloads are bounded by the lease itself (only its holder, only its items), so they do
+    # not count against the request rate limit: a unit is hundreds of images.
+    ImageAgentDep = Annotated[Caller, Depends(agent_no_limit)]
+
+    @app.post("/api/v1/datasets", status_code=201, response_model=schemas.DatasetOut, tags=["operators"])
+    def create_dataset(req: schemas.DatasetCreate, _: AdminDep) -> schemas.DatasetOut:
+        return ingest.create_dataset(engine, req)
+
+    @app.get("/api/v1/datasets", response_model=list[schemas.DatasetOut], tags=["operators"])
+    def list_datasets() -> list[schemas.DatasetOut]:
+        with engine.connect() as conn:
+            rows = conn.execute(select(db.datasets).order_by(db.datasets.c.id)).all()
+        return [schemas.DatasetOut.model_validate(r._mapping) for r in rows]
+
+    @app.post("/api/v1/tasks", status_code=201, response_model=schemas.TaskOut, tags=["operators"])
+    def create_task(req: schemas.TaskCreate, _: AdminDep) -> schemas.TaskOut:
+        return ingest.create_task(engine, req)
+
+    @app.get("/api/v1/tasks", response_model=list[schemas.TaskOut], tags=["operators"])
+    def list_tasks() -> list[schemas.TaskOut]:
+        with engine.connect() as conn:
+            ids = conn.execute(select(db.tasks.c.id).order_by(db.tasks.c.id)).scalars().all()
+        return [ingest.task_out(engine, i) for i in ids]
+
+    @app.post("/api/v1/agents", status_code=201, response_model=schemas.AgentToken, tags=["operators"])
+    def create_agent(
+        req: schemas.AgentCreate, authorization: Annotated[str | None, Header()] = None
+    ) -> schemas.AgentToken:
+        if not settings.open_registration:
+            admin(authorization)
+        return ingest.create_agent(engine, req, settings.rate_per_minute, settings.daily_quota)
+
+    @app.post("/api/v1/agents/{agent_id}/revoke", tags=["operators"])
+    def revoke(agent_id: int, _: AdminDep) -> dict[str, Any]:
+        ingest.revoke_agent(engine, agent_id)
+        return {"agent_id": agent_id, "revoked": True}
+
+    @app.post("/api/v1/contributors/{contributor_id}/pause", tags=["operators"])
+    def pause(
+        contributor_id: int,
+        _: AdminDep,
+        reason: Annotated[str, Body(embed=True, min_length=1, max_length=500)],
+    ) -> dict[str, Any]:
+        with db.begin_write(engine) as conn:
+            _contributor(conn, contributor_id)
+            reversed_n = reputation.pause(conn, contributor_id, f"paused by an operator: {reason}")
+        return {"contributor_id": contributor_id, "paused": True, "reversed_credits": reversed_n}
+
+    @app.post("/api/v1/contributors/{contributor_id}/unpause", tags=["operators"])
+    def unpause(contributor_id: int, _: AdminDep) -> dict[str, Any]:
+        C = db.contributors
+        with db.begin_write(engine) as conn:
+            _contributor(conn, contributor_id)
+            conn.execute(
+                update(C)
+                .where(C.c.id == contributor_id)
+                .values(paused=False, pause_reason=None, paused_at=None, gold_fail=0, disagree=0, rejected=0)
+            )
+        return {"contributor_id": contributor_id, "paused": False}
+
+    @app.get("/api/v1/me", response_model=schemas.Me, tags=["agents"])
+    def me(caller: AgentDep) -> schemas.Me:
+        return submissions.me(platform, caller)
+
+    @app.post(
+        "/api/v1/leases",
+        response_model=schemas.Lease,
+        tags=["agents"],
+        responses={204: {"description": "no work now"}},
+    )
+    def lease(
+        caller: AgentDep, body: Annotated[dict[str, int] | None, Body()] = None
+    ) -> schemas.Lease | Response:
+        task_id = (body or {}).get("task_id")
+        got = leasing.lease(platform, caller, task_id)
+        return Response(status_code=204) if got is None else got
+
+    @app.post("/api/v1/leases/{lease_id}/heartbeat", response_model=schemas.HeartbeatOut, tags=["agents"])
+    def heartbeat(lease_id: int, caller: AgentDep) -> schemas.HeartbeatOut:
+        return leasing.heartbeat(platform, caller, lease_id)
+
+    @app.delete("/api/v1/leases/{lease_id}", status_code=204, tags=["agents"])
+    def release(lease_id: int, caller: AgentDep) -> Response:
+        leasing.release(platform, caller, lease_id)
+        return Response(status_code=204)
+
+    @app.post("/api/v1/leases/{lease_id}/submit", response_model=schemas.SubmissionOut, tags=["agents"])
+    def submit(lease_id: int, body: schemas.SubmissionIn, caller: AgentDep) -> schemas.SubmissionOut:
+        return submissions.submit(platform, caller, lease_id, body)
+
+    @app.get("/api/v1/leases/{lease_id}/images/{item_id}", tags=["agents"])
+    def image(lease_id: int, item_id: str, caller: ImageAgentDep) -> Response:
+        _row, view = leasing.lease_view(platform, caller, lease_id)
+        match = next((v for v in view if v.public_id == item_id), None)
+        if match is None:
+            raise NotFound(f"item {item_id!r} is not in lease {lease_id}")
+        data, ext = leasing.image_bytes(platform, match.item_id)
+        return Response(content=data, media_type=_media_type(data, ext))
+
+    _wire_dashboard(app)
+    return app
+
+
+def _contributor(conn: Any, contributor_id: int) -> None:
+    if (
+        conn.execute(select(db.contributors.c.id).where(db.contributors.c.id == contributor_id)).first()
+        is None
+    ):
+        raise NotFound(f"no contributor {contributor_id}")
+
+
+def _media_type(data: bytes, ext: str | None) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return f"image/{ext.lstrip('.')}" if ext else "application/octet-stream"
+
+
+def _wire_dashboard(app: FastAPI) -> None:
+    try:
+        from vlcurate.server.dashboard import mount_static, router
+    except ImportError:  # the dashboard module is optional while it is being built
+        return
+    app.include_router(router)
+    mount_static(app)

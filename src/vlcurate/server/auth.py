@@ -1,0 +1,71 @@
+"""Who is calling: the operator (admin token) or an agent (its bearer token, checked on every call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from vlcurate.server import db
+from vlcurate.server.errors import Unauthorized
+from vlcurate.server.tokens import hash_token
+
+
+@dataclass(frozen=True)
+class Caller:
+    agent_id: int
+    agent_name: str
+    version: str
+    contributor_id: int
+    contributor: str
+    paused: bool
+    pause_reason: str | None
+    rate_per_minute: int
+    daily_quota: int
+
+
+def bearer(header: str | None) -> str:
+    """The token from an `Authorization: Bearer ...` header, or a 401."""
+    if not header:
+        raise Unauthorized("missing Authorization header (Bearer token)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def agent_for_token(conn: Connection, token: str) -> Caller:
+    """The agent holding `token`; revoked or unknown tokens are a 401."""
+    a, c = db.agents, db.contributors
+    row = conn.execute(
+        select(
+            a.c.id,
+            a.c.name,
+            a.c.version,
+            a.c.revoked,
+            a.c.rate_per_minute,
+            a.c.daily_quota,
+            c.c.id.label("cid"),
+            c.c.name.label("cname"),
+            c.c.paused,
+            c.c.pause_reason,
+        )
+        .join(c, c.c.id == a.c.contributor_id)
+        .where(a.c.token_hash == hash_token(token))
+    ).first()
+    if row is None:
+        raise Unauthorized("unknown token")
+    if row.revoked:
+        raise Unauthorized("this token has been revoked")
+    return Caller(
+        row.id,
+        row.name,
+        row.version,
+        row.cid,
+        row.cname,
+        bool(row.paused),
+        row.pause_reason,
+        row.rate_per_minute,
+        row.daily_quota,
+    )

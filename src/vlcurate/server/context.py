@@ -1,0 +1,160 @@
+"""Per-process state shared by the request handlers: the engine, the server secret and read-mostly
+caches (tasks, the pairs of a unit, gold pools). Everything cached is immutable or refreshed on a
+timer, so several server workers can run side by side on one database."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from vlcurate.server import db
+from vlcurate.server.errors import NotFound
+from vlcurate.server.ratelimit import RateLimiter
+from vlcurate.server.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: int
+    dataset_id: int
+    kind: str
+    model: str
+    model_fingerprint: str
+    preprocessing: dict[str, Any]
+    quorum: int
+    max_replicas: int
+    tolerance: float
+    agree_fraction: float
+    gold_per_unit: int
+    points_per_pair: float
+    lease_seconds: int
+    trust_after: int
+    min_audit_rate: float
+    state: str
+
+
+@dataclass(frozen=True)
+class UnitPairs:
+    item_ids: list[int]
+    captions: list[str | None]
+
+
+@dataclass(frozen=True)
+class GoldPool:
+    item_ids: list[int]
+    answers: dict[int, tuple[float | None, str]]
+    captions: dict[int, str | None]
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+class Platform:
+    """What a request handler needs: engine, settings, secret, caches and the rate limiter."""
+
+    GOLD_TTL = 30.0
+    TASK_TTL = 5.0
+
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.limiter = RateLimiter()
+        self._tasks = _LRU(256)
+        self._units = _LRU(8192)
+        self._gold = _LRU(256)
+        self.secret = self._load_secret()
+
+    def _load_secret(self) -> bytes:
+        with db.begin_write(self.engine) as conn:
+            row = conn.execute(select(db.server_meta.c.value).where(db.server_meta.c.key == "secret")).first()
+            if row is not None:
+                return bytes.fromhex(row[0])
+            value = secrets.token_hex(32)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(db.server_meta).values(key="secret", value=value))
+            except IntegrityError:  # another worker won the race
+                value = conn.execute(
+                    select(db.server_meta.c.value).where(db.server_meta.c.key == "secret")
+                ).scalar_one()
+            return bytes.fromhex(value)
+
+    def task(self, task_id: int) -> TaskInfo:
+        hit = self._tasks.get(task_id)
+        if hit is not None and time.monotonic() - hit[0] < self.TASK_TTL:
+            return hit[1]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.tasks).where(db.tasks.c.id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        m = row._mapping
+        info = TaskInfo(**{f: m[f] for f in TaskInfo.__dataclass_fields__})
+        self._tasks.put(task_id, (time.monotonic(), info))
+        return info
+
+    def active_task_ids(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(db.tasks.c.id).where(db.tasks.c.state == "active"))]
+
+    def unit_pairs(self, first_item: int, last_item: int) -> UnitPairs:
+        key = (first_item, last_item)
+        hit = self._units.get(key)
+        if hit is not None:
+            return hit
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.items.c.id, db.items.c.caption)
+                .where(db.items.c.id.between(first_item, last_item))
+                .order_by(db.items.c.id)
+            ).all()
+        pairs = UnitPairs([r.id for r in rows], [r.caption for r in rows])
+        self._units.put(key, pairs)
+        return pairs
+
+    def gold_pool(self, task_id: int) -> GoldPool:
+        hit = self._gold.get(task_id)
+        if hit is not None and time.monotonic() - hit[0] < self.GOLD_TTL:
+            return hit[1]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.gold.c.item_id, db.gold.c.score, db.gold.c.status, db.items.c.caption)
+                .join(db.items, db.items.c.id == db.gold.c.item_id)
+                .where(db.gold.c.task_id == task_id)
+                .order_by(db.gold.c.item_id)
+            ).all()
+        pool = GoldPool(
+            [r.item_id for r in rows],
+            {r.item_id: (r.score, r.status) for r in rows},
+            {r.item_id: r.caption for r in rows},
+        )
+        self._gold.put(task_id, (time.monotonic(), pool))
+        return pool
+
+    def forget_gold(self, task_id: int) -> None:
+        self._gold.put(task_id, (0.0, None))

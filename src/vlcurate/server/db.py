@@ -1,0 +1,329 @@
+"""The platform's tables (SQLAlchemy 2 Core) and the engine factory for SQLite and PostgreSQL.
+
+Core tables rather than ORM classes: the lease/submit hot path runs a handful of statements per
+request and must hold hundreds of unit cycles per second, so every query is written out.
+Scores travel as packed float32 blobs (one per submission, one per verified unit), not a row per
+pair: a unit of 256 pairs is one row to write, not 256. Alembic migrations under
+`server/migrations` create these tables; `metadata` here is their single definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+
+def utcnow() -> dt.datetime:
+    """Timezone-aware now in UTC; every timestamp in the database is UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _id() -> Column[Any]:
+    return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+
+
+def _ts(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, DateTime(timezone=True), nullable=nullable, default=None if nullable else utcnow)
+
+
+server_meta = Table(
+    "server_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("source", Text, nullable=False),
+    Column("kind", String(32), nullable=True),
+    Column("n_items", Integer, nullable=False, default=0),
+    Column("n_unreadable", Integer, nullable=False, default=0),
+    _ts("created_at"),
+)
+
+# One row per image-caption pair; ids are contiguous within a dataset so a unit is an id range.
+items = Table(
+    "items",
+    metadata,
+    _id(),
+    Column("dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    Column("uid", String(32), nullable=False),
+    Column("shard", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("caption", Text, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("read_status", String(32), nullable=False, default="ok"),
+    Column("read_error", Text, nullable=True),
+    Index("ix_items_dataset_uid", "dataset_id", "uid"),
+)
+
+item_images = Table(
+    "item_images",
+    metadata,
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("ext", String(16), nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    _id(),
+    Column("dataset_id", ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("model_fingerprint", String(64), nullable=False),
+    Column("preprocessing", JSON, nullable=False),
+    Column("quorum", Integer, nullable=False),
+    Column("max_replicas", Integer, nullable=False),
+    Column("tolerance", Float, nullable=False),
+    Column("agree_fraction", Float, nullable=False),
+    Column("unit_size", Integer, nullable=False),
+    Column("gold_per_unit", Integer, nullable=False),
+    Column("points_per_pair", Float, nullable=False),
+    Column("lease_seconds", Integer, nullable=False),
+    Column("trust_after", Integer, nullable=False),
+    Column("min_audit_rate", Float, nullable=False),
+    Column("state", String(16), nullable=False, default="active"),
+    _ts("created_at"),
+)
+
+# A unit covers items first_item..last_item of its dataset. `target` replicas are wanted (quorum,
+# 1 for a trusted contributor's unaudited unit, more after disagreement); `issued` counts replicas
+# leased or submitted and still in the running.
+units = Table(
+    "units",
+    metadata,
+    _id(),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("first_item", BigInteger, nullable=False),
+    Column("last_item", BigInteger, nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("state", String(16), nullable=False, default="open"),
+    Column("target", Integer, nullable=False),
+    Column("issued", Integer, nullable=False, default=0),
+    Column("replicas_total", Integer, nullable=False, default=0),
+    Column("single_trusted", Boolean, nullable=False, default=False),
+    Column("verified_scores", LargeBinary, nullable=True),
+    Column("verified_status", JSON, nullable=True),
+    _ts("verified_at", nullable=True),
+    UniqueConstraint("task_id", "seq", name="uq_units_task_seq"),
+    Index("ix_units_pick", "state", "task_id", "id"),
+    Index("ix_units_verified_at", "verified_at"),
+)
+
+# Known answers for hidden checks: operator-given, scored by the server, or promoted from verified units.
+gold = Table(
+    "gold",
+    metadata,
+    _id(),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("status", String(32), nullable=False, default="ok"),
+    Column("source", String(16), nullable=False),
+    UniqueConstraint("task_id", "item_id", name="uq_gold_task_item"),
+)
+
+contributors = Table(
+    "contributors",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("pause_reason", Text, nullable=True),
+    _ts("paused_at", nullable=True),
+    Column("gold_pass", Integer, nullable=False, default=0),
+    Column("gold_fail", Integer, nullable=False, default=0),
+    Column("agree", Integer, nullable=False, default=0),
+    Column("disagree", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("valid_streak", Integer, nullable=False, default=0),
+    Column("n_valid", Integer, nullable=False, default=0),
+    Column("points", Float, nullable=False, default=0.0),
+    _ts("created_at"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    _id(),
+    Column("contributor_id", ForeignKey("contributors.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", String(64), nullable=False, default="unknown"),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+    _ts("revoked_at", nullable=True),
+    Column("rate_per_minute", Integer, nullable=False),
+    Column("daily_quota", Integer, nullable=False),
+    Column("quota_day", String(10), nullable=True),
+    Column("quota_used", Integer, nullable=False, default=0),
+    _ts("last_seen", nullable=True),
+    _ts("created_at"),
+)
+
+# Reputation per agent software version, from the same gold and agreement outcomes.
+version_stats = Table(
+    "version_stats",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("gold_pass", Integer, nullable=False, default=0),
+    Column("gold_fail", Integer, nullable=False, default=0),
+    Column("agree", Integer, nullable=False, default=0),
+    Column("disagree", Integer, nullable=False, default=0),
+)
+
+# A replica is one contributor's copy of a unit: the lease, then its fate.
+# state: leased -> submitted -> valid | invalid; leased -> expired | released.
+replicas = Table(
+    "replicas",
+    metadata,
+    _id(),
+    Column("unit_id", ForeignKey("units.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("contributor_id", ForeignKey("contributors.id"), nullable=False),
+    Column("agent_id", ForeignKey("agents.id"), nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("gold_items", JSON, nullable=False),
+    Column("state", String(16), nullable=False, default="leased"),
+    _ts("leased_at"),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    _ts("finished_at", nullable=True),
+    UniqueConstraint("unit_id", "contributor_id", name="uq_replicas_unit_contributor"),
+    Index("ix_replicas_state_deadline", "state", "deadline"),
+    Index("ix_replicas_agent_state", "agent_id", "state"),
+)
+
+# scores: float32 little-endian, unit items in id order then the replica's gold items in its order;
+# statuses: {position: status} for items the agent could not score (score NaN).
+submissions = Table(
+    "submissions",
+    metadata,
+    _id(),
+    Column("replica_id", ForeignKey("replicas.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("agent_id", ForeignKey("agents.id"), nullable=False),
+    Column("contributor_id", ForeignKey("contributors.id"), nullable=False),
+    Column("unit_id", ForeignKey("units.id", ondelete="CASCADE"), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("model_fingerprint", String(64), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("scores", LargeBinary, nullable=False),
+    Column("statuses", JSON, nullable=False),
+    Column("gold_ok", Boolean, nullable=False),
+    Column("gold_max_error", Float, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("response", JSON, nullable=True),
+    _ts("received_at"),
+    UniqueConstraint("agent_id", "idempotency_key", name="uq_submissions_agent_key"),
+    Index("ix_submissions_unit", "unit_id"),
+)
+
+# Append-only: credits for validated results, reversals that point at the credit they undo.
+ledger = Table(
+    "ledger",
+    metadata,
+    _id(),
+    Column("contributor_id", ForeignKey("contributors.id"), nullable=False),
+    Column("agent_id", ForeignKey("agents.id"), nullable=False),
+    Column("submission_id", ForeignKey("submissions.id"), nullable=False),
+    Column("unit_id", ForeignKey("units.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("points", Float, nullable=False),
+    Column("pairs", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("reverses_id", ForeignKey("ledger.id"), nullable=True, unique=True),
+    _ts("created_at"),
+    Index("ix_ledger_contributor", "contributor_id"),
+    Index("ix_ledger_submission", "submission_id"),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the dashboard read while agents write; a long busy timeout queues writers instead
+    # of failing them; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock at BEGIN (see `begin_write`): read-then-write transactions
+    # (leasing) cannot interleave, and none fails late with "database is locked" after reading
+    # stale rows. Readers begin deferred and, with WAL, never wait for a writer.
+    immediate = conn.get_execution_options().get("vlcurate_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def begin_write(engine: Engine) -> Any:
+    """A write transaction: `with begin_write(engine) as conn:` (BEGIN IMMEDIATE on SQLite)."""
+    return engine.execution_options(vlcurate_write=True).begin()
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgresql://` and plain paths as well as SQLAlchemy URLs; psycopg 3 is the driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for `url` with the settings the platform relies on (see the pragma notes)."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=600,
+    )
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"

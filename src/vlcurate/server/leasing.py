@@ -1,0 +1,275 @@
+"""Leases: hand a unit replica to an agent, renew it, take it back, and requeue expired ones.
+
+Correct with many agents at once: on PostgreSQL the unit row is taken with
+`FOR UPDATE SKIP LOCKED` (concurrent leases pick different units without waiting); on SQLite every
+write transaction starts with `BEGIN IMMEDIATE`, so leases are serialised. The unique constraint
+(unit, contributor) makes "never the same unit to the same contributor twice" hold in the
+database itself, whatever the code does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from vlcurate.server import db, schemas
+from vlcurate.server.auth import Caller
+from vlcurate.server.context import Platform
+from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
+from vlcurate.server.unit_view import ViewItem, replica_view
+
+HEARTBEAT_FRACTION = 3  # agents renew every lease_seconds / 3
+
+
+def is_trusted(valid_streak: int, trust_after: int) -> bool:
+    return valid_streak >= trust_after
+
+
+def audit_rate(valid_streak: int, min_rate: float) -> float:
+    """BOINC's adaptive replication: audit probability falls as 1/streak, never below `min_rate`."""
+    return max(min_rate, 1.0 / max(valid_streak, 1))
+
+
+def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Lease | None:
+    """Lease one unit replica to `caller`, or None when no unit can go to this contributor now."""
+    if caller.paused:
+        raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
+    task_ids = [task_id] if task_id is not None else p.active_task_ids()
+    if not task_ids:
+        return None
+    now = db.utcnow()
+    today = now.date().isoformat()
+    with db.begin_write(p.engine) as conn:
+        used = conn.execute(
+            select(db.agents.c.quota_used, db.agents.c.quota_day).where(db.agents.c.id == caller.agent_id)
+        ).one()
+        if used.quota_day == today and used.quota_used >= caller.daily_quota:
+            tomorrow = dt.datetime.combine(
+                now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc
+            )
+            raise TooMany(
+                f"daily quota of {caller.daily_quota} leases used up", (tomorrow - now).total_seconds()
+            )
+        unit = _pick_unit(conn, caller.contributor_id, task_ids)
+        if unit is None:
+            return None
+        task = p.task(unit.task_id)
+        streak = conn.execute(
+            select(db.contributors.c.valid_streak).where(db.contributors.c.id == caller.contributor_id)
+        ).scalar_one()
+        seed = random.getrandbits(62)
+        target = unit.target
+        if unit.issued == 0:
+            # Fresh start for this unit: a trusted contributor's result may stand alone, unless audited.
+            rng = random.Random(seed)
+            single = is_trusted(streak, task.trust_after) and rng.random() >= audit_rate(
+                streak, task.min_audit_rate
+            )
+            target = 1 if single else max(task.quorum, unit.target if unit.replicas_total else task.quorum)
+        gold_items = _sample_gold(p, task.id, task.gold_per_unit, unit.first_item, unit.last_item, seed)
+        deadline = now + dt.timedelta(seconds=task.lease_seconds)
+        lease_id = conn.execute(
+            insert(db.replicas)
+            .values(
+                unit_id=unit.id,
+                task_id=unit.task_id,
+                contributor_id=caller.contributor_id,
+                agent_id=caller.agent_id,
+                seed=seed,
+                gold_items=gold_items,
+                state="leased",
+                leased_at=now,
+                deadline=deadline,
+            )
+            .returning(db.replicas.c.id)
+        ).scalar_one()
+        conn.execute(
+            update(db.units)
+            .where(db.units.c.id == unit.id)
+            .values(issued=db.units.c.issued + 1, replicas_total=db.units.c.replicas_total + 1, target=target)
+        )
+        conn.execute(
+            update(db.agents)
+            .where(db.agents.c.id == caller.agent_id)
+            .values(
+                quota_day=today,
+                quota_used=(used.quota_used + 1) if used.quota_day == today else 1,
+                last_seen=now,
+            )
+        )
+    view = replica_view(p.secret, lease_id, seed, _unit_items(p, unit.first_item, unit.last_item), gold_items)
+    return schemas.Lease(
+        lease_id=lease_id,
+        unit_id=unit.id,
+        task=schemas.TaskSpec(
+            id=task.id,
+            kind=task.kind,
+            model=task.model,
+            model_fingerprint=task.model_fingerprint,
+            preprocessing=task.preprocessing,
+        ),
+        deadline=deadline,
+        heartbeat_seconds=max(1, task.lease_seconds // HEARTBEAT_FRACTION),
+        items=[
+            schemas.UnitItem(
+                item_id=v.public_id,
+                caption=_caption(p, unit.task_id, unit.first_item, unit.last_item, v),
+                image_url=f"/api/v1/leases/{lease_id}/images/{v.public_id}",
+            )
+            for v in view
+        ],
+    )
+
+
+def _unit_items(p: Platform, first: int, last: int) -> list[int]:
+    return p.unit_pairs(first, last).item_ids
+
+
+def _caption(p: Platform, task_id: int, first: int, last: int, v: ViewItem) -> str | None:
+    if v.is_gold:
+        return p.gold_pool(task_id).captions.get(v.item_id)
+    return p.unit_pairs(first, last).captions[v.position]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    id: int
+    task_id: int
+    first_item: int
+    last_item: int
+    target: int
+    issued: int
+    replicas_total: int
+
+
+def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int]) -> _Unit | None:
+    u, r = db.units, db.replicas
+    q = (
+        select(u.c.id, u.c.task_id, u.c.first_item, u.c.last_item, u.c.target, u.c.issued, u.c.replicas_total)
+        .where(
+            u.c.state == "open",
+            u.c.task_id.in_(task_ids),
+            u.c.issued < u.c.target,
+            ~exists().where(and_(r.c.unit_id == u.c.id, r.c.contributor_id == contributor_id)),
+        )
+        .order_by(u.c.id)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=u)
+    row = conn.execute(q).first()
+    return None if row is None else _Unit(*row)
+
+
+def _sample_gold(p: Platform, task_id: int, k: int, first: int, last: int, seed: int) -> list[int]:
+    if k <= 0:
+        return []
+    pool = [g for g in p.gold_pool(task_id).item_ids if not first <= g <= last]
+    return sorted(random.Random(seed ^ 0x5EED).sample(pool, min(k, len(pool))))
+
+
+def heartbeat(p: Platform, caller: Caller, lease_id: int) -> schemas.HeartbeatOut:
+    now = db.utcnow()
+    with db.begin_write(p.engine) as conn:
+        row = _held(conn, caller, lease_id, now)
+        task = p.task(row.task_id)
+        deadline = now + dt.timedelta(seconds=task.lease_seconds)
+        conn.execute(update(db.replicas).where(db.replicas.c.id == lease_id).values(deadline=deadline))
+    return schemas.HeartbeatOut(lease_id=lease_id, deadline=deadline)
+
+
+def _held(conn: Connection, caller: Caller, lease_id: int, now: dt.datetime, lock: bool = False) -> Row[Any]:
+    q = select(db.replicas).where(db.replicas.c.id == lease_id)
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is None or row.agent_id != caller.agent_id:
+        raise NotFound(f"lease {lease_id} is not held by this agent")
+    if row.state != "leased":
+        raise Conflict(f"lease {lease_id} is {row.state}, not active")
+    if _aware(row.deadline) < now:
+        raise Conflict(f"lease {lease_id} expired at {_aware(row.deadline).isoformat()}")
+    return row
+
+
+def _aware(ts: dt.datetime) -> dt.datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.timezone.utc)
+
+
+def release(p: Platform, caller: Caller, lease_id: int) -> None:
+    """Hand a lease back: the replica goes to someone else at once."""
+    with db.begin_write(p.engine) as conn:
+        unit_id = conn.execute(
+            update(db.replicas)
+            .where(
+                db.replicas.c.id == lease_id,
+                db.replicas.c.agent_id == caller.agent_id,
+                db.replicas.c.state == "leased",
+            )
+            .values(state="released", finished_at=db.utcnow())
+            .returning(db.replicas.c.unit_id)
+        ).scalar_one_or_none()
+        if unit_id is None:
+            raise Conflict(f"lease {lease_id} is not an active lease of this agent")
+        conn.execute(update(db.units).where(db.units.c.id == unit_id).values(issued=db.units.c.issued - 1))
+
+
+def expire_leases(p: Platform) -> int:
+    """Requeue every replica whose deadline passed; returns how many."""
+    now = db.utcnow()
+    with db.begin_write(p.engine) as conn:
+        unit_ids = (
+            conn.execute(
+                update(db.replicas)
+                .where(db.replicas.c.state == "leased", db.replicas.c.deadline < now)
+                .values(state="expired", finished_at=now)
+                .returning(db.replicas.c.unit_id)
+            )
+            .scalars()
+            .all()
+        )
+        counts: dict[int, int] = {}
+        for uid in unit_ids:
+            counts[uid] = counts.get(uid, 0) + 1
+        for uid, n in sorted(counts.items()):
+            conn.execute(update(db.units).where(db.units.c.id == uid).values(issued=db.units.c.issued - n))
+    return len(unit_ids)
+
+
+def lease_view(p: Platform, caller: Caller, lease_id: int) -> tuple[Row[Any], list[ViewItem]]:
+    """The lease row and its items, for serving images; only the holder may look."""
+    with p.engine.connect() as conn:
+        row = conn.execute(select(db.replicas).where(db.replicas.c.id == lease_id)).first()
+        if row is None or row.agent_id != caller.agent_id:
+            raise NotFound(f"lease {lease_id} is not held by this agent")
+        unit = conn.execute(
+            select(db.units.c.first_item, db.units.c.last_item).where(db.units.c.id == row.unit_id)
+        ).one()
+    return row, replica_view(
+        p.secret, lease_id, row.seed, _unit_items(p, unit.first_item, unit.last_item), row.gold_items
+    )
+
+
+def image_bytes(p: Platform, item_id: int) -> tuple[bytes, str | None]:
+    with p.engine.connect() as conn:
+        row = conn.execute(
+            select(db.item_images.c.data, db.item_images.c.ext).where(db.item_images.c.item_id == item_id)
+        ).first()
+    if row is None:
+        raise NotFound("this item has no image")
+    return bytes(row.data), row.ext
+
+
+def count_open(conn: Connection, task_id: int) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(db.units)
+            .where(db.units.c.task_id == task_id, db.units.c.state == "open")
+        ).scalar_one()
+    )

@@ -1,0 +1,118 @@
+"""The append-only reward ledger: credits for validated results and reversals that point at the
+credit they undo. Balances live in `contributors.points`, updated in the same transaction as the
+entry; `audit` checks that the two agree and that nothing was paid twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from vlcurate.server import db
+
+
+def credit(
+    conn: Connection,
+    *,
+    contributor_id: int,
+    agent_id: int,
+    submission_id: int,
+    unit_id: int,
+    points: float,
+    pairs: int,
+    reason: str,
+) -> int:
+    entry = conn.execute(
+        insert(db.ledger)
+        .values(
+            contributor_id=contributor_id,
+            agent_id=agent_id,
+            submission_id=submission_id,
+            unit_id=unit_id,
+            kind="credit",
+            points=points,
+            pairs=pairs,
+            reason=reason,
+            created_at=db.utcnow(),
+        )
+        .returning(db.ledger.c.id)
+    ).scalar_one()
+    conn.execute(
+        update(db.contributors)
+        .where(db.contributors.c.id == contributor_id)
+        .values(points=db.contributors.c.points + points)
+    )
+    return int(entry)
+
+
+def reverse(conn: Connection, credit_row: Any, reason: str) -> int:
+    """Undo one credit with a negative entry that references it (at most once: `reverses_id` is unique)."""
+    entry = conn.execute(
+        insert(db.ledger)
+        .values(
+            contributor_id=credit_row.contributor_id,
+            agent_id=credit_row.agent_id,
+            submission_id=credit_row.submission_id,
+            unit_id=credit_row.unit_id,
+            kind="reversal",
+            points=-credit_row.points,
+            pairs=-credit_row.pairs,
+            reason=reason,
+            reverses_id=credit_row.id,
+            created_at=db.utcnow(),
+        )
+        .returning(db.ledger.c.id)
+    ).scalar_one()
+    conn.execute(
+        update(db.contributors)
+        .where(db.contributors.c.id == credit_row.contributor_id)
+        .values(points=db.contributors.c.points - credit_row.points)
+    )
+    return int(entry)
+
+
+def credited_points(conn: Connection, submission_id: int) -> float:
+    return float(
+        conn.execute(
+            select(func.coalesce(func.sum(db.ledger.c.points), 0.0)).where(
+                db.ledger.c.submission_id == submission_id
+            )
+        ).scalar_one()
+    )
+
+
+def audit(conn: Connection) -> list[str]:
+    """Every way the ledger could be wrong, as readable problems; an empty list means it balances."""
+    problems: list[str] = []
+    L, C, S = db.ledger, db.contributors, db.submissions
+    sums = dict(
+        conn.execute(select(L.c.contributor_id, func.sum(L.c.points)).group_by(L.c.contributor_id)).all()
+    )
+    for cid, name, points in conn.execute(select(C.c.id, C.c.name, C.c.points)).all():
+        if abs(float(sums.get(cid, 0.0) or 0.0) - float(points)) > 1e-6:
+            problems.append(f"contributor {name}: balance {points} but ledger sums to {sums.get(cid, 0.0)}")
+    for sid, n in conn.execute(
+        select(L.c.submission_id, func.count())
+        .where(L.c.kind == "credit")
+        .group_by(L.c.submission_id)
+        .having(func.count() > 1)
+    ).all():
+        problems.append(f"submission {sid} credited {n} times")
+    reversed_ids = {
+        r for (r,) in conn.execute(select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))).all()
+    }
+    for entry_id, sid, state in conn.execute(
+        select(L.c.id, L.c.submission_id, S.c.state)
+        .join(S, S.c.id == L.c.submission_id)
+        .where(L.c.kind == "credit")
+    ).all():
+        if state != "valid" and entry_id not in reversed_ids:
+            problems.append(f"credit {entry_id} pays submission {sid} which is {state}")
+    for entry_id, target, points in conn.execute(
+        select(L.c.id, L.c.reverses_id, L.c.points).where(L.c.kind == "reversal")
+    ).all():
+        orig = conn.execute(select(L.c.kind, L.c.points).where(L.c.id == target)).first()
+        if orig is None or orig.kind != "credit" or abs(orig.points + points) > 1e-9:
+            problems.append(f"reversal {entry_id} does not mirror a credit (reverses {target})")
+    return problems

@@ -1,0 +1,503 @@
+"""Read-only queries behind the public read API and the live dashboard.
+
+Every function takes an open `Connection` and only SELECTs, so a page or an API call reads one
+consistent snapshot (call them inside one `read_connection(engine)` block). Nothing here may reveal
+a hidden check: items that appear in the `gold` table are left out of the feed and their images are
+never served, whatever task they belong to (a gold item's verified score under one task is the
+answer key for another task pinned to the same model).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Connection, Engine, Row
+
+from vlcurate.server import db
+from vlcurate.server.schemas import ContributorOut, LedgerEntryOut
+
+DEFAULT_TRUST_AFTER = 10
+UNIT_STATES = ("open", "verified", "inconclusive")
+# Feed ids are (unit rank << FEED_POS_BITS) | position-in-unit; 16 bits hold any unit (unit_size <= 5000)
+# and leave 37 bits of rank, so ids stay exact in JavaScript numbers (< 2**53).
+FEED_POS_BITS = 16
+FEED_POS_MASK = (1 << FEED_POS_BITS) - 1
+READ_ONLY_OPTION = "vlcurate_read_only"
+
+
+# ---- wire models that schemas.py does not hold (yet) ---------------------------------------------
+
+
+class UnitsByState(BaseModel):
+    open: int = 0
+    verified: int = 0
+    inconclusive: int = 0
+    other: int = 0
+
+
+class TaskProgress(BaseModel):
+    id: int
+    name: str
+    state: str
+    model: str
+    quorum: int
+    trust_after: int
+    n_items: int
+    n_verified: int
+    units_total: int
+    units_by_state: UnitsByState
+
+
+class DatasetProgress(BaseModel):
+    id: int
+    name: str
+    n_items: int
+    n_unreadable: int
+    n_verified: int
+    units_total: int
+    units_by_state: UnitsByState
+    tasks: list[TaskProgress]
+
+
+class StatsOut(BaseModel):
+    datasets: list[DatasetProgress]
+    contributors: int
+    agents: int
+    ledger_points: float
+    pairs_verified: int
+
+
+class FeedEntry(BaseModel):
+    id: int
+    item_id: int
+    uid: str
+    caption: str | None
+    score: float | None
+    status: str
+    unit_id: int
+    task_id: int
+    verified_at: dt.datetime
+    image_url: str
+
+
+class AgentOut(BaseModel):
+    id: int
+    name: str
+    version: str
+    revoked: bool
+    last_seen: dt.datetime | None
+    created_at: dt.datetime
+
+
+class SubmissionSummary(BaseModel):
+    """What the public may see of a submission: its fate, never its scores (they include gold)."""
+
+    id: int
+    contributor_id: int
+    contributor: str
+    agent_id: int
+    unit_id: int
+    agent_version: str
+    state: str
+    received_at: dt.datetime
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def read_connection(engine: Engine) -> Connection:
+    """A connection tagged read-only (execution option `vlcurate_read_only`).
+
+    db.make_engine starts every SQLite transaction with BEGIN IMMEDIATE, which takes the write lock
+    even for reads; the tag lets its `begin` hook issue a plain BEGIN instead, so dashboard reads
+    never queue behind (or block) agents' writes. Harmless where the hook ignores it.
+    """
+    return engine.connect().execution_options(**{READ_ONLY_OPTION: True})
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every stored timestamp is UTC, so say so."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _utc_opt(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _utc(value)
+
+
+def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> float:
+    """Laplace-smoothed share of good outcomes: a newcomer starts at 0.5, not at 0 or 1."""
+    return (gold_pass + agree + 1) / (gold_pass + gold_fail + agree + disagree + 2)
+
+
+def trust_threshold(conn: Connection) -> int:
+    """`trust_after` of the newest active task (else the newest task, else 10).
+
+    Contributors are not tied to one task; the dashboard shows trust against the task work is
+    going to now.
+    """
+    t = db.tasks
+    row = conn.execute(
+        select(t.c.trust_after).order_by((t.c.state == "active").desc(), t.c.id.desc()).limit(1)
+    ).first()
+    return int(row[0]) if row is not None else DEFAULT_TRUST_AFTER
+
+
+def _contributor_out(row: Row[Any], trust_after: int) -> ContributorOut:
+    m = row._mapping
+    return ContributorOut(
+        id=m["id"],
+        name=m["name"],
+        paused=bool(m["paused"]),
+        pause_reason=m["pause_reason"],
+        reputation=reputation(m["gold_pass"], m["gold_fail"], m["agree"], m["disagree"]),
+        points=float(m["points"]),
+        gold_pass=m["gold_pass"],
+        gold_fail=m["gold_fail"],
+        agree=m["agree"],
+        disagree=m["disagree"],
+        rejected=m["rejected"],
+        valid_results=m["n_valid"],
+        trusted=m["valid_streak"] >= trust_after,
+    )
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+
+def stats(conn: Connection) -> StatsOut:
+    """Datasets with per-task progress: verified pairs = sum of n_items over verified units."""
+    d, t, u = db.datasets, db.tasks, db.units
+    per_task: dict[int, dict[str, tuple[int, int]]] = {}
+    for task_id, state, n_units, n_pairs in conn.execute(
+        select(u.c.task_id, u.c.state, func.count(), func.coalesce(func.sum(u.c.n_items), 0)).group_by(
+            u.c.task_id, u.c.state
+        )
+    ):
+        per_task.setdefault(task_id, {})[state] = (int(n_units), int(n_pairs))
+
+    tasks_by_ds: dict[int, list[TaskProgress]] = {}
+    for tr in conn.execute(select(t).order_by(t.c.id)):
+        counts = per_task.get(tr.id, {})
+        tasks_by_ds.setdefault(tr.dataset_id, []).append(
+            TaskProgress(
+                id=tr.id,
+                name=tr.name,
+                state=tr.state,
+                model=tr.model,
+                quorum=tr.quorum,
+                trust_after=tr.trust_after,
+                n_items=sum(p for _, p in counts.values()),
+                n_verified=counts.get("verified", (0, 0))[1],
+                units_total=sum(n for n, _ in counts.values()),
+                units_by_state=_by_state({s: n for s, (n, _) in counts.items()}),
+            )
+        )
+
+    datasets: list[DatasetProgress] = []
+    for dr in conn.execute(select(d).order_by(d.c.id)):
+        ts = tasks_by_ds.get(dr.id, [])
+        merged: dict[str, int] = {}
+        for tp in ts:
+            for key, n in tp.units_by_state.model_dump().items():
+                merged[key] = merged.get(key, 0) + n
+        datasets.append(
+            DatasetProgress(
+                id=dr.id,
+                name=dr.name,
+                n_items=dr.n_items,
+                n_unreadable=dr.n_unreadable,
+                n_verified=sum(tp.n_verified for tp in ts),
+                units_total=sum(tp.units_total for tp in ts),
+                units_by_state=UnitsByState(**merged),
+                tasks=ts,
+            )
+        )
+    n_contributors = conn.execute(select(func.count()).select_from(db.contributors)).scalar_one()
+    n_agents = conn.execute(
+        select(func.count()).select_from(db.agents).where(db.agents.c.revoked.is_(False))
+    ).scalar_one()
+    points = conn.execute(select(func.coalesce(func.sum(db.ledger.c.points), 0.0))).scalar_one()
+    return StatsOut(
+        datasets=datasets,
+        contributors=int(n_contributors),
+        agents=int(n_agents),
+        ledger_points=float(points),
+        pairs_verified=sum(ds.n_verified for ds in datasets),
+    )
+
+
+def _by_state(counts: dict[str, int]) -> UnitsByState:
+    known = {s: counts.get(s, 0) for s in UNIT_STATES}
+    other = sum(n for s, n in counts.items() if s not in UNIT_STATES)
+    return UnitsByState(**known, other=other)
+
+
+# ---- contributors -----------------------------------------------------------------------------
+
+
+def contributors(conn: Connection, limit: int = 500) -> list[ContributorOut]:
+    """Contributors, most points first, with reputation and trust computed the coordinator's way."""
+    c = db.contributors
+    trust_after = trust_threshold(conn)
+    rows = conn.execute(select(c).order_by(c.c.points.desc(), c.c.id).limit(limit))
+    return [_contributor_out(r, trust_after) for r in rows]
+
+
+def contributor(conn: Connection, contributor_id: int) -> ContributorOut | None:
+    c = db.contributors
+    row = conn.execute(select(c).where(c.c.id == contributor_id)).first()
+    return None if row is None else _contributor_out(row, trust_threshold(conn))
+
+
+def flagged(conn: Connection) -> list[ContributorOut]:
+    """Paused contributors, most recently paused first, with the reason the verifier gave."""
+    c = db.contributors
+    trust_after = trust_threshold(conn)
+    rows = conn.execute(
+        select(c).where(c.c.paused.is_(True)).order_by(c.c.paused_at.desc(), c.c.id.desc())
+    )
+    return [_contributor_out(r, trust_after) for r in rows]
+
+
+def contributor_agents(conn: Connection, contributor_id: int) -> list[AgentOut]:
+    """A contributor's agents (never their token hashes)."""
+    a = db.agents
+    rows = conn.execute(
+        select(a.c.id, a.c.name, a.c.version, a.c.revoked, a.c.last_seen, a.c.created_at)
+        .where(a.c.contributor_id == contributor_id)
+        .order_by(a.c.id)
+    )
+    return [
+        AgentOut(
+            id=r.id, name=r.name, version=r.version, revoked=bool(r.revoked),
+            last_seen=_utc_opt(r.last_seen), created_at=_utc(r.created_at),
+        )
+        for r in rows
+    ]
+
+
+# ---- ledger -----------------------------------------------------------------------------------
+
+
+def ledger(
+    conn: Connection,
+    *,
+    limit: int = 100,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    contributor: str | None = None,
+    submission_id: int | None = None,
+) -> list[LedgerEntryOut]:
+    """Ledger entries newest first; page back with `before_id` = the smallest id already shown,
+    or ask for what is new with `after_id` = the largest id already shown."""
+    lg, c = db.ledger, db.contributors
+    q = (
+        select(lg, c.c.name.label("contributor"))
+        .join(c, c.c.id == lg.c.contributor_id)
+        .order_by(lg.c.id.desc())
+        .limit(limit)
+    )
+    if before_id is not None:
+        q = q.where(lg.c.id < before_id)
+    if after_id is not None:
+        q = q.where(lg.c.id > after_id)
+    if contributor is not None:
+        q = q.where(c.c.name == contributor)
+    if submission_id is not None:
+        q = q.where(lg.c.submission_id == submission_id)
+    return [
+        LedgerEntryOut(
+            id=r.id, contributor=r.contributor, agent_id=r.agent_id, submission_id=r.submission_id,
+            unit_id=r.unit_id, kind=r.kind, points=float(r.points), pairs=r.pairs, reason=r.reason,
+            reverses_id=r.reverses_id, created_at=_utc(r.created_at),
+        )
+        for r in conn.execute(q)
+    ]
+
+
+def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None:
+    s, c = db.submissions, db.contributors
+    r = conn.execute(
+        select(
+            s.c.id, s.c.contributor_id, c.c.name.label("contributor"), s.c.agent_id, s.c.unit_id,
+            s.c.agent_version, s.c.state, s.c.received_at,
+        )
+        .join(c, c.c.id == s.c.contributor_id)
+        .where(s.c.id == submission_id)
+    ).first()
+    if r is None:
+        return None
+    return SubmissionSummary(
+        id=r.id, contributor_id=r.contributor_id, contributor=r.contributor, agent_id=r.agent_id,
+        unit_id=r.unit_id, agent_version=r.agent_version, state=r.state, received_at=_utc(r.received_at),
+    )
+
+
+# ---- live feed --------------------------------------------------------------------------------
+
+
+def feed(conn: Connection, *, after_id: int = 0, limit: int = 50) -> list[FeedEntry]:
+    """Verified pairs, newest verified first, hidden-gold items left out.
+
+    Ids: verified units are ranked 1, 2, 3 ... in (verified_at, unit id) order, and the pair at
+    position p (1-based, item_id - first_item + 1) of the unit with rank r gets id
+    `r << 16 | p`. Ids therefore grow with verification order and are unique even when two tasks
+    verify the same item; newest first means id descending. `after_id` returns the (at most
+    `limit`) newest entries with id > after_id, so a client that passes the largest id it has seen
+    gets only newer pairs. Ranks are stable as long as units are verified in commit order with
+    non-decreasing verified_at and a verified unit stays verified, which the coordinator keeps.
+    """
+    u = db.units
+    verified = and_(u.c.state == "verified", u.c.verified_at.is_not(None))
+    total = int(conn.execute(select(func.count()).select_from(u).where(verified)).scalar_one())
+    after_rank = max(after_id, 0) >> FEED_POS_BITS
+    out: list[FeedEntry] = []
+    offset, batch = 0, 8
+    while len(out) < limit and total - offset >= max(after_rank, 1):
+        units = conn.execute(
+            select(
+                u.c.id, u.c.task_id, u.c.first_item, u.c.last_item, u.c.verified_at,
+                u.c.verified_scores, u.c.verified_status,
+            )
+            .where(verified)
+            .order_by(u.c.verified_at.desc(), u.c.id.desc())
+            .limit(batch)
+            .offset(offset)
+        ).all()
+        if not units:
+            break
+        for k, unit in enumerate(units):
+            rank = total - offset - k
+            if rank < after_rank or len(out) >= limit:
+                break
+            out.extend(_unit_entries(conn, unit, rank, after_id, limit - len(out)))
+        offset += len(units)
+        batch = min(batch * 2, 256)
+    return out
+
+
+def _unit_entries(conn: Connection, unit: Any, rank: int, after_id: int, limit: int) -> list[FeedEntry]:
+    """The feed entries of one verified unit, highest position first, gold items dropped."""
+    i, g = db.items, db.gold
+    first, last = int(unit.first_item), int(unit.last_item)
+    lo = first
+    if rank == after_id >> FEED_POS_BITS:
+        lo = first + (after_id & FEED_POS_MASK)  # positions after the cursor only
+    if lo > last:
+        return []
+    gold_ids = {r[0] for r in conn.execute(select(g.c.item_id).where(g.c.item_id.between(lo, last)))}
+    scores = np.frombuffer(unit.verified_scores or b"", dtype="<f4")
+    statuses: dict[str, str] = dict(unit.verified_status or {})
+    rows = conn.execute(
+        select(i.c.id, i.c.uid, i.c.caption).where(i.c.id.between(lo, last)).order_by(i.c.id.desc())
+    )
+    verified_at = _utc(unit.verified_at)
+    out: list[FeedEntry] = []
+    for r in rows:
+        pos = r.id - first
+        if r.id in gold_ids or pos + 1 > FEED_POS_MASK:
+            continue
+        score = float(scores[pos]) if pos < len(scores) else math.nan
+        ok = math.isfinite(score)
+        out.append(
+            FeedEntry(
+                id=(rank << FEED_POS_BITS) | (pos + 1),
+                item_id=r.id,
+                uid=r.uid,
+                caption=r.caption,
+                score=score if ok else None,
+                status="ok" if ok else str(statuses.get(str(pos), "unscorable")),
+                unit_id=unit.id,
+                task_id=unit.task_id,
+                verified_at=verified_at,
+                image_url=f"/feed/images/{r.id}",
+            )
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def public_image(conn: Connection, item_id: int) -> tuple[bytes, str | None] | None:
+    """(bytes, ext) of an item the feed may show: in a verified unit of some task and gold in none."""
+    i, g, u, t = db.items, db.gold, db.units, db.tasks
+    if conn.execute(select(g.c.id).where(g.c.item_id == item_id).limit(1)).first() is not None:
+        return None
+    item = conn.execute(select(i.c.dataset_id).where(i.c.id == item_id)).first()
+    if item is None:
+        return None
+    task_ids = [r[0] for r in conn.execute(select(t.c.id).where(t.c.dataset_id == item.dataset_id))]
+    # Units of a task tile the dataset's id range: the one holding item_id has the largest
+    # first_item <= item_id (an index on (task_id, first_item) makes this a single seek).
+    shown = False
+    for task_id in task_ids:
+        unit = conn.execute(
+            select(u.c.state, u.c.last_item)
+            .where(u.c.task_id == task_id, u.c.first_item <= item_id)
+            .order_by(u.c.first_item.desc())
+            .limit(1)
+        ).first()
+        if unit is not None and unit.last_item >= item_id and unit.state == "verified":
+            shown = True
+            break
+    if not shown:
+        return None
+    img = conn.execute(
+        select(db.item_images.c.data, db.item_images.c.ext).where(db.item_images.c.item_id == item_id)
+    ).first()
+    return None if img is None else (bytes(img.data), img.ext)
+
+
+# ---- change detection for server-sent events --------------------------------------------------
+
+ChangeToken = dict[str, tuple[Any, ...]]
+
+
+def change_token(conn: Connection) -> ChangeToken:
+    """A few cheap aggregates, grouped by the dashboard panel they invalidate.
+
+    One round trip of MAX/COUNT over indexed columns (ledger id, units state, submissions id), so
+    the event stream can poll it every second; a panel is re-sent only when its part changed.
+    """
+    u, c, lg, s = db.units, db.contributors, db.ledger, db.submissions
+    a, d, t = db.agents, db.datasets, db.tasks
+
+    def scalar(q: Any) -> Any:
+        return q.scalar_subquery()
+
+    row = conn.execute(
+        select(
+            scalar(select(func.max(lg.c.id))).label("ledger_max"),
+            scalar(select(func.count()).select_from(u).where(u.c.state == "verified")).label("verified"),
+            scalar(select(func.count()).select_from(u).where(u.c.state == "inconclusive")).label("inconcl"),
+            scalar(select(func.max(u.c.verified_at))).label("verified_at"),
+            scalar(select(func.max(u.c.id))).label("units_max"),
+            scalar(select(func.max(s.c.id))).label("subs_max"),
+            scalar(select(func.count()).select_from(c)).label("contributors"),
+            scalar(select(func.count()).select_from(c).where(c.c.paused.is_(True))).label("paused"),
+            scalar(select(func.max(c.c.paused_at))).label("paused_at"),
+            scalar(select(func.count()).select_from(a).where(a.c.revoked.is_(False))).label("agents"),
+            scalar(select(func.count()).select_from(d)).label("datasets"),
+            scalar(select(func.coalesce(func.sum(d.c.n_items), 0))).label("ds_items"),
+            scalar(select(func.count()).select_from(t).where(t.c.state == "active")).label("tasks_active"),
+            scalar(select(func.max(t.c.id))).label("tasks_max"),
+        )
+    ).one()
+    m = row._mapping
+    feed_part = (m["verified"], str(m["verified_at"]))
+    flagged_part = (m["paused"], str(m["paused_at"]))
+    return {
+        "stats": (
+            *feed_part, m["inconcl"], m["units_max"], m["ledger_max"], m["contributors"], m["agents"],
+            m["datasets"], m["ds_items"], m["tasks_active"], m["tasks_max"],
+        ),
+        "feed": feed_part,
+        "ledger": (m["ledger_max"],),
+        "contributors": (m["contributors"], m["subs_max"], m["ledger_max"], *flagged_part),
+        "flagged": flagged_part,
+    }

@@ -1,0 +1,148 @@
+"""Reputation from hidden checks and agreement, the pause rules, and what happens when fraud is
+found after payment (credits for unaudited results are reversed and their units reopened)."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.engine import Connection
+
+from vlcurate.server import db, ledger
+
+GOLD_FAILS_TO_PAUSE = 2  # fair attention checks: fail twice before being paused
+MIN_DISAGREE_TO_PAUSE = 3
+REJECTED_TO_PAUSE = 10
+
+
+def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> float:
+    """Share of passed checks with a Laplace prior: 0.5 for a newcomer, towards 1 for good work."""
+    return (gold_pass + agree + 1) / (gold_pass + gold_fail + agree + disagree + 2)
+
+
+def record(
+    conn: Connection,
+    contributor_id: int,
+    version: str,
+    *,
+    gold_pass: int = 0,
+    gold_fail: int = 0,
+    agree: int = 0,
+    disagree: int = 0,
+    valid: int = 0,
+    rejected: int = 0,
+) -> None:
+    """Add outcomes to the contributor's and the agent version's tallies; a bad outcome ends a streak."""
+    C = db.contributors
+    values: dict[str, object] = {
+        "gold_pass": C.c.gold_pass + gold_pass,
+        "gold_fail": C.c.gold_fail + gold_fail,
+        "agree": C.c.agree + agree,
+        "disagree": C.c.disagree + disagree,
+        "rejected": C.c.rejected + rejected,
+        "n_valid": C.c.n_valid + valid,
+    }
+    if gold_fail or disagree:
+        values["valid_streak"] = 0
+    elif valid:
+        values["valid_streak"] = C.c.valid_streak + valid
+    conn.execute(update(C).where(C.c.id == contributor_id).values(**values))
+    if gold_pass or gold_fail or agree or disagree:
+        V = db.version_stats
+        if conn.execute(select(V.c.version).where(V.c.version == version)).first() is None:
+            conn.execute(V.insert().values(version=version, gold_pass=0, gold_fail=0, agree=0, disagree=0))
+        conn.execute(
+            update(V)
+            .where(V.c.version == version)
+            .values(
+                gold_pass=V.c.gold_pass + gold_pass,
+                gold_fail=V.c.gold_fail + gold_fail,
+                agree=V.c.agree + agree,
+                disagree=V.c.disagree + disagree,
+            )
+        )
+
+
+def pause_reason(gold_fail: int, agree: int, disagree: int, rejected: int, last: str = "") -> str | None:
+    if gold_fail >= GOLD_FAILS_TO_PAUSE:
+        return f"failed {gold_fail} hidden checks with known answers{last}"
+    if disagree >= MIN_DISAGREE_TO_PAUSE and disagree > agree:
+        return f"disagreed with the other replicas on {disagree} units (agreed on {agree}){last}"
+    if rejected >= REJECTED_TO_PAUSE:
+        return f"sent {rejected} malformed or replayed submissions{last}"
+    return None
+
+
+def check_pause(conn: Connection, contributor_id: int, last: str = "") -> str | None:
+    """Pause the contributor if a rule says so; returns the reason when it was paused now."""
+    C = db.contributors
+    row = conn.execute(select(C).where(C.c.id == contributor_id)).one()
+    if row.paused:
+        return None
+    reason = pause_reason(row.gold_fail, row.agree, row.disagree, row.rejected, last)
+    if reason is None:
+        return None
+    pause(conn, contributor_id, reason)
+    return reason
+
+
+def pause(conn: Connection, contributor_id: int, reason: str) -> int:
+    """Pause, then reverse every credit that rested on this contributor's word alone; returns how many."""
+    C = db.contributors
+    conn.execute(
+        update(C)
+        .where(C.c.id == contributor_id)
+        .values(paused=True, pause_reason=reason, paused_at=db.utcnow())
+    )
+    return reverse_unaudited(conn, contributor_id, f"reversed: contributor paused ({reason})")
+
+
+def reverse_unaudited(conn: Connection, contributor_id: int, reason: str) -> int:
+    L, U = db.ledger, db.units
+    reversed_ids = select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))
+    credits = conn.execute(
+        select(L)
+        .join(U, U.c.id == L.c.unit_id)
+        .where(
+            L.c.contributor_id == contributor_id,
+            L.c.kind == "credit",
+            U.c.single_trusted.is_(True),
+            U.c.state == "verified",
+            L.c.id.not_in(reversed_ids),
+        )
+        .order_by(L.c.id)
+    ).all()
+    for c in credits:
+        ledger.reverse(conn, c, reason)
+        unit = conn.execute(select(U).where(U.c.id == c.unit_id)).one()
+        _reopen(conn, unit, c.submission_id)
+    return len(credits)
+
+
+def _reopen(conn: Connection, unit: object, submission_id: int) -> None:
+    """Send a unit verified on a now-distrusted word alone back to the queue at full quorum."""
+    U, S, R, G = db.units, db.submissions, db.replicas, db.gold
+    task = conn.execute(select(db.tasks.c.quorum).where(db.tasks.c.id == unit.task_id)).one()  # type: ignore[attr-defined]
+    sub = conn.execute(select(S.c.replica_id).where(S.c.id == submission_id)).one()
+    conn.execute(update(S).where(S.c.id == submission_id).values(state="invalid"))
+    conn.execute(update(R).where(R.c.id == sub.replica_id).values(state="invalid"))
+    conn.execute(
+        update(U)
+        .where(U.c.id == unit.id)  # type: ignore[attr-defined]
+        .values(
+            state="open",
+            target=task.quorum,
+            issued=0,
+            single_trusted=False,
+            verified_scores=None,
+            verified_status=None,
+            verified_at=None,
+        )
+    )
+    conn.execute(
+        delete(G).where(
+            and_(
+                G.c.task_id == unit.task_id,  # type: ignore[attr-defined]
+                G.c.source == "verified",
+                G.c.item_id.between(unit.first_item, unit.last_item),  # type: ignore[attr-defined]
+            )
+        )
+    )

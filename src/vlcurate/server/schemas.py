@@ -1,0 +1,223 @@
+"""Pydantic models for every HTTP request and response: the platform's wire contract.
+
+Agents, the dashboard and the CLI speak only these shapes. Requests forbid unknown fields and
+check types and ranges, so a malformed body is a 422 before anything touches the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
+ItemStatus = Literal["ok", "decode_error", "too_large", "missing_image", "missing_text", "fetch_error"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- operators -------------------------------------------------------------------------------
+
+
+class DatasetCreate(Strict):
+    name: str = Field(pattern=NAME, description="Unique dataset name.")
+    source: str = Field(min_length=1, max_length=4096, description="Shards as `vlcurate score` reads them.")
+    kind: Literal["wds", "parquet", "folder", "manifest"] | None = None
+
+
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    source: str
+    n_items: int
+    n_unreadable: int
+    created_at: dt.datetime
+
+
+class GoldSpec(Strict):
+    """Where the hidden checks' answers come from."""
+
+    scores: str | None = Field(
+        default=None, description="A `vlcurate score` output folder scored with the pinned model."
+    )
+    self_score: int = Field(
+        default=64, ge=0, le=100_000, description="Pairs the server scores itself with the pinned model."
+    )
+
+
+class TaskCreate(Strict):
+    name: str = Field(pattern=NAME)
+    dataset: str = Field(description="Dataset name.")
+    kind: Literal["dva-score"] = "dva-score"
+    model: str = Field(default="tiny-synth", min_length=1, max_length=300)
+    quorum: int = Field(default=2, ge=1, le=10)
+    max_replicas: int = Field(default=5, ge=1, le=20)
+    tolerance: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Largest score difference that still agrees (default: per model).",
+    )
+    agree_fraction: float = Field(default=0.98, gt=0, le=1)
+    unit_size: int = Field(default=256, ge=1, le=5000)
+    gold_per_unit: int = Field(default=8, ge=0, le=100)
+    points_per_pair: float = Field(default=1.0, gt=0, le=1000)
+    lease_seconds: int = Field(default=300, ge=5, le=86_400)
+    trust_after: int = Field(default=10, ge=1, le=10_000)
+    min_audit_rate: float = Field(
+        default=0.1, gt=0, le=1, description="Never zero: trusted work is still audited."
+    )
+    gold: GoldSpec = Field(default_factory=GoldSpec)
+
+
+class TaskOut(BaseModel):
+    id: int
+    name: str
+    dataset_id: int
+    kind: str
+    model: str
+    model_fingerprint: str
+    preprocessing: dict[str, Any]
+    quorum: int
+    tolerance: float
+    unit_size: int
+    gold_per_unit: int
+    n_units: int
+    state: str
+
+
+class AgentCreate(Strict):
+    contributor: str = Field(pattern=NAME)
+    name: str = Field(default="agent", pattern=NAME)
+    version: str = Field(default="unknown", max_length=64)
+    rate_per_minute: int | None = Field(default=None, ge=1, le=100_000)
+    daily_quota: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class AgentToken(BaseModel):
+    agent_id: int
+    contributor_id: int
+    contributor: str
+    token: str = Field(description="Shown once; the server keeps only its hash.")
+
+
+# ---- agents ----------------------------------------------------------------------------------
+
+
+class Me(BaseModel):
+    agent_id: int
+    agent_name: str
+    contributor_id: int
+    contributor: str
+    paused: bool
+    pause_reason: str | None
+    reputation: float
+    points: float
+    valid_results: int
+    trusted: bool
+    quota_left: int
+
+
+class TaskSpec(BaseModel):
+    id: int
+    kind: str
+    model: str
+    model_fingerprint: str
+    preprocessing: dict[str, Any]
+
+
+class UnitItem(BaseModel):
+    item_id: str = Field(description="Opaque per-lease id; hidden checks look like any other item.")
+    caption: str | None
+    image_url: str = Field(description="Path on this server; fetch with the same bearer token.")
+
+
+class Lease(BaseModel):
+    lease_id: int
+    unit_id: int
+    task: TaskSpec
+    deadline: dt.datetime
+    heartbeat_seconds: int
+    items: list[UnitItem]
+
+
+class HeartbeatOut(BaseModel):
+    lease_id: int
+    deadline: dt.datetime
+
+
+class ItemResult(Strict):
+    item_id: str = Field(min_length=1, max_length=64)
+    score: float | None = Field(
+        default=None, description="Cosine score in [-1, 1]; null when status is not ok."
+    )
+    status: ItemStatus = "ok"
+
+    @field_validator("score")
+    @classmethod
+    def _finite_in_range(cls, v: float | None) -> float | None:
+        if v is None:
+            return v
+        if not math.isfinite(v):
+            raise ValueError("score must be a finite number")
+        if not -1.0 <= v <= 1.0:
+            raise ValueError("score must be within [-1, 1]")
+        return v
+
+
+class SubmissionIn(Strict):
+    idempotency_key: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_\-:.]+$")
+    model_fingerprint: str = Field(min_length=1, max_length=64)
+    agent_version: str = Field(default="unknown", max_length=64)
+    results: list[ItemResult] = Field(max_length=10_000)
+
+
+class SubmissionOut(BaseModel):
+    submission_id: int
+    lease_id: int
+    unit_id: int
+    state: Literal["pending", "valid", "invalid"]
+    detail: str
+    points_credited: float
+    replayed: bool = False
+
+
+# ---- dashboard / public read ----------------------------------------------------------------
+
+
+class ContributorOut(BaseModel):
+    id: int
+    name: str
+    paused: bool
+    pause_reason: str | None
+    reputation: float
+    points: float
+    gold_pass: int
+    gold_fail: int
+    agree: int
+    disagree: int
+    rejected: int
+    valid_results: int
+    trusted: bool
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    contributor: str
+    agent_id: int
+    submission_id: int
+    unit_id: int
+    kind: str
+    points: float
+    pairs: int
+    reason: str
+    reverses_id: int | None
+    created_at: dt.datetime
+
+
+class ErrorOut(BaseModel):
+    detail: str

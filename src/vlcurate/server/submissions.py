@@ -1,0 +1,212 @@
+"""Taking a submission: check it is for the lease the agent holds, with exactly that lease's items
+and the pinned model; store it once (idempotency key); run the hidden checks; verify the unit when
+its quorum is in. A replayed key gets the first submission's answer and is never paid twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from vlcurate.server import db, reputation, schemas
+from vlcurate.server.auth import Caller
+from vlcurate.server.context import Platform
+from vlcurate.server.errors import BadRequest, Conflict, NotFound
+from vlcurate.server.ledger import credited_points
+from vlcurate.server.unit_view import ViewItem, replica_view
+from vlcurate.server.verify import check_gold, evaluate_unit
+
+
+class Rejected(BadRequest):
+    """A submission that is wrong in content (not just malformed JSON): it counts against the contributor."""
+
+
+def submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionIn) -> schemas.SubmissionOut:
+    prior = _replay(p, caller, body.idempotency_key)
+    if prior is not None:
+        return prior
+    try:
+        return _submit(p, caller, lease_id, body)
+    except IntegrityError:
+        prior = _replay(p, caller, body.idempotency_key)  # the same key raced in twice: one row won
+        if prior is not None:
+            return prior
+        raise
+    except Rejected:
+        with db.begin_write(p.engine) as conn:
+            reputation.record(conn, caller.contributor_id, caller.version, rejected=1)
+            reputation.check_pause(conn, caller.contributor_id)
+        raise
+
+
+def _replay(p: Platform, caller: Caller, key: str) -> schemas.SubmissionOut | None:
+    S = db.submissions
+    with p.engine.connect() as conn:
+        row = conn.execute(
+            select(S.c.id, S.c.state, S.c.response).where(
+                S.c.agent_id == caller.agent_id, S.c.idempotency_key == key
+            )
+        ).first()
+        if row is None:
+            return None
+        points = credited_points(conn, row.id)
+    out = dict(row.response)
+    out.update(
+        state=row.state if row.state != "pending" else "pending", points_credited=points, replayed=True
+    )
+    return schemas.SubmissionOut.model_validate(out)
+
+
+def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionIn) -> schemas.SubmissionOut:
+    now = db.utcnow()
+    R, U, S = db.replicas, db.units, db.submissions
+    with db.begin_write(p.engine) as conn:
+        lock = conn.dialect.name == "postgresql"
+        q = select(R).where(R.c.id == lease_id)
+        rep = conn.execute(q.with_for_update() if lock else q).first()
+        if rep is None or rep.agent_id != caller.agent_id:
+            raise NotFound(f"lease {lease_id} is not held by this agent")
+        if rep.state in ("submitted", "valid", "invalid"):
+            raise Rejected(f"lease {lease_id} was already submitted (use the same idempotency_key to retry)")
+        if rep.state != "leased":
+            raise Conflict(f"lease {lease_id} is {rep.state}; lease a new unit")
+        deadline = rep.deadline if rep.deadline.tzinfo else rep.deadline.replace(tzinfo=dt.timezone.utc)
+        if deadline < now:
+            raise Conflict(f"lease {lease_id} expired at {deadline.isoformat()}")
+        task = p.task(rep.task_id)
+        if body.model_fingerprint != task.model_fingerprint:
+            raise Rejected(
+                f"model fingerprint {body.model_fingerprint[:12]}... is not the task's pinned model "
+                f"{task.model} ({task.model_fingerprint[:12]}...)"
+            )
+        uq = select(U).where(U.c.id == rep.unit_id)
+        unit = conn.execute(uq.with_for_update() if lock else uq).one()
+        view = replica_view(
+            p.secret,
+            lease_id,
+            rep.seed,
+            p.unit_pairs(unit.first_item, unit.last_item).item_ids,
+            rep.gold_items,
+        )
+        scores, statuses = place_results(view, body.results)
+        gold = check_gold(conn, task, rep.gold_items, scores, statuses, offset=unit.n_items)
+        state = "pending" if gold.ok else "invalid"
+        sub_id = conn.execute(
+            insert(S)
+            .values(
+                replica_id=lease_id,
+                agent_id=caller.agent_id,
+                contributor_id=caller.contributor_id,
+                unit_id=unit.id,
+                idempotency_key=body.idempotency_key,
+                model_fingerprint=body.model_fingerprint,
+                agent_version=body.agent_version,
+                scores=scores.astype("<f4").tobytes(),
+                statuses={str(k): v for k, v in statuses.items()},
+                gold_ok=gold.ok,
+                gold_max_error=gold.max_error,
+                state=state,
+                received_at=now,
+            )
+            .returning(S.c.id)
+        ).scalar_one()
+        conn.execute(
+            update(R)
+            .where(R.c.id == lease_id)
+            .values(state="submitted" if gold.ok else "invalid", finished_at=now)
+        )
+        conn.execute(update(db.agents).where(db.agents.c.id == caller.agent_id).values(last_seen=now))
+        version = body.agent_version
+        if gold.checked:
+            reputation.record(
+                conn, caller.contributor_id, version, gold_pass=int(gold.ok), gold_fail=int(not gold.ok)
+            )
+        if not gold.ok:
+            conn.execute(update(U).where(U.c.id == unit.id).values(issued=U.c.issued - 1))
+            reputation.check_pause(
+                conn,
+                caller.contributor_id,
+                f" (latest: unit {unit.id}, {gold.failed} of {gold.checked} wrong)",
+            )
+            detail = f"failed {gold.failed} of {gold.checked} hidden checks; not credited"
+        else:
+            after = evaluate_unit(conn, p, task, unit)
+            detail = {
+                "verified": "unit verified; credited",
+                "open": "accepted; waiting for other replicas to agree",
+                "inconclusive": "replicas never agreed; unit set aside",
+            }[after]
+            state = conn.execute(select(S.c.state).where(S.c.id == sub_id)).scalar_one()
+        points = credited_points(conn, sub_id)
+        response: dict[str, Any] = dict(
+            submission_id=sub_id,
+            lease_id=lease_id,
+            unit_id=unit.id,
+            state=state,
+            detail=detail,
+            points_credited=points,
+        )
+        conn.execute(update(S).where(S.c.id == sub_id).values(response=response))
+    return schemas.SubmissionOut.model_validate(response)
+
+
+def place_results(
+    view: list[ViewItem], results: list[schemas.ItemResult]
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Put each result at its stored position; every item exactly once, nothing else."""
+    where = {v.public_id: v.position for v in view}
+    scores = np.full(len(view), np.nan, dtype=np.float32)
+    statuses: dict[int, str] = {}
+    seen: set[str] = set()
+    unknown: list[str] = []
+    for r in results:
+        pos = where.get(r.item_id)
+        if pos is None:
+            unknown.append(r.item_id)
+            continue
+        if r.item_id in seen:
+            raise Rejected(f"item {r.item_id} appears twice")
+        seen.add(r.item_id)
+        if r.status == "ok":
+            if r.score is None:
+                raise Rejected(f"item {r.item_id}: status ok needs a score")
+            scores[pos] = r.score
+        else:
+            if r.score is not None:
+                raise Rejected(f"item {r.item_id}: status {r.status} must not carry a score")
+            statuses[pos] = r.status
+    if unknown:
+        raise Rejected(f"{len(unknown)} results for items not in this unit (e.g. {unknown[0]!r})")
+    if len(seen) != len(view):
+        raise Rejected(f"{len(view) - len(seen)} of the unit's {len(view)} items have no result")
+    return scores, statuses
+
+
+def me(p: Platform, caller: Caller) -> schemas.Me:
+    C = db.contributors
+    with p.engine.connect() as conn:
+        c = conn.execute(select(C).where(C.c.id == caller.contributor_id)).one()
+        a = conn.execute(
+            select(db.agents.c.quota_used, db.agents.c.quota_day).where(db.agents.c.id == caller.agent_id)
+        ).one()
+        trust_after = conn.execute(
+            select(db.tasks.c.trust_after).order_by(db.tasks.c.id.desc()).limit(1)
+        ).scalar()
+    today = db.utcnow().date().isoformat()
+    used = a.quota_used if a.quota_day == today else 0
+    return schemas.Me(
+        agent_id=caller.agent_id,
+        agent_name=caller.agent_name,
+        contributor_id=c.id,
+        contributor=c.name,
+        paused=c.paused,
+        pause_reason=c.pause_reason,
+        reputation=reputation.reputation(c.gold_pass, c.gold_fail, c.agree, c.disagree),
+        points=c.points,
+        valid_results=c.n_valid,
+        trusted=c.valid_streak >= (trust_after or 10),
+        quota_left=max(0, caller.daily_quota - used),
+    )

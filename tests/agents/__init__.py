@@ -1,0 +1,1 @@
+"""Tests of the contributor agent: client, runner, console and CLI."""

@@ -1,0 +1,206 @@
+"""The dashboard over real HTTP: a uvicorn server in a thread, the SSE stream read with httpx, and
+Debian's Chromium (driven by Playwright) watching the page update live as rows land in the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from vlcurate.server.dashboard import mount_static, router
+
+CHROMIUM = "/usr/bin/chromium"
+DashWorld = Any  # conftest.DashWorld, from the `dash_world` fixture
+
+
+class DashServer:
+    """A real uvicorn server on a free port, in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture()
+def dash_server(dash_world: DashWorld) -> Iterator[tuple[str, FastAPI]]:
+    # Until the lead's create_app exists: the dashboard router on its own app.
+    app = FastAPI()
+    app.state.engine = dash_world.engine
+    app.include_router(router)
+    mount_static(app)
+    with DashServer(app) as url:
+        yield url, app
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event, data) pairs of a text/event-stream; comment lines (keep-alives) are skipped."""
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def test_sse_stream_pushes_changes(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
+    url, app = dash_server
+    with (
+        httpx.Client(base_url=url, timeout=httpx.Timeout(15.0)) as client,
+        client.stream("GET", "/api/v1/events") as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+        name, first = next(events)
+        assert name == "stats" and first["pairs_verified"] == 8
+        assert app.state.dashboard_streams["open"] == 1
+
+        dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35])
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while not {"feed", "stats"} <= seen.keys() and time.monotonic() < deadline:
+            name, data = next(events)
+            seen[name] = data
+        assert [e["item_id"] for e in seen["feed"]] == [
+            12,
+            11,
+            9,
+        ]  # only new pairs; gold item 10 left out
+        assert seen["stats"]["pairs_verified"] == 12
+
+        dash_world.credit(dash_world.alice, 3, 4.0)
+        dash_world.pause(dash_world.bob, "too many disagreements")
+        seen = {}
+        deadline = time.monotonic() + 10
+        while not {"ledger", "flagged", "contributors"} <= seen.keys() and time.monotonic() < deadline:
+            name, data = next(events)
+            seen[name] = data
+        assert [e["id"] for e in seen["ledger"]] == [6]
+        assert {c["name"] for c in seen["flagged"]} == {"carol", dash_world.xss_name}
+    # the server notices the client went away and ends the stream
+    deadline = time.monotonic() + 10
+    while app.state.dashboard_streams["open"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.state.dashboard_streams["open"] == 0
+
+
+def test_feed_images_over_http_never_gold(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
+    url, _ = dash_server
+    with httpx.Client(base_url=url, timeout=10) as client:
+        feed = client.get("/api/v1/feed", params={"limit": 500}).json()
+        assert feed and all(client.get(e["image_url"]).status_code == 200 for e in feed)
+        for gold_item in (6, 10):
+            assert client.get(f"/feed/images/{gold_item}").status_code == 404
+        dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4])
+        assert client.get("/feed/images/9").status_code == 200
+        assert client.get("/feed/images/10").status_code == 404
+
+
+@pytest.mark.slow
+def test_dashboard_updates_live_in_chromium(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    url, _ = dash_server
+    dialogs: list[str] = []
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+
+            stats, feed = page.locator("#stats-panel"), page.locator("#feed-panel")
+            contributors, flagged = page.locator("#contributors-panel"), page.locator("#flagged-panel")
+            ledger = page.locator("#ledger-panel")
+            expect(stats).to_contain_text("coco-mini")
+            expect(stats.locator(".task-count")).to_contain_text("8 / 12 pairs verified")
+            expect(stats.locator("progress")).to_have_attribute("value", "8")
+            expect(stats).to_contain_text("verified 2")
+            expect(feed.locator(".card")).to_have_count(7)
+            xss_card = feed.locator(".card[data-item='3']")
+            expect(xss_card.locator(".caption")).to_have_text(dash_world.xss_caption)  # shown as text
+            expect(feed.locator(".card[data-item='1'] .score")).to_have_text("0.310")
+            expect(feed.locator(".card[data-item='4'] .score")).to_have_text("decode_error")
+            expect(feed.locator(".card[data-item='6']")).to_have_count(0)  # hidden gold
+            all_loaded = (
+                "() => [...document.querySelectorAll('#feed-panel .card img')].every(i => i.naturalWidth)"
+            )
+            page.wait_for_function(all_loaded, timeout=10_000)  # thumbnails really decode
+            expect(contributors).to_contain_text("alice")
+            expect(contributors).to_contain_text(dash_world.xss_name)
+            expect(contributors.locator("tr[data-contributor='1'] .badge")).to_have_text("trusted")
+            expect(flagged).to_contain_text("carol")
+            expect(flagged).to_contain_text(dash_world.pause_reason)
+            expect(ledger.locator("tbody tr")).to_have_count(5)
+            reversal = ledger.locator("tr[data-ledger='5']")
+            expect(reversal).to_contain_text("reversal")
+            expect(reversal).to_contain_text("of #4")
+            expect(reversal).to_contain_text("reversed: <b>failed</b> a later hidden check")
+            expect(reversal.locator("a[href^='/submissions/']")).to_have_count(1)
+            expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
+
+            # live updates, no reload: a marker set on this document must survive
+            page.evaluate("window.__dashMarker = 42")
+            dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35], at=dt.datetime.now(dt.timezone.utc))
+            expect(feed.locator(".card").first).to_have_attribute("data-item", "12", timeout=10_000)
+            expect(feed.locator(".card[data-item='10']")).to_have_count(0)
+            expect(stats.locator(".task-count")).to_contain_text("12 / 12 pairs verified", timeout=10_000)
+
+            new_id = dash_world.credit(dash_world.alice, 3, 4.0, reason="validated by quorum of 2")
+            expect(ledger.locator(f"tr[data-ledger='{new_id}']")).to_contain_text("alice", timeout=10_000)
+            expect(contributors.locator("tr[data-contributor='1']")).to_contain_text("12.00", timeout=10_000)
+
+            dash_world.pause(dash_world.bob, "disagreed with quorum on 5 of 6 units")
+            expect(flagged).to_contain_text("disagreed with quorum on 5 of 6 units", timeout=10_000)
+            expect(flagged).to_contain_text(dash_world.xss_name)
+            expect(contributors.locator(f"tr[data-contributor='{dash_world.bob}'] .badge")).to_have_text(
+                "paused", timeout=10_000
+            )
+            assert page.evaluate("window.__dashMarker") == 42
+
+            # the contributor page renders the hostile name as text too
+            page.goto(f"{url}/contributors/{dash_world.bob}")
+            expect(page.locator("h2").first).to_contain_text(dash_world.xss_name)
+            expect(page.locator("#ledger-panel tbody tr")).to_have_count(3)
+            page.close()
+        finally:
+            browser.close()
+    assert dialogs == [], "an injected script ran"
+    assert errors == []
