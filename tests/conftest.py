@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,12 @@ def small_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("platform-pool")
     write_pool(out, 300, corrupt_fraction=0.3, seed=7, shard_size=100)
     return out / "shards"
+
+
+@pytest.fixture
+def live_platform(platform_db: str) -> Iterator[Any]:
+    """A real uvicorn server running the platform app on `platform_db` (SQLite, then PostgreSQL)."""
+    from tests.platform_live import InThreadServer
+
+    with InThreadServer(platform_db, sweep_seconds=0.2) as server:
+        yield server

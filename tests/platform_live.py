@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -149,3 +150,89 @@ def setup_task(
         a.raise_for_status()
         tokens.append(a.json()["token"])
     return r.json(), tokens
+
+
+class InThreadServer:
+    """The platform app under a real uvicorn server in a background thread (real HTTP, shared engine)."""
+
+    def __init__(self, db: str, **settings: Any) -> None:
+        import uvicorn
+
+        from vlcurate.server.app import create_app
+        from vlcurate.server.settings import ServerSettings
+
+        self.app = create_app(ServerSettings(db=db, admin_token=ADMIN, **settings))
+        self.engine = self.app.state.engine
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> InThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+class HonestAgent:
+    """A minimal honest agent over HTTP for server tests: lease, download, score with tiny-synth, submit."""
+
+    _scorer: Any = None
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    @classmethod
+    def scorer(cls) -> Any:
+        if cls._scorer is None:
+            from vlcurate.models.clip import load_scorer
+
+            cls._scorer = load_scorer("tiny-synth", device="cpu")
+        return cls._scorer
+
+    def lease(self) -> dict[str, Any] | None:
+        r = self.http.post("/api/v1/leases")
+        if r.status_code == 204:
+            return None
+        r.raise_for_status()
+        return dict(r.json())
+
+    def answers(self, lease: dict[str, Any]) -> list[dict[str, Any]]:
+        from vlcurate.pipeline.score_memory import score_pairs
+
+        images = [self.http.get(it["image_url"]).content for it in lease["items"]]
+        scored = score_pairs(self.scorer(), images, [it["caption"] for it in lease["items"]])
+        return [
+            {"item_id": it["item_id"], "score": p.score, "status": p.status}
+            for it, p in zip(lease["items"], scored, strict=True)
+        ]
+
+    def submit(
+        self, lease: dict[str, Any], results: list[dict[str, Any]], key: str | None = None
+    ) -> httpx.Response:
+        body = {
+            "idempotency_key": key or f"sub-{lease['lease_id']}-{uuid.uuid4().hex[:8]}",
+            "model_fingerprint": lease["task"]["model_fingerprint"],
+            "results": results,
+        }
+        return self.http.post(f"/api/v1/leases/{lease['lease_id']}/submit", json=body)
+
+    def work_one(self) -> dict[str, Any] | None:
+        lease = self.lease()
+        if lease is None:
+            return None
+        r = self.submit(lease, self.answers(lease))
+        r.raise_for_status()
+        return dict(r.json())

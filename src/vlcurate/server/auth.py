@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -44,6 +45,7 @@ def agent_for_token(conn: Connection, token: str) -> Caller:
             a.c.name,
             a.c.version,
             a.c.revoked,
+            a.c.expires_at,
             a.c.rate_per_minute,
             a.c.daily_quota,
             c.c.id.label("cid"),
@@ -58,6 +60,10 @@ def agent_for_token(conn: Connection, token: str) -> Caller:
         raise Unauthorized("unknown token")
     if row.revoked:
         raise Unauthorized("this token has been revoked")
+    if row.expires_at is not None:
+        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.timezone.utc)
+        if expires <= db.utcnow():
+            raise Unauthorized(f"this token expired at {expires.isoformat()}")
     return Caller(
         row.id,
         row.name,

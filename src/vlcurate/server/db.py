@@ -184,6 +184,7 @@ agents = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("revoked", Boolean, nullable=False, default=False),
     _ts("revoked_at", nullable=True),
+    _ts("expires_at", nullable=True),
     Column("rate_per_minute", Integer, nullable=False),
     Column("daily_quota", Integer, nullable=False),
     Column("quota_day", String(10), nullable=True),

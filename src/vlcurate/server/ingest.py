@@ -3,6 +3,7 @@ task on it (pin a model, cut units, prepare hidden checks), and create agent tok
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import random
 from pathlib import Path
@@ -274,6 +275,7 @@ def create_agent(
 ) -> schemas.AgentToken:
     """A token for a new agent of `req.contributor` (created on first use)."""
     token = new_token("vla")
+    expires = db.utcnow() + dt.timedelta(days=req.expires_in_days) if req.expires_in_days else None
     with db.begin_write(engine) as conn:
         c = conn.execute(
             select(db.contributors.c.id).where(db.contributors.c.name == req.contributor)
@@ -293,10 +295,13 @@ def create_agent(
                 token_hash=hash_token(token),
                 rate_per_minute=req.rate_per_minute or rate_per_minute,
                 daily_quota=req.daily_quota or daily_quota,
+                expires_at=expires,
             )
             .returning(db.agents.c.id)
         ).scalar_one()
-    return schemas.AgentToken(agent_id=aid, contributor_id=cid, contributor=req.contributor, token=token)
+    return schemas.AgentToken(
+        agent_id=aid, contributor_id=cid, contributor=req.contributor, token=token, expires_at=expires
+    )
 
 
 def revoke_agent(engine: Engine, agent_id: int) -> None:

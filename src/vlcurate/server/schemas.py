@@ -96,6 +96,9 @@ class AgentCreate(Strict):
     version: str = Field(default="unknown", max_length=64)
     rate_per_minute: int | None = Field(default=None, ge=1, le=100_000)
     daily_quota: int | None = Field(default=None, ge=1, le=10_000_000)
+    expires_in_days: float | None = Field(
+        default=None, gt=0, le=3650, description="Token lifetime; none = no expiry."
+    )
 
 
 class AgentToken(BaseModel):
@@ -103,6 +106,7 @@ class AgentToken(BaseModel):
     contributor_id: int
     contributor: str
     token: str = Field(description="Shown once; the server keeps only its hash.")
+    expires_at: dt.datetime | None = None
 
 
 # ---- agents ----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("revoked", sa.Boolean(), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("rate_per_minute", sa.Integer(), nullable=False),
         sa.Column("daily_quota", sa.Integer(), nullable=False),
         sa.Column("quota_day", sa.String(length=10), nullable=True),
