@@ -55,8 +55,16 @@ def test_two_honest_contributors_verify_everything_and_export_like_score(
 
     scored = tmp_path / "scored"
     score_dataset(str(small_pool), scored, ScoreConfig(model="tiny-synth", progress=False, workers=0))
-    ours = {r["uid"]: r["score"] for f in sorted((out / "scores").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
-    ref = {r["uid"]: r["score"] for f in sorted((scored / "scores").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    ours = {
+        r["uid"]: r["score"]
+        for f in sorted((out / "scores").glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    }
+    ref = {
+        r["uid"]: r["score"]
+        for f in sorted((scored / "scores").glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    }
     assert ours.keys() == ref.keys()
     diff = np.array([abs(ours[u] - ref[u]) for u in ref if ref[u] is not None])
     assert diff.max() < 0.02
@@ -81,9 +89,13 @@ def test_leases_never_repeat_a_contributor_and_release_requeues(live_platform: A
     # Two other contributors fill unit 1's quorum; a fourth lease of unit 1 is not possible.
     lb, lc = b.lease(), c.lease()
     assert lb is not None and lc is not None
-    assert {lb["unit_id"], lc["unit_id"]} == {first["unit_id"], again["unit_id"]} or lb["unit_id"] == first["unit_id"]
+    assert {lb["unit_id"], lc["unit_id"]} == {first["unit_id"], again["unit_id"]} or lb["unit_id"] == first[
+        "unit_id"
+    ]
     with live_platform.engine.connect() as conn:
-        rows = conn.execute(select(db.replicas.c.unit_id, db.replicas.c.contributor_id, db.replicas.c.state)).all()
+        rows = conn.execute(
+            select(db.replicas.c.unit_id, db.replicas.c.contributor_id, db.replicas.c.state)
+        ).all()
         active = [(u, c_) for u, c_, s in rows if s == "leased"]
         assert len(active) == len(set(active))
         for unit in conn.execute(select(db.units)).all():
@@ -96,8 +108,15 @@ def test_leases_never_repeat_a_contributor_and_release_requeues(live_platform: A
 
 
 def test_expired_lease_goes_back_to_the_queue(live_platform: Any, small_pool: Path) -> None:
-    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=300, lease_seconds=5, gold_per_unit=0,
-                           contributors=3, gold={"self_score": 0})
+    _, tokens = setup_task(
+        live_platform.url,
+        str(small_pool),
+        unit_size=300,
+        lease_seconds=5,
+        gold_per_unit=0,
+        contributors=3,
+        gold={"self_score": 0},
+    )
     a, b, c = (HonestAgent(live_platform.url, t) for t in tokens)
     la, lb = a.lease(), b.lease()
     assert la is not None and lb is not None and c.lease() is None  # quorum 2: the only unit is full

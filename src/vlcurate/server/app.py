@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -44,24 +45,31 @@ class BodyLimit:
             await _too_large(send, self.limit)
             return
         seen = 0
+        refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            # A streamed body over the limit: answer 413 now and tell the app the client left.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    refused = True
+                    await _too_large(send, self.limit)
+                    return {"type": "http.disconnect"}
             return msg
 
+        async def guarded_send(msg: Message) -> None:
+            if not refused:
+                await send(msg)
+
         try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(send, self.limit)
-
-
-class _BodyTooLarge(Exception):
-    pass
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -137,6 +145,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def _platform_error(_: Request, exc: PlatformError) -> JSONResponse:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, TooMany) else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # One readable line plus the locations; the offending input is never echoed back (it may be
+        # NaN, which JSON cannot carry, or megabytes of junk).
+        errors = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()[:20]
+        ]
+        line = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+        return JSONResponse({"detail": line, "errors": errors}, status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
