@@ -44,9 +44,19 @@ class DashWorld:
     xss_name: str = XSS_NAME
     pause_reason: str = PAUSE_REASON
 
-    def verify_unit(self, unit_id: int, scores: list[float], at: dt.datetime | None = None) -> None:
+    def verify_unit(
+        self,
+        unit_id: int,
+        scores: list[float],
+        at: dt.datetime | None = None,
+        credit_to: list[int] | None = None,
+    ) -> list[int]:
+        """Verify a unit and credit its replicas in one transaction, as the coordinator does
+        (the feed keys a verification by its credits); returns the new ledger ids."""
         blob = np.asarray(scores, dtype="<f4").tobytes()
         status = {str(i): "decode_error" for i, s in enumerate(scores) if np.isnan(s)}
+        who = [self.alice] if credit_to is None else credit_to
+        subs = [(cid, self.submit(cid, unit_id)) for cid in who]
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.units)
@@ -57,6 +67,27 @@ class DashWorld:
                     verified_status=status,
                     verified_at=at or db.utcnow(),
                 )
+            )
+            return [
+                self._ledger_row(conn, cid, unit_id, 4.0, "credit", None, sid, "validated")
+                for cid, sid in subs
+            ]
+
+    def submission_of(self, ledger_id: int) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(db.ledger.c.submission_id).where(db.ledger.c.id == ledger_id)
+                ).scalar_one()
+            )
+
+    def reopen_unit(self, unit_id: int) -> None:
+        """What fraud handling does to a unit verified on a distrusted word alone."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.units)
+                .where(db.units.c.id == unit_id)
+                .values(state="open", verified_scores=None, verified_status=None, verified_at=None)
             )
 
     def submit(self, contributor_id: int, unit_id: int, state: str = "valid") -> int:
@@ -112,30 +143,43 @@ class DashWorld:
     ) -> int:
         sid = submission_id if submission_id is not None else self.submit(contributor_id, unit_id)
         with self.engine.begin() as conn:
-            lid = conn.execute(
-                insert(db.ledger)
-                .values(
-                    contributor_id=contributor_id,
-                    agent_id=self.agents[contributor_id],
-                    submission_id=sid,
-                    unit_id=unit_id,
-                    kind=kind,
-                    points=points,
-                    pairs=4,
-                    reason=reason,
-                    reverses_id=reverses_id,
-                )
-                .returning(db.ledger.c.id)
-            ).scalar_one()
-            total = sum(
-                r[0]
-                for r in conn.execute(
-                    select(db.ledger.c.points).where(db.ledger.c.contributor_id == contributor_id)
-                )
+            return self._ledger_row(conn, contributor_id, unit_id, points, kind, reverses_id, sid, reason)
+
+    def _ledger_row(
+        self,
+        conn: Any,
+        contributor_id: int,
+        unit_id: int,
+        points: float,
+        kind: str,
+        reverses_id: int | None,
+        submission_id: int,
+        reason: str,
+    ) -> int:
+        lid = conn.execute(
+            insert(db.ledger)
+            .values(
+                contributor_id=contributor_id,
+                agent_id=self.agents[contributor_id],
+                submission_id=submission_id,
+                unit_id=unit_id,
+                kind=kind,
+                points=points,
+                pairs=4,
+                reason=reason,
+                reverses_id=reverses_id,
             )
-            conn.execute(
-                update(db.contributors).where(db.contributors.c.id == contributor_id).values(points=total)
+            .returning(db.ledger.c.id)
+        ).scalar_one()
+        total = sum(
+            r[0]
+            for r in conn.execute(
+                select(db.ledger.c.points).where(db.ledger.c.contributor_id == contributor_id)
             )
+        )
+        conn.execute(
+            update(db.contributors).where(db.contributors.c.id == contributor_id).values(points=total)
+        )
         return int(lid)
 
     def pause(self, contributor_id: int, reason: str) -> None:
@@ -268,15 +312,16 @@ def build_world(path: Path) -> DashWorld:
             ).scalar_one()
     world = DashWorld(engine, path, task, people["alice"], people[XSS_NAME], people["carol"], agents)
     nan = float("nan")
-    world.verify_unit(1, [0.31, 0.12, 0.28, nan], at=T0 + dt.timedelta(minutes=1))
-    world.verify_unit(2, [0.2, 0.9, 0.25, 0.33], at=T0 + dt.timedelta(minutes=2))
-    world.credit(world.alice, 1, 4.0)
-    world.credit(world.bob, 1, 4.0)
-    world.credit(world.alice, 2, 4.0)
-    bob_sub = world.submit(world.bob, 2)
-    credit4 = world.credit(world.bob, 2, 4.0, submission_id=bob_sub)
+    a, b = world.alice, world.bob
+    world.verify_unit(
+        1, [0.31, 0.12, 0.28, nan], at=T0 + dt.timedelta(minutes=1), credit_to=[a, b]
+    )  # ledger 1, 2
+    _, credit4 = world.verify_unit(
+        2, [0.2, 0.9, 0.25, 0.33], at=T0 + dt.timedelta(minutes=2), credit_to=[a, b]
+    )
+    bob_sub = world.submission_of(credit4)
     world.credit(
-        world.bob,
+        b,
         2,
         -4.0,
         kind="reversal",

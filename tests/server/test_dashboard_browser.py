@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from vlcurate.server import dashboard
 from vlcurate.server.dashboard import mount_static, router
 
 CHROMIUM = "/usr/bin/chromium"
@@ -88,33 +89,53 @@ def test_sse_stream_pushes_changes(dash_world: DashWorld, dash_server: tuple[str
         assert name == "stats" and first["pairs_verified"] == 8
         assert app.state.dashboard_streams["open"] == 1
 
-        dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35])
+        (credit,) = dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35])
         seen: dict[str, Any] = {}
         deadline = time.monotonic() + 10
-        while not {"feed", "stats"} <= seen.keys() and time.monotonic() < deadline:
+        while not {"feed", "stats", "ledger"} <= seen.keys() and time.monotonic() < deadline:
             name, data = next(events)
             seen[name] = data
-        assert [e["item_id"] for e in seen["feed"]] == [
-            12,
-            11,
-            9,
-        ]  # only new pairs; gold item 10 left out
+        new_items = [e["item_id"] for e in seen["feed"]]
+        assert new_items == [12, 11, 9]  # only the new pairs; gold item 10 left out
         assert seen["stats"]["pairs_verified"] == 12
+        assert [e["id"] for e in seen["ledger"]] == [credit]  # only the new entry
 
-        dash_world.credit(dash_world.alice, 3, 4.0)
         dash_world.pause(dash_world.bob, "too many disagreements")
         seen = {}
         deadline = time.monotonic() + 10
-        while not {"ledger", "flagged", "contributors"} <= seen.keys() and time.monotonic() < deadline:
+        while not {"flagged", "contributors"} <= seen.keys() and time.monotonic() < deadline:
             name, data = next(events)
             seen[name] = data
-        assert [e["id"] for e in seen["ledger"]] == [6]
         assert {c["name"] for c in seen["flagged"]} == {"carol", dash_world.xss_name}
+        assert "feed" not in seen and "ledger" not in seen
     # the server notices the client went away and ends the stream
     deadline = time.monotonic() + 10
     while app.state.dashboard_streams["open"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert app.state.dashboard_streams["open"] == 0
+
+
+def test_event_streams_end_for_shutdown_and_after_max_age(
+    dash_server: tuple[str, FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, app = dash_server
+
+    def read_until_end(client: httpx.Client) -> list[str]:
+        with client.stream("GET", "/api/v1/events") as r:
+            return [name for name, _ in sse_events(r)]
+
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(15.0)) as client:
+        # a stream ends by itself after MAX_STREAM_SECONDS (the browser reconnects)
+        monkeypatch.setattr(dashboard, "MAX_STREAM_SECONDS", 1.5)
+        t0 = time.monotonic()
+        assert read_until_end(client) == ["stats"]
+        assert time.monotonic() - t0 < 6
+        # close_event_streams ends an open stream within a poll interval, so shutdown does not hang
+        monkeypatch.setattr(dashboard, "MAX_STREAM_SECONDS", 600.0)
+        threading.Timer(1.0, dashboard.close_event_streams, args=(app,)).start()
+        t0 = time.monotonic()
+        assert read_until_end(client) == ["stats"]
+        assert time.monotonic() - t0 < 6
 
 
 def test_feed_images_over_http_never_gold(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
@@ -183,9 +204,23 @@ def test_dashboard_updates_live_in_chromium(dash_world: DashWorld, dash_server: 
             expect(feed.locator(".card[data-item='10']")).to_have_count(0)
             expect(stats.locator(".task-count")).to_contain_text("12 / 12 pairs verified", timeout=10_000)
 
-            new_id = dash_world.credit(dash_world.alice, 3, 4.0, reason="validated by quorum of 2")
-            expect(ledger.locator(f"tr[data-ledger='{new_id}']")).to_contain_text("alice", timeout=10_000)
+            expect(ledger.locator("tr[data-ledger='6']")).to_contain_text("alice", timeout=10_000)
             expect(contributors.locator("tr[data-contributor='1']")).to_contain_text("12.00", timeout=10_000)
+
+            # a ledger-only change: bob's credit 2 is reversed
+            rev = dash_world.credit(
+                dash_world.bob,
+                1,
+                -4.0,
+                kind="reversal",
+                reverses_id=2,
+                submission_id=dash_world.submission_of(2),
+                reason="reversed: contributor paused",
+            )
+            expect(ledger.locator(f"tr[data-ledger='{rev}']")).to_contain_text("of #2", timeout=10_000)
+            expect(contributors.locator(f"tr[data-contributor='{dash_world.bob}']")).to_contain_text(
+                "0.00", timeout=10_000
+            )
 
             dash_world.pause(dash_world.bob, "disagreed with quorum on 5 of 6 units")
             expect(flagged).to_contain_text("disagreed with quorum on 5 of 6 units", timeout=10_000)
@@ -198,7 +233,7 @@ def test_dashboard_updates_live_in_chromium(dash_world: DashWorld, dash_server: 
             # the contributor page renders the hostile name as text too
             page.goto(f"{url}/contributors/{dash_world.bob}")
             expect(page.locator("h2").first).to_contain_text(dash_world.xss_name)
-            expect(page.locator("#ledger-panel tbody tr")).to_have_count(3)
+            expect(page.locator("#ledger-panel tbody tr")).to_have_count(4)
             page.close()
         finally:
             browser.close()

@@ -171,7 +171,7 @@ def test_change_token_moves_only_the_parts_that_changed(dash_world: DashWorld) -
     before = read(dash_world, queries.change_token)
     assert before == read(dash_world, queries.change_token)
 
-    dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4])
+    dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4], credit_to=[])
     after_verify = read(dash_world, queries.change_token)
     changed = {k for k in before if before[k] != after_verify[k]}
     assert changed == {"stats", "feed"}
@@ -183,6 +183,26 @@ def test_change_token_moves_only_the_parts_that_changed(dash_world: DashWorld) -
     dash_world.pause(dash_world.bob, "too many disagreements")
     after_pause = read(dash_world, queries.change_token)
     assert {k for k in before if after_credit[k] != after_pause[k]} == {"contributors", "flagged"}
+
+
+def test_feed_drops_a_reopened_unit_and_relists_it_with_new_ids(dash_world: DashWorld) -> None:
+    first = {e.item_id: e.id for e in read(dash_world, queries.feed)}
+    newest = max(first.values())
+    dash_world.reopen_unit(2)
+    after_reopen = {e.item_id: e.id for e in read(dash_world, queries.feed)}
+    assert sorted(after_reopen) == [1, 2, 3, 4]
+    assert all(after_reopen[i] == first[i] for i in after_reopen)  # ids of other units do not move
+    assert read(dash_world, lambda c: queries.public_image(c, 5)) is None
+
+    dash_world.verify_unit(2, [0.21, 0.9, 0.26, 0.34], credit_to=[dash_world.carol])
+    again = read(dash_world, lambda c: queries.feed(c, after_id=newest))
+    assert [e.item_id for e in again] == [8, 7, 5]
+    assert all(e.id > newest for e in again) and again[0].score == pytest.approx(0.34)
+
+
+def test_verified_unit_without_credit_is_not_listed(dash_world: DashWorld) -> None:
+    dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4], credit_to=[])
+    assert 12 not in [e.item_id for e in read(dash_world, queries.feed)]
 
 
 def test_public_image_only_for_verified_non_gold(dash_world: DashWorld) -> None:

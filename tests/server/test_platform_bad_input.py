@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select, text
-
 from tests.platform_live import ADMIN, HonestAgent, admin_headers, setup_task
+
 from vlcurate.server import db
 
 

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 from sqlalchemy import select
-
 from tests.platform_live import HonestAgent, setup_task
+
 from vlcurate.server import db
 from vlcurate.server.export import export_task
 from vlcurate.server.ledger import audit

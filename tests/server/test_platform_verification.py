@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
-
 from tests.platform_live import HonestAgent, admin_headers, setup_task
+
 from vlcurate.server import db, leasing
 from vlcurate.server.ledger import audit
 

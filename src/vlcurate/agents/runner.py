@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import random
 import threading
@@ -21,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +40,6 @@ from vlcurate.agents.client import (
     RetryPolicy,
     UnavailableError,
 )
-from vlcurate.pipeline.decode import decode_image
 from vlcurate.server import schemas
 
 log = logging.getLogger("vlcurate.agent")
@@ -168,45 +168,33 @@ class Fetched:
 
 def build_results(
     items: Sequence[schemas.UnitItem],
-    fetched: Sequence[Fetched | None],
+    fetched: Sequence[Fetched],
     scorer: Scorer,
     batch_size: int = 256,
 ) -> list[schemas.ItemResult]:
     """One ItemResult per item, in order: a score for good pairs, the failure status for the rest.
 
-    `fetched[i]` is None for items that were not downloaded (no caption). Mirrors `vlcurate score`:
-    an empty caption is missing_text, an image that fails to decode gets the decoder's status.
+    Decoding and scoring go through `score_pairs`, the very path the server's hidden checks and
+    `vlcurate score` take, so an honest agent's statuses and scores are the coordinator's: an
+    unreadable image gets the decoder's status, an empty caption is missing_text, and an image
+    that could not be downloaded is fetch_error.
     """
-    size = int(scorer.preprocessing.image_size)
-    results: list[schemas.ItemResult | None] = [None] * len(items)
-    good: list[int] = []
-    arrays: list[np.ndarray] = []
-    for i, (item, f) in enumerate(zip(items, fetched, strict=True)):
-        if not item.caption:
-            results[i] = schemas.ItemResult(item_id=item.item_id, status="missing_text")
-            continue
-        if f is None or f.status != "ok" or f.data is None:
-            status = f.status if f is not None and f.status != "ok" else "missing_image"
-            results[i] = schemas.ItemResult(item_id=item.item_id, status=status)
-            continue
-        d = decode_image(f.data, size)
-        if d.array is None:
-            results[i] = schemas.ItemResult(item_id=item.item_id, status=d.status)
-            continue
-        good.append(i)
-        arrays.append(d.array)
-    for start in range(0, len(good), batch_size):
-        idx = good[start : start + batch_size]
-        batch = np.stack(arrays[start : start + batch_size])
-        scores = scorer.score(batch, [items[i].caption or "" for i in idx])
-        for i, s in zip(idx, scores.tolist(), strict=True):
-            value = float(s)
-            if not np.isfinite(value):
-                log.warning("non-finite score for item %s; reporting it as a decode error", items[i].item_id)
-                results[i] = schemas.ItemResult(item_id=items[i].item_id, status="decode_error")
-            else:
-                results[i] = schemas.ItemResult(item_id=items[i].item_id, score=min(1.0, max(-1.0, value)))
-    return [r for r in results if r is not None]
+    from vlcurate.pipeline.score_memory import score_pairs
+
+    images = [f.data if f.status == "ok" else None for f in fetched]
+    scored = score_pairs(cast(Any, scorer), images, [it.caption for it in items], batch_size=batch_size)
+    out: list[schemas.ItemResult] = []
+    for item, f, p in zip(items, fetched, scored, strict=True):
+        if f.status != "ok":
+            out.append(schemas.ItemResult(item_id=item.item_id, status=cast(Any, f.status)))
+        elif p.status != "ok":
+            out.append(schemas.ItemResult(item_id=item.item_id, status=cast(Any, p.status)))
+        elif p.score is None or not math.isfinite(p.score):
+            log.warning("non-finite score for item %s; reporting it as a decode error", item.item_id)
+            out.append(schemas.ItemResult(item_id=item.item_id, status="decode_error"))
+        else:
+            out.append(schemas.ItemResult(item_id=item.item_id, score=min(1.0, max(-1.0, p.score))))
+    return out
 
 
 # ---- the runner ------------------------------------------------------------------------
@@ -442,8 +430,12 @@ class AgentRunner:
             "(drop --model, or get the same weights)"
         )
 
-    def _fetch(self, lease: schemas.Lease) -> list[Fetched | None]:
-        """Download the images of items that have a caption, concurrently; failures become statuses."""
+    def _fetch(self, lease: schemas.Lease) -> list[Fetched]:
+        """Download every item's image concurrently; failures become statuses, never exceptions.
+
+        Caption-less items are fetched too: a broken image outranks a missing caption in the
+        status the coordinator expects (as in `vlcurate score`).
+        """
         retry = RetryPolicy(max_elapsed=min(self.config.retry_max_s or 120.0, 120.0))
 
         def one(url: str) -> Fetched:
@@ -458,9 +450,8 @@ class AgentRunner:
 
         todo: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         for i, it in enumerate(lease.items):
-            if it.caption:
-                todo.put((i, it.image_url))
-        out: list[Fetched | None] = [None] * len(lease.items)
+            todo.put((i, it.image_url))
+        out: list[Fetched] = [Fetched(None, "fetch_error", "not fetched")] * len(lease.items)
         fatal: list[BaseException] = []
         quit_ = threading.Event()
 
@@ -489,7 +480,7 @@ class AgentRunner:
             quit_.set()
         if fatal:
             raise fatal[0]
-        failed = [f for f in out if f is not None and f.status != "ok"]
+        failed = [f for f in out if f.status != "ok"]
         if failed:
             self.stats.error(f"unit {lease.unit_id}: {len(failed)} image(s) not fetched: {failed[0].error}")
         return out

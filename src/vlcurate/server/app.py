@@ -151,7 +151,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         # One readable line plus the locations; the offending input is never echoed back (it may be
         # NaN, which JSON cannot carry, or megabytes of junk).
         errors = [
-            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()[:20]
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()[:20]
         ]
         line = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
         return JSONResponse({"detail": line, "errors": errors}, status_code=422)

@@ -37,6 +37,9 @@ STATIC_DIR = HERE / "static"
 POLL_SECONDS = 1.0  # how often the event stream looks at the change token
 TOKEN_TTL_SECONDS = 0.5  # all open streams share one token read per TTL
 KEEPALIVE_SECONDS = 10.0  # comment line so proxies and browsers keep an idle stream open
+# uvicorn's graceful shutdown waits for open responses, and an event stream never finishes by itself:
+# each stream ends after this long (EventSource reconnects at once) or when close_event_streams runs.
+MAX_STREAM_SECONDS = 120.0
 FEED_CARDS = 24
 PANEL_ROWS = 25
 
@@ -144,7 +147,11 @@ def api_ledger(
     return _read(
         request,
         lambda c: queries.ledger(
-            c, limit=limit, before_id=before_id, after_id=after_id, contributor=contributor,
+            c,
+            limit=limit,
+            before_id=before_id,
+            after_id=after_id,
+            contributor=contributor,
             submission_id=submission_id,
         ),
     )
@@ -168,8 +175,14 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"BM", "image/bmp"),
 )
 _EXT = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-    "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
 }
 
 
@@ -239,6 +252,13 @@ def _app_state(app: Any) -> tuple[_TokenCache, dict[str, int]]:
     return app.state.dashboard_tokens, app.state.dashboard_streams
 
 
+def close_event_streams(app: Any) -> None:
+    """End every open event stream within a poll interval (call it when the server starts to shut
+    down, e.g. from a uvicorn.Server subclass's `handle_exit`; otherwise shutdown waits up to
+    MAX_STREAM_SECONDS or uvicorn's --timeout-graceful-shutdown)."""
+    app.state.dashboard_closing = True
+
+
 def _sse(event: str, data: Any) -> str:
     body = json.dumps(data, separators=(",", ":"), default=str)
     return f"event: {event}\ndata: {body}\n\n"
@@ -289,8 +309,9 @@ async def events(request: Request) -> StreamingResponse:
     entries), `contributors` and `flagged` whenever that part of the database changes.
 
     The loop polls a cached change token once a second with a short read in the threadpool, so an
-    idle dashboard costs one tiny query per second per server, and it ends as soon as the client
-    goes away.
+    idle dashboard costs one tiny query per second per server. It ends as soon as the client goes
+    away, after MAX_STREAM_SECONDS (the browser reconnects by itself and gets `stats` again), or
+    when close_event_streams is called.
     """
     app = request.app
     engine = _engine(request)
@@ -302,8 +323,12 @@ async def events(request: Request) -> StreamingResponse:
             token = await run_in_threadpool(cache.get, engine)
             first, feed_after, ledger_after = await run_in_threadpool(_snapshot, engine)
             yield "retry: 2000\n\n" + _sse("stats", first)
-            last_sent = time.monotonic()
+            started = last_sent = time.monotonic()
             while not await request.is_disconnected():
+                if getattr(app.state, "dashboard_closing", False):
+                    return
+                if time.monotonic() - started > MAX_STREAM_SECONDS:
+                    return
                 await anyio.sleep(POLL_SECONDS)
                 new = await run_in_threadpool(cache.get, engine)
                 changed = [k for k in new if new[k] != token.get(k)]

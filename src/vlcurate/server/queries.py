@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, Row
 
 from vlcurate.server import db
@@ -23,8 +23,8 @@ from vlcurate.server.schemas import ContributorOut, LedgerEntryOut
 
 DEFAULT_TRUST_AFTER = 10
 UNIT_STATES = ("open", "verified", "inconclusive")
-# Feed ids are (unit rank << FEED_POS_BITS) | position-in-unit; 16 bits hold any unit (unit_size <= 5000)
-# and leave 37 bits of rank, so ids stay exact in JavaScript numbers (< 2**53).
+# Feed ids are (verification id << FEED_POS_BITS) | position-in-unit; 16 bits hold any unit (unit_size
+# <= 5000) and leave 37 bits for the ledger id, so ids stay exact in JavaScript numbers (< 2**53).
 FEED_POS_BITS = 16
 FEED_POS_MASK = (1 << FEED_POS_BITS) - 1
 READ_ONLY_OPTION = "vlcurate_read_only"
@@ -111,11 +111,11 @@ class SubmissionSummary(BaseModel):
 
 
 def read_connection(engine: Engine) -> Connection:
-    """A connection tagged read-only (execution option `vlcurate_read_only`).
+    """A connection for one read-only snapshot.
 
-    db.make_engine starts every SQLite transaction with BEGIN IMMEDIATE, which takes the write lock
-    even for reads; the tag lets its `begin` hook issue a plain BEGIN instead, so dashboard reads
-    never queue behind (or block) agents' writes. Harmless where the hook ignores it.
+    On SQLite, db.make_engine begins plain (deferred) transactions unless `begin_write` asks for
+    BEGIN IMMEDIATE, so with WAL these reads never wait for agents' writes nor block them. The
+    `vlcurate_read_only` tag only documents intent (and is there for a hook that wants it).
     """
     return engine.connect().execution_options(**{READ_ONLY_OPTION: True})
 
@@ -258,9 +258,7 @@ def flagged(conn: Connection) -> list[ContributorOut]:
     """Paused contributors, most recently paused first, with the reason the verifier gave."""
     c = db.contributors
     trust_after = trust_threshold(conn)
-    rows = conn.execute(
-        select(c).where(c.c.paused.is_(True)).order_by(c.c.paused_at.desc(), c.c.id.desc())
-    )
+    rows = conn.execute(select(c).where(c.c.paused.is_(True)).order_by(c.c.paused_at.desc(), c.c.id.desc()))
     return [_contributor_out(r, trust_after) for r in rows]
 
 
@@ -274,8 +272,12 @@ def contributor_agents(conn: Connection, contributor_id: int) -> list[AgentOut]:
     )
     return [
         AgentOut(
-            id=r.id, name=r.name, version=r.version, revoked=bool(r.revoked),
-            last_seen=_utc_opt(r.last_seen), created_at=_utc(r.created_at),
+            id=r.id,
+            name=r.name,
+            version=r.version,
+            revoked=bool(r.revoked),
+            last_seen=_utc_opt(r.last_seen),
+            created_at=_utc(r.created_at),
         )
         for r in rows
     ]
@@ -312,9 +314,17 @@ def ledger(
         q = q.where(lg.c.submission_id == submission_id)
     return [
         LedgerEntryOut(
-            id=r.id, contributor=r.contributor, agent_id=r.agent_id, submission_id=r.submission_id,
-            unit_id=r.unit_id, kind=r.kind, points=float(r.points), pairs=r.pairs, reason=r.reason,
-            reverses_id=r.reverses_id, created_at=_utc(r.created_at),
+            id=r.id,
+            contributor=r.contributor,
+            agent_id=r.agent_id,
+            submission_id=r.submission_id,
+            unit_id=r.unit_id,
+            kind=r.kind,
+            points=float(r.points),
+            pairs=r.pairs,
+            reason=r.reason,
+            reverses_id=r.reverses_id,
+            created_at=_utc(r.created_at),
         )
         for r in conn.execute(q)
     ]
@@ -324,8 +334,14 @@ def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None
     s, c = db.submissions, db.contributors
     r = conn.execute(
         select(
-            s.c.id, s.c.contributor_id, c.c.name.label("contributor"), s.c.agent_id, s.c.unit_id,
-            s.c.agent_version, s.c.state, s.c.received_at,
+            s.c.id,
+            s.c.contributor_id,
+            c.c.name.label("contributor"),
+            s.c.agent_id,
+            s.c.unit_id,
+            s.c.agent_version,
+            s.c.state,
+            s.c.received_at,
         )
         .join(c, c.c.id == s.c.contributor_id)
         .where(s.c.id == submission_id)
@@ -333,8 +349,14 @@ def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None
     if r is None:
         return None
     return SubmissionSummary(
-        id=r.id, contributor_id=r.contributor_id, contributor=r.contributor, agent_id=r.agent_id,
-        unit_id=r.unit_id, agent_version=r.agent_version, state=r.state, received_at=_utc(r.received_at),
+        id=r.id,
+        contributor_id=r.contributor_id,
+        contributor=r.contributor,
+        agent_id=r.agent_id,
+        unit_id=r.unit_id,
+        agent_version=r.agent_version,
+        state=r.state,
+        received_at=_utc(r.received_at),
     )
 
 
@@ -342,51 +364,76 @@ def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None
 
 
 def feed(conn: Connection, *, after_id: int = 0, limit: int = 50) -> list[FeedEntry]:
-    """Verified pairs, newest verified first, hidden-gold items left out.
+    """Verified pairs, newest verification first, hidden-gold items left out.
 
-    Ids: verified units are ranked 1, 2, 3 ... in (verified_at, unit id) order, and the pair at
-    position p (1-based, item_id - first_item + 1) of the unit with rank r gets id
-    `r << 16 | p`. Ids therefore grow with verification order and are unique even when two tasks
-    verify the same item; newest first means id descending. `after_id` returns the (at most
-    `limit`) newest entries with id > after_id, so a client that passes the largest id it has seen
-    gets only newer pairs. Ranks are stable as long as units are verified in commit order with
-    non-decreasing verified_at and a verified unit stays verified, which the coordinator keeps.
+    Ids: the coordinator writes a unit's ledger credits in the transaction that verifies it, and
+    the ledger is append-only, so the unit's newest credit id v marks *this* verification. The pair
+    at position p (1-based, item_id - first_item + 1) gets id `v << 16 | p` (< 2**53, exact in
+    JavaScript). Ids grow with verification order, never change, and a unit that fraud handling
+    reopens drops out and comes back with new, larger ids when it is verified again; the same
+    item under two tasks gets two entries. Newest first means id descending. `after_id` returns
+    the (at most `limit`) newest entries with id > after_id, so a poller that passes the largest id
+    it has seen gets only newer pairs. Exact on SQLite (writes are serialised); on PostgreSQL a
+    sequence id can commit after a larger one, so a poller may rarely skip a pair there (the
+    dashboard re-reads the newest page and is unaffected). A verified unit with no credit row is
+    not listed.
     """
-    u = db.units
-    verified = and_(u.c.state == "verified", u.c.verified_at.is_not(None))
-    total = int(conn.execute(select(func.count()).select_from(u).where(verified)).scalar_one())
-    after_rank = max(after_id, 0) >> FEED_POS_BITS
+    lg, u = db.ledger, db.units
+    floor = max(max(after_id, 0) >> FEED_POS_BITS, 1)
     out: list[FeedEntry] = []
-    offset, batch = 0, 8
-    while len(out) < limit and total - offset >= max(after_rank, 1):
-        units = conn.execute(
-            select(
-                u.c.id, u.c.task_id, u.c.first_item, u.c.last_item, u.c.verified_at,
-                u.c.verified_scores, u.c.verified_status,
-            )
-            .where(verified)
-            .order_by(u.c.verified_at.desc(), u.c.id.desc())
-            .limit(batch)
-            .offset(offset)
-        ).all()
-        if not units:
+    seen: set[int] = set()
+    below: int | None = None
+    while len(out) < limit:
+        q = (
+            select(lg.c.id, lg.c.unit_id)
+            .where(lg.c.kind == "credit", lg.c.id >= floor)
+            .order_by(lg.c.id.desc())
+            .limit(256)
+        )
+        if below is not None:
+            q = q.where(lg.c.id < below)
+        credits = conn.execute(q).all()
+        if not credits:
             break
-        for k, unit in enumerate(units):
-            rank = total - offset - k
-            if rank < after_rank or len(out) >= limit:
+        below = credits[-1].id
+        fresh: list[tuple[int, int]] = []  # (verification id, unit id), newest first
+        for c in credits:
+            if c.unit_id not in seen:
+                seen.add(c.unit_id)
+                fresh.append((c.id, c.unit_id))
+        units = {
+            r.id: r
+            for r in conn.execute(
+                select(
+                    u.c.id,
+                    u.c.task_id,
+                    u.c.first_item,
+                    u.c.last_item,
+                    u.c.verified_at,
+                    u.c.verified_scores,
+                    u.c.verified_status,
+                ).where(
+                    u.c.id.in_([unit_id for _, unit_id in fresh]),
+                    u.c.state == "verified",
+                    u.c.verified_at.is_not(None),
+                )
+            )
+        }
+        for vid, unit_id in fresh:
+            unit = units.get(unit_id)
+            if unit is not None:  # reopened units are skipped
+                out.extend(_unit_entries(conn, unit, vid, after_id, limit - len(out)))
+            if len(out) >= limit:
                 break
-            out.extend(_unit_entries(conn, unit, rank, after_id, limit - len(out)))
-        offset += len(units)
-        batch = min(batch * 2, 256)
     return out
 
 
-def _unit_entries(conn: Connection, unit: Any, rank: int, after_id: int, limit: int) -> list[FeedEntry]:
+def _unit_entries(conn: Connection, unit: Any, vid: int, after_id: int, limit: int) -> list[FeedEntry]:
     """The feed entries of one verified unit, highest position first, gold items dropped."""
     i, g = db.items, db.gold
     first, last = int(unit.first_item), int(unit.last_item)
     lo = first
-    if rank == after_id >> FEED_POS_BITS:
+    if vid == after_id >> FEED_POS_BITS:
         lo = first + (after_id & FEED_POS_MASK)  # positions after the cursor only
     if lo > last:
         return []
@@ -406,7 +453,7 @@ def _unit_entries(conn: Connection, unit: Any, rank: int, after_id: int, limit: 
         ok = math.isfinite(score)
         out.append(
             FeedEntry(
-                id=(rank << FEED_POS_BITS) | (pos + 1),
+                id=(vid << FEED_POS_BITS) | (pos + 1),
                 item_id=r.id,
                 uid=r.uid,
                 caption=r.caption,
@@ -493,8 +540,16 @@ def change_token(conn: Connection) -> ChangeToken:
     flagged_part = (m["paused"], str(m["paused_at"]))
     return {
         "stats": (
-            *feed_part, m["inconcl"], m["units_max"], m["ledger_max"], m["contributors"], m["agents"],
-            m["datasets"], m["ds_items"], m["tasks_active"], m["tasks_max"],
+            *feed_part,
+            m["inconcl"],
+            m["units_max"],
+            m["ledger_max"],
+            m["contributors"],
+            m["agents"],
+            m["datasets"],
+            m["ds_items"],
+            m["tasks_active"],
+            m["tasks_max"],
         ),
         "feed": feed_part,
         "ledger": (m["ledger_max"],),
