@@ -198,7 +198,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/api/v1/tasks", status_code=201, response_model=schemas.TaskOut, tags=["operators"])
     def create_task(req: schemas.TaskCreate, _: AdminDep) -> schemas.TaskOut:
-        return ingest.create_task(engine, req)
+        out = ingest.create_task(engine, req)
+        platform.forget_tasks()
+        return out
 
     @app.get("/api/v1/tasks", response_model=list[schemas.TaskOut], tags=["operators"])
     def list_tasks() -> list[schemas.TaskOut]:

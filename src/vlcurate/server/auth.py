@@ -24,6 +24,9 @@ class Caller:
     pause_reason: str | None
     rate_per_minute: int
     daily_quota: int
+    quota_day: str | None = None
+    quota_used: int = 0
+    valid_streak: int = 0
 
 
 def bearer(header: str | None) -> str:
@@ -48,6 +51,9 @@ def agent_for_token(conn: Connection, token: str) -> Caller:
             a.c.expires_at,
             a.c.rate_per_minute,
             a.c.daily_quota,
+            a.c.quota_day,
+            a.c.quota_used,
+            c.c.valid_streak,
             c.c.id.label("cid"),
             c.c.name.label("cname"),
             c.c.paused,
@@ -74,4 +80,7 @@ def agent_for_token(conn: Connection, token: str) -> Caller:
         row.pause_reason,
         row.rate_per_minute,
         row.daily_quota,
+        row.quota_day,
+        row.quota_used,
+        row.valid_streak,
     )

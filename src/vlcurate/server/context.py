@@ -119,8 +119,18 @@ class Platform:
         return info
 
     def active_task_ids(self) -> list[int]:
+        hit = self._tasks.get("active")
+        if hit is not None and time.monotonic() - hit[0] < self.TASK_TTL:
+            return hit[1]
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(select(db.tasks.c.id).where(db.tasks.c.state == "active"))]
+            ids = [r[0] for r in conn.execute(select(db.tasks.c.id).where(db.tasks.c.state == "active"))]
+        if ids:  # a new task shows up at once; an empty list is not cached
+            self._tasks.put("active", (time.monotonic(), ids))
+        return ids
+
+    def forget_tasks(self) -> None:
+        """Drop cached task lists (after a task is created here)."""
+        self._tasks.put("active", (0.0, []))
 
     def unit_pairs(self, first_item: int, last_item: int) -> UnitPairs:
         key = (first_item, last_item)

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from vlcurate.server import db, schemas
@@ -44,24 +44,16 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
         return None
     now = db.utcnow()
     today = now.date().isoformat()
+    used = caller.quota_used if caller.quota_day == today else 0
+    if used >= caller.daily_quota:
+        tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+        raise TooMany(f"daily quota of {caller.daily_quota} leases used up", (tomorrow - now).total_seconds())
     with db.begin_write(p.engine) as conn:
-        used = conn.execute(
-            select(db.agents.c.quota_used, db.agents.c.quota_day).where(db.agents.c.id == caller.agent_id)
-        ).one()
-        if used.quota_day == today and used.quota_used >= caller.daily_quota:
-            tomorrow = dt.datetime.combine(
-                now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc
-            )
-            raise TooMany(
-                f"daily quota of {caller.daily_quota} leases used up", (tomorrow - now).total_seconds()
-            )
         unit = _pick_unit(conn, caller.contributor_id, task_ids)
         if unit is None:
             return None
         task = p.task(unit.task_id)
-        streak = conn.execute(
-            select(db.contributors.c.valid_streak).where(db.contributors.c.id == caller.contributor_id)
-        ).scalar_one()
+        streak = caller.valid_streak
         seed = random.getrandbits(62)
         target = unit.target
         if unit.issued == 0:
@@ -93,12 +85,15 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
             .where(db.units.c.id == unit.id)
             .values(issued=db.units.c.issued + 1, replicas_total=db.units.c.replicas_total + 1, target=target)
         )
+        # The quota counter restarts each UTC day; the database does the arithmetic so that two
+        # leases of one agent at the same moment both count.
+        A = db.agents
         conn.execute(
-            update(db.agents)
-            .where(db.agents.c.id == caller.agent_id)
+            update(A)
+            .where(A.c.id == caller.agent_id)
             .values(
+                quota_used=case((A.c.quota_day == today, A.c.quota_used + 1), else_=1),
                 quota_day=today,
-                quota_used=(used.quota_used + 1) if used.quota_day == today else 1,
                 last_seen=now,
             )
         )

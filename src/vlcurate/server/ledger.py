@@ -46,6 +46,35 @@ def credit(
     return int(entry)
 
 
+def credit_group(
+    conn: Connection, members: list[Any], *, unit_id: int, points: float, pairs: int, reason: str
+) -> None:
+    """Credit every agreeing replica of a unit at once: one insert, one balance update."""
+    now = db.utcnow()
+    conn.execute(
+        insert(db.ledger),
+        [
+            dict(
+                contributor_id=m.contributor_id,
+                agent_id=m.agent_id,
+                submission_id=m.id,
+                unit_id=unit_id,
+                kind="credit",
+                points=points,
+                pairs=pairs,
+                reason=reason,
+                reverses_id=None,
+                created_at=now,
+            )
+            for m in members
+        ],
+    )
+    C = db.contributors
+    conn.execute(
+        update(C).where(C.c.id.in_([m.contributor_id for m in members])).values(points=C.c.points + points)
+    )
+
+
 def reverse(conn: Connection, credit_row: Any, reason: str) -> int:
     """Undo one credit with a negative entry that references it (at most once: `reverses_id` is unique)."""
     entry = conn.execute(

@@ -3,7 +3,11 @@ found after payment (credits for unaudited results are reversed and their units 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import and_, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db, ledger
@@ -20,8 +24,8 @@ def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> flo
 
 def record(
     conn: Connection,
-    contributor_id: int,
-    version: str,
+    contributor_id: int | list[int],
+    version: str | list[str],
     *,
     gold_pass: int = 0,
     gold_fail: int = 0,
@@ -30,35 +34,54 @@ def record(
     valid: int = 0,
     rejected: int = 0,
 ) -> None:
-    """Add outcomes to the contributor's and the agent version's tallies; a bad outcome ends a streak."""
+    """Add outcomes to contributors' and agent versions' tallies; a bad outcome ends a streak.
+
+    Takes one contributor or several with the same outcome (a unit's agreeing group) in one statement.
+    """
     C = db.contributors
-    values: dict[str, object] = {
-        "gold_pass": C.c.gold_pass + gold_pass,
-        "gold_fail": C.c.gold_fail + gold_fail,
-        "agree": C.c.agree + agree,
-        "disagree": C.c.disagree + disagree,
-        "rejected": C.c.rejected + rejected,
-        "n_valid": C.c.n_valid + valid,
-    }
+    ids = contributor_id if isinstance(contributor_id, list) else [contributor_id]
+    values: dict[str, object] = {}
+    for name, add in (
+        ("gold_pass", gold_pass),
+        ("gold_fail", gold_fail),
+        ("agree", agree),
+        ("disagree", disagree),
+        ("rejected", rejected),
+        ("n_valid", valid),
+    ):
+        if add:
+            values[name] = C.c[name] + add
     if gold_fail or disagree:
         values["valid_streak"] = 0
     elif valid:
         values["valid_streak"] = C.c.valid_streak + valid
-    conn.execute(update(C).where(C.c.id == contributor_id).values(**values))
+    if values:
+        conn.execute(update(C).where(C.c.id.in_(ids)).values(**values))
     if gold_pass or gold_fail or agree or disagree:
-        V = db.version_stats
-        if conn.execute(select(V.c.version).where(V.c.version == version)).first() is None:
-            conn.execute(V.insert().values(version=version, gold_pass=0, gold_fail=0, agree=0, disagree=0))
-        conn.execute(
-            update(V)
-            .where(V.c.version == version)
-            .values(
-                gold_pass=V.c.gold_pass + gold_pass,
-                gold_fail=V.c.gold_fail + gold_fail,
-                agree=V.c.agree + agree,
-                disagree=V.c.disagree + disagree,
-            )
+        versions = version if isinstance(version, list) else [version]
+        for v, n in Counter(versions).items():
+            _bump_version(conn, v, gold_pass * n, gold_fail * n, agree * n, disagree * n)
+
+
+def _bump_version(
+    conn: Connection, version: str, gold_pass: int, gold_fail: int, agree: int, disagree: int
+) -> None:
+    V = db.version_stats
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(V).values(
+        version=version, gold_pass=gold_pass, gold_fail=gold_fail, agree=agree, disagree=disagree
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[V.c.version],
+            set_={
+                "gold_pass": V.c.gold_pass + gold_pass,
+                "gold_fail": V.c.gold_fail + gold_fail,
+                "agree": V.c.agree + agree,
+                "disagree": V.c.disagree + disagree,
+            },
         )
+    )
 
 
 def pause_reason(gold_fail: int, agree: int, disagree: int, rejected: int, last: str = "") -> str | None:

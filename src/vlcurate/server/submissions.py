@@ -25,9 +25,6 @@ class Rejected(BadRequest):
 
 
 def submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionIn) -> schemas.SubmissionOut:
-    prior = _replay(p, caller, body.idempotency_key)
-    if prior is not None:
-        return prior
     try:
         return _submit(p, caller, lease_id, body)
     except IntegrityError:
@@ -70,6 +67,9 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
         if rep is None or rep.agent_id != caller.agent_id:
             raise NotFound(f"lease {lease_id} is not held by this agent")
         if rep.state in ("submitted", "valid", "invalid"):
+            prior = _replay(p, caller, body.idempotency_key)
+            if prior is not None:
+                return prior
             raise Rejected(f"lease {lease_id} was already submitted (use the same idempotency_key to retry)")
         if rep.state != "leased":
             raise Conflict(f"lease {lease_id} is {rep.state}; lease a new unit")
@@ -118,7 +118,6 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             .where(R.c.id == lease_id)
             .values(state="submitted" if gold.ok else "invalid", finished_at=now)
         )
-        conn.execute(update(db.agents).where(db.agents.c.id == caller.agent_id).values(last_seen=now))
         version = body.agent_version
         if gold.checked:
             reputation.record(
@@ -133,14 +132,15 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             )
             detail = f"failed {gold.failed} of {gold.checked} hidden checks; not credited"
         else:
-            after = evaluate_unit(conn, p, task, unit)
+            ev = evaluate_unit(conn, p, task, unit)
+            state = ev.outcome.get(sub_id, "pending")
             detail = {
-                "verified": "unit verified; credited",
-                "open": "accepted; waiting for other replicas to agree",
-                "inconclusive": "replicas never agreed; unit set aside",
-            }[after]
-            state = conn.execute(select(S.c.state).where(S.c.id == sub_id)).scalar_one()
-        points = credited_points(conn, sub_id)
+                ("verified", "valid"): "unit verified; credited",
+                ("verified", "invalid"): "the other replicas agreed on different scores; not credited",
+                ("open", "pending"): "accepted; waiting for other replicas to agree",
+                ("inconclusive", "pending"): "replicas never agreed; unit set aside",
+            }[(ev.state, state)]
+        points = ev.points if gold.ok and state == "valid" else 0.0
         response: dict[str, Any] = dict(
             submission_id=sub_id,
             lease_id=lease_id,

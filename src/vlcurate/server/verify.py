@@ -89,11 +89,17 @@ def largest_agreeing_group(vectors: list[np.ndarray], tolerance: float, fraction
     return best
 
 
-def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> str:
-    """Once enough replicas are in: verify and pay, ask for another replica, or give up.
+@dataclass(frozen=True)
+class Evaluation:
+    """The unit's state afterwards ('open', 'verified', 'inconclusive') and each submission's fate."""
 
-    Returns the unit's state afterwards ('open', 'verified' or 'inconclusive').
-    """
+    state: str
+    outcome: dict[int, str]
+    points: float = 0.0
+
+
+def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> Evaluation:
+    """Once enough replicas are in: verify and pay, ask for another replica, or give up."""
     S, R = db.submissions, db.replicas
     subs = conn.execute(
         select(
@@ -110,16 +116,16 @@ def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> s
         .order_by(S.c.id)
     ).all()
     if len(subs) < unit.target:
-        return "open"
+        return Evaluation("open", {})
     n = unit.n_items
     vectors = [np.frombuffer(s.scores, dtype="<f4")[:n].astype(np.float64) for s in subs]
     group = largest_agreeing_group(vectors, task.tolerance, task.agree_fraction)
     if len(group) < min(task.quorum, unit.target):
         if len(subs) >= task.max_replicas:
             conn.execute(update(db.units).where(db.units.c.id == unit.id).values(state="inconclusive"))
-            return "inconclusive"
+            return Evaluation("inconclusive", {})
         conn.execute(update(db.units).where(db.units.c.id == unit.id).values(target=len(subs) + 1))
-        return "open"
+        return Evaluation("open", {})
     members = [subs[i] for i in group]
     stacked = np.stack([vectors[i] for i in group])
     with np.errstate(all="ignore"):
@@ -143,29 +149,34 @@ def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> s
     )
     points = task.points_per_pair * n
     how = "a trusted result, audit skipped" if single else f"{len(group)} agreeing replicas"
-    for m in members:
-        conn.execute(update(S).where(S.c.id == m.id).values(state="valid"))
-        conn.execute(update(R).where(R.c.id == m.rid).values(state="valid", finished_at=now))
-        ledger.credit(
-            conn,
-            contributor_id=m.contributor_id,
-            agent_id=m.agent_id,
-            submission_id=m.id,
-            unit_id=unit.id,
-            points=points,
-            pairs=n,
-            reason=f"validated unit {unit.id}: {n} pairs, {how}",
-        )
-        reputation.record(conn, m.contributor_id, m.agent_version, agree=0 if single else 1, valid=1)
+    conn.execute(update(S).where(S.c.id.in_([m.id for m in members])).values(state="valid"))
+    conn.execute(update(R).where(R.c.id.in_([m.rid for m in members])).values(state="valid", finished_at=now))
+    ledger.credit_group(
+        conn,
+        members,
+        unit_id=unit.id,
+        points=points,
+        pairs=n,
+        reason=f"validated unit {unit.id}: {n} pairs, {how}",
+    )
+    reputation.record(
+        conn,
+        [m.contributor_id for m in members],
+        [m.agent_version for m in members],
+        agree=0 if single else 1,
+        valid=1,
+    )
+    outcome = {m.id: "valid" for m in members}
     for i, s in enumerate(subs):
         if i in group:
             continue
+        outcome[s.id] = "invalid"
         conn.execute(update(S).where(S.c.id == s.id).values(state="invalid"))
         conn.execute(update(R).where(R.c.id == s.rid).values(state="invalid", finished_at=now))
         reputation.record(conn, s.contributor_id, s.agent_version, disagree=1)
         reputation.check_pause(conn, s.contributor_id, f" (latest: unit {unit.id})")
     _promote_gold(conn, task, unit, verified, status)
-    return "verified"
+    return Evaluation("verified", outcome, points)
 
 
 def _promote_gold(

@@ -1,0 +1,248 @@
+"""Load on loopback: how many unit cycles (lease + submit, verification included) per second the
+platform server holds, with p50/p99 latency, on SQLite and on PostgreSQL, for 50 and 500 agents.
+
+Agents are simulated by a light asyncio HTTP/1.1 client (keep-alive, one connection per agent) in
+this process; the server is `vlcurate serve` in its own process(es), as in production. Each agent
+paces itself so the crowd offers a target rate (open loop: a slow server shows up as latency, not as
+a politely lower request rate). The work units are real (64 pairs each, quorum 2, verification and
+ledger writes on every second submission); scores are constant so every pair of replicas agrees.
+
+    python benchmarks/platform_load.py                       # both databases, 50 and 500 agents
+    python benchmarks/platform_load.py --db postgresql --agents 500 --rate 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import emit, log, machine_info  # noqa: E402
+
+UNIT_SIZE = 64
+
+
+# ---- a minimal keep-alive HTTP/1.1 client: httpx costs more CPU per request than the server ------
+
+
+class Conn:
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode()
+        self.writer.write(head + self.auth + b"\r\n" + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            self.writer = None
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        data = await self.reader.readexactly(length) if length else b""
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+def prepare(db_url: str, n_units: int, n_agents: int) -> tuple[list[str], int]:
+    """Items, a task cut into `n_units` units and one agent per contributor, written directly."""
+    from sqlalchemy import insert
+
+    from vlcurate.server import db, ingest, schemas
+    from vlcurate.server.migrate import upgrade
+
+    engine = db.make_engine(db_url)
+    upgrade(engine)
+    n_items = n_units * UNIT_SIZE
+    with db.begin_write(engine) as conn:
+        ds = conn.execute(
+            insert(db.datasets).values(name="load", source="synthetic", n_items=n_items).returning(db.datasets.c.id)
+        ).scalar_one()
+        rows = [
+            dict(id=i, dataset_id=ds, uid=f"{i:032x}", shard="s", key=str(i), caption=f"caption {i}")
+            for i in range(1, n_items + 1)
+        ]
+        for k in range(0, len(rows), 5000):
+            conn.execute(insert(db.items), rows[k : k + 5000])
+    task = ingest.create_task(
+        engine,
+        schemas.TaskCreate(
+            name="load", dataset="load", unit_size=UNIT_SIZE, gold_per_unit=0, gold=schemas.GoldSpec(self_score=0),
+            lease_seconds=600,
+        ),
+    )
+    tokens = [
+        ingest.create_agent(engine, schemas.AgentCreate(contributor=f"load-{i}"), 1_000_000, 10_000_000).token
+        for i in range(n_agents)
+    ]
+    engine.dispose()
+    return tokens, task.n_units
+
+
+async def agent_loop(
+    host: str, port: int, token: str, period: float, stop_at: float, lat: dict[str, list[float]], counts: dict[str, int]
+) -> None:
+    conn = Conn(host, port, token)
+    rng = random.Random(token)
+    next_at = time.perf_counter() + rng.uniform(0, period)
+    try:
+        while True:
+            now = time.perf_counter()
+            if next_at > now:
+                await asyncio.sleep(next_at - now)
+            if time.perf_counter() >= stop_at:
+                return
+            next_at += rng.expovariate(1.0 / period)
+            t0 = time.perf_counter()
+            status, data = await conn.request("POST", "/api/v1/leases")
+            t1 = time.perf_counter()
+            if status == 204:
+                counts["empty"] += 1
+                continue
+            if status != 200:
+                counts[f"lease_{status}"] = counts.get(f"lease_{status}", 0) + 1
+                continue
+            lease = json.loads(data)
+            body = json.dumps(
+                {
+                    "idempotency_key": f"load-{lease['lease_id']}-{rng.getrandbits(32):08x}",
+                    "model_fingerprint": lease["task"]["model_fingerprint"],
+                    "results": [{"item_id": it["item_id"], "score": 0.25} for it in lease["items"]],
+                }
+            ).encode()
+            t2 = time.perf_counter()
+            status, _ = await conn.request("POST", f"/api/v1/leases/{lease['lease_id']}/submit", body)
+            t3 = time.perf_counter()
+            if status != 200:
+                counts[f"submit_{status}"] = counts.get(f"submit_{status}", 0) + 1
+                continue
+            lat["lease"].append(t1 - t0)
+            lat["submit"].append(t3 - t2)
+            lat["cycle"].append((t1 - t0) + (t3 - t2))
+            counts["cycles"] += 1
+    finally:
+        conn.close()
+
+
+async def drive(url: str, tokens: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    host, port = url.split("//")[1].split(":")
+    lat: dict[str, list[float]] = {"lease": [], "submit": [], "cycle": []}
+    counts: dict[str, int] = {"cycles": 0, "empty": 0}
+    period = len(tokens) / rate
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(agent_loop(host, int(port), t, period, start + seconds, lat, counts) for t in tokens)
+    )
+    wall = time.perf_counter() - start
+    out: dict[str, Any] = {"offered_cycles_per_s": rate, "cycles": counts["cycles"],
+                           "cycles_per_s": round(counts["cycles"] / wall, 1), "wall_s": round(wall, 1)}
+    for k, v in lat.items():
+        if v:
+            a = np.asarray(v) * 1000
+            out[f"{k}_p50_ms"] = round(float(np.percentile(a, 50)), 1)
+            out[f"{k}_p99_ms"] = round(float(np.percentile(a, 99)), 1)
+    out["errors"] = {k: v for k, v in counts.items() if k not in ("cycles",) and v}
+    return out
+
+
+@contextlib.contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield str(workdir / "load.db")
+        return
+    from tests.platform_live import pg_schema
+
+    with pg_schema() as url:
+        yield url
+
+
+def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+    from tests.platform_live import ServerProcess
+
+    with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
+        n_units = int(rate * seconds / 2 * 1.3) + n_agents + 50  # two cycles per unit (quorum 2), margin
+        t0 = time.perf_counter()
+        tokens, units = prepare(url, n_units, n_agents)
+        setup_s = time.perf_counter() - t0
+        args = ["--workers", str(workers)] if kind == "postgresql" and workers > 1 else []
+        with ServerProcess(url, args=args, log=Path(tmp) / "server.log") as proc:
+            res = asyncio.run(drive(proc.url, tokens, rate, seconds))
+            from sqlalchemy import func, select
+
+            from vlcurate.server import db
+            from vlcurate.server.ledger import audit
+
+            engine = db.make_engine(url)
+            with engine.connect() as conn:
+                verified = conn.execute(select(func.count()).where(db.units.c.state == "verified")).scalar_one()
+                problems = audit(conn)
+            engine.dispose()
+        res.update(
+            db=kind, agents=n_agents, server_workers=workers if kind == "postgresql" else 1, units=units,
+            units_verified=verified, ledger_problems=len(problems), setup_s=round(setup_s, 1),
+            target_met=bool(res["cycles_per_s"] >= 0.95 * rate and res.get("cycle_p99_ms", 1e9) < 250),
+        )
+        return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--agents", type=int, nargs="+", default=[50, 500])
+    ap.add_argument("--rate", type=float, default=300.0, help="Offered unit cycles per second.")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=2, help="Server processes on PostgreSQL.")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    runs = []
+    for kind in kinds:
+        for n in args.agents:
+            log(f"{kind}, {n} agents, offering {args.rate:g} cycles/s for {args.seconds:g} s")
+            r = run_one(kind, n, args.rate, args.seconds, args.workers)
+            log(json.dumps(r))
+            runs.append(r)
+    result = {"benchmark": "platform_load", "machine": machine_info(), "unit_size": UNIT_SIZE, "runs": runs}
+    summary = "; ".join(
+        f"{r['db']} {r['agents']} agents: {r['cycles_per_s']} cycles/s, p99 {r.get('cycle_p99_ms')} ms" for r in runs
+    )
+    emit(result, summary, args.json_out)
+
+
+if __name__ == "__main__":
+    main()
