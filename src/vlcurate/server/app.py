@@ -22,6 +22,8 @@ from vlcurate import __version__
 from vlcurate.server import db, ingest, leasing, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, agent_for_token, bearer
 from vlcurate.server.context import Platform
+from vlcurate.server.dashboard import image_media_type, mount_static
+from vlcurate.server.dashboard import router as dashboard_router
 from vlcurate.server.errors import Forbidden, NotFound, PlatformError, TooMany
 from vlcurate.server.migrate import upgrade
 from vlcurate.server.settings import ServerSettings
@@ -281,7 +283,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if match is None:
             raise NotFound(f"item {item_id!r} is not in lease {lease_id}")
         data, ext = leasing.image_bytes(platform, match.item_id)
-        return Response(content=data, media_type=_media_type(data, ext))
+        return Response(content=data, media_type=image_media_type(data, ext))
 
     _wire_dashboard(app)
     return app
@@ -295,20 +297,6 @@ def _contributor(conn: Any, contributor_id: int) -> None:
         raise NotFound(f"no contributor {contributor_id}")
 
 
-def _media_type(data: bytes, ext: str | None) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return f"image/{ext.lstrip('.')}" if ext else "application/octet-stream"
-
-
 def _wire_dashboard(app: FastAPI) -> None:
-    try:
-        from vlcurate.server.dashboard import mount_static, router
-    except ImportError:  # the dashboard module is optional while it is being built
-        return
-    app.include_router(router)
+    app.include_router(dashboard_router)
     mount_static(app)

@@ -143,6 +143,7 @@ units = Table(
     UniqueConstraint("task_id", "seq", name="uq_units_task_seq"),
     Index("ix_units_pick", "state", "task_id", "id"),
     Index("ix_units_verified_at", "verified_at"),
+    Index("ix_units_task_first", "task_id", "first_item"),
 )
 
 # Known answers for hidden checks: operator-given, scored by the server, or promoted from verified units.

@@ -184,6 +184,7 @@ def upgrade() -> None:
     with op.batch_alter_table("units", schema=None) as batch_op:
         batch_op.create_index("ix_units_pick", ["state", "task_id", "id"], unique=False)
         batch_op.create_index("ix_units_verified_at", ["verified_at"], unique=False)
+        batch_op.create_index("ix_units_task_first", ["task_id", "first_item"], unique=False)
 
     op.create_table(
         "replicas",
@@ -318,6 +319,7 @@ def downgrade() -> None:
     op.drop_table("replicas")
     with op.batch_alter_table("units", schema=None) as batch_op:
         batch_op.drop_index("ix_units_verified_at")
+        batch_op.drop_index("ix_units_task_first")
         batch_op.drop_index("ix_units_pick")
 
     op.drop_table("units")
