@@ -155,3 +155,17 @@ def test_repeated_submission_is_answered_once_and_credited_once(live_platform: A
         assert audit(conn) == []
     assert ra["state"] == "pending"
     assert httpx.get(f"{live_platform.url}/api/v1/contributors").status_code == 200
+
+
+def test_a_retried_lease_request_gets_the_same_lease(live_platform: Any, small_pool: Path) -> None:
+    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=100, gold_per_unit=2)
+    a = HonestAgent(live_platform.url, tokens[0])
+    key = {"Idempotency-Key": "lease-retry-0001"}
+    first = a.http.post("/api/v1/leases", headers=key).json()
+    again = a.http.post("/api/v1/leases", headers=key).json()
+    assert again == first  # the answer to a lost response is the same lease, not a second one
+    other = a.http.post("/api/v1/leases", headers={"Idempotency-Key": "lease-retry-0002"}).json()
+    assert other["lease_id"] != first["lease_id"]
+    a.http.delete(f"/api/v1/leases/{first['lease_id']}")
+    gone = a.http.post("/api/v1/leases", headers=key)
+    assert gone.status_code == 409 and "released" in gone.json()["detail"]

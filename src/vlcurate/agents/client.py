@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,7 @@ class PlatformClient:
         max_connections: int = 32,
         sleep: Callable[[float], None] | None = None,
         seed: int | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         if not server.startswith(("http://", "https://")):
             raise ValueError(f"--server must be an http(s) URL, got {server!r}")
@@ -156,6 +158,7 @@ class PlatformClient:
         self.retry = retry or RetryPolicy()
         self._rng = random.Random(seed)
         self._sleep = sleep
+        self.on_retry = on_retry  # told about every transient failure (the console shows them)
         self._cancel = threading.Event()
         headers = {"User-Agent": f"vlcurate-agent/{__version__}"}
         if token:
@@ -189,7 +192,10 @@ class PlatformClient:
     def lease(self, task_id: int | None = None) -> schemas.Lease | None:
         """A unit of work, or None when the server has nothing now (204)."""
         body = {"task_id": task_id} if task_id is not None else None
-        resp = self._request("POST", f"{API}/leases", json=body)
+        # One key for this lease and all its retries: if an answer is lost in transit, the retry
+        # gets the lease the first attempt made instead of orphaning it.
+        key = {"Idempotency-Key": f"lease-{uuid.uuid4().hex}"}
+        resp = self._request("POST", f"{API}/leases", json=body, headers=key)
         if resp.status_code == 204 or not resp.content:
             return None
         return schemas.Lease.model_validate(resp.json())
@@ -233,7 +239,13 @@ class PlatformClient:
             raise CancelledError(0, "client cancelled while waiting to retry")
 
     def _request(
-        self, method: str, path: str, *, json: Any = None, retry: RetryPolicy | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         policy = retry or self.retry
         started = time.monotonic()
@@ -243,7 +255,7 @@ class PlatformClient:
                 raise CancelledError(0, "client cancelled")
             retry_after: float | None = None
             try:
-                resp = self._http.request(method, path, json=json)
+                resp = self._http.request(method, path, json=json, headers=headers)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 status = 0
@@ -268,5 +280,7 @@ class PlatformClient:
                     status, f"{method} {path} failed for {elapsed:.0f}s, giving up: {problem}", retry_after
                 )
             log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            if self.on_retry is not None:
+                self.on_retry(f"{method} {path}: {problem} (retrying in {delay:.1f}s)")
             attempt += 1
             self._wait(delay)

@@ -241,9 +241,11 @@ class AgentRunner:
             max_connections=max(8, config.fetch_concurrency + 4),
         )
         self._own_client = client is None
+        self.stats = AgentStats()
+        if self.client.on_retry is None:
+            self.client.on_retry = self.stats.error
         self._load = scorer_loader or _load_clip_scorer
         self._scorers: dict[tuple[str, str], Scorer] = {}
-        self.stats = AgentStats()
         self._stop = threading.Event()
         self._rng = random.Random()
         self._lease: schemas.Lease | None = None

@@ -160,15 +160,13 @@ class ClipScorer:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the weights (names, dtypes, bytes): which exact model produced a score."""
+        """sha256 over the weights as loaded (names, dtypes, bytes), before any precision cast.
+
+        So the same checkpoint has the same fingerprint in bf16 and fp32, on CPU and GPU: the
+        platform pins a task to a model, not to the machine that runs it.
+        """
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for key, tensor in sorted(self.model.state_dict().items()):
-                t = tensor.detach().to("cpu").contiguous()
-                h.update(key.encode())
-                h.update(str(t.dtype).encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = weights_fingerprint(self.model)
         return self._fingerprint
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -246,6 +244,17 @@ class ClipScorer:
         }
 
 
+def weights_fingerprint(model: Any) -> str:
+    """sha256 over a model's state dict: names, dtypes and bytes."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
@@ -308,13 +317,14 @@ def load_scorer(
             ) from exc
         raise
     model.eval()
+    fingerprint = weights_fingerprint(model)
     if dev.type == "cpu" and prec == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(dev)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     pp = _preprocessing_of(preprocess, model)
-    return ClipScorer(spec, model, tokenizer, pp, dev, prec)
+    return ClipScorer(spec, model, tokenizer, pp, dev, prec, fingerprint)
 
 
 def peek_image_size(name: str) -> int | None:

@@ -224,7 +224,9 @@ replicas = Table(
     _ts("leased_at"),
     Column("deadline", DateTime(timezone=True), nullable=False),
     _ts("finished_at", nullable=True),
+    Column("lease_key", String(128), nullable=True),
     UniqueConstraint("unit_id", "contributor_id", name="uq_replicas_unit_contributor"),
+    UniqueConstraint("agent_id", "lease_key", name="uq_replicas_agent_lease_key"),
     Index("ix_replicas_state_deadline", "state", "deadline"),
     Index("ix_replicas_agent_state", "agent_id", "state"),
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db, schemas
 from vlcurate.server.auth import Caller
@@ -35,8 +36,29 @@ def audit_rate(valid_streak: int, min_rate: float) -> float:
     return max(min_rate, 1.0 / max(valid_streak, 1))
 
 
-def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Lease | None:
-    """Lease one unit replica to `caller`, or None when no unit can go to this contributor now."""
+def lease(
+    p: Platform, caller: Caller, task_id: int | None = None, lease_key: str | None = None
+) -> schemas.Lease | None:
+    """Lease one unit replica to `caller`, or None when no unit can go to this contributor now.
+
+    With `lease_key` (the `Idempotency-Key` header) a retried request gets the lease its first try
+    made, so a lease whose answer was lost in transit is not orphaned.
+    """
+    if lease_key is not None:
+        prior = _lease_by_key(p, caller, lease_key)
+        if prior is not None:
+            return prior
+        try:
+            return _new_lease(p, caller, task_id, lease_key)
+        except IntegrityError:  # the same key raced in twice: one lease was made, answer with it
+            prior = _lease_by_key(p, caller, lease_key)
+            if prior is None:
+                raise
+            return prior
+    return _new_lease(p, caller, task_id, None)
+
+
+def _new_lease(p: Platform, caller: Caller, task_id: int | None, lease_key: str | None) -> schemas.Lease | None:
     if caller.paused:
         raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
     task_ids = [task_id] if task_id is not None else p.active_task_ids()
@@ -77,6 +99,7 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
                 state="leased",
                 leased_at=now,
                 deadline=deadline,
+                lease_key=lease_key,
             )
             .returning(db.replicas.c.id)
         ).scalar_one()
@@ -97,10 +120,64 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
                 last_seen=now,
             )
         )
-    view = replica_view(p.secret, lease_id, seed, _unit_items(p, unit.first_item, unit.last_item), gold_items)
+    return _lease_response(
+        p, lease_id, seed, gold_items, unit.id, unit.task_id, unit.first_item, unit.last_item, deadline
+    )
+
+
+def _lease_by_key(p: Platform, caller: Caller, key: str) -> schemas.Lease | None:
+    R, U = db.replicas, db.units
+    with p.engine.connect() as conn:
+        row = conn.execute(
+            select(
+                R.c.id,
+                R.c.seed,
+                R.c.gold_items,
+                R.c.state,
+                R.c.deadline,
+                U.c.id.label("unit_id"),
+                U.c.task_id,
+                U.c.first_item,
+                U.c.last_item,
+            )
+            .join(U, U.c.id == R.c.unit_id)
+            .where(R.c.agent_id == caller.agent_id, R.c.lease_key == key)
+        ).first()
+    if row is None:
+        return None
+    if row.state != "leased" or _aware(row.deadline) < db.utcnow():
+        raise Conflict(f"the lease made with this Idempotency-Key is {row.state}; use a new key")
+    return _lease_response(
+        p,
+        row.id,
+        row.seed,
+        row.gold_items,
+        row.unit_id,
+        row.task_id,
+        row.first_item,
+        row.last_item,
+        _aware(row.deadline),
+    )
+
+
+def _lease_response(
+    p: Platform,
+    lease_id: int,
+    seed: int,
+    gold_items: list[int],
+    unit_id: int,
+    task_id: int,
+    first: int,
+    last: int,
+    deadline: dt.datetime,
+) -> schemas.Lease:
+    task = p.task(task_id)
+    pairs = p.unit_pairs(first, last)
+    view = replica_view(p.secret, lease_id, seed, pairs.item_ids, gold_items)
+    gold_captions = _gold_captions(p, task_id, gold_items)
     return schemas.Lease(
         lease_id=lease_id,
-        unit_id=unit.id,
+        unit_id=unit_id,
         task=schemas.TaskSpec(
             id=task.id,
             kind=task.kind,
@@ -113,7 +190,7 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
         items=[
             schemas.UnitItem(
                 item_id=v.public_id,
-                caption=_caption(p, unit.task_id, unit.first_item, unit.last_item, v),
+                caption=gold_captions[v.item_id] if v.is_gold else pairs.captions[v.position],
                 image_url=f"/api/v1/leases/{lease_id}/images/{v.public_id}",
             )
             for v in view
@@ -121,14 +198,23 @@ def lease(p: Platform, caller: Caller, task_id: int | None = None) -> schemas.Le
     )
 
 
+def _gold_captions(p: Platform, task_id: int, gold_items: list[int]) -> dict[int, str | None]:
+    """Captions of hidden-check items: from the cached pool, else (promoted since) from the table."""
+    cached = p.gold_pool(task_id).captions
+    out = {g: cached[g] for g in gold_items if g in cached}
+    missing = [g for g in gold_items if g not in out]
+    if missing:
+        with p.engine.connect() as conn:
+            out.update(
+                conn.execute(
+                    select(db.items.c.id, db.items.c.caption).where(db.items.c.id.in_(missing))
+                ).all()
+            )
+    return out
+
+
 def _unit_items(p: Platform, first: int, last: int) -> list[int]:
     return p.unit_pairs(first, last).item_ids
-
-
-def _caption(p: Platform, task_id: int, first: int, last: int, v: ViewItem) -> str | None:
-    if v.is_gold:
-        return p.gold_pool(task_id).captions.get(v.item_id)
-    return p.unit_pairs(first, last).captions[v.position]
 
 
 @dataclass(frozen=True)

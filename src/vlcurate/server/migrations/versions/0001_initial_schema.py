@@ -201,6 +201,7 @@ def upgrade() -> None:
         sa.Column("leased_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deadline", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_key", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(
             ["agent_id"],
             ["agents.id"],
@@ -212,6 +213,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["unit_id"], ["units.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("agent_id", "lease_key", name="uq_replicas_agent_lease_key"),
         sa.UniqueConstraint("unit_id", "contributor_id", name="uq_replicas_unit_contributor"),
     )
     with op.batch_alter_table("replicas", schema=None) as batch_op:
