@@ -328,17 +328,7 @@ def test_fingerprint_mismatch_releases_the_lease_and_stops(platforms: Callable[.
     with pytest.raises(ModelMismatchError, match="pins model 'tiny-synth'"):
         runner.run()
     assert p.released == [1] and p.submissions == []
-    assert [precision for _, _, precision in loads] == ["auto", "fp32", "bf16"]  # tried before giving up
-
-
-def test_auto_precision_falls_back_to_the_pinned_weights(platforms: Callable[..., FakePlatform]) -> None:
-    img, cap = scene_jpg(6)
-    p = platforms([lease_dict(1, [("a", cap)], "fp32-fp")], {"a": img})
-    runner, _loads = runner_for(
-        p.url, lambda n, d, prec: FakeScorer("fp32-fp" if prec == "fp32" else "bf16-fp")
-    )
-    assert runner.run().units_done == 1
-    assert p.submissions[0][1]["model_fingerprint"] == "fp32-fp"
+    assert [precision for _, _, precision in loads] == ["auto"]  # fingerprints do not depend on precision
 
 
 def test_paused_contributor_stops_before_leasing(platforms: Callable[..., FakePlatform]) -> None:

@@ -407,24 +407,19 @@ class AgentRunner:
         """The pinned model (or the override), loaded once; its weights must match the task's fingerprint."""
         name = self.config.model or lease.task.model
         want = lease.task.model_fingerprint
-        # On CPUs with native bf16, `auto` casts the weights, which changes the fingerprint; when the
-        # user did not ask for a precision, fall back to fp32 (the weights as published) before failing.
-        tries: list[str] = [self.config.precision]
-        if self.config.precision == "auto":
-            tries += ["fp32", "bf16"]
-        seen: list[str] = []
-        for precision in tries:
-            key = (name, precision)
-            if key not in self._scorers:
-                self.stats.state = f"loading model {name} ({precision})"
-                log.info("loading model %s (%s) on %s", name, precision, self.config.device)
-                self._heartbeat_now()
-                self._scorers[key] = self._load(name, self.config.device, precision)
-            scorer = self._scorers[key]
-            if scorer.fingerprint == want:
-                self.stats.model, self.stats.fingerprint = name, scorer.fingerprint
-                return scorer
-            seen.append(f"{precision}: {scorer.fingerprint[:12]}")
+        # Fingerprints are taken from the weights as loaded, before any precision cast, so one
+        # load at the configured precision is enough.
+        key = (name, self.config.precision)
+        if key not in self._scorers:
+            self.stats.state = f"loading model {name} ({self.config.precision})"
+            log.info("loading model %s (%s) on %s", name, self.config.precision, self.config.device)
+            self._heartbeat_now()
+            self._scorers[key] = self._load(name, self.config.device, self.config.precision)
+        scorer = self._scorers[key]
+        if scorer.fingerprint == want:
+            self.stats.model, self.stats.fingerprint = name, scorer.fingerprint
+            return scorer
+        seen = [scorer.fingerprint[:12]]
         self._release_current()
         raise ModelMismatchError(
             f"task {lease.task.id} pins model {lease.task.model!r} with fingerprint {want[:12]}, but "
