@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db
@@ -39,29 +39,32 @@ def bearer(header: str | None) -> str:
     return token.strip()
 
 
+_a, _c = db.agents, db.contributors
+_BY_TOKEN = (
+    select(
+        _a.c.id,
+        _a.c.name,
+        _a.c.version,
+        _a.c.revoked,
+        _a.c.expires_at,
+        _a.c.rate_per_minute,
+        _a.c.daily_quota,
+        _a.c.quota_day,
+        _a.c.quota_used,
+        _c.c.valid_streak,
+        _c.c.id.label("cid"),
+        _c.c.name.label("cname"),
+        _c.c.paused,
+        _c.c.pause_reason,
+    )
+    .join(_c, _c.c.id == _a.c.contributor_id)
+    .where(_a.c.token_hash == bindparam("b_hash"))
+)  # built once: it runs on every request
+
+
 def agent_for_token(conn: Connection, token: str) -> Caller:
     """The agent holding `token`; revoked or unknown tokens are a 401."""
-    a, c = db.agents, db.contributors
-    row = conn.execute(
-        select(
-            a.c.id,
-            a.c.name,
-            a.c.version,
-            a.c.revoked,
-            a.c.expires_at,
-            a.c.rate_per_minute,
-            a.c.daily_quota,
-            a.c.quota_day,
-            a.c.quota_used,
-            c.c.valid_streak,
-            c.c.id.label("cid"),
-            c.c.name.label("cname"),
-            c.c.paused,
-            c.c.pause_reason,
-        )
-        .join(c, c.c.id == a.c.contributor_id)
-        .where(a.c.token_hash == hash_token(token))
-    ).first()
+    row = conn.execute(_BY_TOKEN, {"b_hash": hash_token(token)}).first()
     if row is None:
         raise Unauthorized("unknown token")
     if row.revoked:

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -58,7 +58,9 @@ def lease(
     return _new_lease(p, caller, task_id, None)
 
 
-def _new_lease(p: Platform, caller: Caller, task_id: int | None, lease_key: str | None) -> schemas.Lease | None:
+def _new_lease(
+    p: Platform, caller: Caller, task_id: int | None, lease_key: str | None
+) -> schemas.Lease | None:
     if caller.paused:
         raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
     task_ids = [task_id] if task_id is not None else p.active_task_ids()
@@ -88,8 +90,8 @@ def _new_lease(p: Platform, caller: Caller, task_id: int | None, lease_key: str 
         gold_items = _sample_gold(p, task.id, task.gold_per_unit, unit.first_item, unit.last_item, seed)
         deadline = now + dt.timedelta(seconds=task.lease_seconds)
         lease_id = conn.execute(
-            insert(db.replicas)
-            .values(
+            _INSERT_REPLICA,
+            dict(
                 unit_id=unit.id,
                 task_id=unit.task_id,
                 contributor_id=caller.contributor_id,
@@ -100,25 +102,12 @@ def _new_lease(p: Platform, caller: Caller, task_id: int | None, lease_key: str 
                 leased_at=now,
                 deadline=deadline,
                 lease_key=lease_key,
-            )
-            .returning(db.replicas.c.id)
+                finished_at=None,
+            ),
         ).scalar_one()
+        conn.execute(_BUMP_UNIT, {"b_unit": unit.id, "b_target": target})
         conn.execute(
-            update(db.units)
-            .where(db.units.c.id == unit.id)
-            .values(issued=db.units.c.issued + 1, replicas_total=db.units.c.replicas_total + 1, target=target)
-        )
-        # The quota counter restarts each UTC day; the database does the arithmetic so that two
-        # leases of one agent at the same moment both count.
-        A = db.agents
-        conn.execute(
-            update(A)
-            .where(A.c.id == caller.agent_id)
-            .values(
-                quota_used=case((A.c.quota_day == today, A.c.quota_used + 1), else_=1),
-                quota_day=today,
-                last_seen=now,
-            )
+            _COUNT_LEASE, {"b_agent": caller.agent_id, "b_today": today, "b_day": today, "b_now": now}
         )
     return _lease_response(
         p, lease_id, seed, gold_items, unit.id, unit.task_id, unit.first_item, unit.last_item, deadline
@@ -228,22 +217,44 @@ class _Unit:
     replicas_total: int
 
 
-def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int]) -> _Unit | None:
-    u, r = db.units, db.replicas
-    q = (
-        select(u.c.id, u.c.task_id, u.c.first_item, u.c.last_item, u.c.target, u.c.issued, u.c.replicas_total)
-        .where(
-            u.c.state == "open",
-            u.c.task_id.in_(task_ids),
-            u.c.issued < u.c.target,
-            ~exists().where(and_(r.c.unit_id == u.c.id, r.c.contributor_id == contributor_id)),
-        )
-        .order_by(u.c.id)
-        .limit(1)
+# The hot statements are built once: building a Core statement costs more than running it here.
+_u, _r, _A = db.units, db.replicas, db.agents
+_PICK = (
+    select(
+        _u.c.id, _u.c.task_id, _u.c.first_item, _u.c.last_item, _u.c.target, _u.c.issued, _u.c.replicas_total
     )
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True, of=u)
-    row = conn.execute(q).first()
+    .where(
+        _u.c.state == "open",
+        _u.c.task_id.in_(bindparam("b_tasks", expanding=True)),
+        _u.c.issued < _u.c.target,
+        ~exists().where(and_(_r.c.unit_id == _u.c.id, _r.c.contributor_id == bindparam("b_contributor"))),
+    )
+    .order_by(_u.c.id)
+    .limit(1)
+)
+_PICK_PG = _PICK.with_for_update(skip_locked=True, of=_u)
+_INSERT_REPLICA = insert(_r).returning(_r.c.id)
+_BUMP_UNIT = (
+    update(_u)
+    .where(_u.c.id == bindparam("b_unit"))
+    .values(issued=_u.c.issued + 1, replicas_total=_u.c.replicas_total + 1, target=bindparam("b_target"))
+)
+# The quota counter restarts each UTC day; the database does the arithmetic so that two leases of
+# one agent at the same moment both count.
+_COUNT_LEASE = (
+    update(_A)
+    .where(_A.c.id == bindparam("b_agent"))
+    .values(
+        quota_used=case((_A.c.quota_day == bindparam("b_today"), _A.c.quota_used + 1), else_=1),
+        quota_day=bindparam("b_day"),
+        last_seen=bindparam("b_now"),
+    )
+)
+
+
+def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int]) -> _Unit | None:
+    q = _PICK_PG if conn.dialect.name == "postgresql" else _PICK
+    row = conn.execute(q, {"b_tasks": task_ids, "b_contributor": contributor_id}).first()
     return None if row is None else _Unit(*row)
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import JSON, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db, reputation, schemas
@@ -59,11 +59,10 @@ def _replay(p: Platform, caller: Caller, key: str) -> schemas.SubmissionOut | No
 
 def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionIn) -> schemas.SubmissionOut:
     now = db.utcnow()
-    R, U, S = db.replicas, db.units, db.submissions
+    U = db.units
     with db.begin_write(p.engine) as conn:
         lock = conn.dialect.name == "postgresql"
-        q = select(R).where(R.c.id == lease_id)
-        rep = conn.execute(q.with_for_update() if lock else q).first()
+        rep = conn.execute(_REPLICA_PG if lock else _REPLICA, {"b_id": lease_id}).first()
         if rep is None or rep.agent_id != caller.agent_id:
             raise NotFound(f"lease {lease_id} is not held by this agent")
         if rep.state in ("submitted", "valid", "invalid"):
@@ -82,8 +81,7 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
                 f"model fingerprint {body.model_fingerprint[:12]}... is not the task's pinned model "
                 f"{task.model} ({task.model_fingerprint[:12]}...)"
             )
-        uq = select(U).where(U.c.id == rep.unit_id)
-        unit = conn.execute(uq.with_for_update() if lock else uq).one()
+        unit = conn.execute(_UNIT_PG if lock else _UNIT, {"b_id": rep.unit_id}).one()
         view = replica_view(
             p.secret,
             lease_id,
@@ -95,8 +93,8 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
         gold = check_gold(conn, task, rep.gold_items, scores, statuses, offset=unit.n_items)
         state = "pending" if gold.ok else "invalid"
         sub_id = conn.execute(
-            insert(S)
-            .values(
+            _INSERT_SUBMISSION,
+            dict(
                 replica_id=lease_id,
                 agent_id=caller.agent_id,
                 contributor_id=caller.contributor_id,
@@ -110,13 +108,12 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
                 gold_max_error=gold.max_error,
                 state=state,
                 received_at=now,
-            )
-            .returning(S.c.id)
+                response=None,
+            ),
         ).scalar_one()
         conn.execute(
-            update(R)
-            .where(R.c.id == lease_id)
-            .values(state="submitted" if gold.ok else "invalid", finished_at=now)
+            _FINISH_REPLICA,
+            {"b_id": lease_id, "b_state": "submitted" if gold.ok else "invalid", "b_now": now},
         )
         version = body.agent_version
         if gold.checked:
@@ -149,8 +146,25 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             detail=detail,
             points_credited=points,
         )
-        conn.execute(update(S).where(S.c.id == sub_id).values(response=response))
+        conn.execute(_SAVE_RESPONSE, {"b_id": sub_id, "b_response": response})
     return schemas.SubmissionOut.model_validate(response)
+
+
+# Hot statements, built once (building a Core statement costs more than running it here).
+_R, _U, _S = db.replicas, db.units, db.submissions
+_REPLICA = select(_R).where(_R.c.id == bindparam("b_id"))
+_REPLICA_PG = _REPLICA.with_for_update()
+_UNIT = select(_U).where(_U.c.id == bindparam("b_id"))
+_UNIT_PG = _UNIT.with_for_update()
+_INSERT_SUBMISSION = insert(_S).returning(_S.c.id)
+_FINISH_REPLICA = (
+    update(_R)
+    .where(_R.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), finished_at=bindparam("b_now"))
+)
+_SAVE_RESPONSE = (
+    update(_S).where(_S.c.id == bindparam("b_id")).values(response=bindparam("b_response", type_=JSON))
+)
 
 
 def place_results(

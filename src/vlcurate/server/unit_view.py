@@ -3,14 +3,13 @@ shuffled, under opaque ids that differ per lease.
 
 Per-lease ids and per-replica gold are what make copying detectable: a copier holding another
 replica's answers cannot place them on its own ids, and its hidden checks are not in the other
-replica at all. Ids are an HMAC of (lease, item) under the server secret, so nothing is stored per
-item and any server worker can map them back.
+replica at all. Ids are a keyed hash (BLAKE2b MAC) of (lease, item) under the server secret, so
+nothing is stored per item and any server worker can map them back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import random
 from dataclasses import dataclass
 
@@ -24,7 +23,8 @@ class ViewItem:
 
 
 def public_id(secret: bytes, lease_id: int, item_id: int) -> str:
-    return hmac.new(secret, f"{lease_id}:{item_id}".encode(), hashlib.sha256).hexdigest()[:20]
+    # Keyed BLAKE2b is a MAC in one call (HMAC construction not needed), and several times faster.
+    return hashlib.blake2b(f"{lease_id}:{item_id}".encode(), key=secret[:64], digest_size=10).hexdigest()
 
 
 def replica_view(

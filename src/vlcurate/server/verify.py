@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db, ledger, reputation
@@ -89,6 +89,22 @@ def largest_agreeing_group(vectors: list[np.ndarray], tolerance: float, fraction
     return best
 
 
+_SUBMITTED = (
+    select(
+        db.submissions.c.id,
+        db.submissions.c.scores,
+        db.submissions.c.statuses,
+        db.submissions.c.contributor_id,
+        db.submissions.c.agent_id,
+        db.submissions.c.agent_version,
+        db.replicas.c.id.label("rid"),
+    )
+    .join(db.replicas, db.replicas.c.id == db.submissions.c.replica_id)
+    .where(db.submissions.c.unit_id == bindparam("b_unit"), db.replicas.c.state == "submitted")
+    .order_by(db.submissions.c.id)
+)  # built once: the statement is run on every submission
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The unit's state afterwards ('open', 'verified', 'inconclusive') and each submission's fate."""
@@ -101,20 +117,7 @@ class Evaluation:
 def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> Evaluation:
     """Once enough replicas are in: verify and pay, ask for another replica, or give up."""
     S, R = db.submissions, db.replicas
-    subs = conn.execute(
-        select(
-            S.c.id,
-            S.c.scores,
-            S.c.statuses,
-            S.c.contributor_id,
-            S.c.agent_id,
-            S.c.agent_version,
-            R.c.id.label("rid"),
-        )
-        .join(R, R.c.id == S.c.replica_id)
-        .where(S.c.unit_id == unit.id, R.c.state == "submitted")
-        .order_by(S.c.id)
-    ).all()
+    subs = conn.execute(_SUBMITTED, {"b_unit": unit.id}).all()
     if len(subs) < unit.target:
         return Evaluation("open", {})
     n = unit.n_items
