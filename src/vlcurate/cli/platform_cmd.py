@@ -40,8 +40,11 @@ def _call(server: str, token: str, method: str, path: str, body: dict[str, Any] 
     return r.json() if r.content else None
 
 
-def _print(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+def _print(data: Any, line: str, as_json: bool) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else line)
+
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the server's full JSON answer.")]
 
 
 @platform_app.command("add-dataset")
@@ -52,9 +55,15 @@ def add_dataset(
     ],
     server: Server = "http://127.0.0.1:8000",
     admin_token: AdminToken = "",
+    as_json: JsonOut = False,
 ) -> None:
     """Register a dataset: the server reads every pair once and keeps it."""
-    _print(_call(server, admin_token, "POST", "/api/v1/datasets", {"name": name, "source": source}))
+    d = _call(server, admin_token, "POST", "/api/v1/datasets", {"name": name, "source": source})
+    _print(
+        d,
+        f"dataset {d['name']!r} (id {d['id']}): {d['n_items']} pairs, {d['n_unreadable']} unreadable",
+        as_json,
+    )
 
 
 @platform_app.command("add-task")
@@ -75,6 +84,7 @@ def add_task(
     lease_seconds: Annotated[int, typer.Option(help="Lease length before a unit is requeued.")] = 300,
     server: Server = "http://127.0.0.1:8000",
     admin_token: AdminToken = "",
+    as_json: JsonOut = False,
 ) -> None:
     """Create a `dva-score` task: pin the model, cut units, prepare hidden checks."""
     body: dict[str, Any] = dict(
@@ -89,7 +99,13 @@ def add_task(
     )
     if tolerance is not None:
         body["tolerance"] = tolerance
-    _print(_call(server, admin_token, "POST", "/api/v1/tasks", body))
+    t = _call(server, admin_token, "POST", "/api/v1/tasks", body)
+    line = (
+        f"task {t['name']!r} (id {t['id']}): {t['n_units']} units of up to {t['unit_size']} pairs, "
+        f"model {t['model']} ({t['model_fingerprint'][:12]}), quorum {t['quorum']}, "
+        f"tolerance {t['tolerance']}, {t['gold_per_unit']} hidden checks per replica"
+    )
+    _print(t, line, as_json)
 
 
 @platform_app.command("add-agent")
@@ -98,9 +114,15 @@ def add_agent(
     name: Annotated[str, typer.Option(help="Agent name.")] = "agent",
     server: Server = "http://127.0.0.1:8000",
     admin_token: AdminToken = "",
+    as_json: JsonOut = False,
 ) -> None:
     """Create an agent token for a contributor (printed once)."""
-    _print(_call(server, admin_token, "POST", "/api/v1/agents", {"contributor": contributor, "name": name}))
+    a = _call(server, admin_token, "POST", "/api/v1/agents", {"contributor": contributor, "name": name})
+    _print(
+        a,
+        f"agent {a['agent_id']} of contributor {a['contributor']!r}; token (shown once): {a['token']}",
+        as_json,
+    )
 
 
 @platform_app.command("revoke")
@@ -110,7 +132,8 @@ def revoke(
     admin_token: AdminToken = "",
 ) -> None:
     """Revoke an agent's token: its next call is refused."""
-    _print(_call(server, admin_token, "POST", f"/api/v1/agents/{agent_id}/revoke"))
+    _call(server, admin_token, "POST", f"/api/v1/agents/{agent_id}/revoke")
+    typer.echo(f"agent {agent_id} revoked")
 
 
 @platform_app.command("unpause")
@@ -120,7 +143,8 @@ def unpause(
     admin_token: AdminToken = "",
 ) -> None:
     """Lift a pause (after review) and reset the strikes that caused it."""
-    _print(_call(server, admin_token, "POST", f"/api/v1/contributors/{contributor_id}/unpause"))
+    _call(server, admin_token, "POST", f"/api/v1/contributors/{contributor_id}/unpause")
+    typer.echo(f"contributor {contributor_id} unpaused")
 
 
 @platform_app.command("export")
