@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import emit, log, machine_info  # noqa: E402
+from _common import emit, log, machine_info
 
 UNIT_SIZE = 64
 
