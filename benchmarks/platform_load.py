@@ -91,7 +91,9 @@ def prepare(db_url: str, n_units: int, n_agents: int) -> tuple[list[str], int]:
     n_items = n_units * UNIT_SIZE
     with db.begin_write(engine) as conn:
         ds = conn.execute(
-            insert(db.datasets).values(name="load", source="synthetic", n_items=n_items).returning(db.datasets.c.id)
+            insert(db.datasets)
+            .values(name="load", source="synthetic", n_items=n_items)
+            .returning(db.datasets.c.id)
         ).scalar_one()
         rows = [
             dict(id=i, dataset_id=ds, uid=f"{i:032x}", shard="s", key=str(i), caption=f"caption {i}")
@@ -102,7 +104,11 @@ def prepare(db_url: str, n_units: int, n_agents: int) -> tuple[list[str], int]:
     task = ingest.create_task(
         engine,
         schemas.TaskCreate(
-            name="load", dataset="load", unit_size=UNIT_SIZE, gold_per_unit=0, gold=schemas.GoldSpec(self_score=0),
+            name="load",
+            dataset="load",
+            unit_size=UNIT_SIZE,
+            gold_per_unit=0,
+            gold=schemas.GoldSpec(self_score=0),
             lease_seconds=600,
         ),
     )
@@ -115,7 +121,13 @@ def prepare(db_url: str, n_units: int, n_agents: int) -> tuple[list[str], int]:
 
 
 async def agent_loop(
-    host: str, port: int, token: str, period: float, stop_at: float, lat: dict[str, list[float]], counts: dict[str, int]
+    host: str,
+    port: int,
+    token: str,
+    period: float,
+    stop_at: float,
+    lat: dict[str, list[float]],
+    counts: dict[str, int],
 ) -> None:
     conn = Conn(host, port, token)
     rng = random.Random(token)
@@ -169,8 +181,12 @@ async def drive(url: str, tokens: list[str], rate: float, seconds: float) -> dic
         *(agent_loop(host, int(port), t, period, start + seconds, lat, counts) for t in tokens)
     )
     wall = time.perf_counter() - start
-    out: dict[str, Any] = {"offered_cycles_per_s": rate, "cycles": counts["cycles"],
-                           "cycles_per_s": round(counts["cycles"] / wall, 1), "wall_s": round(wall, 1)}
+    out: dict[str, Any] = {
+        "offered_cycles_per_s": rate,
+        "cycles": counts["cycles"],
+        "cycles_per_s": round(counts["cycles"] / wall, 1),
+        "wall_s": round(wall, 1),
+    }
     for k, v in lat.items():
         if v:
             a = np.asarray(v) * 1000
@@ -209,12 +225,19 @@ def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int)
 
             engine = db.make_engine(url)
             with engine.connect() as conn:
-                verified = conn.execute(select(func.count()).where(db.units.c.state == "verified")).scalar_one()
+                verified = conn.execute(
+                    select(func.count()).where(db.units.c.state == "verified")
+                ).scalar_one()
                 problems = audit(conn)
             engine.dispose()
         res.update(
-            db=kind, agents=n_agents, server_workers=workers if kind == "postgresql" else 1, units=units,
-            units_verified=verified, ledger_problems=len(problems), setup_s=round(setup_s, 1),
+            db=kind,
+            agents=n_agents,
+            server_workers=workers if kind == "postgresql" else 1,
+            units=units,
+            units_verified=verified,
+            ledger_problems=len(problems),
+            setup_s=round(setup_s, 1),
             target_met=bool(res["cycles_per_s"] >= 0.95 * rate and res.get("cycle_p99_ms", 1e9) < 250),
         )
         return res
@@ -239,7 +262,8 @@ def main() -> None:
             runs.append(r)
     result = {"benchmark": "platform_load", "machine": machine_info(), "unit_size": UNIT_SIZE, "runs": runs}
     summary = "; ".join(
-        f"{r['db']} {r['agents']} agents: {r['cycles_per_s']} cycles/s, p99 {r.get('cycle_p99_ms')} ms" for r in runs
+        f"{r['db']} {r['agents']} agents: {r['cycles_per_s']} cycles/s, p99 {r.get('cycle_p99_ms')} ms"
+        for r in runs
     )
     emit(result, summary, args.json_out)
 

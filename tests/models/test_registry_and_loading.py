@@ -112,7 +112,10 @@ def test_trimmed_text_encoding_equals_open_clip(name: str) -> None:
 def test_fingerprint_names_the_checkpoint_not_the_precision(tiny_model_dir: Path) -> None:
     fp32 = load_scorer(str(tiny_model_dir), precision="fp32")
     bf16 = load_scorer(str(tiny_model_dir), precision="bf16")
-    assert bf16.precision == "bf16" and next(bf16.model.parameters()).dtype != next(fp32.model.parameters()).dtype
+    assert (
+        bf16.precision == "bf16"
+        and next(bf16.model.parameters()).dtype != next(fp32.model.parameters()).dtype
+    )
     assert bf16.fingerprint == fp32.fingerprint  # a task pins weights; agents may run them in any precision
     other = load_scorer("random:ViT-B-32", precision="fp32")
     assert other.fingerprint != fp32.fingerprint

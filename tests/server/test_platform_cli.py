@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.platform_live import ADMIN, HonestAgent, InThreadServer
 from typer.testing import CliRunner
 
-from tests.platform_live import ADMIN, HonestAgent, InThreadServer
 from vlcurate.cli.main import app
 
 
@@ -17,7 +17,9 @@ def test_operator_commands_end_to_end(tmp_path: Path, small_pool: Path) -> None:
         env = {"VLCURATE_SERVER": server.url, "VLCURATE_ADMIN_TOKEN": ADMIN}
         r = runner.invoke(app, ["platform", "add-dataset", "pool", str(small_pool)], env=env)
         assert r.exit_code == 0 and "300 pairs, 0 unreadable" in r.stdout
-        r = runner.invoke(app, ["platform", "add-task", "t", "--dataset", "pool", "--unit-size", "150"], env=env)
+        r = runner.invoke(
+            app, ["platform", "add-task", "t", "--dataset", "pool", "--unit-size", "150"], env=env
+        )
         assert r.exit_code == 0 and "2 units of up to 150 pairs" in r.stdout and "quorum 2" in r.stdout
         tokens = []
         for who in ("ann", "ben", "cat"):

@@ -344,7 +344,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping per checkout (a round trip on every request): a connection the server dropped
+        # fails one request with a 503 that agents retry, and SQLAlchemy then replaces the pool.
+        pool_pre_ping=False,
         pool_recycle=600,
     )
 

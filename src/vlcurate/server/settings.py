@@ -17,4 +17,7 @@ class ServerSettings(BaseModel):
     sweep_seconds: float = Field(default=1.0, gt=0, description="How often expired leases are requeued.")
     migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
     pool_size: int = Field(default=10, ge=1)
+    telemetry: bool = Field(
+        default=False, description="FastAPI's native OpenTelemetry (tracing, metrics, logs)."
+    )
     handler_threads: int = Field(default=8, ge=1, le=200, description="Threads running request handlers.")
