@@ -52,7 +52,7 @@ for _p in (str(HERE.parent), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from tests.platform_live import ServerProcess, admin_headers  # noqa: E402
+from tests.platform_live import ServerProcess, admin_headers, pg_schema  # noqa: E402
 
 from _common import bench_dir, emit, log, machine_info  # noqa: E402
 
@@ -144,22 +144,8 @@ def fresh_database(db: str | None, workdir: Path, tag: str) -> Iterator[str]:
     if not db or db == "sqlite":
         yield str(workdir / f"{tag}.db")
         return
-    import psycopg
-
-    base = db.split("?", 1)[0]
-    name = f"b_{tag.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield f"{base}?options=-csearch_path%3D{name}&application_name={name}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND application_name = %s",
-                (name,),
-            )
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
+    with pg_schema(db, f"b_{tag}") as url:
+        yield url
 
 
 # ---- HTTP --------------------------------------------------------------------------------------

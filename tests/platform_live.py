@@ -39,21 +39,26 @@ def pg_available() -> bool:
 
 
 @contextlib.contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema; yields a URL whose search_path points at it; dropped afterwards."""
+def pg_schema(base: str = PG_BASE, tag: str = "t") -> Iterator[str]:
+    """A fresh PostgreSQL schema; yields a URL whose search_path points at it; dropped afterwards.
+
+    The URL also names the connections (`application_name`), so that a test can drop exactly the
+    server's connections, and cleanup ends only those, not other users of the same database.
+    """
     import psycopg
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+    base = base.split("?", 1)[0]
+    name = f"{tag.replace('-', '_')}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}")
     try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{name}"
+        yield f"{base}?options=-csearch_path%3D{name}&application_name={name}"
     finally:
-        with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND query LIKE %s",
-                (f"%{name}%",),
+                "WHERE pid <> pg_backend_pid() AND application_name = %s",
+                (name,),
             )
             conn.execute(f"DROP SCHEMA {name} CASCADE")
 
@@ -153,20 +158,27 @@ def setup_task(
 
 
 class InThreadServer:
-    """The platform app under a real uvicorn server in a background thread (real HTTP, shared engine)."""
+    """The platform app (or `app`, any ASGI app) under a real uvicorn server in a background thread."""
 
-    def __init__(self, db: str, **settings: Any) -> None:
+    def __init__(self, db: str | None = None, *, app: Any = None, **settings: Any) -> None:
         import uvicorn
 
         from vlcurate.server.app import create_app
         from vlcurate.server.settings import ServerSettings
 
-        self.app = create_app(ServerSettings(db=db, admin_token=ADMIN, **settings))
+        self.app = (
+            app if app is not None else create_app(ServerSettings(db=db, admin_token=ADMIN, **settings))
+        )
         self.engine = self.app.state.engine
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,  # an open event stream must not hold the shutdown
         )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from tests.platform_live import InThreadServer
 
 from vlcurate.server import dashboard
 from vlcurate.server.dashboard import mount_static, router
@@ -23,30 +23,15 @@ CHROMIUM = "/usr/bin/chromium"
 DashWorld = Any  # conftest.DashWorld, from the `dash_world` fixture
 
 
-class DashServer:
-    """A real uvicorn server on a free port, in a background thread."""
+class DashServer(InThreadServer):
+    """A real uvicorn server on a free port, in a background thread, serving the test's app."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(app=app)
 
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+    def __enter__(self) -> str:  # type: ignore[override]
+        super().__enter__()
+        return self.url
 
 
 @pytest.fixture()

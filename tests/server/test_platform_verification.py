@@ -95,6 +95,9 @@ def test_constant_score_cheater_is_paused_with_a_visible_reason(live_platform: A
             a.work_one()
     flagged = httpx.get(f"{live_platform.url}/api/v1/flagged").json()
     assert [f["name"] for f in flagged] == ["cheater0"]
+    versions = httpx.get(f"{live_platform.url}/api/v1/versions").json()
+    assert [v["version"] for v in versions] == ["unknown"]  # the test agents do not name a version
+    assert versions[0]["gold_fail"] == 2 and versions[0]["gold_pass"] > 0 and versions[0]["agree"] > 0
     with live_platform.engine.connect() as conn:
         assert audit(conn) == []
         assert conn.execute(select(func.count()).where(db.units.c.state == "verified")).scalar_one() == 10

@@ -61,4 +61,5 @@ def register(app: typer.Typer) -> None:
             log_level=log_level,
             access_log=False,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=30,  # agents come back every few seconds; keep their connection
         )

@@ -134,6 +134,12 @@ def api_flagged(request: Request) -> list[ContributorOut]:
     return _read(request, queries.flagged)
 
 
+@router.get("/api/v1/versions", response_model=list[queries.VersionOut], tags=["public"])
+def api_versions(request: Request) -> list[queries.VersionOut]:
+    """Reputation per agent software version (hidden checks and agreement, all contributors)."""
+    return _read(request, queries.versions)
+
+
 @router.get("/api/v1/ledger", response_model=list[LedgerEntryOut], tags=["public"])
 def api_ledger(
     request: Request,

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, Row
 
 from vlcurate.server import db
+from vlcurate.server.reputation import reputation
 from vlcurate.server.schemas import ContributorOut, LedgerEntryOut
 
 DEFAULT_TRUST_AFTER = 10
@@ -129,9 +130,30 @@ def _utc_opt(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else _utc(value)
 
 
-def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> float:
-    """Laplace-smoothed share of good outcomes: a newcomer starts at 0.5, not at 0 or 1."""
-    return (gold_pass + agree + 1) / (gold_pass + gold_fail + agree + disagree + 2)
+def versions(conn: Connection) -> list[VersionOut]:
+    """Reputation per agent software version: a broken release shows up here before anyone is paused."""
+    v = db.version_stats
+    rows = conn.execute(select(v).order_by(v.c.version)).all()
+    return [
+        VersionOut(
+            version=r.version,
+            gold_pass=r.gold_pass,
+            gold_fail=r.gold_fail,
+            agree=r.agree,
+            disagree=r.disagree,
+            reputation=reputation(r.gold_pass, r.gold_fail, r.agree, r.disagree),
+        )
+        for r in rows
+    ]
+
+
+class VersionOut(BaseModel):
+    version: str
+    gold_pass: int
+    gold_fail: int
+    agree: int
+    disagree: int
+    reputation: float
 
 
 def trust_threshold(conn: Connection) -> int:
