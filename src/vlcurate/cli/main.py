@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "vlcurate.cli.agent_cmd",
     "vlcurate.cli.serve_cmd",
     "vlcurate.cli.platform_cmd",
+    "vlcurate.cli.run_cmd",
 )
 
 for _name in _COMMAND_MODULES:

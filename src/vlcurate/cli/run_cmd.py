@@ -1,0 +1,61 @@
+"""`vlcurate run RECIPE.yaml` and `vlcurate ops`: curation recipes and the operators they chain."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vlcurate.cli.errors import fail, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_command(
+        recipe: Annotated[str, typer.Argument(help="A YAML recipe: source, steps, sink.")],
+        engine: Annotated[str, typer.Option(help="local (this machine).")] = "local",
+        check: Annotated[bool, typer.Option("--check", help="Validate the recipe and stop.")] = False,
+    ) -> None:
+        """Run a curation recipe: every step marks pairs to drop with a reason; the sink keeps the rest."""
+        from vlcurate.ops.recipe import RecipeError, load_recipe
+
+        try:
+            rec = load_recipe(recipe)
+        except RecipeError as exc:
+            raise fail(str(exc)) from None
+        if check:
+            typer.echo(f"{recipe}: valid ({len(rec.steps)} steps: {', '.join(s.op for s in rec.steps)})")
+            return
+        if engine != "local":
+            raise fail(f"engine {engine!r} is not available in this release (use --engine local)")
+        from vlcurate.ops.engine_local import run_recipe
+
+        with user_errors():
+            result = run_recipe(rec)
+        table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
+        for col in ("step", "saw", "kept", "dropped", "seconds"):
+            table.add_column(col, justify="left" if col == "step" else "right")
+        for s in result.steps:
+            table.add_row(s.op, f"{s.saw:,}", f"{s.kept:,}", f"{s.dropped:,}", f"{s.seconds:.2f}")
+        Console().print(table)
+        typer.echo(f"decisions: {result.out / 'decisions'}  subset: {result.subset}")
+        typer.echo(f"report: {result.out / 'report.json'}")
+
+    @app.command("ops")
+    def ops_command() -> None:
+        """List every operator with its parameters."""
+        from vlcurate.ops.registry import operators
+
+        table = Table(show_lines=True)
+        for col in ("operator", "kind", "what it does", "parameters"):
+            table.add_column(col)
+        for name, cls in operators().items():
+            params = []
+            for pname, f in cls.Params.model_fields.items():
+                default = "required" if f.is_required() else f"= {f.default!r}"
+                params.append(f"{pname} ({default}): {f.description or ''}".rstrip(": "))
+            table.add_row(name, cls.kind, escape(cls.doc()), escape("\n".join(params)))
+        Console(width=140).print(table)

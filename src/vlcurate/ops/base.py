@@ -1,0 +1,99 @@
+"""The operator contract.
+
+A batch is a `pyarrow.Table` with at least `uid`; readers add `text` and `image` (encoded bytes).
+An operator adds columns and never removes rows: a filter sets `keep` to False with a `reason`, and
+the sink decides what to write, so every dropped uid keeps the reason it was dropped for. The first
+reason wins: a pair dropped by an earlier step keeps that step's reason.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+KEEP, REASON = "keep", "reason"
+
+
+class OpParams(BaseModel):
+    """Parameters of an operator: validated, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Operator(ABC):
+    """One step of a recipe.
+
+    `kind` says how an engine runs it: `map` and `filter` see one batch at a time; `global` first
+    sees every batch (`observe`), then decides (`finalize`), then marks (`process`) - what a global
+    top fraction or a dataset-wide deduplication needs.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["map", "filter", "global"]] = "map"
+    Params: ClassVar[type[OpParams]] = OpParams
+    requires: ClassVar[tuple[str, ...]] = ("uid",)
+    uses_model: ClassVar[bool] = False  # engines give model operators their own workers / GPUs
+
+    def __init__(self, params: OpParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def provides(self) -> tuple[str, ...]:
+        """Columns this operator adds (filters also add `keep` and `reason`)."""
+        return (KEEP, REASON) if self.kind in ("filter", "global") else ()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load models or tables once per worker, before the first batch."""
+
+    def observe(self, batch: pa.Table) -> None:  # noqa: B027 - optional hook
+        """Global operators: see a batch before deciding (first pass)."""
+
+    def finalize(self) -> None:  # noqa: B027 - optional hook
+        """Global operators: decide after every batch was observed."""
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Return the batch with this operator's columns added (same rows, same order)."""
+
+    @classmethod
+    def doc(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def mark(batch: pa.Table, keep: np.ndarray, reasons: list[str | None] | str) -> pa.Table:
+    """AND `keep` into the batch's keep column; a newly dropped row gets its reason, earlier reasons stay."""
+    n = batch.num_rows
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (n,):
+        raise ValueError(f"keep mask has shape {keep.shape}, batch has {n} rows")
+    if isinstance(reasons, str):
+        reasons = [reasons] * n
+    old_keep = (
+        np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
+        if KEEP in batch.column_names
+        else np.ones(n, dtype=bool)
+    )
+    old_reason = batch.column(REASON).to_pylist() if REASON in batch.column_names else [None] * n
+    new_reason = [
+        old if not ok_before else (None if ok_now else why)
+        for ok_before, ok_now, old, why in zip(old_keep, keep, old_reason, reasons, strict=True)
+    ]
+    out = batch
+    for name, col in ((KEEP, pa.array(old_keep & keep)), (REASON, pa.array(new_reason, pa.string()))):
+        out = (
+            out.set_column(out.column_names.index(name), name, col)
+            if name in out.column_names
+            else out.append_column(name, col)
+        )
+    return out
+
+
+def set_column(batch: pa.Table, name: str, values: pa.Array | np.ndarray | list[object]) -> pa.Table:
+    """Add or replace one column."""
+    col = values if isinstance(values, pa.Array) else pa.array(values)
+    if name in batch.column_names:
+        return batch.set_column(batch.column_names.index(name), name, col)
+    return batch.append_column(name, col)

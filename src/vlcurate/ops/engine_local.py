@@ -1,0 +1,189 @@
+"""The local engine: run a recipe over every shard of its source on this machine.
+
+Steps run batch by batch. A `global` step (top fraction, dataset-wide dedup) splits the recipe into
+stages: every batch of the stage before it is written to a stage spool (Parquet per shard), the
+global step observes them all, decides, and the next stage reads the spool. So expensive steps
+(model scores) run once, and a global decision is the same whatever the shard order.
+
+Resumable per shard and stage: a spool file is written atomically and counts as done when it
+exists, so a killed run repeats only unfinished shards of the unfinished stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlcurate.io.sources import open_source
+from vlcurate.io.subset import write_subset
+from vlcurate.ops.base import KEEP, REASON, Operator
+from vlcurate.ops.recipe import Recipe
+from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
+
+BATCH_ROWS = 1024
+
+
+@dataclass
+class StepStats:
+    """What one step saw, kept and dropped (rows still kept when they reached it)."""
+
+    op: str
+    saw: int = 0
+    kept: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    out: Path
+    rows: int
+    kept: int
+    steps: list[StepStats] = field(default_factory=list)
+    subset: Path | None = None
+
+
+def _samples_to_batches(source: Any, shard: Any) -> Iterator[pa.Table]:
+    rows: dict[str, list[Any]] = {"uid": [], "key": [], "text": [], "image": [], "shard": []}
+    for s in source.iter_samples(shard):
+        rows["uid"].append(s.uid)
+        rows["key"].append(s.key)
+        rows["text"].append(s.text)
+        rows["image"].append(s.image)
+        rows["shard"].append(shard.name)
+        if len(rows["uid"]) >= BATCH_ROWS:
+            yield _table(rows)
+            rows = {k: [] for k in rows}
+    if rows["uid"]:
+        yield _table(rows)
+
+
+def _table(rows: dict[str, list[Any]]) -> pa.Table:
+    return pa.table(
+        {
+            "uid": pa.array(rows["uid"], pa.string()),
+            "key": pa.array(rows["key"], pa.string()),
+            "text": pa.array(rows["text"], pa.string()),
+            "image": pa.array(rows["image"], pa.binary()),
+            "shard": pa.array(rows["shard"], pa.string()),
+        }
+    )
+
+
+def _stages(ops: list[Operator]) -> list[list[Operator]]:
+    """Split so that each global step starts a stage."""
+    stages: list[list[Operator]] = [[]]
+    for op in ops:
+        if op.kind == "global" and stages[-1]:
+            stages.append([])
+        stages[-1].append(op)
+    return stages
+
+
+def _keep_of(batch: pa.Table) -> np.ndarray:
+    if KEEP not in batch.column_names:
+        return np.ones(batch.num_rows, dtype=bool)
+    return np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _apply(op: Operator, batch: pa.Table, stats: StepStats) -> pa.Table:
+    before = _keep_of(batch)
+    t = time.perf_counter()
+    out = op.process(batch)
+    stats.seconds += time.perf_counter() - t
+    after = _keep_of(out)
+    stats.saw += int(before.sum())
+    stats.kept += int((before & after).sum())
+    stats.dropped += int((before & ~after).sum())
+    return out
+
+
+def run_recipe(recipe: Recipe, *, progress: bool = False) -> RunResult:
+    """Run `recipe`; writes decisions per shard, the kept subset and a report under `recipe.sink.out`."""
+    out = Path(recipe.sink.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = open_source(recipe.source.input, kind=recipe.source.kind, **recipe.source.options)
+    shards = source.shards()
+    ops = recipe.operators()
+    for op in ops:
+        op.setup()
+    stats = [StepStats(op.name) for op in ops]
+    index = {id(op): i for i, op in enumerate(ops)}
+    stages = _stages(ops)
+    previous: Path | None = None
+    for s, stage in enumerate(stages):
+        spool = out / "stages" / f"{s:02d}"
+        spool.mkdir(parents=True, exist_ok=True)
+        head = stage[0] if stage and stage[0].kind == "global" else None
+        if head is not None:
+            for batch in _read_stage(previous, source, shards):
+                head.observe(batch)
+            head.finalize()
+        for shard in shards:
+            target = spool / f"{shard.name}.parquet"
+            if target.exists():
+                continue  # done by an earlier run
+            parts = []
+            for batch in _read_shard(previous, source, shard):
+                for op in stage:
+                    batch = _apply(op, batch, stats[index[id(op)]])
+                parts.append(batch)
+            table = (
+                pa.concat_tables(parts, promote_options="default")
+                if parts
+                else _table({"uid": [], "key": [], "text": [], "image": [], "shard": []})
+            )
+            write_parquet_atomic(target, table)
+        previous = spool
+    return _finish(recipe, out, previous, shards, stats)
+
+
+def _read_stage(previous: Path | None, source: Any, shards: list[Any]) -> Iterator[pa.Table]:
+    for shard in shards:
+        yield from _read_shard(previous, source, shard)
+
+
+def _read_shard(previous: Path | None, source: Any, shard: Any) -> Iterator[pa.Table]:
+    if previous is None:
+        yield from _samples_to_batches(source, shard)
+        return
+    pf = pq.ParquetFile(previous / f"{shard.name}.parquet")
+    for rb in pf.iter_batches(batch_size=BATCH_ROWS):
+        yield pa.Table.from_batches([rb])
+
+
+def _finish(
+    recipe: Recipe, out: Path, last: Path | None, shards: list[Any], stats: list[StepStats]
+) -> RunResult:
+    decisions = out / "decisions"
+    decisions.mkdir(exist_ok=True)
+    kept_uids: list[str] = []
+    rows = 0
+    for shard in shards:
+        assert last is not None
+        table = pq.read_table(last / f"{shard.name}.parquet")
+        if KEEP not in table.column_names:
+            table = table.append_column(KEEP, pa.array(np.ones(table.num_rows, dtype=bool)))
+            table = table.append_column(REASON, pa.array([None] * table.num_rows, pa.string()))
+        keep = _keep_of(table)
+        rows += table.num_rows
+        kept_uids += [u for u, k in zip(table.column("uid").to_pylist(), keep, strict=True) if k]
+        write_parquet_atomic(decisions / f"{shard.name}.parquet", table.drop_columns(["image"]))
+    subset = out / "subset.npy"
+    write_subset(subset, kept_uids)
+    report = {
+        "recipe": recipe.path,
+        "source": recipe.source.model_dump(),
+        "rows": rows,
+        "kept": len(kept_uids),
+        "steps": [s.__dict__ for s in stats],
+    }
+    write_json_atomic(out / "report.json", report)
+    return RunResult(out, rows, len(kept_uids), stats, subset)

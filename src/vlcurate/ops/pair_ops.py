@@ -1,0 +1,67 @@
+"""The foundation's scorer as an operator: CLIP/DFN cosine similarity of each image and caption."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from vlcurate.ops.base import Operator, OpParams, set_column
+from vlcurate.ops.registry import register
+
+
+class ClipScoreParams(OpParams):
+    model: str = Field(default="dfn-b16", description="A scorer from `vlcurate models` (tiny-synth offline).")
+    column: str = Field(default="clip_score", description="Column to write the score to.")
+    device: str = Field(default="auto", description="auto | cpu | cuda[:N].")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    allow_download: bool = Field(default=False, description="Fetch missing weights from the hub.")
+
+
+@register
+class ClipScore(Operator):
+    """Score every pair in [-1, 1] with a CLIP-style model; unscorable pairs get NaN and a status."""
+
+    name = "clip_score"
+    kind = "map"
+    Params = ClipScoreParams
+    requires = ("uid", "text", "image")
+    uses_model = True
+
+    def __init__(self, params: OpParams | None = None) -> None:
+        super().__init__(params)
+        self._scorer: Any = None
+
+    def provides(self) -> tuple[str, ...]:
+        p = self.params
+        assert isinstance(p, ClipScoreParams)
+        return (p.column, f"{p.column}_status")
+
+    def setup(self) -> None:
+        from vlcurate.models.clip import load_scorer
+
+        p = self.params
+        assert isinstance(p, ClipScoreParams)
+        if self._scorer is None:
+            self._scorer = load_scorer(
+                p.model, device=p.device, precision=p.precision, allow_download=p.allow_download
+            )
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        from vlcurate.pipeline.score_memory import score_pairs
+
+        p = self.params
+        assert isinstance(p, ClipScoreParams)
+        self.setup()
+        results = score_pairs(
+            self._scorer,
+            batch.column("image").to_pylist(),
+            batch.column("text").to_pylist(),
+            batch_size=p.batch_size,
+        )
+        scores = np.array([np.nan if r.score is None else r.score for r in results], dtype=np.float32)
+        batch = set_column(batch, p.column, pa.array(scores, pa.float32()))
+        return set_column(batch, f"{p.column}_status", pa.array([r.status for r in results], pa.string()))

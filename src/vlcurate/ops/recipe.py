@@ -1,0 +1,144 @@
+"""YAML recipes: a source, ordered operator steps with parameters, and a sink, validated before
+anything runs. Every error names the file and line of the step it is about.
+
+    source: {input: "shards/{00000..00009}.tar"}
+    steps:
+      - op: score_threshold
+        column: clip_score
+        min: 0.25
+    sink: {out: runs/basic}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vlcurate.ops.base import Operator
+from vlcurate.ops.registry import UnknownOperatorError, get_operator
+
+SOURCE_COLUMNS = ("uid", "key", "text", "image", "shard")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run, with where in the file the problem is."""
+
+
+class SourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str] = Field(description="Shards as `vlcurate score` reads them.")
+    kind: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SinkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str
+    write_shards: bool = Field(default=False, description="Also reshard the kept pairs into WebDataset tars.")
+    samples_per_shard: int = Field(default=10_000, ge=1)
+
+
+class Step(BaseModel):
+    op: str
+    params: dict[str, Any]
+    line: int
+
+
+class Recipe(BaseModel):
+    """A validated recipe; `operators()` builds fresh operator instances from it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    source: SourceSpec
+    steps: list[Step]
+    sink: SinkSpec
+    path: str = "<recipe>"
+
+    def operators(self) -> list[Operator]:
+        return [get_operator(s.op)(get_operator(s.op).Params(**s.params)) for s in self.steps]
+
+
+def _step_lines(text: str) -> list[int]:
+    """1-based line of each item under `steps:`, from YAML's node marks."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "steps" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
+    """Read and validate a recipe file (or `text`): operators, parameters, types and columns."""
+    where = str(source)
+    if text is None:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RecipeError(f"{where}: cannot read recipe: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _step_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{where}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe is a mapping with source, steps and sink")
+    unknown = set(data) - {"source", "steps", "sink"}
+    if unknown:
+        raise RecipeError(
+            f"{where}: unknown top-level key(s) {sorted(unknown)}; expected source, steps, sink"
+        )
+    for key in ("source", "steps", "sink"):
+        if key not in data:
+            raise RecipeError(f"{where}: missing '{key}'")
+    try:
+        src = SourceSpec.model_validate(data["source"])
+        sink = SinkSpec.model_validate(data["sink"])
+    except ValidationError as exc:
+        raise RecipeError(f"{where}: {_first_error(exc)}") from None
+    raw_steps = data["steps"]
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise RecipeError(f"{where}: 'steps' must be a non-empty list of operators")
+    steps: list[Step] = []
+    available = set(SOURCE_COLUMNS)
+    for i, raw in enumerate(raw_steps):
+        line = lines[i] if i < len(lines) else 0
+        at = f"{where}:{line}: step {i + 1}"
+        if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
+            raise RecipeError(f"{at}: each step is a mapping with 'op: NAME' and its parameters")
+        params = {k: v for k, v in raw.items() if k != "op"}
+        try:
+            cls = get_operator(raw["op"])
+        except UnknownOperatorError as exc:
+            raise RecipeError(f"{at}: {exc}") from None
+        try:
+            op = cls(cls.Params(**params))
+        except ValidationError as exc:
+            raise RecipeError(f"{at} ({cls.name}): {_first_error(exc)}") from None
+        missing = [c for c in _required(op) if c not in available]
+        if missing:
+            raise RecipeError(
+                f"{at} ({cls.name}): needs column(s) {missing} that no earlier step makes "
+                f"(available: {sorted(available)})"
+            )
+        available |= set(op.provides())
+        steps.append(Step(op=cls.name, params=params, line=line))
+    return Recipe(source=src, steps=steps, sink=sink, path=where)
+
+
+def _required(op: Operator) -> tuple[str, ...]:
+    extra = getattr(op, "required_columns", None)
+    return tuple(op.requires) + (tuple(extra()) if callable(extra) else ())
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(x) for x in e.get("loc", ())) or "value"
+    if e.get("type") == "extra_forbidden":
+        return f"unknown parameter '{loc}'"
+    return f"parameter '{loc}': {e.get('msg')}"

@@ -1,0 +1,98 @@
+"""The local engine runs a recipe end to end: decisions with reasons, a DataComp subset, a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from vlcurate.cli.main import app
+from vlcurate.io.subset import read_subset
+from vlcurate.ops.engine_local import run_recipe
+from vlcurate.ops.recipe import load_recipe
+
+
+def _recipe(pool: Path, out: Path) -> str:
+    return f"""\
+source: {{input: "{pool}"}}
+steps:
+  - op: clip_score
+    model: tiny-synth
+    precision: fp32
+  - op: score_threshold
+    column: clip_score
+    min: -0.5
+  - op: top_fraction
+    column: clip_score
+    fraction: 0.5
+sink: {{out: "{out}"}}
+"""
+
+
+def test_clip_score_then_top_fraction_matches_score_and_filter(small_pool: Path, tmp_path: Path) -> None:
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run"))
+    result = run_recipe(rec)
+    assert result.rows == 300
+    steps = {s.op: s for s in result.steps}
+    assert steps["clip_score"].saw == 300 and steps["clip_score"].dropped == 0
+    assert steps["top_fraction"].saw == steps["score_threshold"].kept
+    decisions = [
+        r
+        for f in sorted((tmp_path / "run" / "decisions").glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    ]
+    assert len(decisions) == 300 and "image" not in decisions[0]
+    assert all((r["keep"] and r["reason"] is None) or (not r["keep"] and r["reason"]) for r in decisions)
+    kept = {r["uid"] for r in decisions if r["keep"]}
+    assert len(kept) == result.kept == 150  # top half of every pair with a score, ties none here
+
+    # The same selection as `vlcurate score` + `vlcurate filter --top-fraction 0.5` (fp32 both).
+    from vlcurate.filtering.config import FilterConfig
+    from vlcurate.filtering.run import run_filter
+    from vlcurate.pipeline.score_config import ScoreConfig
+    from vlcurate.pipeline.score_job import score_dataset
+
+    score_dataset(
+        str(small_pool),
+        tmp_path / "s",
+        ScoreConfig(model="tiny-synth", precision="fp32", progress=False, workers=0),
+    )
+    run_filter(str(tmp_path / "s"), tmp_path / "f", FilterConfig(top_fraction=0.5))
+    ref = read_subset(tmp_path / "f" / "subset.npy")
+    ours = read_subset(result.subset)  # type: ignore[arg-type]
+    assert np.array_equal(np.sort(ours), np.sort(ref))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["kept"] == 150 and [s["op"] for s in report["steps"]] == [
+        "clip_score",
+        "score_threshold",
+        "top_fraction",
+    ]
+
+
+def test_a_rerun_reuses_finished_stages(small_pool: Path, tmp_path: Path) -> None:
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run"))
+    first = run_recipe(rec)
+    spools = sorted((tmp_path / "run" / "stages").rglob("*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in spools]
+    again = run_recipe(load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run")))
+    assert [p.stat().st_mtime_ns for p in spools] == mtimes  # nothing recomputed
+    assert np.array_equal(read_subset(first.subset), read_subset(again.subset))  # type: ignore[arg-type]
+
+
+def test_cli_run_check_and_ops(small_pool: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(_recipe(small_pool, tmp_path / "run"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", str(recipe), "--check"])
+    assert r.exit_code == 0 and "valid (3 steps" in r.stdout
+    r = runner.invoke(app, ["run", str(recipe)])
+    assert r.exit_code == 0 and "150 of 300 pairs kept" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_recipe(small_pool, tmp_path / "run").replace("op: top_fraction", "op: top_fractoin"))
+    r = runner.invoke(app, ["run", str(bad)])
+    assert r.exit_code == 2 and "bad.yaml:9: step 3: unknown operator 'top_fractoin'" in r.stderr
+    r = runner.invoke(app, ["ops"])
+    assert r.exit_code == 0 and "clip_score" in r.stdout and "top_fraction" in r.stdout
