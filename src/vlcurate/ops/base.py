@@ -45,6 +45,10 @@ class Operator(ABC):
         """Columns this operator adds (filters also add `keep` and `reason`)."""
         return (KEEP, REASON) if self.kind in ("filter", "global") else ()
 
+    def stat_columns(self) -> tuple[str, ...]:
+        """Numeric columns whose distribution the report plots (kept against dropped)."""
+        return ()
+
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models or tables once per worker, before the first batch."""
 

@@ -12,6 +12,7 @@ exists, so a killed run repeats only unfinished shards of the unfinished stage.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from vlcurate.io.sources import open_source
 from vlcurate.io.subset import write_subset
 from vlcurate.ops.base import KEEP, REASON, Operator
 from vlcurate.ops.recipe import Recipe
-from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
+from vlcurate.ops.report import write_report
+from vlcurate.pipeline.run_dir import write_parquet_atomic
 
 BATCH_ROWS = 1024
 
@@ -142,7 +144,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> RunResult:
             )
             write_parquet_atomic(target, table)
         previous = spool
-    return _finish(recipe, out, previous, shards, stats)
+    return _finish(recipe, out, previous, shards, stats, ops)
 
 
 def _read_stage(previous: Path | None, source: Any, shards: list[Any]) -> Iterator[pa.Table]:
@@ -160,12 +162,21 @@ def _read_shard(previous: Path | None, source: Any, shard: Any) -> Iterator[pa.T
 
 
 def _finish(
-    recipe: Recipe, out: Path, last: Path | None, shards: list[Any], stats: list[StepStats]
+    recipe: Recipe,
+    out: Path,
+    last: Path | None,
+    shards: list[Any],
+    stats: list[StepStats],
+    ops: list[Operator],
 ) -> RunResult:
     decisions = out / "decisions"
     decisions.mkdir(exist_ok=True)
     kept_uids: list[str] = []
     rows = 0
+    reasons: Counter[str] = Counter()
+    stat_columns = [c for op in ops for c in op.stat_columns()]
+    stat_values: dict[str, list[np.ndarray]] = {c: [] for c in stat_columns}
+    keeps: list[np.ndarray] = []
     for shard in shards:
         assert last is not None
         table = pq.read_table(last / f"{shard.name}.parquet")
@@ -173,17 +184,27 @@ def _finish(
             table = table.append_column(KEEP, pa.array(np.ones(table.num_rows, dtype=bool)))
             table = table.append_column(REASON, pa.array([None] * table.num_rows, pa.string()))
         keep = _keep_of(table)
+        keeps.append(keep)
         rows += table.num_rows
         kept_uids += [u for u, k in zip(table.column("uid").to_pylist(), keep, strict=True) if k]
+        reasons.update(r for r in table.column(REASON).to_pylist() if r)
+        for c in stat_columns:
+            if c in table.column_names:
+                stat_values[c].append(
+                    np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                )
         write_parquet_atomic(decisions / f"{shard.name}.parquet", table.drop_columns(["image"]))
     subset = out / "subset.npy"
     write_subset(subset, kept_uids)
-    report = {
-        "recipe": recipe.path,
-        "source": recipe.source.model_dump(),
-        "rows": rows,
-        "kept": len(kept_uids),
-        "steps": [s.__dict__ for s in stats],
-    }
-    write_json_atomic(out / "report.json", report)
+    all_keep = np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool)
+    write_report(
+        out,
+        recipe_path=recipe.path,
+        source=recipe.source.model_dump(),
+        steps=[s.__dict__ for s in stats],
+        rows=rows,
+        kept=len(kept_uids),
+        reasons=reasons,
+        stats={c: (np.concatenate(v), all_keep) for c, v in stat_values.items() if v},
+    )
     return RunResult(out, rows, len(kept_uids), stats, subset)

@@ -40,6 +40,9 @@ class ClipScore(Operator):
         assert isinstance(p, ClipScoreParams)
         return (p.column, f"{p.column}_status")
 
+    def stat_columns(self) -> tuple[str, ...]:
+        return (self.params.column,)  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         from vlcurate.models.clip import load_scorer
 
