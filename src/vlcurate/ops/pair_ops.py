@@ -19,6 +19,22 @@ class ClipScoreParams(OpParams):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = Field(default=64, ge=1, le=4096)
     allow_download: bool = Field(default=False, description="Fetch missing weights from the hub.")
+    embeddings: bool = Field(
+        default=False, description="Also keep image_embedding and text_embedding (float16) for later steps."
+    )
+
+
+def embedding_array(emb: np.ndarray) -> pa.FixedSizeListArray:
+    """An (n, d) float array as a float16 fixed-size-list column (NaN rows for unscored pairs)."""
+    _n, d = emb.shape
+    return pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).reshape(-1), pa.float16()), d)
+
+
+def embeddings_of(batch: pa.Table, column: str) -> np.ndarray:
+    """The (n, d) float32 array held in an embedding column."""
+    col = batch.column(column).combine_chunks()
+    d = col.type.list_size
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, d)
 
 
 @register
@@ -38,7 +54,8 @@ class ClipScore(Operator):
     def provides(self) -> tuple[str, ...]:
         p = self.params
         assert isinstance(p, ClipScoreParams)
-        return (p.column, f"{p.column}_status")
+        extra = ("image_embedding", "text_embedding") if p.embeddings else ()
+        return (p.column, f"{p.column}_status", *extra)
 
     def stat_columns(self) -> tuple[str, ...]:
         return (self.params.column,)  # type: ignore[attr-defined]

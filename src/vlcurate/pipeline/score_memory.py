@@ -32,6 +32,18 @@ def score_pairs(
     fast_decode: bool = False,
 ) -> list[PairScore]:
     """Decode and score pairs in batches; a missing caption or unreadable image gets its status."""
+    return score_and_embed(scorer, images, captions, batch_size=batch_size, fast_decode=fast_decode)[0]
+
+
+def score_and_embed(
+    scorer: ClipScorer,
+    images: Sequence[bytes | None],
+    captions: Sequence[str | None],
+    *,
+    batch_size: int = 64,
+    fast_decode: bool = False,
+) -> tuple[list[PairScore], np.ndarray, np.ndarray]:
+    """`score_pairs` plus the normalised image and text embeddings (float32; NaN rows where unscored)."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     size = scorer.preprocessing.image_size
@@ -46,11 +58,19 @@ def score_pairs(
         else:
             ready.append((i, decoded.array, caption))
             out[i] = PairScore(None, "ok", None, decoded.width, decoded.height)
+    dim = scorer.embed_dim
+    image_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
+    text_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
     for start in range(0, len(ready), batch_size):
         batch = ready[start : start + batch_size]
-        scores = scorer.score(np.stack([a for _, a, _ in batch]), [c for _, _, c in batch])
-        for (i, _, _), s in zip(batch, scores, strict=True):
+        img = scorer.encode_images(np.stack([a for _, a, _ in batch]))
+        txt = scorer.encode_texts([c for _, _, c in batch])
+        scores = scorer.cosine(img, txt)
+        rows = [i for i, _, _ in batch]
+        image_emb[rows] = img.cpu().numpy()
+        text_emb[rows] = txt.cpu().numpy()
+        for i, s in zip(rows, scores, strict=True):
             prev = out[i]
             assert prev is not None
             out[i] = PairScore(float(np.clip(s, -1.0, 1.0)), "ok", None, prev.width, prev.height)
-    return [p for p in out if p is not None]
+    return [p for p in out if p is not None], image_emb, text_emb
