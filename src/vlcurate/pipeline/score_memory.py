@@ -3,13 +3,17 @@ agents (one work unit at a time) share, so both produce exactly what `vlcurate s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from vlcurate.models.clip import ClipScorer
 from vlcurate.pipeline.decode import decode_image
+
+_DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,14 @@ def score_and_embed(
     size = scorer.preprocessing.image_size
     out: list[PairScore | None] = [None] * len(images)
     ready: list[tuple[int, np.ndarray, str]] = []
-    for i, (data, caption) in enumerate(zip(images, captions, strict=True)):
-        decoded = decode_image(data, size, fast=fast_decode)
+    # simplejpeg and Pillow release the GIL while decoding, so threads use every core here.
+    workers = min(_DECODE_THREADS, max(1, len(images) // 16))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            decoded_all = list(pool.map(lambda d: decode_image(d, size, fast=fast_decode), images))
+    else:
+        decoded_all = [decode_image(d, size, fast=fast_decode) for d in images]
+    for i, (decoded, caption) in enumerate(zip(decoded_all, captions, strict=True)):
         if decoded.array is None:
             out[i] = PairScore(None, decoded.status, decoded.error, decoded.width, decoded.height)
         elif caption is None or not caption.strip():
