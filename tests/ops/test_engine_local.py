@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -96,3 +97,28 @@ def test_cli_run_check_and_ops(small_pool: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "bad.yaml:9: step 3: unknown operator 'top_fractoin'" in r.stderr
     r = runner.invoke(app, ["ops"])
     assert r.exit_code == 0 and "clip_score" in r.stdout and "top_fraction" in r.stdout
+
+
+def test_an_out_of_memory_batch_backs_off_to_smaller_batches(small_pool: Path, monkeypatch: Any) -> None:
+    from vlcurate.io.sources import open_source
+    from vlcurate.models.clip import load_scorer
+    from vlcurate.pipeline.score_memory import score_pairs
+
+    scorer = load_scorer("tiny-synth", precision="fp32")
+    src = open_source(str(small_pool))
+    samples = list(src.iter_samples(src.shards()[0]))[:40]
+    images, texts = [s.image for s in samples], [s.text for s in samples]
+    want = [p.score for p in score_pairs(scorer, images, texts, batch_size=40)]
+    real = scorer.encode_images
+    seen: list[int] = []
+
+    def limited(arr: Any) -> Any:
+        seen.append(len(arr))
+        if len(arr) > 10:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(arr)
+
+    monkeypatch.setattr(scorer, "encode_images", limited)
+    got = [p.score for p in score_pairs(scorer, images, texts, batch_size=40)]
+    assert seen[:3] == [40, 20, 10] and max(seen[3:]) == 10
+    assert np.allclose(np.array(got, dtype=float), np.array(want, dtype=float), atol=1e-5)

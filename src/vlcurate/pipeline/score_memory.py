@@ -71,10 +71,20 @@ def score_and_embed(
     dim = scorer.embed_dim
     image_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
     text_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
-    for start in range(0, len(ready), batch_size):
+    start = 0
+    while start < len(ready):
         batch = ready[start : start + batch_size]
-        img = scorer.encode_images(np.stack([a for _, a, _ in batch]))
-        txt = scorer.encode_texts([c for _, _, c in batch])
+        try:
+            img = scorer.encode_images(np.stack([a for _, a, _ in batch]))
+            txt = scorer.encode_texts([c for _, _, c in batch])
+        except (MemoryError, RuntimeError) as exc:
+            # Out of memory (CUDA or host): back off to half the batch and go on; anything else is a bug.
+            if batch_size == 1 or not _is_oom(exc):
+                raise
+            batch_size = max(1, batch_size // 2)
+            _release_cuda_cache()
+            continue
+        start += len(batch)
         scores = scorer.cosine(img, txt)
         rows = [i for i, _, _ in batch]
         image_emb[rows] = img.cpu().numpy()
@@ -84,3 +94,14 @@ def score_and_embed(
             assert prev is not None
             out[i] = PairScore(float(np.clip(s, -1.0, 1.0)), "ok", None, prev.width, prev.height)
     return [p for p in out if p is not None], image_emb, text_emb
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _release_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
