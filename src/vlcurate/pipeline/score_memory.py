@@ -52,39 +52,29 @@ def score_and_embed(
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     size = scorer.preprocessing.image_size
     out: list[PairScore | None] = [None] * len(images)
-    ready: list[tuple[int, np.ndarray, str]] = []
-    # simplejpeg and Pillow release the GIL while decoding, so threads use every core here.
-    workers = min(_DECODE_THREADS, max(1, len(images) // 16))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            decoded_all = list(pool.map(lambda d: decode_image(d, size, fast=fast_decode), images))
-    else:
-        decoded_all = [decode_image(d, size, fast=fast_decode) for d in images]
-    for i, (decoded, caption) in enumerate(zip(decoded_all, captions, strict=True)):
-        if decoded.array is None:
-            out[i] = PairScore(None, decoded.status, decoded.error, decoded.width, decoded.height)
-        elif caption is None or not caption.strip():
-            out[i] = PairScore(None, "missing_text", "no caption", decoded.width, decoded.height)
-        else:
-            ready.append((i, decoded.array, caption))
-            out[i] = PairScore(None, "ok", None, decoded.width, decoded.height)
     dim = scorer.embed_dim
     image_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
     text_emb = np.full((len(images), dim), np.nan, dtype=np.float32)
-    start = 0
-    while start < len(ready):
-        batch = ready[start : start + batch_size]
+    state = {"batch_size": batch_size}
+
+    def encode(batch: list[tuple[int, np.ndarray, str]]) -> None:
+        """Run the model on `batch`; out of memory (CUDA or host) halves the batch and goes on."""
+        if not batch:
+            return
         try:
             img = scorer.encode_images(np.stack([a for _, a, _ in batch]))
             txt = scorer.encode_texts([c for _, _, c in batch])
         except (MemoryError, RuntimeError) as exc:
-            # Out of memory (CUDA or host): back off to half the batch and go on; anything else is a bug.
-            if batch_size == 1 or not _is_oom(exc):
+            if len(batch) == 1 or not _is_oom(exc):
                 raise
-            batch_size = max(1, batch_size // 2)
             _release_cuda_cache()
-            continue
-        start += len(batch)
+            state["batch_size"] = min(state["batch_size"], max(1, len(batch) // 2))
+            k = 0
+            while k < len(batch):  # the size that fits now, which later failures may halve again
+                step = state["batch_size"]
+                encode(batch[k : k + step])
+                k += step
+            return
         scores = scorer.cosine(img, txt)
         rows = [i for i, _, _ in batch]
         image_emb[rows] = img.cpu().numpy()
@@ -93,6 +83,26 @@ def score_and_embed(
             prev = out[i]
             assert prev is not None
             out[i] = PairScore(float(np.clip(s, -1.0, 1.0)), "ok", None, prev.width, prev.height)
+
+    # Decoding runs ahead in threads (simplejpeg and Pillow release the GIL) while the model works on
+    # the batch before: decode and inference overlap.
+    workers = min(_DECODE_THREADS, max(1, len(images) // 16))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(decode_image, d, size, fast=fast_decode) for d in images]
+        buf: list[tuple[int, np.ndarray, str]] = []
+        for i, (fut, caption) in enumerate(zip(futures, captions, strict=True)):
+            decoded = fut.result()
+            if decoded.array is None:
+                out[i] = PairScore(None, decoded.status, decoded.error, decoded.width, decoded.height)
+            elif caption is None or not caption.strip():
+                out[i] = PairScore(None, "missing_text", "no caption", decoded.width, decoded.height)
+            else:
+                buf.append((i, decoded.array, caption))
+                out[i] = PairScore(None, "ok", None, decoded.width, decoded.height)
+                if len(buf) >= state["batch_size"]:
+                    encode(buf)
+                    buf = []
+        encode(buf)
     return [p for p in out if p is not None], image_emb, text_emb
 
 
