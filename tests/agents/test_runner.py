@@ -15,9 +15,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -46,14 +45,21 @@ CORRUPT = b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20  # JPEG magic, broken body
 # ---- helpers -----------------------------------------------------------------------------
 
 
-class FakeScorer:
-    """Scores a pair by the image's mean brightness: cheap, deterministic, in [0, 1]."""
+_TINY: Any = None
 
-    def __init__(
-        self, fingerprint: str = "fake-fp", size: int = 16, on_score: Callable[[], None] | None = None
-    ):
+
+class FakeScorer:
+    """The real bundled tiny-synth model, with a chosen fingerprint and a hook on every model call
+    (to make scoring slow, or interrupt it): the model is never faked, only observed."""
+
+    def __init__(self, fingerprint: str = "fake-fp", on_score: Callable[[], None] | None = None):
+        global _TINY
+        if _TINY is None:
+            from vlcurate.models.clip import load_scorer
+
+            _TINY = load_scorer("tiny-synth", device="cpu", precision="fp32")
+        self.real = _TINY
         self._fp = fingerprint
-        self.preprocessing = SimpleNamespace(image_size=size)
         self.on_score = on_score
         self.calls = 0
 
@@ -61,12 +67,14 @@ class FakeScorer:
     def fingerprint(self) -> str:
         return self._fp
 
-    def score(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def encode_images(self, images: np.ndarray) -> Any:
         self.calls += 1
         if self.on_score is not None:
             self.on_score()
-        assert images.dtype == np.uint8 and images.shape[1:] == (16, 16, 3) and len(images) == len(texts)
-        return images.reshape(len(images), -1).mean(axis=1).astype(np.float32) / 255.0
+        return self.real.encode_images(images)
 
 
 def lease_dict(
@@ -250,17 +258,6 @@ def test_build_results_statuses_and_scores_match_the_model(tiny: Any) -> None:
     schemas.SubmissionIn(idempotency_key="k-12345678", model_fingerprint=tiny.fingerprint, results=res)
 
 
-def test_build_results_clips_scores() -> None:
-    class Wild(FakeScorer):
-        def score(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-            return np.array([1.5, -3.0, np.nan], dtype=np.float32)[: len(images)]
-
-    img, _ = scene_jpg(2)
-    items = [schemas.UnitItem(item_id=str(i), caption="c", image_url="/") for i in range(3)]
-    res = build_results(items, [Fetched(img)] * 3, Wild())
-    assert [(r.status, r.score) for r in res] == [("ok", 1.0), ("ok", -1.0), ("decode_error", None)]
-
-
 def test_pairs_per_s_counts_only_the_last_minute() -> None:
     st = AgentStats(started_at=0.0)
     st.add_pairs(600, now=10.0)
@@ -439,9 +436,12 @@ class SlowScorer:
     def fingerprint(self) -> str:
         return str(self.inner.fingerprint)
 
-    def score(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode_images(self, images: np.ndarray) -> Any:
         time.sleep(self.delay)
-        return np.asarray(self.inner.score(images, texts))
+        return self.inner.encode_images(images)
 
 
 def slow_loader(delay: float) -> Callable[[str, str, str], Any]:

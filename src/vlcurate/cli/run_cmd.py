@@ -16,7 +16,20 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         recipe: Annotated[str, typer.Argument(help="A YAML recipe: source, steps, sink.")],
-        engine: Annotated[str, typer.Option(help="local (this machine).")] = "local",
+        engine: Annotated[
+            str, typer.Option(help="local (this machine) or ray (Ray Data: a local instance or a cluster).")
+        ] = "local",
+        address: Annotated[
+            str | None,
+            typer.Option(
+                help="--engine ray: 'auto' (the cluster this machine belongs to) or 'ray://HOST:PORT'; "
+                "default: start a local Ray instance."
+            ),
+        ] = None,
+        num_cpus: Annotated[
+            int | None,
+            typer.Option(min=1, help="--engine ray, local instance: CPUs to give it (default all)."),
+        ] = None,
         check: Annotated[bool, typer.Option("--check", help="Validate the recipe and stop.")] = False,
     ) -> None:
         """Run a curation recipe: every step marks pairs to drop with a reason; the sink keeps the rest."""
@@ -29,12 +42,20 @@ def register(app: typer.Typer) -> None:
         if check:
             typer.echo(f"{recipe}: valid ({len(rec.steps)} steps: {', '.join(s.op for s in rec.steps)})")
             return
-        if engine != "local":
-            raise fail(f"engine {engine!r} is not available in this release (use --engine local)")
-        from vlcurate.ops.engine_local import run_recipe
+        if engine not in ("local", "ray"):
+            raise fail(f"unknown engine {engine!r}; expected local or ray")
+        if engine == "local" and (address is not None or num_cpus is not None):
+            raise fail("--address and --num-cpus are options of --engine ray")
+        if engine == "ray":
+            from vlcurate.ops.engine_ray import RayEngineError, run_recipe_ray
 
-        with user_errors():
-            result = run_recipe(rec)
+            with user_errors(RayEngineError):
+                result = run_recipe_ray(rec, address=address, num_cpus=num_cpus)
+        else:
+            from vlcurate.ops.engine_local import run_recipe
+
+            with user_errors():
+                result = run_recipe(rec)
         table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
         for col in ("step", "saw", "kept", "dropped", "seconds"):
             table.add_column(col, justify="left" if col == "step" else "right")

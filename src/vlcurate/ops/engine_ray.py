@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ def _runs(batch: pa.Table) -> list[tuple[int, int]]:
     key = batch.column(SHARD).to_numpy().astype(np.int64) << 32 | batch.column(BATCH).to_numpy()
     cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
     bounds = [0, *cuts.tolist(), n]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
@@ -166,10 +167,10 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
             sec[0] = dt
             secs[_sec(i)] = sec
         for name in hidden:
-            col = (
-                pa.array(drop) if name == DROP else pa.array(secs[name]) if name in secs else part.column(name)
-            )
-            data = data.append_column(name, col)
+            if name == DROP:
+                data = data.append_column(name, pa.array(drop))
+            else:
+                data = data.append_column(name, pa.array(secs[name]) if name in secs else part.column(name))
         outs.append(data)
     if not outs:
         return batch
@@ -181,7 +182,9 @@ def _setup_all(ops: list[tuple[int, Operator]]) -> None:
         try:
             op.setup()
         except Exception as exc:
-            raise StepError(f"step {i + 1} ({op.name}) failed to set up: {type(exc).__name__}: {exc}") from exc
+            raise StepError(
+                f"step {i + 1} ({op.name}) failed to set up: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _task_fn(batch: pa.Table, *, ops: list[tuple[int, Operator]]) -> pa.Table:
@@ -215,14 +218,35 @@ class _Collector:
     stats: list[StepStats]
     steps: list[int]
     parts: dict[int, list[pa.Table]] = field(default_factory=dict)
-    rows: dict[int, int] = field(default_factory=dict)
+    seen: dict[int, set[int]] = field(default_factory=dict)
     expected: dict[int, int] = field(default_factory=dict)
     written: set[int] = field(default_factory=set)
 
     def add(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        drop = batch.column(DROP).to_numpy()
+        shard_ids = batch.column(SHARD).to_numpy()
+        for idx in np.unique(shard_ids).tolist():
+            sel = batch.filter(pa.array(shard_ids == idx))
+            seen = self.seen.setdefault(idx, set())
+            seqs = sel.column(SEQ).to_numpy()
+            fresh = np.array([q not in seen for q in seqs.tolist()], dtype=bool)
+            if idx in self.written or not fresh.any():
+                continue  # a retried task's repeat of rows we already have: same data, counted once
+            if not fresh.all():
+                sel, seqs = sel.filter(pa.array(fresh)), seqs[fresh]
+            seen.update(seqs.tolist())
+            self._count(sel)
+            self.parts.setdefault(idx, []).append(sel)
+            last = sel.filter(sel.column(LAST))
+            if last.num_rows:
+                self.expected[idx] = int(last.column(SEQ)[0].as_py()) + 1
+            if len(seen) == self.expected.get(idx):
+                self._write(idx)
+
+    def _count(self, rows: pa.Table) -> None:
+        """Per-step counts as the local engine's `_apply` makes them, from the drop column."""
+        drop = rows.column(DROP).to_numpy()
         for i in self.steps:
             st = self.stats[i]
             saw = int(((drop == KEPT) | (drop >= i)).sum())
@@ -230,32 +254,25 @@ class _Collector:
             st.saw += saw
             st.dropped += dropped
             st.kept += saw - dropped
-            st.seconds += float(pc.sum(batch.column(_sec(i))).as_py() or 0.0)
-        shard_ids = batch.column(SHARD).to_numpy()
-        for idx in np.unique(shard_ids).tolist():
-            sel = batch.filter(pa.array(shard_ids == idx))
-            self.parts.setdefault(idx, []).append(sel)
-            self.rows[idx] = self.rows.get(idx, 0) + sel.num_rows
-            last = sel.filter(sel.column(LAST))
-            if last.num_rows:
-                self.expected[idx] = int(last.column(SEQ)[0].as_py()) + 1
-            if self.rows[idx] == self.expected.get(idx):
-                self._write(idx)
+            st.seconds += float(pc.sum(rows.column(_sec(i))).as_py() or 0.0)
 
     def _write(self, idx: int) -> None:
         table = pa.concat_tables(self.parts.pop(idx), promote_options="default")
         table = table.take(pc.sort_indices(table, sort_keys=[(SEQ, "ascending")]))
-        write_parquet_atomic(self.spool / f"{self.shards[idx].name}.parquet", table.drop_columns(_hidden(table)))
+        write_parquet_atomic(
+            self.spool / f"{self.shards[idx].name}.parquet", table.drop_columns(_hidden(table))
+        )
         self.written.add(idx)
+        self.seen[idx] = set()  # free it; `written` remembers the shard
 
     def close(self, todo: list[int]) -> None:
         """After the stream ended: shards that gave no rows are empty; anything else is a lost shard."""
         for idx in todo:
             if idx in self.written:
                 continue
-            if self.rows.get(idx):
+            if self.seen.get(idx):
                 raise RayEngineError(
-                    f"shard {self.shards[idx].name}: {self.rows[idx]} rows arrived, "
+                    f"shard {self.shards[idx].name}: {len(self.seen[idx])} rows arrived, "
                     f"{self.expected.get(idx, 'an unknown number')} expected"
                 )
             empty = _table({"uid": [], "key": [], "text": [], "image": [], "shard": []})
@@ -265,7 +282,7 @@ class _Collector:
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401 - the Data library is an extra of ray
+        import ray.data  # the Data library is an extra of ray
     except ImportError as exc:
         raise RayEngineError(
             f"--engine ray needs Ray Data, which is not installed ({exc}); "
@@ -287,7 +304,10 @@ def _ray_session(ray: Any, address: str | None, num_cpus: int | None) -> Iterato
             ray.init(address=address, include_dashboard=False)
     except Exception as exc:  # ConnectionError, a ray:// timeout, a bad address, ...
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise RayEngineError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}") from None
+        hint = ""
+        if "Ray Client requires" in str(exc):  # a ray:// address without the client extra
+            hint = "; a ray:// address needs Ray Client: pip install 'ray[client]'"
+        raise RayEngineError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}{hint}") from None
     try:
         yield
     finally:
@@ -327,12 +347,15 @@ def _groups(stage: list[tuple[int, Operator]]) -> list[list[tuple[int, Operator]
 
 def _model_resources(ray: Any, ops: list[tuple[int, Operator]]) -> dict[str, Any]:
     """One actor per GPU when the cluster has GPUs (and no step pins the CPU), else one per node."""
+    pool = ray.data.ActorPoolStrategy
     gpus = int(ray.cluster_resources().get("GPU", 0))
     on_cpu = any(str(getattr(op.params, "device", "auto")) == "cpu" for _, op in ops)
     if gpus >= 1 and not on_cpu:
-        return {"num_gpus": 1, "num_cpus": _ACTOR_CPUS, "concurrency": (1, gpus)}
+        return {"num_gpus": 1, "num_cpus": _ACTOR_CPUS, "compute": pool(min_size=1, max_size=gpus)}
+    # On CPUs a model uses every core of its node (torch threads), so more than one actor per node
+    # only adds contention.
     nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-    return {"num_cpus": _ACTOR_CPUS, "concurrency": (1, max(1, nodes))}
+    return {"num_cpus": _ACTOR_CPUS, "compute": pool(min_size=1, max_size=max(1, nodes))}
 
 
 def _step_error(exc: BaseException) -> str | None:
@@ -344,8 +367,12 @@ def _step_error(exc: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        text = str(e).strip()
+        marker = f"{StepError.__name__}: "  # Ray's copies carry the remote traceback before it
+        if marker in text:
+            return text[text.rindex(marker) + len(marker) :].splitlines()[0]
         if isinstance(e, StepError):
-            return str(e).strip().splitlines()[-1] if "\n" in str(e).strip() else str(e)
+            return text
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
 

@@ -1,0 +1,181 @@
+"""The Ray engine gives the local engine's outputs, runs on 2 CPUs without hanging, and fails clearly."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from vlcurate.cli.main import app
+from vlcurate.io.subset import read_subset
+from vlcurate.ops.engine_local import RunResult, run_recipe
+from vlcurate.ops.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+from vlcurate.ops.engine_ray import RayEngineError, run_recipe_ray  # noqa: E402 - after the skip
+
+STEPS = """\
+  - op: clip_score
+    model: tiny-synth
+    precision: fp32
+  - op: score_threshold
+    column: clip_score
+    min: -0.5
+  - op: top_fraction
+    column: clip_score
+    fraction: 0.5
+"""
+
+
+def _recipe(pool: Path, out: Path, steps: str = STEPS) -> str:
+    return f'source: {{input: "{pool}"}}\nsteps:\n{steps}sink: {{out: "{out}"}}\n'
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu() -> Iterator[None]:
+    """One local Ray instance with 2 CPUs for the module, as on the smallest machine we support."""
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def _with_timeout(fn: Any, seconds: float) -> Any:
+    """Run `fn` in a thread; fail (instead of hanging the suite) when it does not finish in time."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"did not finish within {seconds:.0f} s (Ray Data hang?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.fixture(scope="module")
+def both_runs(
+    ray_2cpu: None, small_pool: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[RunResult, RunResult]:
+    tmp = tmp_path_factory.mktemp("engines")
+    local = run_recipe(load_recipe("r.yaml", text=_recipe(small_pool, tmp / "local")))
+    remote = _with_timeout(
+        lambda: run_recipe_ray(load_recipe("r.yaml", text=_recipe(small_pool, tmp / "ray")), progress=False),
+        120,
+    )
+    return local, remote
+
+
+def _decisions(run: Path) -> dict[str, Any]:
+    return {f.name: pq.read_table(f) for f in sorted((run / "decisions").glob("*.parquet"))}
+
+
+def test_ray_and_local_give_identical_kept_sets_and_decisions(both_runs: tuple[RunResult, RunResult]) -> None:
+    local, remote = both_runs
+    assert (remote.rows, remote.kept) == (local.rows, local.kept) == (300, 150)
+    assert np.array_equal(read_subset(remote.subset), read_subset(local.subset))  # type: ignore[arg-type]
+    ours, ref = _decisions(remote.out), _decisions(local.out)
+    assert list(ours) == list(ref) and len(ref) == 3
+    for name, table in ref.items():
+        cols = ["uid", "keep", "reason"]
+        assert ours[name].select(cols).to_pylist() == table.select(cols).to_pylist(), name
+        assert ours[name].equals(table), name  # same rows, order, columns, types and scores
+    counts = [(s.op, s.saw, s.kept, s.dropped) for s in local.steps]
+    assert [(s.op, s.saw, s.kept, s.dropped) for s in remote.steps] == counts
+    report = json.loads((remote.out / "report.json").read_text())
+    assert report["kept"] == 150 and [s["op"] for s in report["steps"]] == [c[0] for c in counts]
+
+
+def test_cli_engine_ray_resumes_a_finished_run(
+    both_runs: tuple[RunResult, RunResult], small_pool: Path
+) -> None:
+    _, remote = both_runs
+    spools = sorted((remote.out / "stages").rglob("*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in spools]
+    recipe = remote.out.parent / "again.yaml"
+    recipe.write_text(_recipe(small_pool, remote.out))
+    r = CliRunner().invoke(app, ["run", str(recipe), "--engine", "ray"])
+    assert r.exit_code == 0, r.output
+    assert "150 of 300 pairs kept" in r.stdout
+    assert [p.stat().st_mtime_ns for p in spools] == mtimes  # every stage and shard was done: reused
+
+
+def test_model_actors_and_read_tasks_share_two_cpus_without_hanging(
+    ray_2cpu: None, small_pool: Path, tmp_path: Path
+) -> None:
+    assert ray.cluster_resources()["CPU"] == 2
+    steps = STEPS.split("  - op: top_fraction")[0]  # one stage: model actor pool + CPU task
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run", steps))
+    result = _with_timeout(lambda: run_recipe_ray(rec, progress=False), 90)
+    assert result.rows == 300 and result.steps[0].saw == 300
+
+
+def test_a_failing_step_names_the_step_and_the_cause(
+    ray_2cpu: None, small_pool: Path, tmp_path: Path
+) -> None:
+    bad = STEPS.replace("model: tiny-synth", "model: no-such-model")
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run", bad))
+    with pytest.raises(RayEngineError) as info:
+        _with_timeout(lambda: run_recipe_ray(rec, progress=False), 90)
+    message = str(info.value)
+    assert message.startswith("step 1 (clip_score) failed to set up: UnknownModelError: unknown model")
+    assert "Traceback" not in message and "\n" not in message
+    assert not (tmp_path / "run" / "subset.npy").exists()
+
+
+def test_without_ray_installed_the_error_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, small_pool: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "run"))
+    with pytest.raises(RayEngineError, match=r"pip install 'ray\[data\]'"):
+        run_recipe_ray(rec)
+    r = CliRunner().invoke(app, ["run", str(_write(tmp_path / "r.yaml", rec)), "--engine", "ray"])
+    assert r.exit_code == 2 and "needs Ray Data" in r.stderr
+
+
+def _write(path: Path, rec: Any) -> Path:
+    path.write_text(_recipe(Path(rec.source.input), Path(rec.sink.out)))
+    return path
+
+
+def test_rows_a_retried_task_sends_twice_are_written_and_counted_once(tmp_path: Path) -> None:
+    """A worker killed mid-shard makes Ray repeat its task: the spool and the counts must not change."""
+    import pyarrow as pa
+
+    from vlcurate.io.shards import ShardRef
+    from vlcurate.ops.engine_local import StepStats
+    from vlcurate.ops.engine_ray import _Collector, _tag
+
+    def batch(uids: list[str], keep: list[bool]) -> pa.Table:
+        reasons = pa.array([None if k else "x" for k in keep], pa.string())
+        return pa.table({"uid": uids, "keep": keep, "reason": reasons})
+
+    first = _tag(batch(["a", "b"], [True, False]), 0, 0, 0, False, [0])
+    second = _tag(batch(["c"], [True]), 0, 1, 2, True, [0])
+    stats = [StepStats("op")]
+    c = _Collector(tmp_path, [ShardRef("s.tar", "s", "wds")], stats, [0])
+    c.add(first)
+    c.add(first)  # the repeat, before the shard is complete
+    c.add(pa.concat_tables([first.slice(1), second]))  # part repeat, part new, in one block
+    c.add(second)  # after the shard was written
+    c.close([0])
+    written = pq.read_table(tmp_path / "s.parquet")
+    assert written.column("uid").to_pylist() == ["a", "b", "c"]
+    assert not any(name.startswith("_vlc_") for name in written.column_names)
+    assert (stats[0].saw, stats[0].kept, stats[0].dropped) == (2, 2, 0)  # "b" was dropped before
