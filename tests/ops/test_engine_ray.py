@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,40 @@ def test_rows_a_retried_task_sends_twice_are_written_and_counted_once(tmp_path: 
     assert written.column("uid").to_pylist() == ["a", "b", "c"]
     assert not any(name.startswith("_vlc_") for name in written.column_names)
     assert (stats[0].saw, stats[0].kept, stats[0].dropped) == (2, 2, 0)  # "b" was dropped before
+
+
+def test_a_worker_killed_mid_run_changes_nothing(ray_2cpu: None, tmp_path: Path) -> None:
+    """SIGKILL the model actor after the first shard is written: Ray restarts it, and the kept set
+    is still the local engine's."""
+    import psutil
+
+    from vlcurate.synth.pool import write_pool
+
+    write_pool(tmp_path / "pool", 2400, corrupt_fraction=0.3, seed=3, shard_size=300)
+    shards = tmp_path / "pool" / "shards"
+    box: dict[str, Any] = {}
+    out = tmp_path / "ray"
+    t = threading.Thread(
+        target=lambda: box.setdefault(
+            "r", run_recipe_ray(load_recipe("r", text=_recipe(shards, out)), progress=False)
+        )
+    )
+    t.start()
+    killed = []
+    deadline = time.monotonic() + 120
+    while not killed and t.is_alive() and time.monotonic() < deadline:
+        written = list((out / "stages" / "00").glob("*.parquet")) if (out / "stages" / "00").exists() else []
+        if written:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::") and "_ModelActor" in cmd:
+                    p.kill()
+                    killed.append(cmd)
+                    break
+        time.sleep(0.2)
+    t.join(300)
+    assert killed, "the model actor was never seen running"
+    assert not t.is_alive() and "r" in box
+    local = run_recipe(load_recipe("r", text=_recipe(shards, tmp_path / "local")))
+    assert np.array_equal(np.sort(read_subset(box["r"].subset)), np.sort(read_subset(local.subset)))
+    assert box["r"].rows == local.rows == 2400
