@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             from vlcurate.ops.engine_local import run_recipe
 
             with user_errors():
-                result = run_recipe(rec)
+                result = run_recipe(rec, progress=True)
         table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
         for col in ("step", "saw", "kept", "dropped", "seconds"):
             table.add_column(col, justify="left" if col == "step" else "right")

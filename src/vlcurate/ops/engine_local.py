@@ -27,6 +27,7 @@ from vlcurate.io.subset import write_subset
 from vlcurate.ops.base import KEEP, REASON, Operator
 from vlcurate.ops.recipe import Recipe
 from vlcurate.ops.report import write_report
+from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import write_parquet_atomic
 
 BATCH_ROWS = 1024
@@ -128,21 +129,26 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> RunResult:
             for batch in _read_stage(previous, source, shards):
                 head.observe(batch)
             head.finalize()
-        for shard in shards:
-            target = spool / f"{shard.name}.parquet"
-            if target.exists():
-                continue  # done by an earlier run
-            parts = []
-            for batch in _read_shard(previous, source, shard):
-                for op in stage:
-                    batch = _apply(op, batch, stats[index[id(op)]])
-                parts.append(batch)
-            table = (
-                pa.concat_tables(parts, promote_options="default")
-                if parts
-                else _table({"uid": [], "key": [], "text": [], "image": [], "shard": []})
-            )
-            write_parquet_atomic(target, table)
+        todo = [sh for sh in shards if not (spool / f"{sh.name}.parquet").exists()]  # others: done before
+        label = f"stage {s + 1}/{len(stages)}: {', '.join(op.name for op in stage)}"
+        with ScoreProgress(enabled=progress, total_shards=len(todo), label=label) as bar:
+            t0, pairs = time.perf_counter(), 0
+            for shard in todo:
+                target = spool / f"{shard.name}.parquet"
+                parts = []
+                for batch in _read_shard(previous, source, shard):
+                    for op in stage:
+                        batch = _apply(op, batch, stats[index[id(op)]])
+                    parts.append(batch)
+                    pairs += batch.num_rows
+                    bar.update_pairs(pairs, time.perf_counter() - t0)
+                table = (
+                    pa.concat_tables(parts, promote_options="default")
+                    if parts
+                    else _table({"uid": [], "key": [], "text": [], "image": [], "shard": []})
+                )
+                write_parquet_atomic(target, table)
+                bar.shard_done(table.num_rows)
         previous = spool
     return _finish(recipe, out, previous, shards, stats, ops)
 

@@ -19,7 +19,9 @@ from rich.progress import (
 class ScoreProgress:
     """Shards done out of total (bar, ETA) plus a live pairs count and rate; silent when disabled."""
 
-    def __init__(self, *, enabled: bool, total_shards: int, done_before: int = 0) -> None:
+    def __init__(
+        self, *, enabled: bool, total_shards: int, done_before: int = 0, label: str = "scoring"
+    ) -> None:
         self.enabled = enabled
         self.console = Console(stderr=True)
         self._progress: Progress | None = None
@@ -28,7 +30,7 @@ class ScoreProgress:
         self.done_before = done_before
         if enabled:
             self._progress = Progress(
-                TextColumn("[bold]scoring[/]"),
+                TextColumn(f"[bold]{label}[/]"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("shards"),
