@@ -7,31 +7,24 @@ that serves leases, images and records submissions); the model is either the bun
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from tests.agents.test_client import ME, Reply, ScriptedServer, Seen
 
-from vlcurate import __version__
-from vlcurate.agents.client import PausedError, PlatformClient, RetryPolicy
-from vlcurate.agents.console import render
 from vlcurate.agents.runner import (
     AgentConfig,
     AgentRunner,
     AgentStats,
     Fetched,
-    ModelMismatchError,
     build_results,
 )
 from vlcurate.pipeline.decode import decode_image
@@ -75,121 +68,6 @@ class FakeScorer:
         if self.on_score is not None:
             self.on_score()
         return self.real.encode_images(images)
-
-
-def lease_dict(
-    lease_id: int, items: list[tuple[str, str | None]], fp: str, heartbeat: int = 30
-) -> dict[str, Any]:
-    return {
-        "lease_id": lease_id,
-        "unit_id": 100 + lease_id,
-        "task": {
-            "id": 1,
-            "kind": "dva-score",
-            "model": "tiny-synth",
-            "model_fingerprint": fp,
-            "preprocessing": {},
-        },
-        "deadline": "2099-01-01T00:00:00Z",
-        "heartbeat_seconds": heartbeat,
-        "items": [
-            {"item_id": iid, "caption": cap, "image_url": f"/api/v1/leases/{lease_id}/images/{iid}"}
-            for iid, cap in items
-        ],
-    }
-
-
-class FakePlatform:
-    """A coordinator in miniature: queued leases, then 204; images by item id; records submissions."""
-
-    def __init__(
-        self,
-        leases: list[dict[str, Any]],
-        images: dict[str, bytes],
-        me: dict[str, Any] | None = None,
-        submit_status: int = 200,
-        image_delay: float = 0.0,
-    ) -> None:
-        self.leases = deque(leases)
-        self.images = images
-        self.me = me or ME
-        self.submit_status = submit_status
-        self.image_delay = image_delay
-        self.submissions: list[tuple[int, dict[str, Any]]] = []
-        self.released: list[int] = []
-        self.heartbeats: list[int] = []
-        self.image_requests = threading.Event()
-        self.server = ScriptedServer(self.route)
-        self.url = self.server.url
-
-    def route(self, s: Seen) -> Reply:
-        parts = s.path.strip("/").split("/")  # api v1 ...
-        if s.path == "/api/v1/me":
-            return Reply(200, self.me)
-        if s.path == "/api/v1/leases" and s.method == "POST":
-            return Reply(200, self.leases.popleft()) if self.leases else Reply(204)
-        lease_id = int(parts[3])
-        if s.method == "DELETE":
-            self.released.append(lease_id)
-            return Reply(204)
-        if parts[4] == "heartbeat":
-            self.heartbeats.append(lease_id)
-            return Reply(200, {"lease_id": lease_id, "deadline": "2099-01-01T00:00:00Z"})
-        if parts[4] == "images":
-            self.image_requests.set()
-            data = self.images.get(parts[5])
-            return (
-                Reply(404, {"detail": "no such item"})
-                if data is None
-                else Reply(200, data, delay=self.image_delay)
-            )
-        if parts[4] == "submit":
-            body = json.loads(s.body)
-            self.submissions.append((lease_id, body))
-            if self.submit_status != 200:
-                return Reply(self.submit_status, {"detail": "lease expired"})
-            n_ok = sum(r["status"] == "ok" for r in body["results"])
-            out = {
-                "submission_id": len(self.submissions),
-                "lease_id": lease_id,
-                "unit_id": 100 + lease_id,
-                "state": "valid",
-                "detail": "agreed",
-                "points_credited": float(n_ok),
-            }
-            return Reply(200, out)
-        return Reply(404, {"detail": "not found"})
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
-@pytest.fixture
-def platforms() -> Iterator[Callable[..., FakePlatform]]:
-    made: list[FakePlatform] = []
-
-    def make(*args: Any, **kwargs: Any) -> FakePlatform:
-        p = FakePlatform(*args, **kwargs)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
-
-
-def runner_for(
-    url: str, loader: Callable[[str, str, str], Any], **config: Any
-) -> tuple[AgentRunner, list[tuple[str, str, str]]]:
-    loads: list[tuple[str, str, str]] = []
-
-    def load(name: str, device: str, precision: str) -> Any:
-        loads.append((name, device, precision))
-        return loader(name, device, precision)
-
-    cfg = AgentConfig(server=url, token="tok", idle_sleep=0.05, idle_sleep_max=0.1, max_idle_s=0.3, **config)
-    client = PlatformClient(url, "tok", retry=RetryPolicy(base=0.05, cap=0.2, max_elapsed=5.0))
-    return AgentRunner(cfg, client=client, scorer_loader=load), loads
 
 
 def scene_jpg(i: int) -> tuple[bytes, str]:
@@ -269,153 +147,11 @@ def test_pairs_per_s_counts_only_the_last_minute() -> None:
     assert st.last_error == "boom"
 
 
-# ---- the loop against a fake coordinator ------------------------------------------------------
-
-
-def test_runner_scores_a_unit_with_tiny_synth_and_submits(
-    platforms: Callable[..., FakePlatform], tiny: Any
-) -> None:
-    (img0, cap0), (img1, cap1) = scene_jpg(3), scene_jpg(4)
-    items = [("a", cap0), ("b", "a green star"), ("c", None), ("d", cap1), ("e", "x")]
-    images = {"a": img0, "b": CORRUPT, "c": img0, "d": img1}  # "e" -> 404
-    p = platforms([lease_dict(1, items, tiny.fingerprint)], images)
-    runner, loads = runner_for(p.url, lambda *a: tiny)
-    summary = runner.run()
-    assert summary.reason == "idle" and summary.units_done == 1 and summary.pairs_scored == 5
-    assert loads == [("tiny-synth", "auto", "auto")]
-    assert len(p.submissions) == 1 and p.released == []
-    lease_id, body = p.submissions[0]
-    assert lease_id == 1
-    assert body["model_fingerprint"] == tiny.fingerprint and body["agent_version"] == __version__
-    by_id = {r["item_id"]: r for r in body["results"]}
-    assert {k: v["status"] for k, v in by_id.items()} == {
-        "a": "ok",
-        "b": "decode_error",
-        "c": "missing_text",
-        "d": "ok",
-        "e": "fetch_error",
-    }
-    size = tiny.preprocessing.image_size
-    want = tiny.score(np.stack([pixels(img0, size), pixels(img1, size)]), [cap0, cap1])
-    assert [by_id["a"]["score"], by_id["d"]["score"]] == pytest.approx(want.tolist(), abs=1e-5)
-    assert runner.stats.points_credited == 2.0 and runner.stats.submissions == {"valid": 1}
-    assert runner.stats.me is not None and runner.stats.me.contributor == "alice"
-    assert "fetch_error" not in (runner.stats.last_error or "") and "not fetched" in (
-        runner.stats.last_error or ""
-    )
-
-
-def test_runner_stops_after_max_units_and_caches_the_model(platforms: Callable[..., FakePlatform]) -> None:
-    img, cap = scene_jpg(5)
-    leases = [lease_dict(i, [(f"i{i}", cap)], "fake-fp") for i in range(1, 5)]
-    p = platforms(leases, {f"i{i}": img for i in range(1, 5)})
-    runner, loads = runner_for(p.url, lambda *a: FakeScorer(), max_units=3)
-    summary = runner.run()
-    assert summary.reason == "max_units" and summary.units_done == 3
-    assert [lid for lid, _ in p.submissions] == [1, 2, 3]
-    assert len(loads) == 1
-    keys = {b["idempotency_key"] for _, b in p.submissions}
-    assert len(keys) == 3  # a fresh key per unit
-
-
-def test_fingerprint_mismatch_releases_the_lease_and_stops(platforms: Callable[..., FakePlatform]) -> None:
-    img, cap = scene_jpg(6)
-    p = platforms([lease_dict(1, [("a", cap)], "the-pinned-fp")], {"a": img})
-    runner, loads = runner_for(p.url, lambda *a: FakeScorer("other-fp"))
-    with pytest.raises(ModelMismatchError, match="pins model 'tiny-synth'"):
-        runner.run()
-    assert p.released == [1] and p.submissions == []
-    assert [precision for _, _, precision in loads] == ["auto"]  # fingerprints do not depend on precision
-
-
-def test_paused_contributor_stops_before_leasing(platforms: Callable[..., FakePlatform]) -> None:
-    p = platforms([], {}, me=ME | {"paused": True, "pause_reason": "failed hidden checks"})
-    runner, _ = runner_for(p.url, lambda *a: FakeScorer())
-    with pytest.raises(PausedError) as ei:
-        runner.run()
-    assert ei.value.reason == "failed hidden checks"
-    assert p.server.paths("POST") == []
-
-
-def test_heartbeats_while_working_and_ctrl_c_releases(platforms: Callable[..., FakePlatform]) -> None:
-    img, cap = scene_jpg(8)
-    p = platforms([lease_dict(1, [("a", cap)], "fake-fp", heartbeat=1)], {"a": img})
-
-    def slow_then_interrupt() -> None:
-        time.sleep(2.5)  # long enough for two heartbeats
-        raise KeyboardInterrupt
-
-    runner, _ = runner_for(p.url, lambda *a: FakeScorer(on_score=slow_then_interrupt))
-    summary = runner.run()
-    assert summary.reason == "interrupted" and summary.units_done == 0
-    assert len(p.heartbeats) >= 2 and set(p.heartbeats) == {1}
-    assert p.released == [1] and p.submissions == []
-
-
-def test_rejected_submission_drops_the_unit_and_goes_on(platforms: Callable[..., FakePlatform]) -> None:
-    img, cap = scene_jpg(9)
-    leases = [lease_dict(1, [("a", cap)], "fake-fp"), lease_dict(2, [("a", cap)], "fake-fp")]
-    p = platforms(leases, {"a": img}, submit_status=409)
-    runner, _ = runner_for(p.url, lambda *a: FakeScorer())
-    summary = runner.run()
-    assert summary.reason == "idle" and summary.units_done == 0
-    assert runner.stats.units_dropped == 2 and "lease expired" in (runner.stats.last_error or "")
-    assert len(p.submissions) == 2
-
-
-def test_console_renders_every_state(platforms: Callable[..., FakePlatform], tiny: Any) -> None:
-    from rich.console import Console
-
-    st = AgentStats()
-    con = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    con.print(render(st, "http://x"))
-    img, cap = scene_jpg(10)
-    p = platforms([lease_dict(1, [("a", cap), ("b", None)], tiny.fingerprint)], {"a": img, "b": img})
-    runner, _ = runner_for(p.url, lambda *a: tiny)
-    runner.run()
-    runner.stats.error("HTTP 503: restarting")
-    con.print(render(runner.stats, p.url))
-    text = con.export_text()
-    assert cap[:40] in text and "pairs/s" in text and "alice" in text and "restarting" in text
-    assert "reputation" in text and "missing_text" in text
-
-
 # ---- the CLI process: Ctrl-C / SIGTERM hand the lease back and exit 0 ----------------------------
 
 
 def agent_cmd(url: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vlcurate.cli.main", "agent", "run", "--server", url, "--quiet", *extra]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_signal_releases_lease_and_exits_zero(
-    platforms: Callable[..., FakePlatform], tiny: Any, sig: signal.Signals
-) -> None:
-    img, cap = scene_jpg(11)
-    p = platforms([lease_dict(1, [("a", cap)], tiny.fingerprint)], {"a": img}, image_delay=60.0)
-    env = os.environ | {"VLCURATE_TOKEN": "tok"}
-    proc = subprocess.Popen(
-        agent_cmd(p.url), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert p.image_requests.wait(300), "the agent never fetched an image"
-        time.sleep(0.3)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert p.released == [1] and p.submissions == []
-    assert "handed back" in err
-
-
-def test_cli_paused_exits_nonzero_with_reason(platforms: Callable[..., FakePlatform]) -> None:
-    p = platforms([], {}, me=ME | {"paused": True, "pause_reason": "copied answers"})
-    env = os.environ | {"VLCURATE_TOKEN": "tok"}
-    r = subprocess.run(agent_cmd(p.url), env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 3
-    assert "copied answers" in r.stderr
 
 
 # ---- against the real coordinator (`vlcurate serve` in a subprocess, SQLite) --------------------
@@ -613,25 +349,6 @@ def register_cli(url: str, contributor: str) -> str:
     assert r.exit_code == 0, r.output
     assert f"contributor {contributor!r}" in r.output
     return r.output.strip().splitlines()[-1]
-
-
-def test_cli_run_with_live_view_finishes_after_max_units(
-    platforms: Callable[..., FakePlatform], tiny: Any
-) -> None:
-    from typer.testing import CliRunner
-
-    from vlcurate.cli.main import app
-
-    img, cap = scene_jpg(12)
-    p = platforms([lease_dict(1, [("a", cap), ("b", None)], tiny.fingerprint)], {"a": img, "b": img})
-    r = CliRunner().invoke(
-        app,
-        ["agent", "run", "--server", p.url, "--max-units", "1", "--device", "cpu"],
-        env={"VLCURATE_TOKEN": "tok"},
-    )
-    assert r.exit_code == 0, r.output
-    assert "agent stopped (max_units): 1 units, 2 pairs" in r.output
-    assert len(p.submissions) == 1
 
 
 def test_cli_bad_options_are_one_line_errors() -> None:
