@@ -122,3 +122,14 @@ def test_an_out_of_memory_batch_backs_off_to_smaller_batches(small_pool: Path, m
     got = [p.score for p in score_pairs(scorer, images, texts, batch_size=40)]
     assert seen[:3] == [40, 20, 10] and max(seen[3:]) == 10
     assert np.allclose(np.array(got, dtype=float), np.array(want, dtype=float), atol=1e-5)
+
+
+def test_a_missing_shard_is_one_clear_line(small_pool: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f'source: {{input: "{small_pool}/{{00000000..00000009}}.tar"}}\n'
+        "steps:\n  - op: text_length\n    min_words: 2\n"
+        f'sink: {{out: "{tmp_path / "out"}"}}\n'
+    )
+    r = CliRunner().invoke(app, ["run", str(recipe)])
+    assert r.exit_code == 2 and "shard not found" in r.stderr and "Traceback" not in r.output

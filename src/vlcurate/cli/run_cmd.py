@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlcurate.cli.errors import fail, user_errors
+from vlcurate.io.shards import ShardReadError
 
 
 def register(app: typer.Typer) -> None:
@@ -49,12 +50,12 @@ def register(app: typer.Typer) -> None:
         if engine == "ray":
             from vlcurate.ops.engine_ray import RayEngineError, run_recipe_ray
 
-            with user_errors(RayEngineError):
+            with user_errors(RayEngineError, ShardReadError):
                 result = run_recipe_ray(rec, address=address, num_cpus=num_cpus)
         else:
             from vlcurate.ops.engine_local import run_recipe
 
-            with user_errors():
+            with user_errors(ShardReadError):
                 result = run_recipe(rec, progress=True)
         table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
         for col in ("step", "saw", "kept", "dropped", "seconds"):
