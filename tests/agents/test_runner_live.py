@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 from tests.agents.test_runner import FakeScorer, agent_cmd, scene_jpg
-from tests.platform_live import ADMIN, InThreadServer, admin_headers
+from tests.platform_live import InThreadServer, admin_headers
 from typer.testing import CliRunner
 
 from vlcurate import __version__
@@ -239,18 +239,23 @@ def test_cli_signals_hand_the_lease_back_and_exit_zero(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not [r for r in live.rows(db.replicas) if r.state == "leased"]:
-            time.sleep(0.05)
+        # The agent logs "loading model" once it has its lease in hand (the task names the model):
+        # only then can it know what to hand back.
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "loading model" in line:
+                break
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, rest = proc.communicate(timeout=60)
+        err = "".join(seen) + rest
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     states = [r.state for r in live.rows(db.replicas)]
     assert states and states[-1] in ("released", "valid"), states  # handed back, or it had just finished
-    assert ADMIN
 
 
 def test_the_console_shows_caption_score_rate_points_reputation_and_errors(
@@ -270,4 +275,6 @@ def test_the_console_shows_caption_score_rate_points_reputation_and_errors(
     con.print(render(runner.stats, live.url))
     text = con.export_text()
     assert "pairs/s" in text and "ivy" in text and "restarting" in text and "reputation" in text
-    assert "missing_text" in text or "decode_error" in text
+    # The current pair is the unit's last scored one; which three pairs are "recent" depends on the
+    # lease's shuffled order, so it is not asserted.
+    assert runner.stats.last_pair is not None and (runner.stats.last_pair.caption or "")[:30] in text
