@@ -233,29 +233,7 @@ def build_world(path: Path) -> DashWorld:
                 for i in range(1, 13)
             ],
         )
-        task = conn.execute(
-            insert(db.tasks)
-            .values(
-                dataset_id=ds,
-                name="score-coco",
-                kind="dva-score",
-                model="tiny-synth",
-                model_fingerprint="fp",
-                preprocessing={},
-                quorum=2,
-                max_replicas=5,
-                tolerance=0.01,
-                agree_fraction=0.98,
-                unit_size=4,
-                gold_per_unit=1,
-                points_per_pair=1.0,
-                lease_seconds=60,
-                trust_after=3,
-                min_audit_rate=0.1,
-                created_at=T0,
-            )
-            .returning(db.tasks.c.id)
-        ).scalar_one()
+        task = insert_task(conn, dataset_id=ds, name="score-coco", model="tiny-synth", created_at=T0)
         conn.execute(
             insert(db.units),
             [
@@ -330,6 +308,29 @@ def build_world(path: Path) -> DashWorld:
         reason="reversed: <b>failed</b> a later hidden check",
     )
     return world
+
+
+def insert_task(conn: Any, **values: Any) -> int:
+    """A task row with the test world's verification settings; `values` override them."""
+    row = (
+        dict(
+            kind="dva-score",
+            model_fingerprint="fp",
+            preprocessing={},
+            quorum=2,
+            max_replicas=5,
+            tolerance=0.01,
+            agree_fraction=0.98,
+            unit_size=4,
+            gold_per_unit=1,
+            points_per_pair=1.0,
+            lease_seconds=60,
+            trust_after=3,
+            min_audit_rate=0.1,
+        )
+        | values
+    )
+    return int(conn.execute(insert(db.tasks).values(**row).returning(db.tasks.c.id)).scalar_one())
 
 
 @pytest.fixture()

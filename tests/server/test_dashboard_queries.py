@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests.server.conftest import insert_task
 
 from vlcurate.server import db, queries
 from vlcurate.server.dashboard import image_media_type, mount_static, router
@@ -127,28 +128,7 @@ def test_feed_after_id_returns_only_newer_pairs(dash_world: DashWorld) -> None:
 
 def test_feed_never_lists_gold_of_another_task(dash_world: DashWorld) -> None:
     with dash_world.engine.begin() as conn:
-        t2 = conn.execute(
-            db.tasks.insert()
-            .values(
-                dataset_id=1,
-                name="second",
-                kind="dva-score",
-                model="m",
-                model_fingerprint="fp2",
-                preprocessing={},
-                quorum=2,
-                max_replicas=5,
-                tolerance=0.01,
-                agree_fraction=0.98,
-                unit_size=4,
-                gold_per_unit=1,
-                points_per_pair=1.0,
-                lease_seconds=60,
-                trust_after=3,
-                min_audit_rate=0.1,
-            )
-            .returning(db.tasks.c.id)
-        ).scalar_one()
+        t2 = insert_task(conn, dataset_id=1, name="second", model="m", model_fingerprint="fp2")
         conn.execute(db.gold.insert().values(task_id=t2, item_id=7, score=0.5, source="server"))
     assert 7 not in [e.item_id for e in read(dash_world, queries.feed)]
     assert read(dash_world, lambda c: queries.public_image(c, 7)) is None

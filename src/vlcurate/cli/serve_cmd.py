@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
             engine = make_engine(db)
             upgrade(engine)  # once, before workers start
             engine.dispose()
-        os.environ["VLCURATE_SERVER_SETTINGS"] = settings.model_dump_json()
+        # Migrated above, once: the workers skip it.
+        os.environ["VLCURATE_SERVER_SETTINGS"] = settings.model_copy(
+            update={"migrate": False}
+        ).model_dump_json()
         where = normalize_url(db).split("@")[-1]
         typer.echo(f"vlcurate serve: http://{host}:{port}/ (API docs at /docs), database {where}")
         uvicorn.run(

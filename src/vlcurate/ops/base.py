@@ -41,6 +41,10 @@ class Operator(ABC):
     def __init__(self, params: OpParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    def required_columns(self) -> tuple[str, ...]:
+        """Columns needed beyond `requires` that depend on the parameters (e.g. the column to rank)."""
+        return ()
+
     def provides(self) -> tuple[str, ...]:
         """Columns this operator adds (filters also add `keep` and `reason`)."""
         return (KEEP, REASON) if self.kind in ("filter", "global") else ()
@@ -67,6 +71,39 @@ class Operator(ABC):
         return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
 
+def keep_mask(batch: pa.Table) -> np.ndarray:
+    """Rows still kept by earlier steps (all of them before any filter ran)."""
+    if KEEP not in batch.column_names:
+        return np.ones(batch.num_rows, dtype=bool)
+    return np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def numeric(batch: pa.Table, column: str) -> np.ndarray:
+    """A column as float64, nulls as NaN."""
+    return np.asarray(batch.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def apply_bounds(
+    values: np.ndarray,
+    lo: float | None,
+    hi: float | None,
+    name: str,
+    keep: np.ndarray,
+    reasons: list[str | None],
+) -> None:
+    """AND a [lo, hi] check into `keep` in place, writing `name<lo` / `name>hi` for rows it drops."""
+    if lo is not None:
+        low = keep & (values < lo)
+        for i in np.flatnonzero(low):
+            reasons[i] = f"{name}<{lo:g}"
+        keep &= ~low
+    if hi is not None:
+        high = keep & (values > hi)
+        for i in np.flatnonzero(high):
+            reasons[i] = f"{name}>{hi:g}"
+        keep &= ~high
+
+
 def mark(batch: pa.Table, keep: np.ndarray, reasons: list[str | None] | str) -> pa.Table:
     """AND `keep` into the batch's keep column; a newly dropped row gets its reason, earlier reasons stay."""
     n = batch.num_rows
@@ -75,11 +112,7 @@ def mark(batch: pa.Table, keep: np.ndarray, reasons: list[str | None] | str) -> 
         raise ValueError(f"keep mask has shape {keep.shape}, batch has {n} rows")
     if isinstance(reasons, str):
         reasons = [reasons] * n
-    old_keep = (
-        np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
-        if KEEP in batch.column_names
-        else np.ones(n, dtype=bool)
-    )
+    old_keep = keep_mask(batch)
     old_reason = batch.column(REASON).to_pylist() if REASON in batch.column_names else [None] * n
     new_reason = [
         old if not ok_before else (None if ok_now else why)

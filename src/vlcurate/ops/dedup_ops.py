@@ -13,7 +13,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from vlcurate.dedup import DedupResult, content_hashes, exact_dedup, near_dedup, semantic_dedup
-from vlcurate.ops.base import KEEP, Operator, OpParams, mark
+from vlcurate.ops.base import Operator, OpParams, keep_mask, mark
 from vlcurate.ops.pair_ops import embeddings_of
 from vlcurate.ops.registry import register
 
@@ -66,9 +66,9 @@ class _GlobalDedup(Operator):
         return out
 
     def _selected(self, batch: pa.Table) -> np.ndarray:
-        if self.params.among == "all" or KEEP not in batch.column_names:  # type: ignore[attr-defined]
+        if self.params.among == "all":  # type: ignore[attr-defined]
             return np.ones(batch.num_rows, dtype=bool)
-        return np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
+        return keep_mask(batch)
 
     def observe(self, batch: pa.Table) -> None:
         ids = self._row_ids(batch, self._rows)

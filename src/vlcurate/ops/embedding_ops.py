@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.ops.base import Operator, OpParams, mark, set_column
+from vlcurate.ops.base import Operator, OpParams, apply_bounds, mark, set_column
 from vlcurate.ops.pair_ops import embeddings_of
 from vlcurate.ops.registry import register
 
@@ -111,14 +111,7 @@ class LinearHead(Operator):
         batch = set_column(batch, p.column, pa.array(y.astype(np.float32), pa.float32()))
         keep = np.isfinite(y)
         reasons: list[str | None] = [None if k else f"no {p.input}" for k in keep]
-        if p.min is not None:
-            for i in np.flatnonzero(keep & (y < p.min)):
-                reasons[i] = f"{p.column}<{p.min:g}"
-            keep &= ~(y < p.min)
-        if p.max is not None:
-            for i in np.flatnonzero(keep & (y > p.max)):
-                reasons[i] = f"{p.column}>{p.max:g}"
-            keep &= ~(y > p.max)
+        apply_bounds(y, p.min, p.max, p.column, keep, reasons)
         return mark(batch, keep, reasons)
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from vlcurate.io.sources import open_source
 from vlcurate.io.subset import write_subset
-from vlcurate.ops.base import KEEP, REASON, Operator
+from vlcurate.ops.base import KEEP, REASON, Operator, keep_mask
 from vlcurate.ops.recipe import Recipe
 from vlcurate.ops.report import write_report
 from vlcurate.pipeline.progress import ScoreProgress
@@ -90,18 +90,12 @@ def _stages(ops: list[Operator]) -> list[list[Operator]]:
     return stages
 
 
-def _keep_of(batch: pa.Table) -> np.ndarray:
-    if KEEP not in batch.column_names:
-        return np.ones(batch.num_rows, dtype=bool)
-    return np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _apply(op: Operator, batch: pa.Table, stats: StepStats) -> pa.Table:
-    before = _keep_of(batch)
+    before = keep_mask(batch)
     t = time.perf_counter()
     out = op.process(batch)
     stats.seconds += time.perf_counter() - t
-    after = _keep_of(out)
+    after = keep_mask(out)
     stats.saw += int(before.sum())
     stats.kept += int((before & after).sum())
     stats.dropped += int((before & ~after).sum())
@@ -189,7 +183,7 @@ def _finish(
         if KEEP not in table.column_names:
             table = table.append_column(KEEP, pa.array(np.ones(table.num_rows, dtype=bool)))
             table = table.append_column(REASON, pa.array([None] * table.num_rows, pa.string()))
-        keep = _keep_of(table)
+        keep = keep_mask(table)
         keeps.append(keep)
         rows += table.num_rows
         kept_uids += [u for u, k in zip(table.column("uid").to_pylist(), keep, strict=True) if k]

@@ -40,12 +40,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlcurate.io.sources import open_source
-from vlcurate.ops.base import Operator
+from vlcurate.ops.base import Operator, keep_mask
 from vlcurate.ops.engine_local import (
     RunResult,
     StepStats,
     _finish,
-    _keep_of,
     _read_shard,
     _read_stage,
     _stages,
@@ -87,7 +86,7 @@ def _tag(table: pa.Table, shard: int, batch: int, seq0: int, last: bool, steps: 
     is_last = np.zeros(n, dtype=bool)
     if last and n:
         is_last[-1] = True
-    drop = np.where(_keep_of(table), KEPT, DROPPED_BEFORE).astype(np.int16)
+    drop = np.where(keep_mask(table), KEPT, DROPPED_BEFORE).astype(np.int16)
     cols: dict[str, pa.Array] = {
         SHARD: pa.array(np.full(n, shard, dtype=np.int32)),
         BATCH: pa.array(np.full(n, batch, dtype=np.int32)),
@@ -147,7 +146,7 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
         drop = part.column(DROP).to_numpy().copy()
         secs: dict[str, np.ndarray] = {}
         for i, op in ops:
-            before = _keep_of(data)
+            before = keep_mask(data)
             t = time.perf_counter()
             try:
                 data = op.process(data)
@@ -162,7 +161,7 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
                     f"step {i + 1} ({op.name}) returned {data.num_rows} rows for {part.num_rows}; "
                     f"operators mark rows, they never remove them"
                 )
-            drop[before & ~_keep_of(data)] = i
+            drop[before & ~keep_mask(data)] = i
             sec = np.zeros(part.num_rows, dtype=np.float64)
             sec[0] = dt
             secs[_sec(i)] = sec

@@ -9,9 +9,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.ops.base import Operator, OpParams, mark, set_column
+from vlcurate.ops.base import Operator, OpParams, apply_bounds, mark, set_column
 from vlcurate.ops.registry import register
-from vlcurate.ops.text_ops import _bounds
 from vlcurate.stats.image import image_stats, stats_columns
 
 _THREADS = 4  # decoding releases the GIL
@@ -81,11 +80,12 @@ class ImageQuality(Operator):
             for i, status in enumerate(cols["status"]):
                 if status != "ok":
                     keep[i], reasons[i] = False, f"image {status}"
-        side = np.minimum(cols["width"], cols["height"]).astype(float)
-        side[side < 0] = np.nan
-        _bounds(np.nan_to_num(side, nan=-1), p.min_side, None, "min_side", keep, reasons)
-        _bounds(np.nan_to_num(cols["aspect_ratio"], nan=np.inf), None, p.max_aspect, "aspect", keep, reasons)
-        _bounds(cols["bytes_per_pixel"], p.min_bytes_per_pixel, None, "bytes_per_pixel", keep, reasons)
-        _bounds(cols["blur"], p.min_blur, None, "blur", keep, reasons)
-        _bounds(cols["brightness"], p.min_brightness, p.max_brightness, "brightness", keep, reasons)
+        side = np.minimum(cols["width"], cols["height"]).astype(float)  # -1 where the size is unknown
+        apply_bounds(side, p.min_side, None, "min_side", keep, reasons)
+        apply_bounds(
+            np.nan_to_num(cols["aspect_ratio"], nan=np.inf), None, p.max_aspect, "aspect", keep, reasons
+        )
+        apply_bounds(cols["bytes_per_pixel"], p.min_bytes_per_pixel, None, "bytes_per_pixel", keep, reasons)
+        apply_bounds(cols["blur"], p.min_blur, None, "blur", keep, reasons)
+        apply_bounds(cols["brightness"], p.min_brightness, p.max_brightness, "brightness", keep, reasons)
         return mark(batch, keep, reasons)

@@ -132,8 +132,7 @@ def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
 
 
 def _required(op: Operator) -> tuple[str, ...]:
-    extra = getattr(op, "required_columns", None)
-    return tuple(op.requires) + (tuple(extra()) if callable(extra) else ())
+    return tuple(op.requires) + op.required_columns()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,12 +10,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from vlcurate.filtering.threshold import kth_largest, target_count
-from vlcurate.ops.base import Operator, OpParams, mark
+from vlcurate.ops.base import Operator, OpParams, apply_bounds, keep_mask, mark, numeric
 from vlcurate.ops.registry import register
-
-
-def _values(batch: pa.Table, column: str) -> np.ndarray:
-    return np.asarray(batch.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 class ThresholdParams(OpParams):
@@ -38,18 +34,11 @@ class ScoreThreshold(Operator):
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params
         assert isinstance(p, ThresholdParams)
-        v = _values(batch, p.column)
+        v = numeric(batch, p.column)
         keep = np.isfinite(v)
-        reasons = np.where(keep, "", f"no {p.column}").astype(object)
-        if p.min is not None:
-            low = keep & (v < p.min)
-            reasons[low] = f"{p.column}<{p.min:g}"
-            keep &= ~low
-        if p.max is not None:
-            high = keep & (v > p.max)
-            reasons[high] = f"{p.column}>{p.max:g}"
-            keep &= ~high
-        return mark(batch, keep, [r or None for r in reasons])
+        reasons: list[str | None] = [None if k else f"no {p.column}" for k in keep]
+        apply_bounds(v, p.min, p.max, p.column, keep, reasons)
+        return mark(batch, keep, reasons)
 
 
 class TopFractionParams(OpParams):
@@ -83,8 +72,8 @@ class TopFraction(Operator):
     def observe(self, batch: pa.Table) -> None:
         p = self.params
         assert isinstance(p, TopFractionParams)
-        v = _values(batch, p.column)
-        ok = np.isfinite(v) if p.among == "all" else np.isfinite(v) & _values_keep(batch)
+        v = numeric(batch, p.column)
+        ok = np.isfinite(v) if p.among == "all" else np.isfinite(v) & keep_mask(batch)
         self._seen.append(v[ok])
 
     def finalize(self) -> None:
@@ -98,13 +87,6 @@ class TopFraction(Operator):
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params
         assert isinstance(p, TopFractionParams)
-        v = _values(batch, p.column)
+        v = numeric(batch, p.column)
         keep = np.isfinite(v) & (v >= self.threshold)
         return mark(batch, keep, f"{p.column}<{self.threshold:.6g} (top {p.fraction:g})")
-
-
-def _values_keep(batch: pa.Table) -> np.ndarray:
-    """Rows still kept by earlier steps."""
-    if "keep" not in batch.column_names:
-        return np.ones(batch.num_rows, dtype=bool)
-    return np.asarray(batch.column("keep").to_numpy(zero_copy_only=False), dtype=bool)

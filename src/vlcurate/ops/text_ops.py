@@ -9,34 +9,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.ops.base import Operator, OpParams, mark, set_column
+from vlcurate.ops.base import Operator, OpParams, apply_bounds, mark, set_column
 from vlcurate.ops.registry import register
 from vlcurate.stats import text as T
 
 
 def _texts(batch: pa.Table) -> list[str | None]:
     return batch.column("text").to_pylist()
-
-
-def _bounds(
-    values: np.ndarray,
-    lo: float | None,
-    hi: float | None,
-    name: str,
-    keep: np.ndarray,
-    reasons: list[str | None],
-) -> None:
-    """AND a [lo, hi] check into keep, writing the first failing reason."""
-    if lo is not None:
-        low = keep & (values < lo)
-        for i in np.flatnonzero(low):
-            reasons[i] = f"{name}<{lo:g}"
-        keep &= ~low
-    if hi is not None:
-        high = keep & (values > hi)
-        for i in np.flatnonzero(high):
-            reasons[i] = f"{name}>{hi:g}"
-        keep &= ~high
 
 
 class LengthParams(OpParams):
@@ -74,8 +53,8 @@ class TextLength(Operator):
         batch = set_column(batch, "caption_chars", pa.array(chars, pa.int32()))
         keep = np.ones(len(texts), dtype=bool)
         reasons: list[str | None] = [None] * len(texts)
-        _bounds(words.astype(float), p.min_words, p.max_words, "words", keep, reasons)
-        _bounds(chars.astype(float), p.min_chars, p.max_chars, "chars", keep, reasons)
+        apply_bounds(words.astype(float), p.min_words, p.max_words, "words", keep, reasons)
+        apply_bounds(chars.astype(float), p.min_chars, p.max_chars, "chars", keep, reasons)
         return mark(batch, keep, reasons)
 
 
@@ -156,8 +135,8 @@ class TextRepetition(Operator):
         batch = set_column(batch, "word_repetition", pa.array(wr.astype(np.float32), pa.float32()))
         keep = np.ones(len(texts), dtype=bool)
         reasons: list[str | None] = [None] * len(texts)
-        _bounds(cr, None, p.max_char_repetition, "char_repetition", keep, reasons)
-        _bounds(wr, None, p.max_word_repetition, "word_repetition", keep, reasons)
+        apply_bounds(cr, None, p.max_char_repetition, "char_repetition", keep, reasons)
+        apply_bounds(wr, None, p.max_word_repetition, "word_repetition", keep, reasons)
         return mark(batch, keep, reasons)
 
 

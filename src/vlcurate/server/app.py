@@ -136,7 +136,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             raise Forbidden("this needs the operator token")
 
     # One round trip for the token check: no BEGIN/ROLLBACK around a single read.
-    reader = engine if db.is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
+    reader = (
+        engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
 
     def agent_no_limit(authorization: Annotated[str | None, Header()] = None) -> Caller:
         with reader.connect() as conn:
@@ -258,7 +260,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     def image(lease_id: int, item_id: str, token: Token) -> Response:
         # Not rate limited: bounded by the lease itself (only its holder, only its items), and a
         # unit is hundreds of images.
-        _row, view = leasing.lease_view(platform, agent_no_limit(header(token)), lease_id)
+        view = leasing.lease_view(platform, agent_no_limit(header(token)), lease_id)
         match = next((v for v in view if v.public_id == item_id), None)
         if match is None:
             raise NotFound(f"item {item_id!r} is not in lease {lease_id}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
@@ -70,7 +69,7 @@ def agent_for_token(conn: Connection, token: str) -> Caller:
     if row.revoked:
         raise Unauthorized("this token has been revoked")
     if row.expires_at is not None:
-        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.timezone.utc)
+        expires = db.aware(row.expires_at)
         if expires <= db.utcnow():
             raise Unauthorized(f"this token expired at {expires.isoformat()}")
     return Caller(

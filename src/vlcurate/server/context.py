@@ -165,6 +165,3 @@ class Platform:
         )
         self._gold.put(task_id, (time.monotonic(), pool))
         return pool
-
-    def forget_gold(self, task_id: int) -> None:
-        self._gold.put(task_id, (0.0, None))

@@ -44,6 +44,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def aware(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every stored timestamp is UTC, so say so."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
 def _id() -> Column[Any]:
     return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
 
@@ -349,7 +354,3 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=False,
         pool_recycle=600,
     )
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"

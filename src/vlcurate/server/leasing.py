@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, exists, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -134,7 +134,7 @@ def _lease_by_key(p: Platform, caller: Caller, key: str) -> schemas.Lease | None
         ).first()
     if row is None:
         return None
-    if row.state != "leased" or _aware(row.deadline) < db.utcnow():
+    if row.state != "leased" or db.aware(row.deadline) < db.utcnow():
         raise Conflict(f"the lease made with this Idempotency-Key is {row.state}; use a new key")
     return _lease_response(
         p,
@@ -145,7 +145,7 @@ def _lease_by_key(p: Platform, caller: Caller, key: str) -> schemas.Lease | None
         row.task_id,
         row.first_item,
         row.last_item,
-        _aware(row.deadline),
+        db.aware(row.deadline),
     )
 
 
@@ -200,10 +200,6 @@ def _gold_captions(p: Platform, task_id: int, gold_items: list[int]) -> dict[int
                 ).all()
             )
     return out
-
-
-def _unit_items(p: Platform, first: int, last: int) -> list[int]:
-    return p.unit_pairs(first, last).item_ids
 
 
 @dataclass(frozen=True)
@@ -275,22 +271,15 @@ def heartbeat(p: Platform, caller: Caller, lease_id: int) -> schemas.HeartbeatOu
     return schemas.HeartbeatOut(lease_id=lease_id, deadline=deadline)
 
 
-def _held(conn: Connection, caller: Caller, lease_id: int, now: dt.datetime, lock: bool = False) -> Row[Any]:
-    q = select(db.replicas).where(db.replicas.c.id == lease_id)
-    if lock and conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    row = conn.execute(q).first()
+def _held(conn: Connection, caller: Caller, lease_id: int, now: dt.datetime) -> Row[Any]:
+    row = conn.execute(select(db.replicas).where(db.replicas.c.id == lease_id)).first()
     if row is None or row.agent_id != caller.agent_id:
         raise NotFound(f"lease {lease_id} is not held by this agent")
     if row.state != "leased":
         raise Conflict(f"lease {lease_id} is {row.state}, not active")
-    if _aware(row.deadline) < now:
-        raise Conflict(f"lease {lease_id} expired at {_aware(row.deadline).isoformat()}")
+    if db.aware(row.deadline) < now:
+        raise Conflict(f"lease {lease_id} expired at {db.aware(row.deadline).isoformat()}")
     return row
-
-
-def _aware(ts: dt.datetime) -> dt.datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.timezone.utc)
 
 
 def release(p: Platform, caller: Caller, lease_id: int) -> None:
@@ -333,8 +322,8 @@ def expire_leases(p: Platform) -> int:
     return len(unit_ids)
 
 
-def lease_view(p: Platform, caller: Caller, lease_id: int) -> tuple[Row[Any], list[ViewItem]]:
-    """The lease row and its items, for serving images; only the holder may look."""
+def lease_view(p: Platform, caller: Caller, lease_id: int) -> list[ViewItem]:
+    """The lease's items, for serving images; only the holder may look."""
     with p.engine.connect() as conn:
         row = conn.execute(select(db.replicas).where(db.replicas.c.id == lease_id)).first()
         if row is None or row.agent_id != caller.agent_id:
@@ -342,8 +331,8 @@ def lease_view(p: Platform, caller: Caller, lease_id: int) -> tuple[Row[Any], li
         unit = conn.execute(
             select(db.units.c.first_item, db.units.c.last_item).where(db.units.c.id == row.unit_id)
         ).one()
-    return row, replica_view(
-        p.secret, lease_id, row.seed, _unit_items(p, unit.first_item, unit.last_item), row.gold_items
+    return replica_view(
+        p.secret, lease_id, row.seed, p.unit_pairs(unit.first_item, unit.last_item).item_ids, row.gold_items
     )
 
 
@@ -355,13 +344,3 @@ def image_bytes(p: Platform, item_id: int) -> tuple[bytes, str | None]:
     if row is None:
         raise NotFound("this item has no image")
     return bytes(row.data), row.ext
-
-
-def count_open(conn: Connection, task_id: int) -> int:
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(db.units)
-            .where(db.units.c.task_id == task_id, db.units.c.state == "open")
-        ).scalar_one()
-    )

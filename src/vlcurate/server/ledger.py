@@ -12,40 +12,6 @@ from sqlalchemy.engine import Connection
 from vlcurate.server import db
 
 
-def credit(
-    conn: Connection,
-    *,
-    contributor_id: int,
-    agent_id: int,
-    submission_id: int,
-    unit_id: int,
-    points: float,
-    pairs: int,
-    reason: str,
-) -> int:
-    entry = conn.execute(
-        insert(db.ledger)
-        .values(
-            contributor_id=contributor_id,
-            agent_id=agent_id,
-            submission_id=submission_id,
-            unit_id=unit_id,
-            kind="credit",
-            points=points,
-            pairs=pairs,
-            reason=reason,
-            created_at=db.utcnow(),
-        )
-        .returning(db.ledger.c.id)
-    ).scalar_one()
-    conn.execute(
-        update(db.contributors)
-        .where(db.contributors.c.id == contributor_id)
-        .values(points=db.contributors.c.points + points)
-    )
-    return int(entry)
-
-
 def credit_group(
     conn: Connection, members: list[Any], *, unit_id: int, points: float, pairs: int, reason: str
 ) -> None:

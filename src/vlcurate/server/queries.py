@@ -121,13 +121,8 @@ def read_connection(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READ_ONLY_OPTION: True})
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes; every stored timestamp is UTC, so say so."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _utc_opt(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else _utc(value)
+    return None if value is None else db.aware(value)
 
 
 def versions(conn: Connection) -> list[VersionOut]:
@@ -299,7 +294,7 @@ def contributor_agents(conn: Connection, contributor_id: int) -> list[AgentOut]:
             version=r.version,
             revoked=bool(r.revoked),
             last_seen=_utc_opt(r.last_seen),
-            created_at=_utc(r.created_at),
+            created_at=db.aware(r.created_at),
         )
         for r in rows
     ]
@@ -346,7 +341,7 @@ def ledger(
             pairs=r.pairs,
             reason=r.reason,
             reverses_id=r.reverses_id,
-            created_at=_utc(r.created_at),
+            created_at=db.aware(r.created_at),
         )
         for r in conn.execute(q)
     ]
@@ -378,7 +373,7 @@ def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None
         unit_id=r.unit_id,
         agent_version=r.agent_version,
         state=r.state,
-        received_at=_utc(r.received_at),
+        received_at=db.aware(r.received_at),
     )
 
 
@@ -465,7 +460,7 @@ def _unit_entries(conn: Connection, unit: Any, vid: int, after_id: int, limit: i
     rows = conn.execute(
         select(i.c.id, i.c.uid, i.c.caption).where(i.c.id.between(lo, last)).order_by(i.c.id.desc())
     )
-    verified_at = _utc(unit.verified_at)
+    verified_at = db.aware(unit.verified_at)
     out: list[FeedEntry] = []
     for r in rows:
         pos = r.id - first

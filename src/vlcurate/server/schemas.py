@@ -221,7 +221,3 @@ class LedgerEntryOut(BaseModel):
     reason: str
     reverses_id: int | None
     created_at: dt.datetime
-
-
-class ErrorOut(BaseModel):
-    detail: str

@@ -4,7 +4,6 @@ its quorum is in. A replayed key gets the first submission's answer and is never
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -51,9 +50,7 @@ def _replay(p: Platform, caller: Caller, key: str) -> schemas.SubmissionOut | No
             return None
         points = credited_points(conn, row.id)
     out = dict(row.response)
-    out.update(
-        state=row.state if row.state != "pending" else "pending", points_credited=points, replayed=True
-    )
+    out.update(state=row.state, points_credited=points, replayed=True)
     return schemas.SubmissionOut.model_validate(out)
 
 
@@ -72,7 +69,7 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             raise Rejected(f"lease {lease_id} was already submitted (use the same idempotency_key to retry)")
         if rep.state != "leased":
             raise Conflict(f"lease {lease_id} is {rep.state}; lease a new unit")
-        deadline = rep.deadline if rep.deadline.tzinfo else rep.deadline.replace(tzinfo=dt.timezone.utc)
+        deadline = db.aware(rep.deadline)
         if deadline < now:
             raise Conflict(f"lease {lease_id} expired at {deadline.isoformat()}")
         task = p.task(rep.task_id)
