@@ -224,8 +224,11 @@ def decode_only(images: Sequence[bytes], size: int, workers: int, chunk_size: in
         elapsed = time.perf_counter() - t0
     if ok != len(images):
         log(f"warning: decode-only decoded {ok} of {len(images)} images")
-    return {"decode_only_pairs_s": _r(len(images) / elapsed), "decode_only_pairs": len(images),
-            "decode_workers": workers}
+    return {
+        "decode_only_pairs_s": _r(len(images) / elapsed),
+        "decode_only_pairs": len(images),
+        "decode_workers": workers,
+    }
 
 
 # ----- model-only --------------------------------------------------------------------------------
@@ -245,8 +248,10 @@ def model_only(
     scores: list[Any] = []
 
     def one_pass() -> int:
-        out = [scorer.cosine(scorer.encode_pixels(pixels[s]), scorer.encode_tokens(tokens[s]))
-               for s in _batches(n, batch_size)]
+        out = [
+            scorer.cosine(scorer.encode_pixels(pixels[s]), scorer.encode_tokens(tokens[s]))
+            for s in _batches(n, batch_size)
+        ]
         if not scores:
             scores.extend(out)
         return n
@@ -256,8 +261,9 @@ def model_only(
 
 
 # ----- naive baselines ---------------------------------------------------------------------------
-def naive_fp32(scorer32: Any, pairs: Sequence[Pair], batch_size: int, min_seconds: float,
-               per_sample_pairs: int) -> dict[str, Any]:
+def naive_fp32(
+    scorer32: Any, pairs: Sequence[Pair], batch_size: int, min_seconds: float, per_sample_pairs: int
+) -> dict[str, Any]:
     """The usual CPU loop: PIL decode + open_clip `preprocess` per image, stack, fp32 model, repeat.
 
     `scorer32` must be fp32; only its model and tokenizer are used, with open_clip's eval transform
@@ -270,8 +276,12 @@ def naive_fp32(scorer32: Any, pairs: Sequence[Pair], batch_size: int, min_second
 
     pp = scorer32.preprocessing
     preprocess = open_clip.image_transform(
-        pp.image_size, is_train=False, mean=pp.mean, std=pp.std,
-        resize_mode=pp.resize_mode, interpolation=pp.interpolation,
+        pp.image_size,
+        is_train=False,
+        mean=pp.mean,
+        std=pp.std,
+        resize_mode=pp.resize_mode,
+        interpolation=pp.interpolation,
     )
     model, tokenizer = scorer32.model, scorer32.tokenizer
 
@@ -429,9 +439,16 @@ def run_e2e_child(shards: Sequence[Path], model: str, args: argparse.Namespace, 
     out_dir = runs / f"{_slug(model)}-{pairs}-{os.getpid()}-{time.time_ns()}"
     result_path = out_dir.with_suffix(".result.json")
     params = {
-        "input": [str(p) for p in shards], "out": str(out_dir), "result": str(result_path),
-        "config": {"model": model, "batch_size": args.batch_size, "precision": args.precision,
-                   "device": args.device, "progress": False},
+        "input": [str(p) for p in shards],
+        "out": str(out_dir),
+        "result": str(result_path),
+        "config": {
+            "model": model,
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "device": args.device,
+            "progress": False,
+        },
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-e2e", json.dumps(params)]
     t0 = time.perf_counter()
@@ -441,8 +458,10 @@ def run_e2e_child(shards: Sequence[Path], model: str, args: argparse.Namespace, 
     wall = time.perf_counter() - t0
     try:
         if proc.returncode != 0:
-            raise RuntimeError(f"e2e child for {model} at {pairs} pairs failed (rc={proc.returncode}):\n"
-                               f"{stderr[-4000:]}{stdout[-1000:]}")
+            raise RuntimeError(
+                f"e2e child for {model} at {pairs} pairs failed (rc={proc.returncode}):\n"
+                f"{stderr[-4000:]}{stdout[-1000:]}"
+            )
         child = json.loads(result_path.read_text())
         this_run = child["summary"]["this_run"]
         scores: dict[str, float] = {}
@@ -503,8 +522,12 @@ def _max_abs_diff(a: Any, b: Any) -> float | None:
     return _r(float(np.abs(a[ok] - b[ok]).max()), 6) if ok.any() else None
 
 
-def bench_model(model: str, photos: Sequence[Photo], args: argparse.Namespace,
-                e2e_cache: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+def bench_model(
+    model: str,
+    photos: Sequence[Photo],
+    args: argparse.Namespace,
+    e2e_cache: dict[tuple[str, int], dict[str, Any]],
+) -> dict[str, Any]:
     """Every figure for one model; a model whose weights are missing is skipped with the reason."""
     import torch
 
@@ -541,8 +564,10 @@ def bench_model(model: str, photos: Sequence[Photo], args: argparse.Namespace,
         scorer32 = load_scorer(model, precision="fp32", device=args.device)
         log(f"{model}: model-only fp32 on {len(rate_pairs)} pairs (reference for {scorer.precision})")
         rate32, scores32 = model_only(scorer32, arrays, texts, args.batch_size, args.min_seconds)
-        out |= {"model_only_fp32_pairs_s": _r(rate32),
-                f"max_abs_score_diff_{scorer.precision}_vs_fp32": _max_abs_diff(scores, scores32)}
+        out |= {
+            "model_only_fp32_pairs_s": _r(rate32),
+            f"max_abs_score_diff_{scorer.precision}_vs_fp32": _max_abs_diff(scores, scores32),
+        }
     del scorer
     naive_scores = None
     if not args.skip_naive:
@@ -576,8 +601,13 @@ def bench_model(model: str, photos: Sequence[Photo], args: argparse.Namespace,
     return out
 
 
-def bench_memory(model: str, photos: Sequence[Photo], sizes: Sequence[int], args: argparse.Namespace,
-                 e2e_cache: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+def bench_memory(
+    model: str,
+    photos: Sequence[Photo],
+    sizes: Sequence[int],
+    args: argparse.Namespace,
+    e2e_cache: dict[tuple[str, int], dict[str, Any]],
+) -> dict[str, Any]:
     """Peak RSS of the e2e job's process tree at each size; flat memory means the ratio stays ~1."""
     out: dict[str, Any] = {"model": model}
     for n in sizes:
@@ -595,8 +625,9 @@ def bench_memory(model: str, photos: Sequence[Photo], sizes: Sequence[int], args
     lo, hi = min(sizes), max(sizes)
     out["ratio"] = _ratio(out.get(f"peak_rss_mb_{hi}"), out.get(f"peak_rss_mb_{lo}"))
     out["ratio_sampled"] = _ratio(out.get(f"peak_rss_mb_sampled_{hi}"), out.get(f"peak_rss_mb_sampled_{lo}"))
-    out["ratio_main_process"] = _ratio(out.get(f"peak_rss_mb_main_process_{hi}"),
-                                       out.get(f"peak_rss_mb_main_process_{lo}"))
+    out["ratio_main_process"] = _ratio(
+        out.get(f"peak_rss_mb_main_process_{hi}"), out.get(f"peak_rss_mb_main_process_{lo}")
+    )
     return out
 
 
@@ -611,7 +642,8 @@ def check_targets(result: dict[str, Any]) -> dict[str, Any]:
     checks[f"memory.ratio <= {MEMORY_RATIO_MAX}"] = None if ratio is None else ratio <= MEMORY_RATIO_MAX
     diff = result.get("vitb32", {}).get("max_abs_score_diff_bf16_vs_fp32")
     checks[f"vitb32.max_abs_score_diff_bf16_vs_fp32 <= {BF16_MAX_DIFF}"] = (
-        None if diff is None else diff <= BF16_MAX_DIFF)
+        None if diff is None else diff <= BF16_MAX_DIFF
+    )
     return checks
 
 
@@ -623,16 +655,21 @@ def summary_line(result: dict[str, Any]) -> str:
         if "skipped" in fig:
             parts.append(f"{key}: SKIPPED ({fig['model']} weights missing)")
             continue
-        s = (f"{key} e2e {fig.get('e2e_pairs_s')}/s = {fig.get('e2e_over_model_only')}x model-only "
-             f"({fig.get('model_only_pairs_s')}/s), {fig.get('e2e_over_decode_only')}x decode-only")
+        s = (
+            f"{key} e2e {fig.get('e2e_pairs_s')}/s = {fig.get('e2e_over_model_only')}x model-only "
+            f"({fig.get('model_only_pairs_s')}/s), {fig.get('e2e_over_decode_only')}x decode-only"
+        )
         if fig.get("naive_fp32_pairs_s"):
             s += f", {fig.get('e2e_over_naive_fp32')}x naive fp32"
         parts.append(s)
     mem = result.get("memory", {})
     if mem.get("ratio") is not None:
         sizes = [k.removeprefix("peak_rss_mb_") for k in mem if re.fullmatch(r"peak_rss_mb_\d+", k)]
-        parts.append("peak RSS " + ", ".join(f"{mem[f'peak_rss_mb_{n}']} MB@{n}" for n in sizes)
-                     + f" ({mem['ratio']}x)")
+        parts.append(
+            "peak RSS "
+            + ", ".join(f"{mem[f'peak_rss_mb_{n}']} MB@{n}" for n in sizes)
+            + f" ({mem['ratio']}x)"
+        )
     checks = result.get("targets", {})
     met = sum(1 for v in checks.values() if v is True)
     known = sum(1 for v in checks.values() if v is not None)
@@ -640,18 +677,27 @@ def summary_line(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pairs", type=int, default=None, help="pairs for decode-only and e2e (default 5000)")
     p.add_argument("--memory-sizes", default=None, help="comma-separated pair counts (default 5000,20000)")
     p.add_argument("--memory-model", default=None, help="model for the memory runs (default: first loaded)")
     p.add_argument("--models", default="random:ViT-B-32,tiny-synth", help="comma-separated scorer names")
     p.add_argument("--batch-size", type=int, default=None, help="pairs per model call (default: the job's)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision of model-only and e2e (the naive baseline is always fp32)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="precision of model-only and e2e (the naive baseline is always fp32)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N], for the model and the job")
-    p.add_argument("--rate-pairs", type=int, default=None,
-                   help="subset for model-only / naive rates (default 512; 64 with --quick)")
+    p.add_argument(
+        "--rate-pairs",
+        type=int,
+        default=None,
+        help="subset for model-only / naive rates (default 512; 64 with --quick)",
+    )
     p.add_argument("--per-sample-pairs", type=int, default=None, help="subset for the per-sample loop")
     p.add_argument("--min-seconds", type=float, default=None, help="repeat rate loops at least this long")
     p.add_argument("--skip-naive", action="store_true", help="skip the naive and per-sample baselines")
@@ -688,9 +734,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "score_throughput", "machine": machine_info()}
     photos = load_photos(coco_dir())
-    result["data"] = {"source": str(coco_dir()), "photos": len(photos),
-                      "captions": sum(len(p.captions) for p in photos), "pairs": args.pairs,
-                      "shard_size": SHARD_SIZE}
+    result["data"] = {
+        "source": str(coco_dir()),
+        "photos": len(photos),
+        "captions": sum(len(p.captions) for p in photos),
+        "pairs": args.pairs,
+        "shard_size": SHARD_SIZE,
+    }
     log(f"{len(photos)} photos, {result['data']['captions']} captions from {coco_dir()}")
     ensure_shards(photos, max([args.pairs, *args.memory_sizes]))
     e2e_cache: dict[tuple[str, int], dict[str, Any]] = {}

@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
         Console().print(table)
         typer.echo(f"decisions: {result.out / 'decisions'}  subset: {result.subset}")
         typer.echo(f"report: {result.out / 'report.json'}")
+        if result.instruct is not None:
+            i = result.instruct
+            typer.echo(
+                f"instruction data: {i['path']} ({i['kept']} kept, {i['cot']} chain-of-thought "
+                f"rewrites added, {i['dropped']} dropped: see dropped.jsonl)"
+            )
 
     @app.command("ops")
     def ops_command() -> None:

@@ -83,6 +83,33 @@ def scenes(
     Console().print(f"wrote {n} scenes to {out} (images/, masks/, scenes.jsonl)")
 
 
+@synth_app.command("instruct")
+def instruct(
+    out: OutArg,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 2000,
+    seed: SeedOpt = 0,
+    fmt: Annotated[str, typer.Option("--format", help="llava, sharegpt, openai or hf.")] = "llava",
+    fault_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of samples with one planted fault.")
+    ] = 0.5,
+) -> None:
+    """Write instruction data about synthetic scenes with planted faults, and truth.jsonl."""
+    from vlcurate.instruct.formats import FORMATS
+    from vlcurate.instruct.synth_data import FAULTS, write_planted
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format")
+    counts = write_planted(out, n, seed=seed, fault_rate=fault_rate, fmt=fmt)
+    data = out / ("data.parquet" if fmt == "hf" else "data.json")
+    summary = Table(title=f"synthetic instruction data ({fmt}) -> {data}")
+    summary.add_column("fault")
+    summary.add_column("samples", justify="right")
+    for name in ("clean", *FAULTS):
+        summary.add_row(name, str(counts.get(name, 0)))
+    Console().print(summary)
+    Console().print(f"truth: {out / 'truth.jsonl'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `synth` command group to the main app."""
     app.add_typer(synth_app, name="synth")

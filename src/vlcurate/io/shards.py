@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHARD_KINDS = ("wds", "parquet", "folder", "manifest")
+SHARD_KINDS = ("wds", "parquet", "folder", "manifest", "instruct")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vlcurate.io.folder_reader import is_image_file, iter_folder_samples, plan_folder
+from vlcurate.io.instruct_reader import INSTRUCT_OPTIONS, open_instruct
 from vlcurate.io.manifest_reader import iter_manifest_samples
 from vlcurate.io.parquet_reader import iter_parquet_samples
 from vlcurate.io.paths import expand_spec, is_dir, kind_of_file, list_files, shard_names
@@ -28,6 +29,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "parquet": ("image_column", "url_column", "text_column", "uid_column", "key_column", "batch_size"),
     "folder": ("files_per_shard",),
     "manifest": ("image_column", "text_column", "uid_column", "key_column"),
+    "instruct": INSTRUCT_OPTIONS,
 }
 
 
@@ -108,15 +110,19 @@ def open_source(spec: str | Sequence[str], *, kind: str | None = None, **options
 
     `spec`: a path or fsspec URL of a file or folder, a glob, a brace pattern
     (`shards/{00000000..00000099}.tar`), or a list of those. `kind` forces the input kind
-    ('wds', 'parquet', 'folder', 'manifest'). Options: parquet `image_column`, `url_column`,
+    ('wds', 'parquet', 'folder', 'manifest', 'instruct'). Options: parquet `image_column`, `url_column`,
     `text_column`, `uid_column`, `key_column`, `batch_size`; manifest `image_column`,
-    `text_column`, `uid_column`, `key_column`; folder `files_per_shard`.
+    `text_column`, `uid_column`, `key_column`; folder `files_per_shard`; instruct (LLaVA / ShareGPT /
+    OpenAI JSON or JSONL, HF Parquet: see `io.instruct_reader`) `format`, `image_root`,
+    `samples_per_shard`.
     Raises ValueError for an empty spec, a pattern matching nothing, a missing path, an unknown
     kind or an option the kind does not take.
     """
     urls = expand_spec(spec)
     if kind is not None and kind not in SHARD_KINDS:
         raise ValueError(f"unknown input kind {kind!r}; expected one of {', '.join(SHARD_KINDS)}")
+    if kind == "instruct":
+        return _open_instruct(urls, options)
     if kind is None:
         kind, files = _detect(urls)
     elif len(urls) == 1 and kind != "folder" and is_dir(urls[0]):
@@ -141,3 +147,25 @@ def open_source(spec: str | Sequence[str], *, kind: str | None = None, **options
         return FolderSource(files[0], refs, plan)
     refs = [ShardRef(u, n, kind) for u, n in zip(files, shard_names(files), strict=True)]
     return FileSource(refs, kind, dict(options))
+
+
+_INSTRUCT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
+
+
+def _open_instruct(urls: list[str], options: dict[str, Any]) -> Source:
+    """Instruction data files (a folder: its .json, .jsonl and .parquet files)."""
+    unknown = sorted(set(options) - set(_OPTIONS["instruct"]))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) for instruct input: {', '.join(unknown)} "
+            f"(allowed: {', '.join(INSTRUCT_OPTIONS)})"
+        )
+    files: list[str] = []
+    for u in urls:
+        if is_dir(u):
+            files += [f for f in list_files(u) if f.lower().endswith(_INSTRUCT_SUFFIXES)]
+        else:
+            files.append(u)
+    if not files:
+        raise ValueError(f"no instruction files (.json, .jsonl, .parquet) found in {', '.join(urls)}")
+    return open_instruct(files, **options)

@@ -1,3 +1,11 @@
 """Imports every built-in operator module so that each registers itself."""
 
-from vlcurate.ops import dedup_ops, embedding_ops, image_ops, pair_ops, score_ops, text_ops  # noqa: F401
+from vlcurate.ops import (  # noqa: F401
+    dedup_ops,
+    embedding_ops,
+    image_ops,
+    instruct_ops,
+    pair_ops,
+    score_ops,
+    text_ops,
+)

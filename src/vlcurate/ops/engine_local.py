@@ -51,33 +51,39 @@ class RunResult:
     kept: int
     steps: list[StepStats] = field(default_factory=list)
     subset: Path | None = None
+    instruct: dict[str, Any] | None = None  # sink.instruct_format: where the samples went, counts
 
 
 def _samples_to_batches(source: Any, shard: Any) -> Iterator[pa.Table]:
-    rows: dict[str, list[Any]] = {"uid": [], "key": [], "text": [], "image": [], "shard": []}
+    # A source may carry more columns (instruction data: messages, meta, ...) in each sample's meta.
+    extra: dict[str, pa.DataType] = dict(getattr(source, "extra_columns", None) or {})
+    rows: dict[str, list[Any]] = {k: [] for k in ("uid", "key", "text", "image", "shard", *extra)}
     for s in source.iter_samples(shard):
         rows["uid"].append(s.uid)
         rows["key"].append(s.key)
         rows["text"].append(s.text)
         rows["image"].append(s.image)
         rows["shard"].append(shard.name)
+        for c in extra:
+            rows[c].append(s.meta.get(c))
         if len(rows["uid"]) >= BATCH_ROWS:
-            yield _table(rows)
+            yield _table(rows, extra)
             rows = {k: [] for k in rows}
     if rows["uid"]:
-        yield _table(rows)
+        yield _table(rows, extra)
 
 
-def _table(rows: dict[str, list[Any]]) -> pa.Table:
-    return pa.table(
-        {
-            "uid": pa.array(rows["uid"], pa.string()),
-            "key": pa.array(rows["key"], pa.string()),
-            "text": pa.array(rows["text"], pa.string()),
-            "image": pa.array(rows["image"], pa.binary()),
-            "shard": pa.array(rows["shard"], pa.string()),
-        }
-    )
+def _table(rows: dict[str, list[Any]], extra: dict[str, pa.DataType] | None = None) -> pa.Table:
+    columns = {
+        "uid": pa.array(rows["uid"], pa.string()),
+        "key": pa.array(rows["key"], pa.string()),
+        "text": pa.array(rows["text"], pa.string()),
+        "image": pa.array(rows["image"], pa.binary()),
+        "shard": pa.array(rows["shard"], pa.string()),
+    }
+    for name, dtype in (extra or {}).items():
+        columns[name] = pa.array(rows[name], dtype)
+    return pa.table(columns)
 
 
 def _stages(ops: list[Operator]) -> list[list[Operator]]:
@@ -177,6 +183,11 @@ def _finish(
     stat_columns = [c for op in ops for c in op.stat_columns()]
     stat_values: dict[str, list[np.ndarray]] = {c: [] for c in stat_columns}
     keeps: list[np.ndarray] = []
+    sink = None
+    if recipe.sink.instruct_format is not None:
+        from vlcurate.instruct.writer import RunSink
+
+        sink = RunSink(out, recipe.sink.instruct_format)
     for shard in shards:
         assert last is not None
         table = pq.read_table(last / f"{shard.name}.parquet")
@@ -193,7 +204,10 @@ def _finish(
                 stat_values[c].append(
                     np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
                 )
-        write_parquet_atomic(decisions / f"{shard.name}.parquet", table.drop_columns(["image"]))
+        if sink is not None:
+            sink.add_table(table)
+        bulky = [c for c in ("image", "extra_images") if c in table.column_names]
+        write_parquet_atomic(decisions / f"{shard.name}.parquet", table.drop_columns(bulky))
     subset = out / "subset.npy"
     write_subset(subset, kept_uids)
     all_keep = np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool)
@@ -207,4 +221,5 @@ def _finish(
         reasons=reasons,
         stats={c: (np.concatenate(v), all_keep) for c, v in stat_values.items() if v},
     )
-    return RunResult(out, rows, len(kept_uids), stats, subset)
+    instruct = sink.close() if sink is not None else None
+    return RunResult(out, rows, len(kept_uids), stats, subset, instruct)

@@ -12,7 +12,7 @@ anything runs. Every error names the file and line of the step it is about.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +21,8 @@ from vlcurate.ops.base import Operator
 from vlcurate.ops.registry import UnknownOperatorError, get_operator
 
 SOURCE_COLUMNS = ("uid", "key", "text", "image", "shard")
+# What an instruct source adds (io.instruct_reader.INSTRUCT_COLUMNS, less keep/reason).
+INSTRUCT_SOURCE_COLUMNS = ("messages", "meta", "image_paths", "extra_images")
 
 
 class RecipeError(ValueError):
@@ -39,6 +41,10 @@ class SinkSpec(BaseModel):
     out: str
     write_shards: bool = Field(default=False, description="Also reshard the kept pairs into WebDataset tars.")
     samples_per_shard: int = Field(default=10_000, ge=1)
+    instruct_format: Literal["llava", "sharegpt", "openai", "hf"] | None = Field(
+        default=None,
+        description="Instruct sources: also write the kept samples in this format, with their images.",
+    )
 
 
 class Step(BaseModel):
@@ -101,11 +107,13 @@ def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
         sink = SinkSpec.model_validate(data["sink"])
     except ValidationError as exc:
         raise RecipeError(f"{where}: {_first_error(exc)}") from None
+    if sink.instruct_format is not None and src.kind != "instruct":
+        raise RecipeError(f"{where}: sink.instruct_format needs an instruct source (source.kind: instruct)")
     raw_steps = data["steps"]
     if not isinstance(raw_steps, list) or not raw_steps:
         raise RecipeError(f"{where}: 'steps' must be a non-empty list of operators")
     steps: list[Step] = []
-    available = set(SOURCE_COLUMNS)
+    available = set(SOURCE_COLUMNS) | (set(INSTRUCT_SOURCE_COLUMNS) if src.kind == "instruct" else set())
     for i, raw in enumerate(raw_steps):
         line = lines[i] if i < len(lines) else 0
         at = f"{where}:{line}: step {i + 1}"
