@@ -8,4 +8,5 @@ from vlcurate.ops import (  # noqa: F401
     pair_ops,
     score_ops,
     text_ops,
+    vlm_ops,
 )
