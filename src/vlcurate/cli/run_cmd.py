@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -83,7 +84,11 @@ def register(app: typer.Typer) -> None:
         for name, cls in operators().items():
             params = []
             for pname, f in cls.Params.model_fields.items():
-                default = "required" if f.is_required() else f"= {f.default!r}"
+                if f.is_required():
+                    default = "required"
+                else:
+                    value = f.get_default(call_default_factory=True)
+                    default = f"= {value.model_dump() if isinstance(value, BaseModel) else value!r}"
                 params.append(f"{pname} ({default}): {f.description or ''}".rstrip(": "))
             table.add_row(name, cls.kind, escape(cls.doc()), escape("\n".join(params)))
         Console(width=140).print(table)

@@ -294,7 +294,7 @@ class Brain:
         return Answer(_letter(0), q.kind, tuple(ranked), wrong)
 
     # ---- blind answers and reasoning -------------------------------------------------------
-    def blind_answer(self, question: str, choices: Sequence[str] | None = None, margin: float = 0.1) -> str:
+    def blind_answer(self, question: str, choices: Sequence[str] | None = None, margin: float = 0.09) -> str:
         """Text only: answer when the question's own words decide it, else `CANNOT_TELL`."""
         q = parse_question(question)
         options = list(choices) if choices else (list(q.options) if q else [])
