@@ -139,6 +139,31 @@ def test_a_model_that_is_not_the_pinned_one_hands_the_lease_back(live: Live, sma
     assert rep.state == "released" and live.rows(db.submissions) == []
 
 
+def test_an_interrupt_swallowed_during_the_model_load_still_hands_the_lease_back(
+    live: Live, small_pool: Path
+) -> None:
+    """Ctrl-C that lands inside an import or model load which catches BaseException is not lost:
+    the runner's interrupt flag stops the unit before it is scored, and the lease goes back."""
+    live.task(small_pool, unit_size=300)
+    holder: list[AgentRunner] = []
+    real = FakeScorer(fingerprint=FakeScorer().real.fingerprint)
+
+    def load_swallowing_ctrl_c(name: str, device: str, precision: str) -> Any:
+        try:
+            holder[0].interrupt()  # what the CLI's signal handler does first ...
+            raise KeyboardInterrupt  # ... then this, which a library's `except BaseException` eats
+        except BaseException:
+            return real
+
+    cfg = AgentConfig(server=live.url, token=live.agent("ivy")["token"], idle_sleep=0.05, max_idle_s=0.5)
+    runner = AgentRunner(cfg, scorer_loader=load_swallowing_ctrl_c)
+    holder.append(runner)
+    summary = runner.run()
+    assert summary.reason == "interrupted" and summary.units_done == 0
+    (rep,) = live.rows(db.replicas)
+    assert rep.state == "released" and live.rows(db.submissions) == []
+
+
 def test_a_paused_contributor_stops_with_the_reason(live: Live, small_pool: Path) -> None:
     live.task(small_pool, unit_size=300)
     a = live.agent("dora")

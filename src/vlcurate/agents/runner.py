@@ -247,6 +247,7 @@ class AgentRunner:
         self._load = scorer_loader or _load_clip_scorer
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self._stop = threading.Event()
+        self._interrupted = threading.Event()
         self._rng = random.Random()
         self._lease: schemas.Lease | None = None
         self._lease_lost = threading.Event()
@@ -255,6 +256,20 @@ class AgentRunner:
     def stop(self) -> None:
         """Ask the loop to finish the current unit and stop (thread-safe)."""
         self._stop.set()
+
+    def interrupt(self) -> None:
+        """Ctrl-C / SIGTERM: stop now and hand the current lease back (thread- and signal-safe).
+
+        Signal handlers also raise KeyboardInterrupt, but an import or model load that catches
+        BaseException can swallow it; this flag is checked between the steps of a unit, so the
+        lease is handed back even then.
+        """
+        self._interrupted.set()
+        self._stop.set()
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted.is_set():
+            raise KeyboardInterrupt
 
     def run(self) -> RunSummary:
         """Work until a stop condition; KeyboardInterrupt releases the current lease and returns.
@@ -351,8 +366,10 @@ class AgentRunner:
 
     def _process(self, lease: schemas.Lease) -> schemas.SubmissionOut:
         scorer = self._scorer_for(lease)
+        self._check_interrupt()
         self.stats.state = f"fetching {len(lease.items)} images"
         fetched = self._fetch(lease)
+        self._check_interrupt()
         self._check_lease()
         self.stats.state = f"scoring {len(lease.items)} pairs"
         results = build_results(lease.items, fetched, scorer, self.config.batch_size)
@@ -363,6 +380,7 @@ class AgentRunner:
             self.stats.recent_pairs.append(pv)
         ok_pairs = [p for p in shown if p.status == "ok"]
         self.stats.last_pair = ok_pairs[-1] if ok_pairs else (shown[-1] if shown else None)
+        self._check_interrupt()
         self._check_lease()
         submission = schemas.SubmissionIn(
             idempotency_key=f"l{lease.lease_id}-{uuid.uuid4().hex}",

@@ -14,11 +14,6 @@ from vlcurate.cli.errors import fail, user_errors
 console = Console()
 
 
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    # A service manager's SIGTERM gets the same clean exit as Ctrl-C: lease handed back, exit 0.
-    raise KeyboardInterrupt
-
-
 def run(
     server: Annotated[str, typer.Option(help="coordinator URL, e.g. http://host:8000")],
     token: Annotated[
@@ -60,7 +55,14 @@ def run(
             }
         )
         runner = AgentRunner(config)
-    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # Ctrl-C and a service manager's SIGTERM: the same clean exit, lease handed back, exit 0.
+        runner.interrupt()
+        raise KeyboardInterrupt
+
+    old_int = signal.signal(signal.SIGINT, interrupt)
+    old = signal.signal(signal.SIGTERM, interrupt)
     try:
         with agent_console(runner.stats, quiet=quiet, server=config.server):
             summary = runner.run()
@@ -72,6 +74,7 @@ def run(
         raise fail(str(exc)) from None
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     console.print(
         f"agent stopped ({summary.reason}): {summary.units_done} units, {summary.pairs_scored} pairs, "
         f"+{summary.points_credited:.1f} points credited",
