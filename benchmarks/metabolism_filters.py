@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import REPO_ROOT, emit, log, machine_info
+from vlcurate.instruct.evaluate import precision_recall
 
 # Filter -> (the reasons that count as its drops, the planted faults it is meant to catch).
 FILTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -41,21 +42,14 @@ FILTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def filter_of(reason: str) -> str:
+    """The FILTERS entry a drop reason belongs to (the reason itself when none claims it)."""
+    return next((name for name, (prefixes, _) in FILTERS.items() if reason.startswith(prefixes)), reason)
+
+
 def score_filters(rows: list[dict[str, Any]], truth: dict[str, str | None]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name, (prefixes, faults) in FILTERS.items():
-        dropped = [r["uid"] for r in rows if not r["keep"] and str(r["reason"]).startswith(prefixes)]
-        hits = sum(truth.get(u) in faults for u in dropped)
-        planted = sum(f in faults for f in truth.values())
-        out[name] = {
-            "faults": list(faults),
-            "dropped": len(dropped),
-            "true_positives": hits,
-            "planted": planted,
-            "precision": round(hits / len(dropped), 4) if dropped else None,
-            "recall": round(hits / planted, 4) if planted else None,
-        }
-    return out
+    targets = {name: faults for name, (_, faults) in FILTERS.items()}
+    return precision_recall(rows, truth, targets, attribute=filter_of)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ faults dropped by it / its faults planted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # The faults each model-free filter is meant to catch.
@@ -36,13 +36,15 @@ def precision_recall(
     decisions: Iterable[Mapping[str, Any]],
     truth: Mapping[str, str | None],
     targets: Mapping[str, tuple[str, ...]] = TARGETS,
+    attribute: Callable[[str], str] = step_of,
 ) -> dict[str, dict[str, Any]]:
     """Per step: dropped, true positives, planted, precision, recall. `decisions` rows have uid, keep,
-    reason; `truth` maps uid -> planted fault (None when clean)."""
+    reason; `truth` maps uid -> planted fault (None when clean); `attribute` names the step a reason
+    belongs to (default: the model-free filters' steps)."""
     dropped_by: dict[str, list[str]] = {}
     for row in decisions:
         if not row["keep"]:
-            dropped_by.setdefault(step_of(str(row["reason"])), []).append(str(row["uid"]))
+            dropped_by.setdefault(attribute(str(row["reason"])), []).append(str(row["uid"]))
     out: dict[str, dict[str, Any]] = {}
     for step, faults in targets.items():
         dropped = dropped_by.get(step, [])
