@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vlcurate.models.attn_pool import use_first_token_attention_pool
 from vlcurate.models.device import cpu_supports_bf16
 from vlcurate.models.registry import ModelSpec, resolve
 from vlcurate.models.text_trim import can_trim, encode_text_trimmed
@@ -186,10 +187,12 @@ class ClipScorer:
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        # One fused pass, (x / 255 - mean) / std as x * scale + shift; the NHWC memory layout is
+        # kept (channels-last), which is also the layout oneDNN's convolutions run fastest on.
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self._input_dtype)
+        return torch.addcmul(-mean / std, x, 1.0 / (255.0 * std)).to(self._input_dtype)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer([t if t is not None else "" for t in texts])
@@ -270,6 +273,12 @@ def load_scorer(
 ) -> ClipScorer:
     """Build and load a named scorer; raises WeightsNotFoundError with a how-to when weights are absent."""
     spec = resolve(name)
+    if spec.backend == "hf-clip":
+        from vlcurate.models.hf_clip import load_hf_clip_scorer
+
+        return load_hf_clip_scorer(
+            spec, device=device, precision=precision, allow_download=allow_download, cache_dir=cache_dir
+        )
     ensure_torchvision()
     import open_clip
 
@@ -318,6 +327,7 @@ def load_scorer(
         raise
     model.eval()
     fingerprint = weights_fingerprint(model)
+    use_first_token_attention_pool(model)  # same scores, less work (ModifiedResNet towers only)
     if dev.type == "cpu" and prec == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(dev)

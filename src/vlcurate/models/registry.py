@@ -1,9 +1,11 @@
 """Named scoring models: how each name is built and where its weights come from.
 
-A name resolves to a `ModelSpec`. Besides the fixed entries, three forms are open-ended:
+A name resolves to a `ModelSpec`. Besides the fixed entries, four forms are open-ended:
 `random:ARCH` (an open_clip architecture with random weights, for benchmarks), `local-dir:PATH`
-or a plain directory path (an open_clip folder with `open_clip_config.json` and weights), and
-`open_clip:ARCH:PRETRAINED` where PRETRAINED is an open_clip tag or a checkpoint file path.
+or a plain directory path (an open_clip folder with `open_clip_config.json` and weights),
+`open_clip:ARCH:PRETRAINED` where PRETRAINED is an open_clip tag or a checkpoint file path, and
+`hf-clip:PATH_OR_REPO` (a Hugging Face transformers `CLIPModel` folder or hub repo id, loaded by
+`vlcurate.models.hf_clip` rather than open_clip).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ModelSpec:
     bundled: bool = False
     random_init: bool = False
     note: str = ""
+    backend: str = "open_clip"  # "hf-clip": a transformers CLIPModel (see vlcurate.models.hf_clip)
 
 
 _FIXED: dict[str, ModelSpec] = {
@@ -93,7 +96,38 @@ OPEN_FORMS = {
     "random:ARCH": "any open_clip architecture with random weights, e.g. random:ViT-B-32 (benchmarks)",
     "local-dir:PATH": "an open_clip model folder (open_clip_config.json + open_clip_model.safetensors)",
     "open_clip:ARCH:PRETRAINED": "an open_clip architecture with a pretrained tag or a checkpoint file path",
+    "hf-clip:PATH_OR_REPO": "a transformers CLIPModel folder (save_pretrained) or hub repo id, e.g. "
+    "hf-clip:openai/clip-vit-base-patch32 (needs the `hf` extra)",
 }
+
+HF_CLIP_PREFIX = "hf-clip:"
+
+
+def _looks_like_local(value: str) -> bool:
+    """A filesystem path rather than a hub repo id (`org/name`)."""
+    return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists() or value.count("/") != 1
+
+
+def _hf_clip_spec(name: str) -> ModelSpec:
+    target = name.removeprefix(HF_CLIP_PREFIX).strip()
+    if not target:
+        raise UnknownModelError(
+            "hf-clip: needs a folder or a hub repo id, e.g. hf-clip:/models/clip-b32 or "
+            "hf-clip:openai/clip-vit-base-patch32"
+        )
+    if _looks_like_local(target):
+        path = Path(target).expanduser().resolve()
+        return ModelSpec(
+            name, f"{HF_CLIP_PREFIX}{path}", None, f"transformers CLIP folder {path}", backend="hf-clip"
+        )
+    return ModelSpec(
+        name,
+        f"{HF_CLIP_PREFIX}{target}",
+        None,
+        f"transformers CLIP from the Hugging Face repo {target}",
+        hf_repo=target,
+        backend="hf-clip",
+    )
 
 
 def fixed_specs() -> list[ModelSpec]:
@@ -106,6 +140,8 @@ def resolve(name: str) -> ModelSpec:
     name = name.strip()
     if name in _FIXED:
         return _FIXED[name]
+    if name.startswith(HF_CLIP_PREFIX):
+        return _hf_clip_spec(name)
     if name.startswith("random:"):
         arch = name.removeprefix("random:")
         if not arch:
