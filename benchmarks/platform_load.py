@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -125,8 +127,31 @@ def prepare(db_url: str, n_units: int, n_agents: int) -> tuple[list[str], int]:
         ingest.create_agent(engine, schemas.AgentCreate(contributor=f"load-{i}"), 1_000_000, 10_000_000).token
         for i in range(n_agents)
     ]
+    # Fresh tables, as a running server's are not: without this, autovacuum analyses the items
+    # table while the load runs and takes CPU from it.
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE items, units, agents, contributors, tasks")
+    else:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
     engine.dispose()
     return tokens, task.n_units
+
+
+def _body(lease: dict[str, Any], rng: random.Random) -> bytes:
+    """All 64 results for a lease (scores are constant, so every pair of replicas agrees)."""
+    return orjson.dumps(
+        {
+            "idempotency_key": f"load-{lease['lease_id']}-{rng.getrandbits(32):08x}",
+            "model_fingerprint": lease["task"]["model_fingerprint"],
+            "results": [{"item_id": it["item_id"], "score": 0.25} for it in lease["items"]],
+        }
+    )
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 async def agent_loop(
@@ -137,10 +162,18 @@ async def agent_loop(
     stop_at: float,
     lat: dict[str, list[float]],
     counts: dict[str, int],
+    combined: bool,
 ) -> None:
+    """One agent: every `period` (Poisson) it reports the lease it holds and gets the next one.
+
+    Combined (the default): one `submit-and-lease` request per cycle; a plain `POST /leases` only
+    when it holds nothing. Separate: `POST /leases` then `POST .../submit`, as before that call
+    existed. A cycle is counted when its submission is answered 200 inside the window.
+    """
     conn = Conn(host, port, token)
     rng = random.Random(token)
     next_at = time.perf_counter() + rng.uniform(0, period)
+    lease: dict[str, Any] | None = None
     try:
         while True:
             now = time.perf_counter()
@@ -150,47 +183,49 @@ async def agent_loop(
                 return
             next_at += rng.expovariate(1.0 / period)
             t0 = time.perf_counter()
-            status, data = await conn.request("POST", "/api/v1/leases")
-            t1 = time.perf_counter()
-            if status == 204:
-                counts["empty"] += 1
-                continue
-            if status != 200:
-                counts[f"lease_{status}"] = counts.get(f"lease_{status}", 0) + 1
-                continue
-            lease = json.loads(data)
-            body = json.dumps(
-                {
-                    "idempotency_key": f"load-{lease['lease_id']}-{rng.getrandbits(32):08x}",
-                    "model_fingerprint": lease["task"]["model_fingerprint"],
-                    "results": [{"item_id": it["item_id"], "score": 0.25} for it in lease["items"]],
-                }
-            ).encode()
+            lease_s = 0.0
+            if lease is None or not combined:
+                status, data = await conn.request("POST", "/api/v1/leases")
+                lease_s = time.perf_counter() - t0
+                lat["lease"].append(lease_s)
+                if status == 204:
+                    _count(counts, "empty")
+                    continue
+                if status != 200:
+                    _count(counts, f"lease_{status}")
+                    continue
+                lease = orjson.loads(data)
+            assert lease is not None
+            path = f"/api/v1/leases/{lease['lease_id']}/" + ("submit-and-lease" if combined else "submit")
             t2 = time.perf_counter()
-            status, _ = await conn.request("POST", f"/api/v1/leases/{lease['lease_id']}/submit", body)
+            status, data = await conn.request("POST", path, _body(lease, rng))
             t3 = time.perf_counter()
+            lease = None
             if status != 200:
-                counts[f"submit_{status}"] = counts.get(f"submit_{status}", 0) + 1
+                _count(counts, f"submit_{status}")
                 continue
+            if combined:
+                lease = orjson.loads(data)["next"]
             if t3 > stop_at:
-                counts["late"] += 1  # finished after the measured window: not counted
+                _count(counts, "late")  # finished after the measured window: not counted
                 continue
-            lat["lease"].append(t1 - t0)
             lat["submit"].append(t3 - t2)
-            lat["cycle"].append((t1 - t0) + (t3 - t2))
+            lat["cycle"].append(lease_s + (t3 - t2))
             counts["cycles"] += 1
     finally:
         conn.close()
 
 
-async def drive(url: str, tokens: list[str], rate: float, seconds: float) -> dict[str, Any]:
+async def drive(
+    url: str, tokens: list[str], rate: float, seconds: float, combined: bool = True
+) -> dict[str, Any]:
     host, port = url.split("//")[1].split(":")
     lat: dict[str, list[float]] = {"lease": [], "submit": [], "cycle": []}
     counts: dict[str, int] = {"cycles": 0, "empty": 0, "late": 0}
     period = len(tokens) / rate
     start = time.perf_counter()
     await asyncio.gather(
-        *(agent_loop(host, int(port), t, period, start + seconds, lat, counts) for t in tokens)
+        *(agent_loop(host, int(port), t, period, start + seconds, lat, counts, combined) for t in tokens)
     )
     wall = time.perf_counter() - start
     out: dict[str, Any] = {
@@ -209,6 +244,15 @@ async def drive(url: str, tokens: list[str], rate: float, seconds: float) -> dic
     return out
 
 
+def _run(coro: Any) -> Any:
+    """asyncio.run on uvloop when it is there: the load generator shares the cores it measures."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 @contextlib.contextmanager
 def database(kind: str, workdir: Path) -> Iterator[str]:
     if kind == "sqlite":
@@ -220,7 +264,57 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
         yield url
 
 
-def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+class CpuMeter:
+    """CPU seconds used while the load runs: by the server processes, by PostgreSQL's backends, by
+    this load generator, and by the whole machine (the 2 cores are shared by all three)."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.server = psutil.Process(server_pid)
+
+    def _sample(self) -> dict[str, float]:
+        ps = self.psutil
+
+        def cpu(procs: list[Any]) -> float:
+            total = 0.0
+            for pr in procs:
+                with contextlib.suppress(ps.Error):
+                    t = pr.cpu_times()
+                    total += t.user + t.system
+            return total
+
+        server = [self.server, *self.server.children(recursive=True)]
+        pg = [pr for pr in ps.process_iter(["name"]) if (pr.info["name"] or "").startswith("postgres")]
+        machine = ps.cpu_times()
+        return {
+            "server": cpu(server),
+            "postgres": cpu(pg),
+            "loadgen": time.process_time(),
+            "busy": machine.user + machine.system + machine.nice + getattr(machine, "softirq", 0.0),
+            "wall": time.perf_counter(),
+        }
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = self._sample()
+
+    def cores(self) -> dict[str, float]:
+        """Average cores busy during the run, per part (PostgreSQL: all its backends on the machine)."""
+        wall = self.end["wall"] - self.start["wall"]
+        return {
+            k: round((self.end[k] - self.start[k]) / wall, 2)
+            for k in ("server", "postgres", "loadgen", "busy")
+        }
+
+
+def run_one(
+    kind: str, n_agents: int, rate: float, seconds: float, workers: int, combined: bool = True
+) -> dict[str, Any]:
     from tests.platform_live import ServerProcess
 
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
@@ -231,7 +325,12 @@ def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int)
         setup_s = time.perf_counter() - t0
         args = ["--workers", str(workers)] if kind == "postgresql" and workers > 1 else []
         with ServerProcess(url, args=args, log=Path(tmp) / "server.log") as proc:
-            res = asyncio.run(drive(proc.url, tokens, rate, seconds))
+            assert proc.proc is not None
+            load1 = os.getloadavg()[0]
+            with CpuMeter(proc.proc.pid) as meter:
+                res = _run(drive(proc.url, tokens, rate, seconds, combined))
+            res["cores_busy"] = meter.cores()
+            res["loadavg_1m_before"] = round(load1, 2)
             from sqlalchemy import func, select
 
             from vlcurate.server import db
@@ -245,6 +344,7 @@ def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int)
                 problems = audit(conn)
             engine.dispose()
         res.update(
+            mode="submit-and-lease" if combined else "lease + submit",
             db=kind,
             agents=n_agents,
             server_workers=workers if kind == "postgresql" else 1,
@@ -259,19 +359,25 @@ def run_one(kind: str, n_agents: int, rate: float, seconds: float, workers: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--db", choices=["sqlite", "postgresql", "postgres", "both"], default="both")
     ap.add_argument("--agents", type=int, nargs="+", default=[50, 500])
     ap.add_argument("--rate", type=float, default=300.0, help="Offered unit cycles per second.")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=2, help="Server processes on PostgreSQL.")
+    ap.add_argument(
+        "--separate",
+        action="store_true",
+        help="Two requests per cycle (POST /leases, then submit) instead of one submit-and-lease.",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    db_name = "postgresql" if args.db == "postgres" else args.db
+    kinds = ["sqlite", "postgresql"] if db_name == "both" else [db_name]
     runs = []
     for kind in kinds:
         for n in args.agents:
             log(f"{kind}, {n} agents, offering {args.rate:g} cycles/s for {args.seconds:g} s")
-            r = run_one(kind, n, args.rate, args.seconds, args.workers)
+            r = run_one(kind, n, args.rate, args.seconds, args.workers, not args.separate)
             log(json.dumps(r))
             runs.append(r)
     result = {"benchmark": "platform_load", "machine": machine_info(), "unit_size": UNIT_SIZE, "runs": runs}

@@ -214,6 +214,18 @@ class PlatformClient:
         resp = self._request("POST", f"{API}/leases/{lease_id}/submit", json=payload)
         return schemas.SubmissionOut.model_validate(resp.json())
 
+    def submit_and_lease(
+        self, lease_id: int, submission: schemas.SubmissionIn, task_id: int | None = None
+    ) -> schemas.CycleOut:
+        """Send results and get the next unit in the same call (one request per unit cycle).
+
+        Retries resend the same body: the server answers a repeat with the first result and the
+        same next lease, so neither the submission nor the next unit is lost or doubled.
+        """
+        payload = {**submission.model_dump(mode="json"), "next_task_id": task_id}
+        resp = self._request("POST", f"{API}/leases/{lease_id}/submit-and-lease", json=payload)
+        return schemas.CycleOut.model_validate(resp.json())
+
     def image(self, url_path: str, *, retry: RetryPolicy | None = None) -> bytes:
         """The encoded bytes of a lease item's image (`UnitItem.image_url`, a path on this server)."""
         return self._request("GET", self._same_server(url_path), retry=retry).content

@@ -250,6 +250,7 @@ class AgentRunner:
         self._interrupted = threading.Event()
         self._rng = random.Random()
         self._lease: schemas.Lease | None = None
+        self._next: schemas.Lease | None = None  # leased with the last submission
         self._lease_lost = threading.Event()
 
     # ---- public --------------------------------------------------------------------------
@@ -301,7 +302,9 @@ class AgentRunner:
                 return "max_units"
             self.stats.state = "leasing"
             try:
-                lease = self.client.lease(self.config.task_id)
+                lease, self._next = self._next, None
+                if lease is None:
+                    lease = self.client.lease(self.config.task_id)
             except (UnavailableError, RateLimitedError) as exc:
                 # A long outage or quota: keep the agent alive and try again later.
                 self.stats.error(str(exc))
@@ -389,7 +392,19 @@ class AgentRunner:
             results=results,
         )
         self.stats.state = f"submitting {len(results)} results ({n_ok} scored)"
-        return self.client.submit(lease.lease_id, submission)
+        if not self._wants_more():
+            return self.client.submit(lease.lease_id, submission)
+        # Report and ask for more in one call; the next unit is worked on next.
+        out = self.client.submit_and_lease(lease.lease_id, submission, self.config.task_id)
+        self._next = out.next
+        return out.submission
+
+    def _wants_more(self) -> bool:
+        """Whether another unit will be worked on after this one (else don't lease one)."""
+        if self._stop.is_set():
+            return False
+        limit = self.config.max_units
+        return limit is None or self.stats.units_done + 1 < limit
 
     def _record(self, out: schemas.SubmissionOut, lease: schemas.Lease) -> None:
         st = self.stats
@@ -527,10 +542,14 @@ class AgentRunner:
                 self.client.heartbeat(self._lease.lease_id, retry=RetryPolicy(max_elapsed=5.0))
 
     def _release_current(self) -> None:
-        lease, self._lease = self._lease, None
+        """Hand back the lease being worked on and the next one, if the server gave one already."""
+        for lease in (self._lease, self._next):
+            if lease is not None:
+                self._release(lease)
+        self._lease = self._next = None
         self.stats.lease_id = self.stats.unit_id = None
-        if lease is None:
-            return
+
+    def _release(self, lease: schemas.Lease) -> None:
         try:
             self.client.release(lease.lease_id, retry=RetryPolicy(base=0.2, cap=2.0, max_elapsed=10.0))
             log.info("lease %d handed back (unit %d)", lease.lease_id, lease.unit_id)

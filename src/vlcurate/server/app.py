@@ -22,7 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from vlcurate import __version__
-from vlcurate.server import db, ingest, leasing, reputation, schemas, submissions
+from vlcurate.server import cycle, db, ingest, leasing, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, agent_for_token, bearer
 from vlcurate.server.context import Platform
 from vlcurate.server.dashboard import image_media_type, mount_static
@@ -135,21 +135,44 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if not same(hash_token(bearer(authorization)), admin_hash):
             raise Forbidden("this needs the operator token")
 
-    # One round trip for the token check: no BEGIN/ROLLBACK around a single read.
-    reader = (
-        engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
-    )
-
     def agent_no_limit(authorization: Annotated[str | None, Header()] = None) -> Caller:
-        with reader.connect() as conn:
+        # One round trip for the token check: no BEGIN/ROLLBACK around a single read.
+        with platform.autocommit.connect() as conn:
             return agent_for_token(conn, bearer(authorization))
 
-    def agent(authorization: Annotated[str | None, Header()] = None) -> Caller:
-        caller = agent_no_limit(authorization)
+    def limit(caller: Caller) -> Caller:
         wait = platform.limiter.check(caller.agent_id, caller.rate_per_minute)
         if wait > 0:
             raise TooMany(f"rate limit of {caller.rate_per_minute} requests/minute exceeded", wait)
         return caller
+
+    def agent(authorization: Annotated[str | None, Header()] = None) -> Caller:
+        return limit(agent_no_limit(authorization))
+
+    def submit_maybe_next(
+        auth: str | None, lease_id: int, body: schemas.SubmissionIn, want_next: bool, next_task_id: int | None
+    ) -> schemas.CycleOut:
+        if fast_path:
+            snap = cycle.snapshot(platform, hash_token(bearer(auth)), lease_id)
+            caller = limit(cycle.caller_of(snap))
+            got = cycle.fast(
+                platform, caller, snap, lease_id, body, want_next=want_next, next_task_id=next_task_id
+            )
+            if got is not None:
+                return got
+        else:
+            caller = agent(auth)
+        return cycle.general(
+            platform,
+            caller,
+            lease_id,
+            body,
+            want_next=want_next,
+            next_task_id=next_task_id,
+            reload_caller=lambda: agent_no_limit(auth),
+        )
+
+    fast_path = engine.dialect.name == "postgresql"
 
     AdminDep = Annotated[None, Depends(admin)]
     # The bearer scheme is read on the event loop (no thread hop); the token is checked against the
@@ -254,7 +277,18 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/api/v1/leases/{lease_id}/submit", response_model=schemas.SubmissionOut, tags=["agents"])
     def submit(lease_id: int, body: schemas.SubmissionIn, token: Token) -> Response:
-        return as_json(submissions.submit(platform, agent(header(token)), lease_id, body))
+        return as_json(submit_maybe_next(header(token), lease_id, body, False, None).submission)
+
+    @app.post(
+        "/api/v1/leases/{lease_id}/submit-and-lease",
+        response_model=schemas.CycleOut,
+        tags=["agents"],
+        description="Submit this lease's results and lease the next unit in one call (BOINC's "
+        "scheduler RPC). A retry with the same idempotency_key gets the same answer and the same "
+        "next unit, while that lease is active.",
+    )
+    def submit_and_lease(lease_id: int, body: schemas.CycleIn, token: Token) -> Response:
+        return as_json(submit_maybe_next(header(token), lease_id, body, True, body.next_task_id))
 
     @app.get("/api/v1/leases/{lease_id}/images/{item_id}", tags=["agents"])
     def image(lease_id: int, item_id: str, token: Token) -> Response:

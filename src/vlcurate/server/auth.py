@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
@@ -63,7 +64,11 @@ _BY_TOKEN = (
 
 def agent_for_token(conn: Connection, token: str) -> Caller:
     """The agent holding `token`; revoked or unknown tokens are a 401."""
-    row = conn.execute(_BY_TOKEN, {"b_hash": hash_token(token)}).first()
+    return caller_from_row(conn.execute(_BY_TOKEN, {"b_hash": hash_token(token)}).first())
+
+
+def caller_from_row(row: Any) -> Caller:
+    """The caller from its agent row (the columns of `_BY_TOKEN`, by attribute), or a 401."""
     if row is None:
         raise Unauthorized("unknown token")
     if row.revoked:

@@ -33,6 +33,7 @@ class TaskInfo:
     max_replicas: int
     tolerance: float
     agree_fraction: float
+    unit_size: int
     gold_per_unit: int
     points_per_pair: float
     lease_seconds: int
@@ -83,6 +84,13 @@ class Platform:
 
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
+        # Single statements that need no BEGIN/COMMIT round trips around them (PostgreSQL; on
+        # SQLite the same engine).
+        self.autocommit = (
+            engine
+            if engine.dialect.name == "sqlite"
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.settings = settings
         self.limiter = RateLimiter()
         self._tasks = _LRU(256)
@@ -146,6 +154,10 @@ class Platform:
         pairs = UnitPairs([r.id for r in rows], [r.caption for r in rows])
         self._units.put(key, pairs)
         return pairs
+
+    def remember_unit_pairs(self, first_item: int, last_item: int, pairs: UnitPairs) -> None:
+        """Cache a unit's pairs read elsewhere (PostgreSQL's lease function returns them)."""
+        self._units.put((first_item, last_item), pairs)
 
     def gold_pool(self, task_id: int) -> GoldPool:
         hit = self._gold.get(task_id)

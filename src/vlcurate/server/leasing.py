@@ -10,17 +10,18 @@ database itself, whatever the code does.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, insert, select, update
+from sqlalchemy import and_, bindparam, case, exists, insert, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db, schemas
 from vlcurate.server.auth import Caller
-from vlcurate.server.context import Platform
+from vlcurate.server.context import Platform, UnitPairs
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.unit_view import ViewItem, replica_view
 
@@ -58,20 +59,33 @@ def lease(
     return _new_lease(p, caller, task_id, None)
 
 
-def _new_lease(
-    p: Platform, caller: Caller, task_id: int | None, lease_key: str | None
-) -> schemas.Lease | None:
+def lease_precheck(p: Platform, caller: Caller, task_id: int | None, now: dt.datetime) -> list[int]:
+    """The tasks to lease from; a 403 when the contributor is paused, a 429 when the quota is used up."""
     if caller.paused:
         raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
     task_ids = [task_id] if task_id is not None else p.active_task_ids()
     if not task_ids:
-        return None
-    now = db.utcnow()
+        return []
     today = now.date().isoformat()
     used = caller.quota_used if caller.quota_day == today else 0
     if used >= caller.daily_quota:
         tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
         raise TooMany(f"daily quota of {caller.daily_quota} leases used up", (tomorrow - now).total_seconds())
+    return task_ids
+
+
+def _new_lease(
+    p: Platform, caller: Caller, task_id: int | None, lease_key: str | None
+) -> schemas.Lease | None:
+    now = db.utcnow()
+    task_ids = lease_precheck(p, caller, task_id, now)
+    if not task_ids:
+        return None
+    today = now.date().isoformat()
+    if p.engine.dialect.name == "postgresql":
+        with p.engine.begin() as conn:
+            got = conn.execute(_LEASE_PG, pg_lease_args(p, caller, task_ids, lease_key, now)).scalar_one()
+        return None if got is None else lease_from_pg(p, got)
     with db.begin_write(p.engine) as conn:
         unit = _pick_unit(conn, caller.contributor_id, task_ids)
         if unit is None:
@@ -111,6 +125,67 @@ def _new_lease(
         )
     return _lease_response(
         p, lease_id, seed, gold_items, unit.id, unit.task_id, unit.first_item, unit.last_item, deadline
+    )
+
+
+_LEASE_PG = text(
+    "SELECT vlc_lease(CAST(:agent AS bigint), CAST(:contributor AS bigint), CAST(:tasks AS bigint[]), "
+    "CAST(:single_tasks AS bigint[]), CAST(:gold AS jsonb), CAST(:seed AS bigint), CAST(:key AS text), "
+    "CAST(:now AS timestamptz))"
+)
+
+
+def pg_lease_args(
+    p: Platform, caller: Caller, task_ids: list[int], lease_key: str | None, now: dt.datetime
+) -> dict[str, Any]:
+    """The arguments of `vlc_lease` (PostgreSQL): the decisions that need Python made up front.
+
+    The trust and audit dice are rolled per task as `_new_lease` rolls them for a fresh unit, and
+    hidden checks are sampled from the task's pool: enough candidates that `gold_per_unit` of them
+    lie outside whichever unit is picked.
+    """
+    seed = random.getrandbits(62)
+    u = random.Random(seed).random()
+    single: list[int] = []
+    gold: dict[str, list[int]] = {}
+    for tid in task_ids:
+        task = p.task(tid)
+        if is_trusted(caller.valid_streak, task.trust_after) and u >= audit_rate(
+            caller.valid_streak, task.min_audit_rate
+        ):
+            single.append(tid)
+        if task.gold_per_unit > 0:
+            pool = p.gold_pool(tid).item_ids
+            n = min(len(pool), task.gold_per_unit + task.unit_size)
+            gold[str(tid)] = random.Random(seed ^ 0x5EED).sample(pool, n)
+    return dict(
+        agent=caller.agent_id,
+        contributor=caller.contributor_id,
+        tasks=task_ids,
+        single_tasks=single,
+        gold=json.dumps(gold),
+        seed=seed,
+        key=lease_key,
+        now=now,
+    )
+
+
+def lease_from_pg(p: Platform, got: dict[str, Any]) -> schemas.Lease:
+    """The lease `vlc_lease` made, as the agent sees it (its pairs go to the per-process cache)."""
+    items = got["items"]
+    p.remember_unit_pairs(
+        got["first_item"], got["last_item"], UnitPairs([i for i, _ in items], [c for _, c in items])
+    )
+    return _lease_response(
+        p,
+        got["lease_id"],
+        got["seed"],
+        got["gold_items"],
+        got["unit_id"],
+        got["task_id"],
+        got["first_item"],
+        got["last_item"],
+        dt.datetime.fromisoformat(got["deadline"]),
     )
 
 

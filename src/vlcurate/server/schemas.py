@@ -180,6 +180,12 @@ class SubmissionIn(Strict):
     results: list[ItemResult] = Field(max_length=10_000)
 
 
+class CycleIn(SubmissionIn):
+    """A submission that also asks for the next unit (one request per unit cycle)."""
+
+    next_task_id: int | None = Field(default=None, ge=1, description="Lease the next unit from this task.")
+
+
 class SubmissionOut(BaseModel):
     submission_id: int
     lease_id: int
@@ -188,6 +194,14 @@ class SubmissionOut(BaseModel):
     detail: str
     points_credited: float
     replayed: bool = False
+
+
+class CycleOut(BaseModel):
+    submission: SubmissionOut
+    next: Lease | None = Field(description="The next unit, leased in the same call; null when none.")
+    next_detail: str | None = Field(
+        default=None, description="Why there is no next unit (no work now, paused, quota used up)."
+    )
 
 
 # ---- dashboard / public read ----------------------------------------------------------------

@@ -18,6 +18,14 @@ from vlcurate.server.ledger import credited_points
 from vlcurate.server.unit_view import ViewItem, replica_view
 from vlcurate.server.verify import check_gold, evaluate_unit
 
+# What a submission's answer says, by (unit state afterwards, submission state).
+DETAIL = {
+    ("verified", "valid"): "unit verified; credited",
+    ("verified", "invalid"): "the other replicas agreed on different scores; not credited",
+    ("open", "pending"): "accepted; waiting for other replicas to agree",
+    ("inconclusive", "pending"): "replicas never agreed; unit set aside",
+}
+
 
 class Rejected(BadRequest):
     """A submission that is wrong in content (not just malformed JSON): it counts against the contributor."""
@@ -128,12 +136,7 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
         else:
             ev = evaluate_unit(conn, p, task, unit)
             state = ev.outcome.get(sub_id, "pending")
-            detail = {
-                ("verified", "valid"): "unit verified; credited",
-                ("verified", "invalid"): "the other replicas agreed on different scores; not credited",
-                ("open", "pending"): "accepted; waiting for other replicas to agree",
-                ("inconclusive", "pending"): "replicas never agreed; unit set aside",
-            }[(ev.state, state)]
+            detail = DETAIL[(ev.state, state)]
         points = ev.points if gold.ok and state == "valid" else 0.0
         response: dict[str, Any] = dict(
             submission_id=sub_id,

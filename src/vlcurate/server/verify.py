@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,18 @@ def check_gold(
             )
         )
     }
+    return grade_gold(task, gold_items, known, scores, statuses, offset)
+
+
+def grade_gold(
+    task: TaskInfo,
+    gold_items: list[int],
+    known: dict[int, tuple[float | None, str]],
+    scores: np.ndarray,
+    statuses: dict[int, str],
+    offset: int,
+) -> GoldOutcome:
+    """`check_gold` once the known answers ({item id: (score, status)}) are at hand."""
     failed = checked = 0
     worst = 0.0
     for k, item in enumerate(gold_items):
@@ -115,30 +128,66 @@ class Evaluation:
     points: float = 0.0
 
 
-def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> Evaluation:
-    """Once enough replicas are in: verify and pay, ask for another replica, or give up."""
-    S, R = db.submissions, db.replicas
-    subs = conn.execute(_SUBMITTED, {"b_unit": unit.id}).all()
-    if len(subs) < unit.target:
-        return Evaluation("open", {})
-    n = unit.n_items
-    vectors = [np.frombuffer(s.scores, dtype="<f4")[:n].astype(np.float64) for s in subs]
+@dataclass(frozen=True)
+class Verdict:
+    """What the submitted replicas of a unit decide, before anything is written.
+
+    `action` is 'wait' (not all replicas in), 'more' (no quorum yet: want `target` replicas),
+    'inconclusive' (gave up) or 'verified' (`group` indexes the agreeing submissions; `scores` and
+    `status` are the verified values).
+    """
+
+    action: str
+    target: int = 0
+    group: tuple[int, ...] = ()
+    scores: np.ndarray | None = None
+    status: dict[str, str] | None = None
+
+
+def judge(task: TaskInfo, target: int, n_items: int, subs: Sequence[Any]) -> Verdict:
+    """Decide a unit from its submitted replicas (`subs` in id order, each with scores and statuses)."""
+    if len(subs) < target:
+        return Verdict("wait")
+    vectors = [np.frombuffer(s.scores, dtype="<f4")[:n_items].astype(np.float64) for s in subs]
     group = largest_agreeing_group(vectors, task.tolerance, task.agree_fraction)
-    if len(group) < min(task.quorum, unit.target):
+    if len(group) < min(task.quorum, target):
         if len(subs) >= task.max_replicas:
-            conn.execute(update(db.units).where(db.units.c.id == unit.id).values(state="inconclusive"))
-            return Evaluation("inconclusive", {})
-        conn.execute(update(db.units).where(db.units.c.id == unit.id).values(target=len(subs) + 1))
-        return Evaluation("open", {})
-    members = [subs[i] for i in group]
+            return Verdict("inconclusive")
+        return Verdict("more", target=len(subs) + 1)
     stacked = np.stack([vectors[i] for i in group])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a pair nobody could score stays NaN
         verified = np.nanmean(stacked, axis=0)
     status: dict[str, str] = {}
     for pos in np.flatnonzero(np.isnan(verified)):
-        votes = Counter(m.statuses.get(str(pos), "decode_error") for m in members)
+        votes = Counter(subs[i].statuses.get(str(pos), "decode_error") for i in group)
         status[str(int(pos))] = votes.most_common(1)[0][0]
+    return Verdict("verified", group=tuple(group), scores=verified, status=status)
+
+
+def credit_reason(unit_id: int, n_items: int, group_size: int) -> str:
+    how = "a trusted result, audit skipped" if group_size == 1 else f"{group_size} agreeing replicas"
+    return f"validated unit {unit_id}: {n_items} pairs, {how}"
+
+
+def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> Evaluation:
+    """Once enough replicas are in: verify and pay, ask for another replica, or give up."""
+    S, R = db.submissions, db.replicas
+    subs = conn.execute(_SUBMITTED, {"b_unit": unit.id}).all()
+    n = unit.n_items
+    verdict = judge(task, unit.target, n, subs)
+    if verdict.action == "wait":
+        return Evaluation("open", {})
+    if verdict.action == "inconclusive":
+        conn.execute(update(db.units).where(db.units.c.id == unit.id).values(state="inconclusive"))
+        return Evaluation("inconclusive", {})
+    if verdict.action == "more":
+        conn.execute(update(db.units).where(db.units.c.id == unit.id).values(target=verdict.target))
+        return Evaluation("open", {})
+    group = list(verdict.group)
+    members = [subs[i] for i in group]
+    assert verdict.scores is not None and verdict.status is not None
+    verified, status = verdict.scores, verdict.status
     single = len(group) == 1
     now = db.utcnow()
     conn.execute(
@@ -153,7 +202,6 @@ def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> E
         )
     )
     points = task.points_per_pair * n
-    how = "a trusted result, audit skipped" if single else f"{len(group)} agreeing replicas"
     conn.execute(update(S).where(S.c.id.in_([m.id for m in members])).values(state="valid"))
     conn.execute(update(R).where(R.c.id.in_([m.rid for m in members])).values(state="valid", finished_at=now))
     ledger.credit_group(
@@ -162,7 +210,7 @@ def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> E
         unit_id=unit.id,
         points=points,
         pairs=n,
-        reason=f"validated unit {unit.id}: {n} pairs, {how}",
+        reason=credit_reason(unit.id, n, len(group)),
     )
     reputation.record(
         conn,
@@ -187,18 +235,24 @@ def evaluate_unit(conn: Connection, p: Platform, task: TaskInfo, unit: Any) -> E
 def _promote_gold(
     conn: Connection, task: TaskInfo, unit: Any, verified: np.ndarray, status: dict[str, str]
 ) -> None:
-    if task.gold_per_unit <= 0:
-        return
-    ok = [k for k in range(len(verified)) if np.isfinite(verified[k])]
-    rng = random.Random(unit.id)
-    for k in rng.sample(ok, min(GOLD_PROMOTE_PER_UNIT, len(ok))):
-        item_id = unit.first_item + k
+    for item_id, score in gold_to_promote(task, unit.id, unit.first_item, verified):
         exists = conn.execute(
             select(db.gold.c.id).where(db.gold.c.task_id == task.id, db.gold.c.item_id == item_id)
         ).first()
         if exists is None:
             conn.execute(
                 insert(db.gold).values(
-                    task_id=task.id, item_id=item_id, score=float(verified[k]), status="ok", source="verified"
+                    task_id=task.id, item_id=item_id, score=score, status="ok", source="verified"
                 )
             )
+
+
+def gold_to_promote(
+    task: TaskInfo, unit_id: int, first_item: int, verified: np.ndarray
+) -> list[tuple[int, float]]:
+    """(item id, verified score) of the pairs of a verified unit that join the hidden-check pool."""
+    if task.gold_per_unit <= 0:
+        return []
+    ok = [k for k in range(len(verified)) if np.isfinite(verified[k])]
+    rng = random.Random(unit_id)
+    return [(first_item + k, float(verified[k])) for k in rng.sample(ok, min(GOLD_PROMOTE_PER_UNIT, len(ok)))]
