@@ -217,3 +217,51 @@ def test_a_worker_killed_mid_run_changes_nothing(ray_2cpu: None, tmp_path: Path)
     local = run_recipe(load_recipe("r", text=_recipe(shards, tmp_path / "local")))
     assert np.array_equal(np.sort(read_subset(box["r"].subset)), np.sort(read_subset(local.subset)))
     assert box["r"].rows == local.rows == 2400
+
+
+def test_cpu_steps_run_in_the_read_task_or_the_model_actor_before_them() -> None:
+    """Every `map_batches` boundary copies rows through the object store: no stage gets more of them
+    than one read plus one per model step."""
+    from vlcurate.ops.engine_ray import _segments
+    from vlcurate.ops.registry import get_operator
+
+    def op(name: str, **params: Any) -> Any:
+        cls = get_operator(name)
+        return cls(cls.Params(**params))
+
+    stage = list(
+        enumerate(
+            [
+                op("text_length", min_words=2),
+                op("clip_score", model="tiny-synth"),
+                op("score_threshold", min=0.1),
+                op("clip_score", model="tiny-synth", column="other"),
+            ]
+        )
+    )
+    lead, groups = _segments(stage)
+    assert [i for i, _ in lead] == [0]
+    assert [[i for i, _ in g] for g in groups] == [[1, 2], [3]]
+    assert _segments(stage[:1]) == (stage[:1], [])
+
+
+def test_cpu_steps_before_and_after_the_model_give_the_local_engines_decisions(
+    ray_2cpu: None, small_pool: Path, tmp_path: Path
+) -> None:
+    steps = "  - op: text_length\n    min_words: 5\n" + STEPS.split("  - op: top_fraction")[0]
+    local = run_recipe(load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "local", steps)))
+    rec = load_recipe("r.yaml", text=_recipe(small_pool, tmp_path / "ray", steps))
+    remote = _with_timeout(lambda: run_recipe_ray(rec, progress=False), 120)
+    assert local.steps[0].dropped > 0 and 0 < local.kept < local.rows == remote.rows == 300
+    ours, ref = _decisions(remote.out), _decisions(local.out)
+    assert list(ours) == list(ref)
+    for name, table in ref.items():
+        assert ours[name].equals(table), name
+    counts = [(s.op, s.saw, s.kept, s.dropped) for s in local.steps]
+    assert [(s.op, s.saw, s.kept, s.dropped) for s in remote.steps] == counts
+
+
+def test_read_tasks_ask_for_a_whole_cpu_beside_the_model_actor_on_two_cpus(ray_2cpu: None) -> None:
+    from vlcurate.ops.engine_ray import _ACTOR_CPUS, _read_cpus
+
+    assert _read_cpus(ray) == 1.0 and _read_cpus(ray) + _ACTOR_CPUS <= ray.cluster_resources()["CPU"]

@@ -6,12 +6,18 @@ Why it is built this way:
   input kind works, in the local engine's batches (`BATCH_ROWS` from the start of each shard). Rows
   carry hidden `_vlc_*` columns: shard, batch and row number, a last-row flag, which step dropped
   them and per-step seconds. Operators never see those columns.
-* Each stage (as the local engine splits a recipe at its global steps) is a chain of `map_batches`:
-  model operators (`uses_model`) in an actor pool whose actors load the model once, the others as
-  tasks. Ray may merge or split blocks, so a stage function regroups rows into the local engine's
-  batches before calling operators: scores are computed on the same batches, bit for bit.
-* CPU requests are fractional (`_TASK_CPUS`, `_ACTOR_CPUS`): on a 2-CPU machine, an actor pool whose
-  actors each take a whole CPU leaves nothing to the read tasks, and Ray Data waits forever.
+* Each stage (as the local engine splits a recipe at its global steps) is as few `map_batches` as
+  it can be, because each boundary copies every row (images included) through the object store:
+  the read task also runs the CPU steps before the first model step, and each model step
+  (`uses_model`) runs in an actor pool, whose actors load the model once, together with the CPU
+  steps after it (`_segments`). Ray may merge or split blocks, so a stage function regroups rows
+  into the local engine's batches before calling operators: scores are computed on the same
+  batches, bit for bit.
+* CPU requests: a model actor asks for half a CPU (`_ACTOR_CPUS`) and a read task for a whole one
+  where that fits beside it (`_read_cpus`): on a 2-CPU machine an actor pool whose actors each take
+  a whole CPU leaves nothing to the read tasks, and Ray Data waits forever; reads asking for less
+  make Ray start a worker process per slot, which costs more than the reading. Actors start while
+  the reads already run (no `wait_for_min_actors_s`), so reading overlaps loading the model.
 * The driver consumes the stream, reassembles each shard in row order and writes it to the stage
   spool (`out/stages/NN/SHARD.parquet`, atomic) as soon as its last row has arrived; memory is
   bounded by the shards in flight, and a killed run repeats only unfinished shards of the
@@ -56,7 +62,8 @@ from vlcurate.pipeline.run_dir import write_parquet_atomic
 HIDDEN = "_vlc_"
 SHARD, BATCH, SEQ, LAST, DROP = "_vlc_shard", "_vlc_batch", "_vlc_seq", "_vlc_last", "_vlc_drop"
 KEPT, DROPPED_BEFORE = -1, -2  # DROP values for rows no step of this stage dropped
-_TASK_CPUS = 0.5  # read and CPU-operator tasks: fractional so two fit beside an actor on 2 cores
+_TASK_CPUS = 1.0  # a read task is one Python thread: one core, so a 2-CPU node runs one beside a model
+_SMALL_TASK_CPUS = 0.25  # on nodes with under 1.5 CPUs, where a whole-CPU read could not run beside one
 _ACTOR_CPUS = 0.5  # a model actor: its threads are the model's own business (torch sets them)
 _MAX_BLOCK_BYTES = 1 << 30  # big enough that Ray never splits one local batch of full-size photos
 
@@ -102,9 +109,18 @@ def _tag(table: pa.Table, shard: int, batch: int, seq0: int, last: bool, steps: 
 
 
 def _read_batches(
-    items: pa.Table, *, source: Any, shards: list[Any], previous: str | None, steps: list[int]
+    items: pa.Table,
+    *,
+    source: Any,
+    shards: list[Any],
+    previous: str | None,
+    steps: list[int],
+    ops: list[tuple[int, Operator]],
 ) -> Iterator[pa.Table]:
-    """Read task: shard indexes in, the local engine's batches of those shards out (tagged)."""
+    """Read task: shard indexes in, the local engine's batches of those shards out (tagged), with
+    the stage's CPU steps before its first model step already applied."""
+    if ops:
+        _ensure_setup(ops)
     prev = Path(previous) if previous is not None else None
     for idx in items.column("shard_index").to_pylist():
         shard = shards[idx]
@@ -116,13 +132,15 @@ def _read_batches(
                 if table.num_rows == 0:
                     continue
                 if pending is not None:
-                    yield _tag(pending, idx, b, seq, False, steps)
+                    yield _run_ops(_tag(pending, idx, b, seq, False, steps), ops)
                     b, seq = b + 1, seq + pending.num_rows
                 pending = table
+        except StepError:
+            raise
         except Exception as exc:
             raise StepError(f"reading shard {shard.name}: {type(exc).__name__}: {exc}") from exc
         if pending is not None:
-            yield _tag(pending, idx, b, seq, True, steps)
+            yield _run_ops(_tag(pending, idx, b, seq, True, steps), ops)
 
 
 def _runs(batch: pa.Table) -> list[tuple[int, int]]:
@@ -138,6 +156,8 @@ def _runs(batch: pa.Table) -> list[tuple[int, int]]:
 
 def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
     """Apply `ops` to each local batch inside a Ray batch; record drops and seconds in hidden columns."""
+    if not ops:
+        return batch
     outs = []
     for start, end in _runs(batch):
         part = batch.slice(start, end - start)
@@ -186,12 +206,11 @@ def _setup_all(ops: list[tuple[int, Operator]]) -> None:
             ) from exc
 
 
-def _task_fn(batch: pa.Table, *, ops: list[tuple[int, Operator]]) -> pa.Table:
-    """CPU operators as Ray tasks: `setup` once per deserialised copy of the operators."""
-    if getattr(_task_fn, "_ready", None) is not ops:
+def _ensure_setup(ops: list[tuple[int, Operator]]) -> None:
+    """`setup` once per deserialised copy of the operators (a task may get a fresh copy each time)."""
+    if getattr(_ensure_setup, "_ready", None) is not ops:
         _setup_all(ops)
-        _task_fn._ready = ops  # type: ignore[attr-defined]
-    return _run_ops(batch, ops)
+        _ensure_setup._ready = ops  # type: ignore[attr-defined]
 
 
 class _ModelActor:
@@ -321,7 +340,10 @@ def _data_context(ray: Any, progress: bool) -> Iterator[None]:
         "enable_progress_bars": progress,
         "raise_original_map_exception": True,  # our StepError, not Ray's generic UserCodeException
         "target_max_block_size": max(ctx.target_max_block_size or 0, _MAX_BLOCK_BYTES),
-        "wait_for_min_actors_s": 600,  # an actor pool that never starts fails instead of waiting forever
+        # Actors start while the read tasks already run (a positive wait would hold every read until
+        # the model is loaded); a pool that can never start fails on Ray Data's no-progress guard.
+        "wait_for_min_actors_s": -1,
+        "execution_no_progress_timeout_s": 900,
     }
     saved = {k: getattr(ctx, k) for k in wanted}
     try:
@@ -333,15 +355,27 @@ def _data_context(ray: Any, progress: bool) -> Iterator[None]:
             setattr(ctx, k, v)
 
 
-def _groups(stage: list[tuple[int, Operator]]) -> list[list[tuple[int, Operator]]]:
-    """Consecutive steps that run the same way (model actor vs task) go into one `map_batches`."""
+def _segments(
+    stage: list[tuple[int, Operator]],
+) -> tuple[list[tuple[int, Operator]], list[list[tuple[int, Operator]]]]:
+    """Where each step runs: CPU steps before the stage's first model step in the read task, and
+    each model step together with the CPU steps after it in one actor pool.
+
+    Why: every `map_batches` boundary is a copy of every row (images included) through the object
+    store and, for tasks, worker processes of their own; a cheap filter after a model step costs
+    less in the model's actor than the hop to a task, and CPU steps before it scale with the read
+    tasks.
+    """
+    lead: list[tuple[int, Operator]] = []
     groups: list[list[tuple[int, Operator]]] = []
     for item in stage:
-        if groups and groups[-1][0][1].uses_model == item[1].uses_model:
+        if item[1].uses_model:
+            groups.append([item])
+        elif groups:
             groups[-1].append(item)
         else:
-            groups.append([item])
-    return groups
+            lead.append(item)
+    return lead, groups
 
 
 def _model_resources(ray: Any, ops: list[tuple[int, Operator]]) -> dict[str, Any]:
@@ -355,6 +389,20 @@ def _model_resources(ray: Any, ops: list[tuple[int, Operator]]) -> dict[str, Any
     # only adds contention.
     nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
     return {"num_cpus": _ACTOR_CPUS, "compute": pool(min_size=1, max_size=max(1, nodes))}
+
+
+def _read_cpus(ray: Any) -> float:
+    """CPUs a read task asks for: a whole one where it fits beside a model actor on every node.
+
+    Why not less: each fractional slot lets Ray start one more worker process, and on a small machine
+    starting processes (each imports Ray, pyarrow and the operators) costs more than reading. Why not
+    the actor's request: Ray Data would fuse the read into the actor, and the read would wait for the
+    model to load instead of running while it loads.
+    """
+    cpus = [
+        n["Resources"]["CPU"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")
+    ]
+    return _TASK_CPUS if cpus and min(cpus) >= _TASK_CPUS + _ACTOR_CPUS else _SMALL_TASK_CPUS
 
 
 def _step_error(exc: BaseException) -> str | None:
@@ -386,6 +434,7 @@ def _run_stage(
     collector: _Collector,
 ) -> None:
     steps = [i for i, _ in stage]
+    lead, groups = _segments(stage)
     ds = ray.data.from_items([{"shard_index": i} for i in todo], override_num_blocks=len(todo))
     read = functools.partial(
         _read_batches,
@@ -393,20 +442,18 @@ def _run_stage(
         shards=shards,
         previous=str(previous) if previous is not None else None,
         steps=steps,
+        ops=lead,
     )
-    ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=_TASK_CPUS)
-    for group in _groups(stage):
-        if group[0][1].uses_model:
-            ds = ds.map_batches(
-                _ModelActor,
-                fn_constructor_args=(group,),
-                batch_size=None,
-                batch_format="pyarrow",
-                **_model_resources(ray, group),
-            )
-        else:
-            fn = functools.partial(_task_fn, ops=group)
-            ds = ds.map_batches(fn, batch_size=None, batch_format="pyarrow", num_cpus=_TASK_CPUS)
+    pools = [_model_resources(ray, group) for group in groups]
+    ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=_read_cpus(ray))
+    for group, resources in zip(groups, pools, strict=True):
+        ds = ds.map_batches(
+            _ModelActor,
+            fn_constructor_args=(group,),
+            batch_size=None,
+            batch_format="pyarrow",
+            **resources,
+        )
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         collector.add(batch)
     collector.close(todo)
