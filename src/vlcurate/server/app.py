@@ -79,11 +79,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # A few handler threads, handed the GIL often: a transaction holding the database's write
-        # lock must not wait 5 ms for the GIL each time it needs it while dozens of other threads
-        # parse requests (measured: it halved throughput and made p99 seconds long).
+        # A few handler threads. On SQLite they are handed the GIL often: a transaction holding the
+        # database's write lock must not wait 5 ms for the GIL each time it needs it while dozens
+        # of other threads parse requests (measured: it halved throughput and made p99 seconds
+        # long). PostgreSQL's hot path holds no lock in the server process, and Python's default
+        # (5 ms) costs less switching: 373 against 327 unit cycles/s (50 agents, closed loop).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.handler_threads
-        sys.setswitchinterval(0.0005)
+        sqlite = engine.dialect.name == "sqlite"
+        sys.setswitchinterval(settings.switch_interval or (0.0005 if sqlite else 0.005))
         t = threading.Thread(target=sweeper, name="lease-sweeper", daemon=True)
         t.start()
         yield
@@ -153,12 +156,19 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         auth: str | None, lease_id: int, body: schemas.SubmissionIn, want_next: bool, next_task_id: int | None
     ) -> schemas.CycleOut:
         if fast_path:
-            snap = cycle.snapshot(platform, hash_token(bearer(auth)), lease_id)
+            token_hash = hash_token(bearer(auth))
+            snap = cycle.snapshot(platform, token_hash, lease_id)
             caller = limit(cycle.caller_of(snap))
-            got = cycle.fast(
-                platform, caller, snap, lease_id, body, want_next=want_next, next_task_id=next_task_id
-            )
-            if got is not None:
+            for attempt in range(2):  # a second look when another replica of the unit came in between
+                if attempt:
+                    snap = cycle.snapshot(platform, token_hash, lease_id)
+                    caller = cycle.caller_of(snap)
+                got = cycle.fast(
+                    platform, caller, snap, lease_id, body, want_next=want_next, next_task_id=next_task_id
+                )
+                if got is not cycle.STALE:
+                    break
+            if isinstance(got, schemas.CycleOut):
                 return got
         else:
             caller = agent(auth)

@@ -19,6 +19,7 @@ from vlcurate.server import db
 from vlcurate.server.errors import NotFound
 from vlcurate.server.ratelimit import RateLimiter
 from vlcurate.server.settings import ServerSettings
+from vlcurate.server.unit_view import ViewItem, replica_view
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Platform:
         self._tasks = _LRU(256)
         self._units = _LRU(8192)
         self._gold = _LRU(256)
+        self._views = _LRU(16384)
         self.secret = self._load_secret()
 
     def _load_secret(self) -> bytes:
@@ -158,6 +160,17 @@ class Platform:
     def remember_unit_pairs(self, first_item: int, last_item: int, pairs: UnitPairs) -> None:
         """Cache a unit's pairs read elsewhere (PostgreSQL's lease function returns them)."""
         self._units.put((first_item, last_item), pairs)
+
+    def replica_view(
+        self, lease_id: int, seed: int, unit_items: list[int], gold_items: list[int]
+    ) -> list[ViewItem]:
+        """`unit_view.replica_view`, remembered per lease: its answer and its submission both need it."""
+        key = (lease_id, seed, len(unit_items), unit_items[0] if unit_items else 0, tuple(gold_items))
+        hit = self._views.get(key)
+        if hit is None:
+            hit = replica_view(self.secret, lease_id, seed, unit_items, gold_items)
+            self._views.put(key, hit)
+        return list(hit)
 
     def gold_pool(self, task_id: int) -> GoldPool:
         hit = self._gold.get(task_id)

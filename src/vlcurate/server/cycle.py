@@ -34,10 +34,10 @@ from vlcurate.server.auth import Caller, caller_from_row
 from vlcurate.server.context import Platform
 from vlcurate.server.errors import Conflict, Forbidden, TooMany
 from vlcurate.server.submissions import DETAIL, Rejected, place_results
-from vlcurate.server.unit_view import replica_view
 from vlcurate.server.verify import credit_reason, gold_to_promote, grade_gold, judge
 
 NO_WORK = "no unit can go to this contributor now"
+STALE = "stale"  # `fast`: the unit moved between read and write; nothing was written, look again
 
 
 def next_lease_key(submission_key: str) -> str:
@@ -104,8 +104,8 @@ def fast(
     *,
     want_next: bool,
     next_task_id: int | None = None,
-) -> schemas.CycleOut | None:
-    """The usual case in two round trips, or None: take `general` (nothing has been written)."""
+) -> schemas.CycleOut | str | None:
+    """The usual case in two round trips; None: take `general`; STALE: read again (nothing written)."""
     rep, unit = snap.get("replica"), snap.get("unit")
     if rep is None or unit is None or rep["agent_id"] != caller.agent_id or rep["state"] != "leased":
         return None  # not this agent's lease, or a replay: general answers those
@@ -116,7 +116,7 @@ def fast(
     if body.model_fingerprint != task.model_fingerprint:
         return None
     pairs = p.unit_pairs(unit["first_item"], unit["last_item"])
-    view = replica_view(p.secret, lease_id, rep["seed"], pairs.item_ids, rep["gold_items"])
+    view = p.replica_view(lease_id, rep["seed"], pairs.item_ids, rep["gold_items"])
     try:
         scores, statuses = place_results(view, body.results)
     except Rejected:
@@ -240,7 +240,7 @@ def fast(
     except IntegrityError:
         return None  # e.g. the idempotency key raced in twice: general answers with the first
     if got.get("stale"):
-        return None
+        return STALE
     out = schemas.SubmissionOut(submission_id=got["submission_id"], **response)
     nxt = None if got.get("lease") is None else leasing.lease_from_pg(p, got["lease"])
     if want_next and nxt is None and next_detail is None:

@@ -237,7 +237,7 @@ def _lease_response(
 ) -> schemas.Lease:
     task = p.task(task_id)
     pairs = p.unit_pairs(first, last)
-    view = replica_view(p.secret, lease_id, seed, pairs.item_ids, gold_items)
+    view = p.replica_view(lease_id, seed, pairs.item_ids, gold_items)
     gold_captions = _gold_captions(p, task_id, gold_items)
     return schemas.Lease(
         lease_id=lease_id,

@@ -21,3 +21,10 @@ class ServerSettings(BaseModel):
         default=False, description="FastAPI's native OpenTelemetry (tracing, metrics, logs)."
     )
     handler_threads: int = Field(default=8, ge=1, le=200, description="Threads running request handlers.")
+    switch_interval: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.1,
+        description="Python's GIL switch interval in the server (seconds); default 0.5 ms on SQLite, "
+        "Python's 5 ms on PostgreSQL.",
+    )
