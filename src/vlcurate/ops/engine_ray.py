@@ -341,9 +341,9 @@ def _data_context(ray: Any, progress: bool) -> Iterator[None]:
         "raise_original_map_exception": True,  # our StepError, not Ray's generic UserCodeException
         "target_max_block_size": max(ctx.target_max_block_size or 0, _MAX_BLOCK_BYTES),
         # Actors start while the read tasks already run (a positive wait would hold every read until
-        # the model is loaded); a pool that can never start fails on Ray Data's no-progress guard.
+        # the model is loaded); a pool that can never start fails on Ray Data's own no-progress
+        # guard (`execution_no_progress_timeout_s`, 30 minutes by default) instead of hanging.
         "wait_for_min_actors_s": -1,
-        "execution_no_progress_timeout_s": 900,
     }
     saved = {k: getattr(ctx, k) for k in wanted}
     try:
