@@ -527,6 +527,10 @@ class AgentRunner:
             try:
                 self.client.heartbeat(lease.lease_id, retry=retry)
             except (ConflictError, NotFoundError) as exc:
+                if stop.is_set():
+                    # The unit was submitted while this renewal was in flight (e.g. retrying through
+                    # an outage): a 409 is expected then, and must not mark the *next* lease lost.
+                    return
                 self._lease_lost.set()
                 self.stats.error(f"heartbeat: lease {lease.lease_id} lost: {exc}")
                 return

@@ -57,8 +57,8 @@ def _replay(p: Platform, caller: Caller, key: str) -> schemas.SubmissionOut | No
         if row is None:
             return None
         points = credited_points(conn, row.id)
-    out = dict(row.response)
-    out.update(state=row.state, points_credited=points, replayed=True)
+    out = dict(row.response)  # PostgreSQL's hot path stores it without the id (it has none yet)
+    out.update(submission_id=row.id, state=row.state, points_credited=points, replayed=True)
     return schemas.SubmissionOut.model_validate(out)
 
 

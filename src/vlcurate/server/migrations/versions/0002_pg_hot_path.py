@@ -161,10 +161,9 @@ BEGIN
   VALUES ((p ->> 'replica_id')::bigint, (p ->> 'agent_id')::bigint,
           (p ->> 'contributor_id')::bigint, (p ->> 'unit_id')::bigint, p ->> 'key',
           p ->> 'fingerprint', p ->> 'version', p_scores, (p -> 'statuses')::json,
-          (p ->> 'gold_ok')::boolean, (p ->> 'gold_max_error')::float8, p ->> 'state', NULL, v_now)
+          (p ->> 'gold_ok')::boolean, (p ->> 'gold_max_error')::float8, p ->> 'state',
+          (p -> 'response')::json, v_now)
   RETURNING id INTO v_sid;
-  UPDATE submissions SET response = (p -> 'response' || jsonb_build_object('submission_id', v_sid))::json
-   WHERE id = v_sid;
   UPDATE replicas SET state = p ->> 'replica_state', finished_at = v_now
    WHERE id = (p ->> 'replica_id')::bigint;
 
