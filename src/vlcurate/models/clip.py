@@ -22,6 +22,7 @@ import torch
 from vlcurate.models.attn_pool import use_first_token_attention_pool
 from vlcurate.models.device import cpu_supports_bf16
 from vlcurate.models.registry import ModelSpec, resolve
+from vlcurate.models.resnet_fold import fold_batchnorms
 from vlcurate.models.text_trim import can_trim, encode_text_trimmed
 from vlcurate.models.tv_compat import ensure_torchvision
 
@@ -328,6 +329,8 @@ def load_scorer(
     model.eval()
     fingerprint = weights_fingerprint(model)
     use_first_token_attention_pool(model)  # same scores, less work (ModifiedResNet towers only)
+    if dev.type == "cpu":
+        fold_batchnorms(model)  # ~20% off a small ResNet tower on CPU; fp32 embeddings move ~1e-5
     if dev.type == "cpu" and prec == "bf16":
         model = model.to(torch.bfloat16)
     model = model.to(dev)
