@@ -9,12 +9,16 @@ through Pillow. This module imports no torch so that decode workers start fast a
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from vlcurate.pipeline.byte_range import TarRange
 
 DEFAULT_MAX_PIXELS = 1 << 27  # ~134 MP; a larger image is a decompression bomb for our purposes
 # JPEG decoders can downscale by 1/2, 1/4, 1/8 while decoding (DCT scaling), which is fast but
@@ -153,21 +157,59 @@ def _decode_pillow(data: bytes, size: int, max_pixels: int, fast: bool) -> Decod
 
 
 def decode_chunk(
-    images: list[bytes | None], size: int, max_pixels: int = DEFAULT_MAX_PIXELS, fast: bool = False
+    images: Sequence[bytes | TarRange | None],
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast: bool = False,
 ) -> tuple[np.ndarray, list[tuple[int, str, str | None, int | None, int | None]]]:
     """Decode many images in one worker call.
 
-    Returns the stacked arrays of the successes and, per input, (row in that stack or -1,
-    status, error, width, height). One stacked array pickles far faster than many small ones.
+    An image is its encoded bytes, or a `TarRange` that this call reads from disk itself (so the
+    bytes never pass through the job's main process). Returns the stacked arrays of the successes
+    and, per input, (row in that stack or -1, status, error, width, height). One stacked array
+    pickles far faster than many small ones.
     """
     arrays: list[np.ndarray] = []
     meta: list[tuple[int, str, str | None, int | None, int | None]] = []
-    for data in images:
-        d = decode_image(data, size, max_pixels, fast)
-        if d.array is not None:
-            meta.append((len(arrays), d.status, d.error, d.width, d.height))
-            arrays.append(d.array)
-        else:
-            meta.append((-1, d.status, d.error, d.width, d.height))
+    with _RangeReader() as reader:
+        for item in images:
+            if isinstance(item, TarRange):
+                try:
+                    data: bytes | None = reader.read(item)
+                except OSError as exc:
+                    meta.append((-1, "read_error", f"cannot read the image bytes: {exc}", None, None))
+                    continue
+            else:
+                data = item
+            d = decode_image(data, size, max_pixels, fast)
+            if d.array is not None:
+                meta.append((len(arrays), d.status, d.error, d.width, d.height))
+                arrays.append(d.array)
+            else:
+                meta.append((-1, d.status, d.error, d.width, d.height))
     stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.uint8)
     return stacked, meta
+
+
+class _RangeReader:
+    """Reads `TarRange`s with `pread`, keeping each file open for the rest of the chunk."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> _RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def read(self, rng: TarRange) -> bytes:
+        fd = self._fds.get(rng.path)
+        if fd is None:
+            fd = self._fds[rng.path] = os.open(rng.path, os.O_RDONLY)
+        data = os.pread(fd, rng.size, rng.offset)
+        if len(data) != rng.size:
+            raise OSError(f"{rng.path} holds {len(data)} of {rng.size} bytes at offset {rng.offset}")
+        return data

@@ -1,7 +1,8 @@
 """`vlcurate score`: read shards, decode in worker processes, run the model in batches, write tables.
 
 Three stages overlap: a reader thread walks the shards (fetching URL images in bounded
-concurrency) and hands chunks of encoded images to a pool of decode processes; the main thread
+concurrency) and hands chunks of images to a pool of decode processes (for a local tar, only the
+images' byte ranges: the workers read the bytes themselves, see `tar_ranges`); the main thread
 takes decoded chunks in order, runs the model in batches, and writes each shard's table and
 completion marker as soon as its last sample is scored. A bounded queue between the stages keeps
 memory flat however large the input. Shards with a marker are skipped, so a re-run after any kill
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -30,11 +32,13 @@ import pyarrow as pa
 
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import Source, open_source
+from vlcurate.pipeline.byte_range import TarRange
 from vlcurate.pipeline.decode import decode_chunk
 from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import RunDir, write_json_atomic, write_parquet_atomic
 from vlcurate.pipeline.score_config import ScoreConfig
 from vlcurate.pipeline.score_stats import merge_markers, score_histogram
+from vlcurate.pipeline.tar_ranges import iter_samples_with_ranges
 from vlcurate.records import SCORE_SCHEMA, Sample, Status, embedding_field
 
 
@@ -262,6 +266,7 @@ class ScoreJob:
         seen = 0
         error: str | None = None
         chunk: list[Sample] = []
+        ranges: dict[str, TarRange] = {}  # uid -> where its image lies, read by the decode worker
         needs_fetch = False
         # Images given by URL are fetched a group at a time so that `fetch_concurrency` downloads
         # are in flight together; then they go to the decoders in chunks like any other.
@@ -273,12 +278,14 @@ class ScoreJob:
                 if needs_fetch:
                     chunk = self._fetch(chunk)
                 for i in range(0, len(chunk), self.config.chunk_size):
-                    self._submit(shard.name, chunk[i : i + self.config.chunk_size], size, pool, out)
+                    part = chunk[i : i + self.config.chunk_size]
+                    self._submit(shard.name, part, ranges, size, pool, out)
                 chunk = []
+                ranges.clear()
                 needs_fetch = False
 
         try:
-            for s in self.source.iter_samples(shard):
+            for s, rng in self._iter_shard(shard):
                 if self._stop.is_set():
                     return
                 seen += 1
@@ -287,6 +294,8 @@ class ScoreJob:
                     continue
                 seen_uids.add(s.uid)
                 chunk.append(s)
+                if rng is not None:
+                    ranges[s.uid] = rng
                 needs_fetch = needs_fetch or (s.image is None and bool(s.image_ref) and s.status == Status.OK)
                 if len(chunk) >= (fetch_group if needs_fetch else self.config.chunk_size):
                     flush()
@@ -297,6 +306,12 @@ class ScoreJob:
         flush()
         fatal = error is not None and seen == 0
         out.put(_ShardEnd(shard.name, error, duplicates, seen, fatal))
+
+    def _iter_shard(self, shard: ShardRef) -> Iterator[tuple[Sample, TarRange | None]]:
+        """Samples of one shard; a local tar's images come as byte ranges for the workers to read."""
+        if shard.kind == "wds":
+            return iter_samples_with_ranges(shard.url)
+        return ((s, None) for s in self.source.iter_samples(shard))
 
     def _fetch(self, samples: list[Sample]) -> list[Sample]:
         """Resolve path/URL-referenced images into bytes (bounded concurrency, retries, statuses)."""
@@ -312,17 +327,28 @@ class ScoreJob:
         self.timings["fetch_s"] += time.perf_counter() - t
         return resolved
 
-    def _submit(self, shard: str, samples: list[Sample], size: int, pool: Any, out: queue.Queue[Any]) -> None:
-        bad = [s for s in samples if s.status != Status.OK or s.image is None or not s.text]
-        good = [s for s in samples if s.status == Status.OK and s.image is not None and s.text]
+    def _submit(
+        self,
+        shard: str,
+        samples: list[Sample],
+        ranges: dict[str, TarRange],
+        size: int,
+        pool: Any,
+        out: queue.Queue[Any],
+    ) -> None:
+        def has_image(s: Sample) -> bool:
+            return s.image is not None or s.uid in ranges
+
+        bad = [s for s in samples if s.status != Status.OK or not has_image(s) or not s.text]
+        good = [s for s in samples if s.status == Status.OK and has_image(s) and s.text]
         for s in bad:
             if s.status == Status.OK:
-                s.status = Status.MISSING_IMAGE if s.image is None else Status.MISSING_TEXT
-                s.error = s.error or ("no image" if s.image is None else "empty caption")
+                s.status = Status.MISSING_IMAGE if not has_image(s) else Status.MISSING_TEXT
+                s.error = s.error or ("no image" if not has_image(s) else "empty caption")
         if bad:
             out.put(_Rows(shard, bad))
         if good:
-            images = [s.image for s in good]
+            images = [s.image if s.image is not None else ranges[s.uid] for s in good]
             if pool is None:
                 result: Any = decode_chunk(images, size, self.config.max_pixels, self.config.fast_decode)
             else:
