@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,46 @@ def log(message: str) -> None:
     """Progress for a person watching; stderr so that stdout stays one JSON object."""
     sys.stderr.write(f"[bench] {message}\n")
     sys.stderr.flush()
+
+
+class TreePeakRss:
+    """Peak RSS of a process and all its descendants, sampled every `interval` seconds in a thread.
+
+    Why: a job's workers (decode pools, Ray's GCS/raylet/actors, Data-Juicer's workers) hold most of
+    its memory, so the parent's own peak says little. Use as `with TreePeakRss(pid) as rss: ...`
+    and read `rss.peak_mib` afterwards.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak = 0
+
+    def _tree_rss(self) -> int:
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            with contextlib.suppress(Exception):  # a worker that just exited
+                total += p.memory_info().rss
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self._tree_rss())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> TreePeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak / 2**20, 1)

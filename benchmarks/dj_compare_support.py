@@ -6,18 +6,18 @@ plumbing; nothing here imports Data-Juicer (that runs in its own venv, see `dj_r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _common import TreePeakRss
 
 # Data-Juicer's multimodal format: the image placeholder token in the text (SpecialTokens.image).
 DJ_IMAGE_TOKEN = "<__dj__image>"
@@ -96,52 +96,28 @@ def dj_process(model: Path, min_chars: int, min_side: int, clip_min: float) -> l
     ]
 
 
-def _tree_rss(proc: Any) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(Exception):  # a worker that just exited
-            total += p.memory_info().rss
-    return total
-
-
 def run_measured(cmd: list[str], env: dict[str, str], result: Path) -> dict[str, Any]:
     """Run `cmd`, sampling its process tree's RSS every 0.2 s; the child writes its JSON to `result`.
 
     A file, not stdout: Data-Juicer redirects stdout into its logger. `DJC_T0` (the wall clock just
     before the start) lets the child report its own start-up time; `DJC_RESULT` names the file.
     """
-    import psutil
-
     result.unlink(missing_ok=True)
     load_before = round(os.getloadavg()[0], 2)
     t0 = time.time()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, env={**env, "DJC_T0": repr(t0), "DJC_RESULT": str(result)}
     )
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    proc.wait()
-    wall = time.time() - t0
-    stop.set()
-    sampler.join()
+    with TreePeakRss(proc.pid) as rss:
+        proc.wait()
+        wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} {cmd[1]} failed with exit code {proc.returncode}")
     res: dict[str, Any] = json.loads(result.read_text())
     res["wall_s"] = wall
     res["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
     res["loadavg_1m_before"] = load_before
-    res["peak_rss_mib"] = round(peak / 2**20, 1)
+    res["peak_rss_mib"] = rss.peak_mib
     return res
 
 

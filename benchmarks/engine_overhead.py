@@ -22,20 +22,18 @@ Run: `.venv/bin/python benchmarks/engine_overhead.py --json-out .bench/engine_ov
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_dir, emit, log, machine_info
+from _common import TreePeakRss, bench_dir, emit, log, machine_info
 
 TARGET_OVERHEAD = 0.25
 SHARD_SIZE = 2000
@@ -96,20 +94,8 @@ def child(engine: str, pool: str, out: str, cpus: int, t0: float) -> None:
     print(json.dumps({**line, "step_seconds": steps}), flush=True)
 
 
-def _tree_rss(proc: Any) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except Exception:  # a worker that just exited
-            continue
-    return total
-
-
 def measure(engine: str, pool: Path, out: Path, cpus: int) -> dict[str, Any]:
     """Run the child and sample the RSS of its whole process tree every 0.2 s."""
-    import psutil
-
     shutil.rmtree(out, ignore_errors=True)
     load = round(os.getloadavg()[0], 2)
     cmd = [sys.executable, __file__, "--child", engine, "--pool", str(pool), "--out", str(out)]
@@ -117,27 +103,13 @@ def measure(engine: str, pool: Path, out: Path, cpus: int) -> dict[str, Any]:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     )
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    sampler.join()
+    with TreePeakRss(proc.pid) as rss:
+        stdout, _ = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{engine} run failed with exit code {proc.returncode}")
     res: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     res["pairs_per_s"] = res["rows"] / res["run_s"]
-    res["peak_rss_mib"] = round(peak / 2**20, 1)
+    res["peak_rss_mib"] = rss.peak_mib
     res["loadavg_1m_at_start"] = load
     for k in ("startup_s", "run_s", "pairs_per_s"):
         res[k] = round(res[k], 2)
