@@ -263,6 +263,17 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
+def place_model(model: torch.nn.Module, dev: torch.device, prec: str) -> torch.nn.Module:
+    """Cast to bf16 on CPUs that run it natively (CUDA uses autocast instead), move to `dev`, and let
+    torch use every core on CPU; every backend loads its weights in fp32 first and ends here."""
+    if dev.type == "cpu" and prec == "bf16":
+        model = model.to(torch.bfloat16)
+    model = model.to(dev)
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return model
+
+
 def load_scorer(
     name: str,
     *,
@@ -331,11 +342,7 @@ def load_scorer(
     use_first_token_attention_pool(model)  # same scores, less work (ModifiedResNet towers only)
     if dev.type == "cpu":
         fold_batchnorms(model)  # ~20% off a small ResNet tower on CPU; fp32 embeddings move ~1e-5
-    if dev.type == "cpu" and prec == "bf16":
-        model = model.to(torch.bfloat16)
-    model = model.to(dev)
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = place_model(model, dev, prec)
     pp = _preprocessing_of(preprocess, model)
     return ClipScorer(spec, model, tokenizer, pp, dev, prec, fingerprint)
 

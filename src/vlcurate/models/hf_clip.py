@@ -13,7 +13,6 @@ Needs the optional `hf` extra (`pip install 'vlcurate[hf]'`, i.e. transformers).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from vlcurate.models.clip import (
     _hub_offline,
     _resolve_device,
     choose_precision,
+    place_model,
     weights_fingerprint,
 )
 from vlcurate.models.registry import HF_CLIP_PREFIX, ModelSpec
@@ -203,11 +203,7 @@ def load_hf_clip_scorer(
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else text_cfg.eos_token_id
     model = HFClipModel(clip, eos)
     fingerprint = weights_fingerprint(model)
-    if dev.type == "cpu" and prec == "bf16":
-        model = model.to(torch.bfloat16)
-    model = model.to(dev)
+    placed = place_model(model, dev, prec)
     image_size = int(config.vision_config.image_size)
     tok = HFClipTokenizer(tokenizer, int(text_cfg.max_position_embeddings))
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return ClipScorer(spec, model, tok, _preprocessing(pp_cfg, image_size), dev, prec, fingerprint)
+    return ClipScorer(spec, placed, tok, _preprocessing(pp_cfg, image_size), dev, prec, fingerprint)
