@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -147,6 +148,14 @@ units = Table(
     _ts("verified_at", nullable=True),
     UniqueConstraint("task_id", "seq", name="uq_units_task_seq"),
     Index("ix_units_pick", "state", "task_id", "id"),
+    # Leasing's scan: open units only, in seq order (see migration 0003 for why not by id).
+    Index(
+        "ix_units_open",
+        "task_id",
+        "seq",
+        postgresql_where=text("state = 'open'"),
+        sqlite_where=text("state = 'open'"),
+    ),
     Index("ix_units_verified_at", "verified_at"),
     Index("ix_units_task_first", "task_id", "first_item"),
 )

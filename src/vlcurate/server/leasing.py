@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, exists, insert, select, text, update
+from sqlalchemy import bindparam, case, insert, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -290,20 +290,15 @@ class _Unit:
 
 # The hot statements are built once: building a Core statement costs more than running it here.
 _u, _r, _A = db.units, db.replicas, db.agents
-_PICK = (
-    select(
-        _u.c.id, _u.c.task_id, _u.c.first_item, _u.c.last_item, _u.c.target, _u.c.issued, _u.c.replicas_total
-    )
-    .where(
-        _u.c.state == "open",
-        _u.c.task_id.in_(bindparam("b_tasks", expanding=True)),
-        _u.c.issued < _u.c.target,
-        ~exists().where(and_(_r.c.unit_id == _u.c.id, _r.c.contributor_id == bindparam("b_contributor"))),
-    )
-    .order_by(_u.c.id)
-    .limit(1)
+# One task at a time, lowest first, then the lowest open unit (seq) in it, as `vlc_lease` does on
+# PostgreSQL. 'open' is written out, not bound, so that the partial index `ix_units_open` applies;
+# the contributor test is a scalar subquery: one probe of uq_replicas_unit_contributor per candidate.
+_PICK = text(
+    "SELECT un.id, un.task_id, un.first_item, un.last_item, un.target, un.issued, un.replicas_total "
+    "FROM units un WHERE un.state = 'open' AND un.task_id = :b_task AND un.issued < un.target "
+    "AND (SELECT 1 FROM replicas r WHERE r.unit_id = un.id AND r.contributor_id = :b_contributor "
+    "LIMIT 1) IS NULL ORDER BY un.seq LIMIT 1"
 )
-_PICK_PG = _PICK.with_for_update(skip_locked=True, of=_u)
 _INSERT_REPLICA = insert(_r).returning(_r.c.id)
 _BUMP_UNIT = (
     update(_u)
@@ -324,9 +319,12 @@ _COUNT_LEASE = (
 
 
 def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int]) -> _Unit | None:
-    q = _PICK_PG if conn.dialect.name == "postgresql" else _PICK
-    row = conn.execute(q, {"b_tasks": task_ids, "b_contributor": contributor_id}).first()
-    return None if row is None else _Unit(*row)
+    """SQLite (writes are serialised, so no row lock is needed); PostgreSQL picks in `vlc_lease`."""
+    for task_id in sorted(set(task_ids)):
+        row = conn.execute(_PICK, {"b_task": task_id, "b_contributor": contributor_id}).first()
+        if row is not None:
+            return _Unit(*row)
+    return None
 
 
 def _sample_gold(p: Platform, task_id: int, k: int, first: int, last: int, seed: int) -> list[int]:
