@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,10 @@ class TaskInfo:
 
 @dataclass(frozen=True)
 class UnitPairs:
-    item_ids: list[int]
-    captions: list[str | None]
+    # Tuples of ints and strings: the garbage collector stops tracking them, so thousands of
+    # cached units do not make every full collection (which stops the worker) longer.
+    item_ids: tuple[int, ...]
+    captions: tuple[str | None, ...]
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Platform:
                 .where(db.items.c.id.between(first_item, last_item))
                 .order_by(db.items.c.id)
             ).all()
-        pairs = UnitPairs([r.id for r in rows], [r.caption for r in rows])
+        pairs = UnitPairs(tuple(r.id for r in rows), tuple(r.caption for r in rows))
         self._units.put(key, pairs)
         return pairs
 
@@ -162,15 +165,20 @@ class Platform:
         self._units.put((first_item, last_item), pairs)
 
     def replica_view(
-        self, lease_id: int, seed: int, unit_items: list[int], gold_items: list[int]
+        self, lease_id: int, seed: int, unit_items: Sequence[int], gold_items: list[int]
     ) -> list[ViewItem]:
-        """`unit_view.replica_view`, remembered per lease: its answer and its submission both need it."""
+        """`unit_view.replica_view`, remembered per lease: its answer and its submission both need it.
+
+        Kept as plain tuples, which the garbage collector stops tracking (16,384 views of ~70
+        dataclass objects each made full collections take 100-260 ms, the whole worker paused).
+        """
         key = (lease_id, seed, len(unit_items), unit_items[0] if unit_items else 0, tuple(gold_items))
         hit = self._views.get(key)
         if hit is None:
-            hit = replica_view(self.secret, lease_id, seed, unit_items, gold_items)
-            self._views.put(key, hit)
-        return list(hit)
+            view = replica_view(self.secret, lease_id, seed, unit_items, gold_items)
+            self._views.put(key, tuple((v.public_id, v.item_id, v.position, v.is_gold) for v in view))
+            return view
+        return [ViewItem(*v) for v in hit]
 
     def gold_pool(self, task_id: int) -> GoldPool:
         hit = self._gold.get(task_id)

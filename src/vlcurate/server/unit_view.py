@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -28,7 +29,7 @@ def public_id(secret: bytes, lease_id: int, item_id: int) -> str:
 
 
 def replica_view(
-    secret: bytes, lease_id: int, seed: int, unit_items: list[int], gold_items: list[int]
+    secret: bytes, lease_id: int, seed: int, unit_items: Sequence[int], gold_items: Sequence[int]
 ) -> list[ViewItem]:
     """The replica's items in the order the agent sees them."""
     n = len(unit_items)
