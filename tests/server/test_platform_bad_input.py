@@ -198,3 +198,46 @@ def test_rate_limit_and_daily_quota(live_platform: Any, small_pool: Path) -> Non
     codes = [b.http.get("/api/v1/me").status_code for _ in range(12)]
     assert codes[:5] == [200] * 5 and 429 in codes
     assert httpx.post(f"{live_platform.url}/api/v1/leases", headers=h).status_code == 401
+
+
+@pytest.mark.parametrize("call", ["submit", "submit-and-lease"])
+def test_unit_cycle_calls_refuse_huge_bodies_and_odd_requests_like_the_rest_of_the_api(
+    leased: Any, call: str
+) -> None:
+    """The unit-cycle calls have their own fast route (`cycle_route`); its edges answer as FastAPI's."""
+    server, agent, lease, good = leased
+    before = _counts(server.engine)
+    path = f"/api/v1/leases/{lease['lease_id']}/{call}"
+    big = b'{"idempotency_key": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    r = agent.http.post(path, content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json() == {"detail": "Content Too Large"}
+
+    def chunks() -> Any:
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+
+    r = agent.http.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json() == {"detail": "Content Too Large"}
+    # Same 422 shape as FastAPI's (locations under "body"), and no echo of the input.
+    r = agent.http.post(path, json={"idempotency_key": "edge-case-01", "results": "<script>"})
+    assert r.status_code == 422
+    assert ["body", "model_fingerprint"] in [e["loc"] for e in r.json()["errors"]]
+    assert "<script>" not in r.text
+    r = agent.http.post(path, content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.text
+    # What the route passes on, FastAPI answers: another method, a lease id beyond 64 bits.
+    assert agent.http.get(path).status_code == 405
+    r = agent.http.post(f"/api/v1/leases/{'9' * 30}/{call}", json={"x": 1})
+    assert r.status_code in (404, 422), r.text
+    # An empty or wrong Authorization is a 401 before anything is read from the database.
+    r = httpx.post(f"{server.url}{path}", json={}, headers={"Authorization": "Basic abc"})
+    assert r.status_code in (401, 422)
+    r = httpx.post(
+        f"{server.url}{path}",
+        json={"idempotency_key": "edge-case-02", "model_fingerprint": "x", "results": good},
+        headers={"Authorization": "Basic abc"},
+    )
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    assert _counts(server.engine) == before
+    # After all that, the honest submission still goes through.
+    assert agent.submit(lease, good).status_code == 200

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import db, leasing, schemas, submissions
+from vlcurate.server import db, leasing, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, caller_from_row
 from vlcurate.server.context import Platform
 from vlcurate.server.errors import Conflict, Forbidden, TooMany
@@ -226,9 +226,12 @@ def fast(
         contributors=[
             c for c in contributors.values() if any(c[k] for k in ("points", "gold_pass", "agree", "n_valid"))
         ],
-        versions=[
-            {k: v[k] for k in ("version", "gold_pass", "agree")} for v in versions.values() if "drop" not in v
+        versions=[  # in one order, so two transactions take the version rows' locks alike
+            {k: v[k] for k in ("version", "gold_pass", "agree")}
+            for v in sorted(versions.values(), key=lambda v: v["version"])
+            if "drop" not in v
         ],
+        version_shard=reputation.version_shard(),
     )
     next_detail = _plan_next(p, caller, plan, body, want_next, next_task_id, now)
     verified = None if verdict.scores is None else verdict.scores.astype("<f4").tobytes()

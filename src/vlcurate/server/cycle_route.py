@@ -1,21 +1,23 @@
 """The agents' unit-cycle calls (`POST /api/v1/leases/{id}/submit` and `.../submit-and-lease`) as a
-bare ASGI route, in front of FastAPI's router.
+bare ASGI route, ahead of all of FastAPI's layers (`PlatformAPI` sends them here first).
 
 They are nearly all of a running platform's requests, and for them FastAPI's per-request layers
-(dependency solving, validating the body on the event loop, routing, response wrapping) cost as
-much server CPU as the whole verification. Here the body is parsed and validated in the handler
-thread, with the same parser and model as FastAPI (so the same 422s); the handler is the same
-`submit_maybe_next` the FastAPI routes call; the answer goes out as the bytes pydantic serialised.
+(error, telemetry and body-limit middleware, dependency solving, validating the body on the event
+loop, routing, response wrapping) cost as much server CPU as the whole verification. Here the body
+is parsed and validated in the handler thread, with the same parser and model as FastAPI (so the
+same 422s); the handler is the same `submit_maybe_next` the FastAPI routes call; the answer goes out
+as the bytes pydantic serialised.
 
 FastAPI still declares both routes (OpenAPI docs at /docs) and answers any request this route
 passes on (a lease id too long for the database, another method). Errors are `replies`' answers,
-as FastAPI gives them; the request body limit is FastAPI's, which wraps this route; anything
-unexpected is a 500 from Starlette's error middleware, as elsewhere.
+as FastAPI gives them: the same 413 for a body over the limit (declared or streamed), 422, 4xx of
+the services, 503 when the database is down, and a 500 for anything unexpected.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +25,13 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import PlainTextResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from vlcurate.server import replies, schemas
 from vlcurate.server.errors import PlatformError
+
+log = logging.getLogger("vlcurate.server")
 
 # lease id, then which call; ids beyond 18 digits go to FastAPI (and get its answer)
 _PATH = re.compile(r"/api/v1/leases/(\d{1,18})/(submit|submit-and-lease)")
@@ -35,22 +40,44 @@ Run = Callable[[str | None, int, schemas.SubmissionIn, bool, int | None], schema
 
 
 class CycleRoute:
-    """ASGI middleware: answers the two unit-cycle calls itself, passes everything else on."""
+    """Answers the two unit-cycle calls: `matches(scope)` says whether a request is one of them."""
 
-    def __init__(self, app: ASGIApp, run: Run) -> None:
-        self.app = app
+    def __init__(self, run: Run, max_body_bytes: int) -> None:
         self.run = run
+        self.max_body_bytes = max_body_bytes
+
+    @staticmethod
+    def matches(scope: Scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and _PATH.fullmatch(scope["path"]) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+        match = _PATH.fullmatch(scope["path"])
+        assert match is not None
+        try:
+            await self._respond(scope, receive, send, int(match[1]), match[2] == "submit-and-lease")
+        except Exception:
+            log.exception("unit-cycle call %s failed", scope["path"])
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, lease_id: int, combined: bool
+    ) -> None:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await replies.too_large()(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await _read_body(receive, self.max_body_bytes)
         if body is None:
             return  # the client went away
+        if body is _TOO_LARGE:
+            await replies.too_large()(scope, receive, send)
+            return
         auth = _header(scope, b"authorization")
-        lease_id, combined = int(match[1]), match[2] == "submit-and-lease"
         try:
             content = await anyio.to_thread.run_sync(self._answer, auth, lease_id, body, combined)
         except ValidationError as exc:
@@ -100,14 +127,22 @@ class _BadJson(Exception):
         self.position = getattr(cause, "pos", 0)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (FastAPI's limit, outside this route, stops an oversized one)."""
+_TOO_LARGE = b"\0too large"  # a sentinel (compared by identity)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body; `_TOO_LARGE` as soon as it passes `limit`; None if the client left."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _TOO_LARGE
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -148,13 +149,13 @@ units = Table(
     _ts("verified_at", nullable=True),
     UniqueConstraint("task_id", "seq", name="uq_units_task_seq"),
     Index("ix_units_pick", "state", "task_id", "id"),
-    # Leasing's scan: open units only, in seq order (see migration 0003 for why not by id).
+    # Leasing's scan: the leasable units only, in seq order (migration 0003 says why).
     Index(
         "ix_units_open",
         "task_id",
         "seq",
-        postgresql_where=text("state = 'open'"),
-        sqlite_where=text("state = 'open'"),
+        postgresql_where=text("state = 'open' AND issued < target"),
+        sqlite_where=text("state = 'open' AND issued < target"),
     ),
     Index("ix_units_verified_at", "verified_at"),
     Index("ix_units_task_first", "task_id", "first_item"),
@@ -211,11 +212,14 @@ agents = Table(
     _ts("created_at"),
 )
 
-# Reputation per agent software version, from the same gold and agreement outcomes.
+# Reputation per agent software version, from the same gold and agreement outcomes. A version's
+# counts are the sum of its rows: writers add to a random shard, so that concurrent verifications
+# (nearly all by one version) do not queue on one row lock (migration 0003).
 version_stats = Table(
     "version_stats",
     metadata,
     Column("version", String(64), primary_key=True),
+    Column("shard", SmallInteger, primary_key=True, autoincrement=False, default=0),
     Column("gold_pass", Integer, nullable=False, default=0),
     Column("gold_fail", Integer, nullable=False, default=0),
     Column("agree", Integer, nullable=False, default=0),

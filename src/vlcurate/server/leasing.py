@@ -174,7 +174,7 @@ def lease_from_pg(p: Platform, got: dict[str, Any]) -> schemas.Lease:
     """The lease `vlc_lease` made, as the agent sees it (its pairs go to the per-process cache)."""
     items = got["items"]
     p.remember_unit_pairs(
-        got["first_item"], got["last_item"], UnitPairs([i for i, _ in items], [c for _, c in items])
+        got["first_item"], got["last_item"], UnitPairs(tuple(i for i, _ in items), tuple(c for _, c in items))
     )
     return _lease_response(
         p,
@@ -290,12 +290,13 @@ class _Unit:
 
 # The hot statements are built once: building a Core statement costs more than running it here.
 _u, _r, _A = db.units, db.replicas, db.agents
-# One task at a time, lowest first, then the lowest open unit (seq) in it, as `vlc_lease` does on
-# PostgreSQL. 'open' is written out, not bound, so that the partial index `ix_units_open` applies;
+# One task at a time, lowest first, then the lowest leasable unit (seq) in it, as `vlc_lease` does
+# on PostgreSQL. The partial index `ix_units_open` holds exactly the units with
+# "state = 'open' AND issued < target", which is why those terms are written out here, not bound;
 # the contributor test is a scalar subquery: one probe of uq_replicas_unit_contributor per candidate.
 _PICK = text(
     "SELECT un.id, un.task_id, un.first_item, un.last_item, un.target, un.issued, un.replicas_total "
-    "FROM units un WHERE un.state = 'open' AND un.task_id = :b_task AND un.issued < un.target "
+    "FROM units un WHERE un.state = 'open' AND un.issued < un.target AND un.task_id = :b_task "
     "AND (SELECT 1 FROM replicas r WHERE r.unit_id = un.id AND r.contributor_id = :b_contributor "
     "LIMIT 1) IS NULL ORDER BY un.seq LIMIT 1"
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
@@ -37,3 +39,15 @@ def downgrade(engine: Engine, revision: str) -> None:
         cfg = alembic_config(engine)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
+
+
+def revision_module(filename: str) -> ModuleType:
+    """A migration file as a module (their names start with digits, so `import` cannot reach them):
+    a later revision that changes a SQL function edits the earlier text instead of repeating it."""
+    path = HERE / "migrations" / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"_vlc_revision_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -128,7 +128,8 @@ def _utc_opt(value: dt.datetime | None) -> dt.datetime | None:
 def versions(conn: Connection) -> list[VersionOut]:
     """Reputation per agent software version: a broken release shows up here before anyone is paused."""
     v = db.version_stats
-    rows = conn.execute(select(v).order_by(v.c.version)).all()
+    counts = [func.sum(c).label(c.name) for c in (v.c.gold_pass, v.c.gold_fail, v.c.agree, v.c.disagree)]
+    rows = conn.execute(select(v.c.version, *counts).group_by(v.c.version).order_by(v.c.version)).all()
     return [
         VersionOut(
             version=r.version,

@@ -36,3 +36,8 @@ def database_down(exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"detail": "database unavailable, retry"}, status_code=503, headers={"Retry-After": "1"}
     )
+
+
+def too_large() -> JSONResponse:
+    """A request body over `max_body_bytes`, as FastAPI's own limit answers it."""
+    return JSONResponse({"detail": "Content Too Large"}, status_code=413)

@@ -3,6 +3,7 @@ found after payment (credits for unaudited results are reversed and their units 
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from sqlalchemy import and_, delete, select, update
@@ -15,6 +16,12 @@ from vlcurate.server import db, ledger
 GOLD_FAILS_TO_PAUSE = 2  # fair attention checks: fail twice before being paused
 MIN_DISAGREE_TO_PAUSE = 3
 REJECTED_TO_PAUSE = 10
+# Rows per agent version in version_stats: each update goes to a random one (see db.version_stats).
+VERSION_SHARDS = 16
+
+
+def version_shard() -> int:
+    return random.randrange(VERSION_SHARDS)
 
 
 def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> float:
@@ -69,11 +76,16 @@ def _bump_version(
     V = db.version_stats
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = dialect_insert(V).values(
-        version=version, gold_pass=gold_pass, gold_fail=gold_fail, agree=agree, disagree=disagree
+        version=version,
+        shard=version_shard(),
+        gold_pass=gold_pass,
+        gold_fail=gold_fail,
+        agree=agree,
+        disagree=disagree,
     )
     conn.execute(
         stmt.on_conflict_do_update(
-            index_elements=[V.c.version],
+            index_elements=[V.c.version, V.c.shard],
             set_={
                 "gold_pass": V.c.gold_pass + gold_pass,
                 "gold_fail": V.c.gold_fail + gold_fail,
