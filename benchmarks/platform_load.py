@@ -22,7 +22,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +168,14 @@ async def agent_loop(
     lat: dict[str, list[float]],
     counts: dict[str, int],
     combined: bool,
+    measure_from: float = 0.0,
 ) -> None:
     """One agent: every `period` (Poisson) it reports the lease it holds and gets the next one.
 
     Combined (the default): one `submit-and-lease` request per cycle; a plain `POST /leases` only
     when it holds nothing. Separate: `POST /leases` then `POST .../submit`, as before that call
-    existed. A cycle is counted when its submission is answered 200 inside the window.
+    existed. A cycle is counted when its submission is answered 200 inside the window and it
+    started at or after `measure_from` (earlier ones go to the warm-up figures).
     """
     conn = Conn(host, port, token)
     rng = random.Random(token)
@@ -214,6 +216,9 @@ async def agent_loop(
             if t3 > stop_at:
                 _count(counts, "late")  # finished after the measured window: not counted
                 continue
+            if t0 < measure_from:
+                lat["warmup_cycle"].append(lease_s + (t3 - t2))
+                continue
             lat["submit"].append(t3 - t2)
             lat["cycle"].append(lease_s + (t3 - t2))
             counts["cycles"] += 1
@@ -222,19 +227,36 @@ async def agent_loop(
 
 
 async def drive(
-    url: str, tokens: list[str], rate: float, seconds: float, combined: bool = True
+    url: str,
+    tokens: list[str],
+    rate: float,
+    seconds: float,
+    combined: bool = True,
+    warmup: float = 0.0,
+    on_measure: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """Offer `rate` cycles/s for `warmup` + `seconds`; figures are of the last `seconds` only (the
+    warm-up's cycle latencies are reported apart, as warmup_cycle_*)."""
     host, port = url.split("//")[1].split(":")
-    lat: dict[str, list[float]] = {"lease": [], "submit": [], "cycle": []}
+    lat: dict[str, list[float]] = {"lease": [], "submit": [], "cycle": [], "warmup_cycle": []}
     counts: dict[str, int] = {"cycles": 0, "empty": 0, "late": 0}
     period = len(tokens) / rate
     start = time.perf_counter()
+    measure_from = start + warmup
+    if on_measure is not None:
+        asyncio.get_running_loop().call_later(warmup, on_measure)
     await asyncio.gather(
-        *(agent_loop(host, int(port), t, period, start + seconds, lat, counts, combined) for t in tokens)
+        *(
+            agent_loop(
+                host, int(port), t, period, measure_from + seconds, lat, counts, combined, measure_from
+            )
+            for t in tokens
+        )
     )
     wall = time.perf_counter() - start
     out: dict[str, Any] = {
         "offered_cycles_per_s": rate,
+        "warmup_s": warmup,
         "cycles": counts["cycles"],
         "cycles_per_s": round(counts["cycles"] / seconds, 1),  # cycles completed inside the window
         "wall_s": round(wall, 1),
@@ -302,8 +324,12 @@ class CpuMeter:
         }
 
     def __enter__(self) -> CpuMeter:
-        self.start = self._sample()
+        self.restart()
         return self
+
+    def restart(self) -> None:
+        """Count from now (when the warm-up ends)."""
+        self.start = self._sample()
 
     def __exit__(self, *exc: object) -> None:
         self.end = self._sample()
@@ -318,13 +344,19 @@ class CpuMeter:
 
 
 def run_one(
-    kind: str, n_agents: int, rate: float, seconds: float, workers: int, combined: bool = True
+    kind: str,
+    n_agents: int,
+    rate: float,
+    seconds: float,
+    workers: int,
+    combined: bool = True,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
     from tests.platform_live import ServerProcess
 
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         # Enough units that work never runs out: one cycle per unit once contributors are trusted.
-        n_units = int(rate * seconds * 1.5) + n_agents + 50
+        n_units = int(rate * (seconds + warmup) * 1.5) + n_agents + 50
         t0 = time.perf_counter()
         tokens, units = prepare(url, n_units, n_agents)
         setup_s = time.perf_counter() - t0
@@ -333,7 +365,7 @@ def run_one(
             assert proc.proc is not None
             load1 = os.getloadavg()[0]
             with CpuMeter(proc.proc.pid) as meter:
-                res = _run(drive(proc.url, tokens, rate, seconds, combined))
+                res = _run(drive(proc.url, tokens, rate, seconds, combined, warmup, meter.restart))
             res["cores_busy"] = meter.cores()
             res["loadavg_1m_before"] = round(load1, 2)
             from sqlalchemy import func, select
@@ -367,7 +399,14 @@ def main() -> None:
     ap.add_argument("--db", choices=["sqlite", "postgresql", "postgres", "both"], default="both")
     ap.add_argument("--agents", type=int, nargs="+", default=[50, 500])
     ap.add_argument("--rate", type=float, default=300.0, help="Offered unit cycles per second.")
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="Measured window.")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="Seconds of the same load before the measured window (all agents connect and take "
+        "their first lease, the server's database connections open); reported apart.",
+    )
     ap.add_argument("--workers", type=int, default=2, help="Server processes on PostgreSQL.")
     ap.add_argument(
         "--separate",
@@ -381,8 +420,11 @@ def main() -> None:
     runs = []
     for kind in kinds:
         for n in args.agents:
-            log(f"{kind}, {n} agents, offering {args.rate:g} cycles/s for {args.seconds:g} s")
-            r = run_one(kind, n, args.rate, args.seconds, args.workers, not args.separate)
+            log(
+                f"{kind}, {n} agents, offering {args.rate:g} cycles/s for {args.warmup:g} s of "
+                f"warm-up and {args.seconds:g} s measured"
+            )
+            r = run_one(kind, n, args.rate, args.seconds, args.workers, not args.separate, args.warmup)
             log(json.dumps(r))
             runs.append(r)
     result = {"benchmark": "platform_load", "machine": machine_info(), "unit_size": UNIT_SIZE, "runs": runs}
