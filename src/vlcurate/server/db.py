@@ -148,7 +148,6 @@ units = Table(
     Column("verified_status", JSON, nullable=True),
     _ts("verified_at", nullable=True),
     UniqueConstraint("task_id", "seq", name="uq_units_task_seq"),
-    Index("ix_units_pick", "state", "task_id", "id"),
     # Leasing's scan: the leasable units only, in seq order (migration 0003 says why).
     Index(
         "ix_units_open",
@@ -245,8 +244,13 @@ replicas = Table(
     Column("lease_key", String(128), nullable=True),
     UniqueConstraint("unit_id", "contributor_id", name="uq_replicas_unit_contributor"),
     UniqueConstraint("agent_id", "lease_key", name="uq_replicas_agent_lease_key"),
-    Index("ix_replicas_state_deadline", "state", "deadline"),
-    Index("ix_replicas_agent_state", "agent_id", "state"),
+    # The lease sweeper's scan: only leases still out (migration 0003).
+    Index(
+        "ix_replicas_leased",
+        "deadline",
+        postgresql_where=text("state = 'leased'"),
+        sqlite_where=text("state = 'leased'"),
+    ),
 )
 
 # scores: float32 little-endian, unit items in id order then the replica's gold items in its order;

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, insert, select, text, update
+from sqlalchemy import bindparam, case, insert, literal_column, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -381,7 +381,8 @@ def expire_leases(p: Platform) -> int:
         unit_ids = (
             conn.execute(
                 update(db.replicas)
-                .where(db.replicas.c.state == "leased", db.replicas.c.deadline < now)
+                # 'leased' written out, so that the partial index ix_replicas_leased applies
+                .where(db.replicas.c.state == literal_column("'leased'"), db.replicas.c.deadline < now)
                 .values(state="expired", finished_at=now)
                 .returning(db.replicas.c.unit_id)
             )

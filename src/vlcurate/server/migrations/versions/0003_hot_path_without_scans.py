@@ -13,6 +13,10 @@ Measured with `benchmarks/platform_load.py` (500 agents, 300 cycles/s), what eac
 - A unit's submitted replicas (`vlc_snapshot`, `vlc_apply`): found through `ix_submissions_unit`
   and the replicas' primary key, not through every submitted replica in `ix_replicas_state_deadline`
   (123 rows read per call).
+- Fewer index entries written per cycle (a unit and a replica change state twice per cycle, and
+  such an update writes an entry in every index): `ix_units_pick` (superseded by `ix_units_open`)
+  and `ix_replicas_agent_state` (no query uses it) are dropped, and `ix_replicas_state_deadline`
+  becomes `ix_replicas_leased (deadline) WHERE state = 'leased'`, all the lease sweeper reads.
 - Reputation per agent version: every verified unit added to its version's counters, nearly all
   agents run one version, so every verifying transaction queued on that row's lock until the one
   before had committed (most of `vlc_apply`'s 4-5 ms). `version_stats` now has a `shard` in its key;
@@ -38,6 +42,7 @@ branch_labels = None
 depends_on = None
 
 LEASABLE = sa.text("state = 'open' AND issued < target")
+LEASED = sa.text("state = 'leased'")
 _COUNTS = ["gold_pass", "gold_fail", "agree", "disagree"]
 
 SNAPSHOT = """
@@ -264,6 +269,13 @@ def upgrade() -> None:
             postgresql_where=LEASABLE,
             sqlite_where=LEASABLE,
         )
+        batch_op.drop_index("ix_units_pick")
+    with op.batch_alter_table("replicas", schema=None) as batch_op:
+        batch_op.drop_index("ix_replicas_state_deadline")
+        batch_op.drop_index("ix_replicas_agent_state")
+        batch_op.create_index(
+            "ix_replicas_leased", ["deadline"], unique=False, postgresql_where=LEASED, sqlite_where=LEASED
+        )
     shard = sa.Column("shard", sa.SmallInteger(), autoincrement=False, nullable=False)
     _version_stats("version_stats_new", shard, pk="pk_version_stats")
     cols = ", ".join(_COUNTS)
@@ -291,5 +303,10 @@ def downgrade() -> None:
     )
     op.drop_table("version_stats")
     op.rename_table("version_stats_old", "version_stats")
+    with op.batch_alter_table("replicas", schema=None) as batch_op:
+        batch_op.drop_index("ix_replicas_leased")
+        batch_op.create_index("ix_replicas_agent_state", ["agent_id", "state"], unique=False)
+        batch_op.create_index("ix_replicas_state_deadline", ["state", "deadline"], unique=False)
     with op.batch_alter_table("units", schema=None) as batch_op:
+        batch_op.create_index("ix_units_pick", ["state", "task_id", "id"], unique=False)
         batch_op.drop_index("ix_units_open")
