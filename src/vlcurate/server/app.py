@@ -68,8 +68,9 @@ class PlatformAPI(FastAPI):
     cycle_route: CycleRoute | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.cycle_route is not None and CycleRoute.matches(scope):
-            await self.cycle_route(scope, receive, send)
+        route = self.cycle_route
+        if route is not None and (target := CycleRoute.target(scope)) is not None:
+            await route(scope, receive, send, target)
         else:
             await super().__call__(scope, receive, send)
 

@@ -40,25 +40,23 @@ Run = Callable[[str | None, int, schemas.SubmissionIn, bool, int | None], schema
 
 
 class CycleRoute:
-    """Answers the two unit-cycle calls: `matches(scope)` says whether a request is one of them."""
+    """Answers the two unit-cycle calls: `target(scope)` says whether a request is one of them."""
 
     def __init__(self, run: Run, max_body_bytes: int) -> None:
         self.run = run
         self.max_body_bytes = max_body_bytes
 
     @staticmethod
-    def matches(scope: Scope) -> bool:
-        return (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and _PATH.fullmatch(scope["path"]) is not None
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def target(scope: Scope) -> tuple[int, bool] | None:
+        """(lease id, whether the next unit is wanted) for a unit-cycle call; None for any other."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
         match = _PATH.fullmatch(scope["path"])
-        assert match is not None
+        return None if match is None else (int(match[1]), match[2] == "submit-and-lease")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, target: tuple[int, bool]) -> None:
         try:
-            await self._respond(scope, receive, send, int(match[1]), match[2] == "submit-and-lease")
+            await self._respond(scope, receive, send, *target)
         except Exception:
             log.exception("unit-cycle call %s failed", scope["path"])
             await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
@@ -71,12 +69,13 @@ class CycleRoute:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await replies.too_large()(scope, receive, send)
             return
-        body = await _read_body(receive, self.max_body_bytes)
-        if body is None:
-            return  # the client went away
-        if body is _TOO_LARGE:
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+        except _TooLarge:
             await replies.too_large()(scope, receive, send)
             return
+        if body is None:
+            return  # the client went away
         auth = _header(scope, b"authorization")
         try:
             content = await anyio.to_thread.run_sync(self._answer, auth, lease_id, body, combined)
@@ -127,11 +126,12 @@ class _BadJson(Exception):
         self.position = getattr(cause, "pos", 0)
 
 
-_TOO_LARGE = b"\0too large"  # a sentinel (compared by identity)
+class _TooLarge(Exception):
+    """The body passed the limit while it streamed in."""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body; `_TOO_LARGE` as soon as it passes `limit`; None if the client left."""
+    """The whole request body, or None if the client left; `_TooLarge` as soon as it passes `limit`."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -141,7 +141,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return _TOO_LARGE
+            raise _TooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -43,7 +43,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def revision_module(filename: str) -> ModuleType:
     """A migration file as a module (their names start with digits, so `import` cannot reach them):
-    a later revision that changes a SQL function edits the earlier text instead of repeating it."""
+    a revision that replaces SQL functions restores the earlier file's text on downgrade."""
     path = HERE / "migrations" / "versions" / filename
     spec = importlib.util.spec_from_file_location(f"_vlc_revision_{path.stem}", path)
     if spec is None or spec.loader is None:
