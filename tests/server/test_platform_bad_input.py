@@ -241,3 +241,52 @@ def test_unit_cycle_calls_refuse_huge_bodies_and_odd_requests_like_the_rest_of_t
     assert _counts(server.engine) == before
     # After all that, the honest submission still goes through.
     assert agent.submit(lease, good).status_code == 200
+
+
+def test_the_lease_call_answers_bad_requests_exactly_as_fastapi_would(
+    live_platform: Any, small_pool: Path
+) -> None:
+    """`POST /api/v1/leases` goes through the bare unit-cycle route too: every refusal is the one
+    FastAPI's own route gives (same status, same body), and none of them leases anything."""
+    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=50, gold_per_unit=3, contributors=1)
+    agent = HonestAgent(live_platform.url, tokens[0])
+    url = f"{live_platform.url}/api/v1/leases"
+    json_type = {"content-type": "application/json"}
+    cases: list[tuple[str, dict[str, Any], int]] = [
+        ("task id as text", {"json": {"task_id": "three"}}, 422),
+        ("body not an object", {"json": [1, 2]}, 422),
+        ("malformed json", {"content": b'{"task_id": ', "headers": json_type}, 422),
+        ("key with spaces", {"headers": {"Idempotency-Key": "no spaces allowed"}}, 422),
+        ("body and key both bad", {"json": {"task_id": 1.5}, "headers": {"Idempotency-Key": "k" * 129}}, 422),
+        ("html in the key", {"headers": {"Idempotency-Key": "<script>x</script>"}}, 422),
+        ("unknown task", {"json": {"task_id": 999_999}}, 404),
+    ]
+    before = _counts(live_platform.engine)
+    for name, request, status in cases:
+        ours = agent.http.post("/api/v1/leases", **request)
+        live_platform.app.cycle_route, route = None, live_platform.app.cycle_route
+        try:
+            theirs = agent.http.post("/api/v1/leases", **request)
+        finally:
+            live_platform.app.cycle_route = route
+        assert ours.status_code == theirs.status_code == status, (name, ours.text, theirs.text)
+        assert ours.content == theirs.content or ours.json() == theirs.json(), name
+        assert "<script>" not in ours.text
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        r = httpx.post(url, headers=headers)
+        assert r.status_code == 401 and "detail" in r.json(), headers
+    big = b'{"task_id": 1, "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    assert agent.http.post("/api/v1/leases", content=big, headers=json_type).status_code == 413
+    assert agent.http.get("/api/v1/leases").status_code == 405  # passed on to FastAPI
+    assert _counts(live_platform.engine) == before
+    # A good request: a lease, and a retry with the same key gets the same one.
+    key = {"Idempotency-Key": "route-lease-01"}
+    first = agent.http.post("/api/v1/leases", headers=key)
+    again = agent.http.post("/api/v1/leases", headers=key)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"] == "application/json"
+    assert first.json()["lease_id"] == again.json()["lease_id"] and len(first.json()["items"]) == 53
+    # Once this contributor holds a replica of every unit there is no work for it: 204, no body.
+    answers = [agent.http.post("/api/v1/leases") for _ in range(6)]
+    assert [r.status_code for r in answers] == [200] * 5 + [204], [r.text for r in answers]
+    assert answers[-1].content == b""

@@ -69,8 +69,8 @@ class PlatformAPI(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.cycle_route
-        if route is not None and (target := CycleRoute.target(scope)) is not None:
-            await route(scope, receive, send, target)
+        if route is not None and (call := CycleRoute.target(scope)) is not None:
+            await route(scope, receive, send, call)
         else:
             await super().__call__(scope, receive, send)
 
@@ -192,9 +192,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             reload_caller=lambda: agent_no_limit(auth),
         )
 
+    def new_lease(auth: str | None, task_id: int | None, lease_key: str | None) -> schemas.Lease | None:
+        return leasing.lease(platform, agent(auth), task_id, lease_key)
+
     fast_path = engine.dialect.name == "postgresql"
     # The unit-cycle calls skip FastAPI's per-request layers (the routes below stay for the docs).
-    app.cycle_route = CycleRoute(submit_maybe_next, settings.max_body_bytes)
+    app.cycle_route = CycleRoute(submit_maybe_next, new_lease, settings.max_body_bytes)
 
     AdminDep = Annotated[None, Depends(admin)]
     # The bearer scheme is read on the event loop (no thread hop); the token is checked against the
@@ -278,14 +281,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     def lease(
         token: Token,
-        body: Annotated[dict[str, int] | None, Body()] = None,
-        idempotency_key: Annotated[
-            str | None,
-            Header(max_length=128, pattern=r"^[A-Za-z0-9_\-:.]+$", description="Retry-safe leasing."),
-        ] = None,
+        body: Annotated[schemas.LeaseBody, Body()] = None,
+        idempotency_key: Annotated[schemas.LeaseKey | None, Header(description="Retry-safe leasing.")] = None,
     ) -> Response:
-        task_id = (body or {}).get("task_id")
-        got = leasing.lease(platform, agent(header(token)), task_id, idempotency_key)
+        got = new_lease(header(token), (body or {}).get("task_id"), idempotency_key)
         return Response(status_code=204) if got is None else as_json(got)
 
     @app.post("/api/v1/leases/{lease_id}/heartbeat", response_model=schemas.HeartbeatOut, tags=["agents"])

@@ -60,10 +60,11 @@ def lease(
 
 
 def lease_precheck(p: Platform, caller: Caller, task_id: int | None, now: dt.datetime) -> list[int]:
-    """The tasks to lease from; a 403 when the contributor is paused, a 429 when the quota is used up."""
+    """The tasks to lease from; a 403 when the contributor is paused, a 429 when the quota is used
+    up, a 404 for a task that does not exist (on either database)."""
     if caller.paused:
         raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
-    task_ids = [task_id] if task_id is not None else p.active_task_ids()
+    task_ids = [p.task(task_id).id] if task_id is not None else p.active_task_ids()
     if not task_ids:
         return []
     today = now.date().isoformat()
@@ -83,7 +84,8 @@ def _new_lease(
         return None
     today = now.date().isoformat()
     if p.engine.dialect.name == "postgresql":
-        with p.engine.begin() as conn:
+        # One statement, so its own transaction: no BEGIN/COMMIT round trips around it.
+        with p.autocommit.connect() as conn:
             got = conn.execute(_LEASE_PG, pg_lease_args(p, caller, task_ids, lease_key, now)).scalar_one()
         return None if got is None else lease_from_pg(p, got)
     with db.begin_write(p.engine) as conn:

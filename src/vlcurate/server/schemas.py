@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
 ItemStatus = Literal["ok", "decode_error", "too_large", "missing_image", "missing_text", "fetch_error"]
@@ -147,6 +147,14 @@ class Lease(BaseModel):
     deadline: dt.datetime
     heartbeat_seconds: int
     items: list[UnitItem]
+
+
+# `POST /api/v1/leases`: an optional JSON body (`{"task_id": 3}` leases from that task only) and an
+# optional `Idempotency-Key` header (a retry gets the lease the first try made).
+LeaseBody = dict[str, int] | None
+LeaseKey = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9_\-:.]+$")]
+LEASE_BODY: TypeAdapter[LeaseBody] = TypeAdapter(LeaseBody)
+LEASE_KEY: TypeAdapter[str] = TypeAdapter(LeaseKey)
 
 
 class HeartbeatOut(BaseModel):
