@@ -194,7 +194,7 @@ async def agent_loop(
             if lease is None or not combined:
                 status, data = await conn.request("POST", "/api/v1/leases")
                 lease_s = time.perf_counter() - t0
-                lat["lease"].append(lease_s)
+                lat["lease" if t0 >= measure_from else "warmup_lease"].append(lease_s)
                 if status == 204:
                     _count(counts, "empty")
                     continue
@@ -236,9 +236,15 @@ async def drive(
     on_measure: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Offer `rate` cycles/s for `warmup` + `seconds`; figures are of the last `seconds` only (the
-    warm-up's cycle latencies are reported apart, as warmup_cycle_*)."""
+    warm-up's latencies are reported apart, as warmup_lease_* and warmup_cycle_*)."""
     host, port = url.split("//")[1].split(":")
-    lat: dict[str, list[float]] = {"lease": [], "submit": [], "cycle": [], "warmup_cycle": []}
+    lat: dict[str, list[float]] = {
+        "lease": [],
+        "submit": [],
+        "cycle": [],
+        "warmup_lease": [],
+        "warmup_cycle": [],
+    }
     counts: dict[str, int] = {"cycles": 0, "empty": 0, "late": 0}
     period = len(tokens) / rate
     start = time.perf_counter()
@@ -343,6 +349,53 @@ class CpuMeter:
         }
 
 
+class WalMeter:
+    """PostgreSQL's write-ahead log over the measured window (`pg_stat_wal`, the whole cluster):
+    records and bytes per cycle, and how many commits share one flush to disk. Each cycle commits
+    once, so when flushes are slow (a busy virtual disk) and few commits share one, latency grows
+    while the CPUs idle. Backends report to `pg_stat_wal` about once a second, so the edges of the
+    window are fuzzy by that much. Flush time only where `track_wal_io_timing` is on."""
+
+    _SQL = (
+        "SELECT wal_records, wal_bytes, wal_sync, wal_sync_time, "
+        "current_setting('track_wal_io_timing') = 'on' FROM pg_stat_wal"
+    )
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import text
+
+        from vlcurate.server import db
+
+        self.engine = db.make_engine(url)
+        self.query = text(self._SQL)
+        self.start: tuple[Any, ...] | None = None
+        self.end: tuple[Any, ...] | None = None
+
+    def _sample(self) -> tuple[Any, ...]:
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(self.query).one())
+
+    def restart(self) -> None:
+        self.start = self._sample()
+
+    def stop(self) -> None:
+        self.end = self._sample()
+        self.engine.dispose()
+
+    def per_cycle(self, cycles: int) -> dict[str, Any]:
+        assert self.start is not None and self.end is not None
+        deltas = (float(b) - float(a) for a, b in zip(self.start[:4], self.end[:4], strict=True))
+        records, nbytes, syncs, sync_ms = deltas
+        timed = bool(self.end[4])
+        return {
+            "records_per_cycle": round(records / max(cycles, 1), 1),
+            "kb_per_cycle": round(nbytes / 1024 / max(cycles, 1), 2),
+            "flushes": int(syncs),
+            "cycles_per_flush": round(cycles / syncs, 2) if syncs else None,
+            "flush_ms": round(sync_ms / syncs, 3) if timed and syncs else None,
+        }
+
+
 def run_one(
     kind: str,
     n_agents: int,
@@ -364,9 +417,21 @@ def run_one(
         with ServerProcess(url, args=args, log=Path(tmp) / "server.log") as proc:
             assert proc.proc is not None
             load1 = os.getloadavg()[0]
+            wal = WalMeter(url) if kind == "postgresql" else None
+
+            def measure_from_now() -> None:
+                meter.restart()
+                if wal is not None:
+                    wal.restart()
+
             with CpuMeter(proc.proc.pid) as meter:
-                res = _run(drive(proc.url, tokens, rate, seconds, combined, warmup, meter.restart))
+                if wal is not None:
+                    wal.restart()
+                res = _run(drive(proc.url, tokens, rate, seconds, combined, warmup, measure_from_now))
             res["cores_busy"] = meter.cores()
+            if wal is not None:
+                wal.stop()
+                res["wal"] = wal.per_cycle(res["cycles"])
             res["loadavg_1m_before"] = round(load1, 2)
             from sqlalchemy import func, select
 
