@@ -75,11 +75,24 @@ def run(
     finally:
         signal.signal(signal.SIGTERM, old)
         signal.signal(signal.SIGINT, old_int)
+    if summary.reason == "interrupted":
+        forget_handled_interrupt()
     console.print(
         f"agent stopped ({summary.reason}): {summary.units_done} units, {summary.pairs_scored} pairs, "
         f"+{summary.points_credited:.1f} points credited",
         highlight=False,
     )
+
+
+def forget_handled_interrupt() -> None:
+    """Let a Ctrl-C that was handled end in exit status 0.
+
+    CPython (3.11 here) notes a KeyboardInterrupt that leaves code run by `exec` of a string, even
+    when an outer `except` handles it, and at exit kills the process with SIGINT. `dataclasses` and
+    `namedtuple` build their methods that way, so a Ctrl-C during the model load (torch's import)
+    made a clean stop, lease handed back, exit with -2. Evaluating a string again clears the note.
+    """
+    exec("pass")  # a string on purpose: only string evaluation resets the flag
 
 
 def register_agent(
