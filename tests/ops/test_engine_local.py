@@ -133,3 +133,46 @@ def test_a_missing_shard_is_one_clear_line(small_pool: Path, tmp_path: Path) -> 
     )
     r = CliRunner().invoke(app, ["run", str(recipe)])
     assert r.exit_code == 2 and "shard not found" in r.stderr and "Traceback" not in r.output
+
+
+def test_clip_score_keeps_embeddings_for_the_embedding_steps(small_pool: Path, tmp_path: Path) -> None:
+    """`embeddings: true` writes float16 image and text embeddings (NaN rows where a pair could not
+    be scored), so `semantic_dedup` and the other embedding steps can follow it in a recipe."""
+    import pyarrow as pa
+
+    from vlcurate.ops.pair_ops import ClipScore, ClipScoreParams, embeddings_of
+    from vlcurate.synth import scene_from_seed
+
+    scenes = [scene_from_seed(0, i) for i in range(3)]
+    batch = pa.table(
+        {
+            "uid": [f"{i:032x}" for i in range(4)],
+            "text": [s.caption_text for s in scenes] + ["a caption for a broken image"],
+            "image": [s.encode("png") for s in scenes] + [b"not an image"],
+        }
+    )
+    op = ClipScore(ClipScoreParams(model="tiny-synth", precision="fp32", embeddings=True))
+    out = op.process(batch)
+    img, txt = embeddings_of(out, "image_embedding"), embeddings_of(out, "text_embedding")
+    assert out.column("image_embedding").type.value_type == pa.float16()
+    assert img.shape == txt.shape and img.shape[0] == 4 and img.shape[1] > 1
+    scores = np.asarray(out.column("clip_score").to_numpy(zero_copy_only=False))
+    assert np.allclose((img[:3] * txt[:3]).sum(axis=1), scores[:3], atol=5e-3)  # cosine of unit vectors
+    assert out.column("clip_score_status").to_pylist()[3] != "ok"
+    assert np.isnan(scores[3]) and np.isnan(img[3]).all() and np.isnan(txt[3]).all()
+    without = ClipScore(ClipScoreParams(model="tiny-synth", precision="fp32")).process(batch)
+    assert "image_embedding" not in without.column_names
+
+    recipe = f"""\
+source: {{input: "{small_pool}"}}
+steps:
+  - op: clip_score
+    model: tiny-synth
+    embeddings: true
+  - op: semantic_dedup
+sink: {{out: "{tmp_path / "run"}"}}
+"""
+    result = run_recipe(load_recipe("r.yaml", text=recipe))
+    steps = {s.op: s for s in result.steps}
+    assert result.rows == 300 and steps["semantic_dedup"].saw == 300
+    assert steps["semantic_dedup"].kept == result.kept <= 300

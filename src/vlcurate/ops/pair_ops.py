@@ -71,12 +71,12 @@ class ClipScore(Operator):
             )
 
     def process(self, batch: pa.Table) -> pa.Table:
-        from vlcurate.pipeline.score_memory import score_pairs
+        from vlcurate.pipeline.score_memory import score_and_embed
 
         p = self.params
         assert isinstance(p, ClipScoreParams)
         self.setup()
-        results = score_pairs(
+        results, image_emb, text_emb = score_and_embed(
             self._scorer,
             batch.column("image").to_pylist(),
             batch.column("text").to_pylist(),
@@ -84,4 +84,8 @@ class ClipScore(Operator):
         )
         scores = np.array([np.nan if r.score is None else r.score for r in results], dtype=np.float32)
         batch = set_column(batch, p.column, pa.array(scores, pa.float32()))
-        return set_column(batch, f"{p.column}_status", pa.array([r.status for r in results], pa.string()))
+        batch = set_column(batch, f"{p.column}_status", pa.array([r.status for r in results], pa.string()))
+        if p.embeddings:  # for semantic_dedup, image_cluster_filter, linear_head
+            batch = set_column(batch, "image_embedding", embedding_array(image_emb))
+            batch = set_column(batch, "text_embedding", embedding_array(text_emb))
+        return batch
