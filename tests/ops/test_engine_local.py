@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from vlcurate.cli.main import app
 from vlcurate.io.subset import read_subset
+from vlcurate.ops.base import Operator, StepError, run_step
 from vlcurate.ops.engine_local import run_recipe
 from vlcurate.ops.recipe import load_recipe
 
@@ -138,8 +141,6 @@ def test_a_missing_shard_is_one_clear_line(small_pool: Path, tmp_path: Path) -> 
 def test_clip_score_keeps_embeddings_for_the_embedding_steps(small_pool: Path, tmp_path: Path) -> None:
     """`embeddings: true` writes float16 image and text embeddings (NaN rows where a pair could not
     be scored), so `semantic_dedup` and the other embedding steps can follow it in a recipe."""
-    import pyarrow as pa
-
     from vlcurate.ops.pair_ops import ClipScore, ClipScoreParams, embeddings_of
     from vlcurate.synth import scene_from_seed
 
@@ -176,3 +177,55 @@ sink: {{out: "{tmp_path / "run"}"}}
     steps = {s.op: s for s in result.steps}
     assert result.rows == 300 and steps["semantic_dedup"].saw == 300
     assert steps["semantic_dedup"].kept == result.kept <= 300
+
+
+class _Declares(Operator):
+    """A plugin-style step that declares a column; `write` says whether it really writes it."""
+
+    name = "declares"
+
+    def __init__(self, write: bool = True, fail: bool = False) -> None:
+        super().__init__()
+        self.write, self.fail = write, fail
+
+    def provides(self) -> tuple[str, ...]:
+        return ("made_up",)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if self.fail:
+            raise ValueError("boom")
+        return batch.append_column("made_up", pa.array([1.0] * batch.num_rows)) if self.write else batch
+
+
+def test_a_step_is_held_to_what_it_declares_and_failures_name_the_step_and_shard() -> None:
+    batch = pa.table({"uid": ["a", "b"]})
+    assert run_step(_Declares(), batch, 3, "s7").column("made_up").to_pylist() == [1.0, 1.0]
+    with pytest.raises(StepError, match=r"step 3 \(declares\) did not write .* declares: made_up"):
+        run_step(_Declares(write=False), batch, 3, "s7")
+    assert run_step(_Declares(write=False), batch.slice(0, 0), 3, "s7").num_rows == 0  # nothing to write
+    with pytest.raises(StepError, match=r"step 3 \(declares\) failed on shard s7: ValueError: boom"):
+        run_step(_Declares(fail=True), batch, 3, "s7")
+
+
+def test_cli_run_reports_a_failing_step_in_one_line(small_pool: Path, tmp_path: Path) -> None:
+    """A step that fails at run time (here a head whose input size is not the embeddings') is one
+    line naming the step and the shard, exit 2, no traceback."""
+    np.savez(tmp_path / "head.npz", **{"0.weight": np.ones((1, 3)), "0.bias": np.zeros(1)})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"""\
+source: {{input: "{small_pool}"}}
+steps:
+  - op: clip_score
+    model: tiny-synth
+    embeddings: true
+  - op: linear_head
+    weights: "{tmp_path / "head.npz"}"
+    column: aesthetic
+sink: {{out: "{tmp_path / "run"}"}}
+"""
+    )
+    r = CliRunner().invoke(app, ["run", str(recipe)])
+    assert r.exit_code == 2, r.output
+    assert "step 2 (linear_head) failed on shard" in r.output and "expects 3-d input" in r.output
+    assert "Traceback" not in r.output

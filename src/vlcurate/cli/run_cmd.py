@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
             with user_errors(RayEngineError, ShardReadError):
                 result = run_recipe_ray(rec, address=address, num_cpus=num_cpus)
         else:
+            from vlcurate.ops.base import StepError
             from vlcurate.ops.engine_local import run_recipe
 
-            with user_errors(ShardReadError):
+            with user_errors(ShardReadError, StepError):
                 result = run_recipe(rec, progress=True)
         table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
         for col in ("step", "saw", "kept", "dropped", "seconds"):

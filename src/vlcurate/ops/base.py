@@ -134,3 +134,27 @@ def set_column(batch: pa.Table, name: str, values: pa.Array | np.ndarray | list[
     if name in batch.column_names:
         return batch.set_column(batch.column_names.index(name), name, col)
     return batch.append_column(name, col)
+
+
+class StepError(RuntimeError):
+    """A step of a recipe failed; the message names the step and the shard."""
+
+
+def run_step(op: Operator, batch: pa.Table, step: int, shard: str) -> pa.Table:
+    """`op.process(batch)` as both engines run it: a failure becomes a `StepError` that names step
+    `step` (1-based) and the shard, and a step that did not write a column it declares (in
+    `provides()`, which recipe validation trusts) is stopped here, not by a later step's KeyError."""
+    try:
+        out = op.process(batch)
+    except StepError:
+        raise
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        raise StepError(f"step {step} ({op.name}) failed on shard {shard}: {what}") from exc
+    if out.num_rows:
+        missing = [c for c in op.provides() if c not in out.column_names]
+        if missing:
+            raise StepError(
+                f"step {step} ({op.name}) did not write the column(s) it declares: {', '.join(missing)}"
+            )
+    return out

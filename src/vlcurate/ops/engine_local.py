@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from vlcurate.io.sources import open_source
 from vlcurate.io.subset import write_subset
-from vlcurate.ops.base import KEEP, REASON, Operator, keep_mask
+from vlcurate.ops.base import KEEP, REASON, Operator, keep_mask, run_step
 from vlcurate.ops.recipe import Recipe
 from vlcurate.ops.report import write_report
 from vlcurate.pipeline.progress import ScoreProgress
@@ -96,10 +96,10 @@ def _stages(ops: list[Operator]) -> list[list[Operator]]:
     return stages
 
 
-def _apply(op: Operator, batch: pa.Table, stats: StepStats) -> pa.Table:
+def _apply(op: Operator, batch: pa.Table, stats: StepStats, step: int, shard: str) -> pa.Table:
     before = keep_mask(batch)
     t = time.perf_counter()
-    out = op.process(batch)
+    out = run_step(op, batch, step, shard)
     stats.seconds += time.perf_counter() - t
     after = keep_mask(out)
     stats.saw += int(before.sum())
@@ -138,7 +138,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> RunResult:
                 parts = []
                 for batch in _read_shard(previous, source, shard):
                     for op in stage:
-                        batch = _apply(op, batch, stats[index[id(op)]])
+                        i = index[id(op)]
+                        batch = _apply(op, batch, stats[i], i + 1, shard.name)
                     parts.append(batch)
                     pairs += batch.num_rows
                     bar.update_pairs(pairs, time.perf_counter() - t0)

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlcurate.io.sources import open_source
-from vlcurate.ops.base import Operator, keep_mask
+from vlcurate.ops.base import Operator, StepError, keep_mask, run_step
 from vlcurate.ops.engine_local import (
     RunResult,
     StepStats,
@@ -70,10 +70,6 @@ _MAX_BLOCK_BYTES = 1 << 30  # big enough that Ray never splits one local batch o
 
 class RayEngineError(RuntimeError):
     """Ray is missing, the cluster cannot be reached, or a step failed on a worker."""
-
-
-class StepError(RuntimeError):
-    """A step failed inside a Ray worker; the message names the step and the shard."""
 
 
 def _sec(step: int) -> str:
@@ -168,13 +164,8 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
         for i, op in ops:
             before = keep_mask(data)
             t = time.perf_counter()
-            try:
-                data = op.process(data)
-            except Exception as exc:
-                where = part.column("shard")[0].as_py() if "shard" in part.column_names else "?"
-                raise StepError(
-                    f"step {i + 1} ({op.name}) failed on shard {where}: {type(exc).__name__}: {exc}"
-                ) from exc
+            where = part.column("shard")[0].as_py() if "shard" in part.column_names else "?"
+            data = run_step(op, data, i + 1, where)
             dt = time.perf_counter() - t
             if data.num_rows != part.num_rows:
                 raise StepError(
