@@ -186,3 +186,27 @@ def test_many_agents_cycling_at_once_never_share_a_replica_nor_pay_twice(
             select(func.coalesce(func.sum(db.units.c.n_items), 0)).where(db.units.c.state == "verified")
         ).scalar_one()
         assert verified_pairs == 300
+
+
+def test_an_unknown_next_task_still_takes_the_submission(live_platform: Any, small_pool: Path) -> None:
+    """A `next_task_id` that names no task is about the next unit only: the submission is stored
+    and answered once, and `next_detail` says why there is no next unit (both paths, both databases)."""
+    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=100, gold_per_unit=2)
+    a = HonestAgent(live_platform.url, tokens[0])
+    lease = a.lease()
+    assert lease is not None
+    body = {
+        "idempotency_key": "cyc-unknown-next-01",
+        "model_fingerprint": lease["task"]["model_fingerprint"],
+        "results": a.answers(lease),
+        "next_task_id": 999_999,
+    }
+    path = f"/api/v1/leases/{lease['lease_id']}/submit-and-lease"
+    first = a.http.post(path, json=body)
+    assert first.status_code == 200, first.text
+    out = first.json()
+    assert out["next"] is None and out["next_detail"] == "no task 999999"
+    again = a.http.post(path, json=body)
+    assert again.status_code == 200 and again.json()["submission"]["replayed"]
+    assert again.json()["submission"]["submission_id"] == out["submission"]["submission_id"]
+    assert _count(live_platform.engine, db.submissions) == 1

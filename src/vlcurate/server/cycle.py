@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from vlcurate.server import db, leasing, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, caller_from_row
 from vlcurate.server.context import Platform
-from vlcurate.server.errors import Conflict, Forbidden, TooMany
+from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.submissions import DETAIL, Rejected, place_results
 from vlcurate.server.verify import credit_reason, gold_to_promote, grade_gold, judge
 
@@ -65,7 +65,7 @@ def general(
     now_caller = reload_caller() if reload_caller is not None else caller
     try:
         nxt = leasing.lease(p, now_caller, next_task_id, next_lease_key(body.idempotency_key))
-    except (Forbidden, TooMany, Conflict) as exc:  # paused, quota used up, or that lease has ended
+    except (Forbidden, TooMany, Conflict, NotFound) as exc:  # paused, quota, lease ended, no such task
         return schemas.CycleOut(submission=out, next=None, next_detail=exc.detail)
     return schemas.CycleOut(submission=out, next=nxt, next_detail=None if nxt is not None else NO_WORK)
 
@@ -265,7 +265,7 @@ def _plan_next(
         return None
     try:
         task_ids = leasing.lease_precheck(p, caller, next_task_id, now)
-    except (Forbidden, TooMany) as exc:
+    except (Forbidden, TooMany, NotFound) as exc:  # paused, quota used up, no such task
         return exc.detail
     if not task_ids:
         return NO_WORK
