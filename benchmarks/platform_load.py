@@ -425,8 +425,6 @@ def run_one(
                     wal.restart()
 
             with CpuMeter(proc.proc.pid) as meter:
-                if wal is not None:
-                    wal.restart()
                 res = _run(drive(proc.url, tokens, rate, seconds, combined, warmup, measure_from_now))
             res["cores_busy"] = meter.cores()
             if wal is not None:

@@ -161,10 +161,10 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
         data = part.drop_columns(hidden)
         drop = part.column(DROP).to_numpy().copy()
         secs: dict[str, np.ndarray] = {}
+        where = part.column("shard")[0].as_py() if "shard" in part.column_names else "?"
         for i, op in ops:
             before = keep_mask(data)
             t = time.perf_counter()
-            where = part.column("shard")[0].as_py() if "shard" in part.column_names else "?"
             data = run_step(op, data, i + 1, where)
             dt = time.perf_counter() - t
             if data.num_rows != part.num_rows:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from vlcurate.server import replies, schemas
@@ -89,8 +89,9 @@ class CycleRoute:
         if body is None:
             return  # the client went away
         auth = _header(scope, b"authorization")
+        key = _header(scope, b"idempotency-key") if call.lease_id is None else None
         try:
-            content = await anyio.to_thread.run_sync(self._answer, scope, auth, call, body)
+            content = await anyio.to_thread.run_sync(self._answer, auth, key, call, body)
         except _Invalid as exc:
             await replies.invalid(exc.errors)(scope, receive, send)
             return
@@ -106,8 +107,7 @@ class CycleRoute:
             await replies.database_down(exc)(scope, receive, send)
             return
         if content is None:  # no work now
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await Response(status_code=204)(scope, receive, send)
             return
         await send(
             {
@@ -121,10 +121,10 @@ class CycleRoute:
         )
         await send({"type": "http.response.body", "body": content})
 
-    def _answer(self, scope: Scope, auth: str | None, call: Call, body: bytes) -> bytes | None:
+    def _answer(self, auth: str | None, key: str | None, call: Call, body: bytes) -> bytes | None:
         """In a handler thread: validate, lease or submit (and lease), serialise; None for a 204."""
         if call.lease_id is None:
-            return self._new_lease(scope, auth, body)
+            return self._new_lease(auth, key, body)
         data = _json(body)
         if call.combined:
             cycle_in = _valid(schemas.CycleIn.model_validate, data)
@@ -133,12 +133,11 @@ class CycleRoute:
         sub = _valid(schemas.SubmissionIn.model_validate, data)
         return self.submit(auth, call.lease_id, sub, False, None).submission.model_dump_json().encode()
 
-    def _new_lease(self, scope: Scope, auth: str | None, body: bytes) -> bytes | None:
+    def _new_lease(self, auth: str | None, key: str | None, body: bytes) -> bytes | None:
         """`POST /api/v1/leases`: the body is optional, as FastAPI reads an optional `Body()`, and
         the body's and the `Idempotency-Key` header's errors come back together, as FastAPI's."""
         data = _json(body) if body else None
         errors: list[dict[str, Any]] = []
-        key = _header(scope, b"idempotency-key")
         if key is not None:  # headers first, as FastAPI lists them
             try:
                 key = schemas.LEASE_KEY.validate_python(key)
