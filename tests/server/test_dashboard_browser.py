@@ -18,6 +18,7 @@ from tests.platform_live import InThreadServer
 
 from vlcurate.server import dashboard
 from vlcurate.server.dashboard import mount_static, router
+from vlcurate.server.routers import public
 
 CHROMIUM = "/usr/bin/chromium"
 DashWorld = Any  # conftest.DashWorld, from the `dash_world` fixture
@@ -36,9 +37,10 @@ class DashServer(InThreadServer):
 
 @pytest.fixture()
 def dash_server(dash_world: DashWorld) -> Iterator[tuple[str, FastAPI]]:
-    # Until the lead's create_app exists: the dashboard router on its own app.
+    # The public reads and the dashboard on their own app (no agents, no operators).
     app = FastAPI()
     app.state.engine = dash_world.engine
+    app.include_router(public.router)
     app.include_router(router)
     mount_static(app)
     with DashServer(app) as url:
@@ -81,7 +83,7 @@ def test_sse_stream_pushes_changes(dash_world: DashWorld, dash_server: tuple[str
             name, data = next(events)
             seen[name] = data
         new_items = [e["item_id"] for e in seen["feed"]]
-        assert new_items == [12, 11, 9]  # only the new pairs; gold item 10 left out
+        assert new_items == [12, 11, 10, 9]  # only the new pairs, check item 10 among them
         assert seen["stats"]["pairs_verified"] == 12
         assert [e["id"] for e in seen["ledger"]] == [credit]  # only the new entry
 
@@ -123,16 +125,19 @@ def test_event_streams_end_for_shutdown_and_after_max_age(
         assert time.monotonic() - t0 < 6
 
 
-def test_feed_images_over_http_never_gold(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
+def test_feed_images_over_http_checks_alike(dash_world: DashWorld, dash_server: tuple[str, FastAPI]) -> None:
+    """Images of verified units only; a check item's image is served like its neighbours' (a 404
+    for checks alone would name them)."""
     url, _ = dash_server
     with httpx.Client(base_url=url, timeout=10) as client:
         feed = client.get("/api/v1/feed", params={"limit": 500}).json()
         assert feed and all(client.get(e["image_url"]).status_code == 200 for e in feed)
-        for gold_item in (6, 10):
-            assert client.get(f"/feed/images/{gold_item}").status_code == 404
+        assert client.get("/feed/images/6").status_code == 200  # a check of a verified unit
+        for open_item in (9, 10):
+            assert client.get(f"/feed/images/{open_item}").status_code == 404
         dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4])
         assert client.get("/feed/images/9").status_code == 200
-        assert client.get("/feed/images/10").status_code == 404
+        assert client.get("/feed/images/10").status_code == 200
 
 
 @pytest.mark.slow
@@ -159,12 +164,12 @@ def test_dashboard_updates_live_in_chromium(dash_world: DashWorld, dash_server: 
             expect(stats.locator(".task-count")).to_contain_text("8 / 12 pairs verified")
             expect(stats.locator("progress")).to_have_attribute("value", "8")
             expect(stats).to_contain_text("verified 2")
-            expect(feed.locator(".card")).to_have_count(7)
+            expect(feed.locator(".card")).to_have_count(8)
             xss_card = feed.locator(".card[data-item='3']")
             expect(xss_card.locator(".caption")).to_have_text(dash_world.xss_caption)  # shown as text
             expect(feed.locator(".card[data-item='1'] .score")).to_have_text("0.310")
             expect(feed.locator(".card[data-item='4'] .score")).to_have_text("decode_error")
-            expect(feed.locator(".card[data-item='6']")).to_have_count(0)  # hidden gold
+            expect(feed.locator(".card[data-item='6']")).to_have_count(1)  # a check, shown alike
             all_loaded = (
                 "() => [...document.querySelectorAll('#feed-panel .card img')].every(i => i.naturalWidth)"
             )
@@ -186,7 +191,7 @@ def test_dashboard_updates_live_in_chromium(dash_world: DashWorld, dash_server: 
             page.evaluate("window.__dashMarker = 42")
             dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35], at=dt.datetime.now(dt.timezone.utc))
             expect(feed.locator(".card").first).to_have_attribute("data-item", "12", timeout=10_000)
-            expect(feed.locator(".card[data-item='10']")).to_have_count(0)
+            expect(feed.locator(".card[data-item='10']")).to_have_count(1)
             expect(stats.locator(".task-count")).to_contain_text("12 / 12 pairs verified", timeout=10_000)
 
             expect(ledger.locator("tr[data-ledger='6']")).to_contain_text("alice", timeout=10_000)

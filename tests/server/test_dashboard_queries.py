@@ -1,5 +1,6 @@
-"""The dashboard's read side: progress, reputation, ledger paging, the feed's ids and its hidden-gold
-exclusion, change tokens, image serving and HTML escaping (through FastAPI's TestClient)."""
+"""The dashboard's read side: progress, reputation, ledger paging, the feed's ids (every item of a
+verified unit alike, check items included), change tokens, image serving and HTML escaping (through
+FastAPI's TestClient)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from fastapi.testclient import TestClient
 from tests.server.conftest import insert_task
 
 from vlcurate.server import db, queries
-from vlcurate.server.dashboard import image_media_type, mount_static, router
+from vlcurate.server.dashboard import mount_static, router, visible
+from vlcurate.server.routers import public
+from vlcurate.server.routers.images import image_media_type
 
 # The world is built by conftest.build_world (fixture `dash_world`); it carries the hostile strings.
 DashWorld = Any
@@ -26,6 +29,7 @@ PAUSE_REASON = "failed 3 of 4 hidden checks (max error 0.41)"
 def dash_app(world: DashWorld) -> FastAPI:
     app = FastAPI()
     app.state.engine = world.engine
+    app.include_router(public.router)
     app.include_router(router)
     mount_static(app)
     return app
@@ -94,9 +98,9 @@ def test_flagged_lists_paused_with_reason(dash_world: DashWorld) -> None:
     assert carol.name == "carol" and carol.paused and carol.pause_reason == PAUSE_REASON
 
 
-def test_feed_newest_first_without_gold(dash_world: DashWorld) -> None:
+def test_feed_newest_first_check_items_alike(dash_world: DashWorld) -> None:
     entries = read(dash_world, queries.feed)
-    assert [e.item_id for e in entries] == [8, 7, 5, 4, 3, 2, 1]  # item 6 is hidden gold
+    assert [e.item_id for e in entries] == [8, 7, 6, 5, 4, 3, 2, 1]  # item 6 (a check) too
     ids = [e.id for e in entries]
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
     assert all(e.id < 2**53 for e in entries)
@@ -112,26 +116,31 @@ def test_feed_after_id_returns_only_newer_pairs(dash_world: DashWorld) -> None:
     first = read(dash_world, queries.feed)
     newest = first[0].id
     assert read(dash_world, lambda c: queries.feed(c, after_id=newest)) == []
-    # the cursor can sit inside a unit: after item 5's entry come items 7 and 8 of the same unit
+    # the cursor can sit inside a unit: after item 5's entry come items 6, 7 and 8 of the same unit
     item5 = next(e.id for e in first if e.item_id == 5)
-    assert [e.item_id for e in read(dash_world, lambda c: queries.feed(c, after_id=item5))] == [8, 7]
+    assert [e.item_id for e in read(dash_world, lambda c: queries.feed(c, after_id=item5))] == [8, 7, 6]
     assert [e.item_id for e in read(dash_world, lambda c: queries.feed(c, limit=2))] == [8, 7]
 
     dash_world.verify_unit(3, [0.4, 0.2, float("nan"), 0.35])
     new = read(dash_world, lambda c: queries.feed(c, after_id=newest))
-    assert [e.item_id for e in new] == [12, 11, 9]  # item 10 is hidden gold
+    assert [e.item_id for e in new] == [12, 11, 10, 9]  # item 10 (a check) too
     assert all(e.id > newest for e in new)
     # ids already handed out do not move when a later unit is verified
     again = {e.item_id: e.id for e in read(dash_world, lambda c: queries.feed(c, limit=100))}
     assert all(again[e.item_id] == e.id for e in first)
 
 
-def test_feed_never_lists_gold_of_another_task(dash_world: DashWorld) -> None:
+def test_feed_shows_check_items_as_any_other(dash_world: DashWorld) -> None:
+    """A unit's checks are its own items: leaving them out of the feed (or refusing their images)
+    would tell everyone which items of a unit are the checks."""
     with dash_world.engine.begin() as conn:
         t2 = insert_task(conn, dataset_id=1, name="second", model="m", model_fingerprint="fp2")
         conn.execute(db.gold.insert().values(task_id=t2, item_id=7, score=0.5, source="server"))
-    assert 7 not in [e.item_id for e in read(dash_world, queries.feed)]
-    assert read(dash_world, lambda c: queries.public_image(c, 7)) is None
+    entries = {e.item_id: e for e in read(dash_world, queries.feed)}
+    assert 6 in entries and 7 in entries
+    assert set(entries[6].model_dump()) == set(entries[5].model_dump())  # nothing marks a check
+    for item in (5, 6, 7):
+        assert read(dash_world, lambda c, i=item: queries.public_image(c, i)) is not None
 
 
 def test_ledger_paging_filters_and_reversal(dash_world: DashWorld) -> None:
@@ -176,7 +185,7 @@ def test_feed_drops_a_reopened_unit_and_relists_it_with_new_ids(dash_world: Dash
 
     dash_world.verify_unit(2, [0.21, 0.9, 0.26, 0.34], credit_to=[dash_world.carol])
     again = read(dash_world, lambda c: queries.feed(c, after_id=newest))
-    assert [e.item_id for e in again] == [8, 7, 5]
+    assert [e.item_id for e in again] == [8, 7, 6, 5]
     assert all(e.id > newest for e in again) and again[0].score == pytest.approx(0.34)
 
 
@@ -185,14 +194,15 @@ def test_verified_unit_without_credit_is_not_listed(dash_world: DashWorld) -> No
     assert 12 not in [e.item_id for e in read(dash_world, queries.feed)]
 
 
-def test_public_image_only_for_verified_non_gold(dash_world: DashWorld) -> None:
+def test_public_image_only_for_verified_units(dash_world: DashWorld) -> None:
     got = read(dash_world, lambda c: queries.public_image(c, 5))
     assert got is not None and got[0][:3] == b"\xff\xd8\xff"
-    for item in (6, 9, 10, 999):  # gold in a verified unit, open unit, gold in an open unit, unknown
+    assert read(dash_world, lambda c: queries.public_image(c, 6)) is not None  # a check, verified unit
+    for item in (9, 10, 999):  # open unit, a check in an open unit, unknown
         assert read(dash_world, lambda c, i=item: queries.public_image(c, i)) is None
     dash_world.verify_unit(3, [0.1, 0.2, 0.3, 0.4])
     assert read(dash_world, lambda c: queries.public_image(c, 9)) is not None
-    assert read(dash_world, lambda c: queries.public_image(c, 10)) is None  # still gold
+    assert read(dash_world, lambda c: queries.public_image(c, 10)) is not None
 
 
 def test_image_media_type_sniffs_bytes_not_extension() -> None:
@@ -211,7 +221,7 @@ def test_json_endpoints(dash_client: TestClient) -> None:
     st = dash_client.get("/api/v1/stats").json()
     assert st["pairs_verified"] == 8 and st["datasets"][0]["units_by_state"]["verified"] == 2
     feed = dash_client.get("/api/v1/feed", params={"limit": 3}).json()
-    assert [e["item_id"] for e in feed] == [8, 7, 5]
+    assert [e["item_id"] for e in feed] == [8, 7, 6]
     assert set(feed[0]) >= {
         "id",
         "item_id",
@@ -245,7 +255,8 @@ def test_feed_images_endpoint(dash_client: TestClient) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
     r = dash_client.get("/feed/images/4")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    for item in (6, 9, 10, 999):
+    assert dash_client.get("/feed/images/6").status_code == 200  # a check of a verified unit
+    for item in (9, 10, 999):
         assert dash_client.get(f"/feed/images/{item}").status_code == 404, item
     assert dash_client.get("/feed/images/abc").status_code == 422
 
@@ -260,7 +271,7 @@ def test_html_escapes_captions_names_and_reasons(dash_client: TestClient) -> Non
     assert "bob&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
     assert "reversed: &lt;b&gt;failed&lt;/b&gt;" in html
     assert PAUSE_REASON in html
-    assert 'data-item="6"' not in html and "/feed/images/6" not in html  # hidden gold stays hidden
+    assert 'data-item="6"' in html and "/feed/images/6" in html  # a check is shown like the rest
     assert "/submissions/" in html and "/static/htmx.min.js" in html
 
 
@@ -294,3 +305,49 @@ def test_static_assets(dash_client: TestClient) -> None:
 
 def test_nan_is_never_a_score() -> None:
     assert math.isnan(float(np.frombuffer(np.float32("nan").tobytes(), "<f4")[0]))
+
+
+HOSTILE = "cat\u202egpj.exe\x00 \u2066x\u2069\u200f\u061c\ufeff\x1b[2J\x85\x7f ok\tend"
+SHOWN = "cat\\u202egpj.exe\\u0000 \\u2066x\\u2069\\u200f\\u061c\\ufeff\\u001b[2J\\u0085\\u007f ok\tend"
+
+
+def test_visible_writes_out_control_and_bidi_characters() -> None:
+    assert visible(HOSTILE) == SHOWN
+    assert visible("plain text, tabs\tand\nnewlines stay; é, 日本, emoji 🙂 too") == (
+        "plain text, tabs\tand\nnewlines stay; é, 日本, emoji 🙂 too"
+    )
+
+
+def test_html_shows_control_and_bidi_characters_escaped(
+    dash_client: TestClient, dash_world: DashWorld
+) -> None:
+    from sqlalchemy import update
+
+    with dash_world.engine.begin() as conn:
+        conn.execute(update(db.items).where(db.items.c.id == 1).values(caption=HOSTILE))
+    dash_world.pause(dash_world.bob, f"reason with {HOSTILE}")
+    pages = [dash_client.get(path).text for path in ("/", "/partials/feed", "/partials/flagged")]
+    pages.append(dash_client.get(f"/contributors/{dash_world.bob}").text)
+    for html in pages:
+        assert not any(ch in html for ch in "\u202e\x00\u2066\u2069\u200f\u061c\ufeff\x1b\x85\x7f")
+    assert SHOWN in pages[1] and SHOWN in pages[2] and SHOWN in pages[3]
+    # The JSON API carries the data as it is; only what the dashboard shows is escaped.
+    feed = dash_client.get("/api/v1/feed", params={"limit": 100}).json()
+    assert next(e["caption"] for e in feed if e["item_id"] == 1) == HOSTILE
+
+
+@pytest.mark.parametrize(
+    ("model", "public"),
+    [
+        ("tiny-synth", "tiny-synth"),
+        ("local-dir:/srv/models/clip-b32", "local-dir:clip-b32"),
+        ("/srv/models/clip-b32/", "clip-b32"),
+        ("open_clip:ViT-B-32:/ckpt/epoch_32.pt", "open_clip:ViT-B-32:epoch_32.pt"),
+        ("open_clip:ViT-B-32:openai", "open_clip:ViT-B-32:openai"),
+        ("hf-clip:openai/clip-vit-base-patch32", "hf-clip:openai/clip-vit-base-patch32"),
+        ("hf-clip:/srv/models/hf-clip", "hf-clip:hf-clip"),
+        ("random:ViT-B-32", "random:ViT-B-32"),
+    ],
+)
+def test_public_model_shows_no_server_path(model: str, public: str) -> None:
+    assert queries.public_model(model) == public

@@ -89,19 +89,29 @@ def test_the_pick_uses_the_leasable_units_index_behind_a_busy_front(platform_db:
     engine = db.make_engine(platform_db)
     upgrade(engine)
     _queue_with_busy_front(engine, n_verified=3000, n_out=500, n_open=3000)
-    sql = str(leasing._PICK.text)
-    params = {"b_task": 1, "b_contributor": 1}
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            plan = "\n".join(
-                r[0] for r in conn.execute(text("EXPLAIN " + sql + " FOR UPDATE OF un SKIP LOCKED"), params)
-            )
-            assert "ix_units_open" in plan, plan
-            assert "uq_replicas_unit_contributor" in plan, plan
-            assert "Seq Scan" not in plan, plan
-        else:
-            plan = "\n".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql), params))
-            assert "ix_units_open" in plan, plan
-        picked = conn.execute(leasing._PICK, params).first()
-    assert picked is not None and picked.id == 3501  # the first leasable unit
+        for pick, start in (
+            (leasing._PICK_AFTER, 0),
+            (leasing._PICK_AFTER, 5000),
+            (leasing._PICK_BEFORE, 5000),
+        ):
+            sql = str(pick.text)
+            params = {"b_task": 1, "b_contributor": 1, "b_start": start}
+            if engine.dialect.name == "postgresql":
+                plan = "\n".join(
+                    r[0]
+                    for r in conn.execute(text("EXPLAIN " + sql + " FOR UPDATE OF un SKIP LOCKED"), params)
+                )
+                assert "ix_units_open" in plan, plan
+                assert "uq_replicas_unit_contributor_live" in plan, plan
+                assert "Seq Scan" not in plan, plan
+            else:
+                plan = "\n".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql), params))
+                assert "ix_units_open" in plan, plan
+        first = conn.execute(leasing._PICK_AFTER, {"b_task": 1, "b_contributor": 1, "b_start": 0}).first()
+        later = conn.execute(leasing._PICK_AFTER, {"b_task": 1, "b_contributor": 1, "b_start": 5000}).first()
+        wrap = conn.execute(leasing._PICK_AFTER, {"b_task": 1, "b_contributor": 1, "b_start": 7000}).first()
+    assert first is not None and first.id == 3501  # the first leasable unit from the start
+    assert later is not None and later.id == 5001  # the first leasable one at or after a random place
+    assert wrap is None  # past the last unit: `_PICK_BEFORE` wraps around
     engine.dispose()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select, text
-from tests.platform_live import HonestAgent, admin_headers, setup_task
+from tests.platform_live import HonestAgent, InThreadServer, admin_headers, setup_task
 
 from vlcurate.server import db
 
@@ -243,11 +244,19 @@ def test_unit_cycle_calls_refuse_huge_bodies_and_odd_requests_like_the_rest_of_t
     assert agent.submit(lease, good).status_code == 200
 
 
+@pytest.fixture
+def roomy_platform(platform_db: str) -> Iterator[Any]:
+    """A live server whose agents may hold a replica of every unit at once (6 units of 50)."""
+    with InThreadServer(platform_db, max_leases_per_agent=10, max_leases_per_contributor=10) as server:
+        yield server
+
+
 def test_the_lease_call_answers_bad_requests_exactly_as_fastapi_would(
-    live_platform: Any, small_pool: Path
+    roomy_platform: Any, small_pool: Path
 ) -> None:
     """`POST /api/v1/leases` goes through the bare unit-cycle route too: every refusal is the one
     FastAPI's own route gives (same status, same body), and none of them leases anything."""
+    live_platform = roomy_platform
     _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=50, gold_per_unit=3, contributors=1)
     agent = HonestAgent(live_platform.url, tokens[0])
     url = f"{live_platform.url}/api/v1/leases"
@@ -285,7 +294,7 @@ def test_the_lease_call_answers_bad_requests_exactly_as_fastapi_would(
     again = agent.http.post("/api/v1/leases", headers=key)
     assert first.status_code == again.status_code == 200
     assert first.headers["content-type"] == "application/json"
-    assert first.json()["lease_id"] == again.json()["lease_id"] and len(first.json()["items"]) == 53
+    assert first.json()["lease_id"] == again.json()["lease_id"] and len(first.json()["items"]) == 50
     # Once this contributor holds a replica of every unit there is no work for it: 204, no body.
     answers = [agent.http.post("/api/v1/leases") for _ in range(6)]
     assert [r.status_code for r in answers] == [200] * 5 + [204], [r.text for r in answers]

@@ -77,34 +77,33 @@ def test_two_honest_contributors_verify_everything_and_export_like_score(
     assert result.kept == 150
 
 
-def test_leases_never_repeat_a_contributor_and_release_requeues(live_platform: Any, small_pool: Path) -> None:
-    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=100, contributors=3, gold_per_unit=2)
-    a, b, c = (HonestAgent(live_platform.url, t) for t in tokens)
+def test_a_handed_back_unit_can_come_back_and_live_replicas_never_repeat(
+    live_platform: Any, small_pool: Path
+) -> None:
+    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=300, contributors=2, gold_per_unit=2)
+    a, b = (HonestAgent(live_platform.url, t) for t in tokens)
     first = a.lease()
     assert first is not None
-    # Handing it back frees the replica at once, but never gives the unit back to the same contributor.
+    # Handing it back frees the replica at once and counts as a walk-away; the unit (the only one)
+    # may come back to the same contributor, so two contributors can still verify it.
     assert a.http.delete(f"/api/v1/leases/{first['lease_id']}").status_code == 204
     again = a.lease()
-    assert again is not None and again["unit_id"] != first["unit_id"]
-    # Two other contributors fill unit 1's quorum; a fourth lease of unit 1 is not possible.
-    lb, lc = b.lease(), c.lease()
-    assert lb is not None and lc is not None
-    assert {lb["unit_id"], lc["unit_id"]} == {first["unit_id"], again["unit_id"]} or lb["unit_id"] == first[
-        "unit_id"
-    ]
+    assert again is not None and again["unit_id"] == first["unit_id"]
+    assert a.lease() is None  # never two live replicas of one unit for one contributor
+    lb = b.lease()
+    assert lb is not None and lb["unit_id"] == first["unit_id"]
+    # Item ids are per lease: the same pair has different ids in different leases.
+    assert not {it["item_id"] for it in lb["items"]} & {it["item_id"] for it in again["items"]}
+    a.submit(again, a.answers(again))
+    out = b.submit(lb, b.answers(lb)).json()
+    assert out["state"] == "valid"
     with live_platform.engine.connect() as conn:
         rows = conn.execute(
             select(db.replicas.c.unit_id, db.replicas.c.contributor_id, db.replicas.c.state)
         ).all()
-        active = [(u, c_) for u, c_, s in rows if s == "leased"]
-        assert len(active) == len(set(active))
-        for unit in conn.execute(select(db.units)).all():
-            leased = sum(1 for u, _, s in rows if u == unit.id and s == "leased")
-            assert leased <= unit.target
-    # Item ids are per lease: the same pair has different ids in different leases.
-    ids_b = {it["item_id"] for it in lb["items"]}
-    ids_a = {it["item_id"] for it in first["items"]}
-    assert not ids_a & ids_b
+        assert sorted(s for *_, s in rows) == ["released", "valid", "valid"]
+        walked = conn.execute(select(db.contributors.c.name, db.contributors.c.walkaways)).all()
+        assert {n: w for n, w in walked if w} == {"contrib-0": 1}
 
 
 def test_expired_lease_goes_back_to_the_queue(live_platform: Any, small_pool: Path) -> None:
@@ -169,3 +168,29 @@ def test_a_retried_lease_request_gets_the_same_lease(live_platform: Any, small_p
     a.http.delete(f"/api/v1/leases/{first['lease_id']}")
     gone = a.http.post("/api/v1/leases", headers=key)
     assert gone.status_code == 409 and "released" in gone.json()["detail"]
+
+
+def test_an_idempotency_key_reused_on_another_lease_is_a_409_and_nothing_is_dropped(
+    live_platform: Any, small_pool: Path
+) -> None:
+    _, tokens = setup_task(live_platform.url, str(small_pool), unit_size=100, contributors=1, gold_per_unit=2)
+    a = HonestAgent(live_platform.url, tokens[0])
+    first, second = a.lease(), a.lease()
+    assert first is not None and second is not None
+    assert a.submit(first, a.answers(first), key="same-key-0001").status_code == 200
+    answers = a.answers(second)
+    for path in ("submit", "submit-and-lease"):  # the general and the combined call, both databases
+        body = {
+            "idempotency_key": "same-key-0001",
+            "model_fingerprint": second["task"]["model_fingerprint"],
+            "results": answers,
+        }
+        r = a.http.post(f"/api/v1/leases/{second['lease_id']}/{path}", json=body)
+        assert r.status_code == 409 and f"already used for lease {first['lease_id']}" in r.json()["detail"]
+    with live_platform.engine.connect() as conn:
+        state = conn.execute(
+            select(db.replicas.c.state).where(db.replicas.c.id == second["lease_id"])
+        ).scalar()
+    assert state == "leased"  # the second lease was not silently taken as submitted
+    out = a.submit(second, answers, key="other-key-0002")
+    assert out.status_code == 200 and out.json()["lease_id"] == second["lease_id"]

@@ -73,10 +73,12 @@ def add_task(
     model: Annotated[str, typer.Option(help="Pinned scorer (`vlcurate models`).")] = "tiny-synth",
     quorum: Annotated[int, typer.Option(help="Agreeing replicas needed per unit.")] = 2,
     unit_size: Annotated[int, typer.Option(help="Pairs per work unit.")] = 256,
-    gold_per_unit: Annotated[int, typer.Option(help="Hidden checks per replica.")] = 8,
+    gold_per_unit: Annotated[
+        int, typer.Option(help="Hidden checks per unit: its own pairs, answered by a trusted source.")
+    ] = 8,
     gold_self_score: Annotated[
-        int, typer.Option(help="Pairs the server scores itself as hidden checks.")
-    ] = 64,
+        int, typer.Option(help="At most this many checks the server scores itself (the rest: --gold-scores).")
+    ] = 1_000_000,
     gold_scores: Annotated[
         str | None, typer.Option(help="A trusted `vlcurate score` output to use as checks.")
     ] = None,
@@ -103,7 +105,7 @@ def add_task(
     line = (
         f"task {t['name']!r} (id {t['id']}): {t['n_units']} units of up to {t['unit_size']} pairs, "
         f"model {t['model']} ({t['model_fingerprint'][:12]}), quorum {t['quorum']}, "
-        f"tolerance {t['tolerance']}, {t['gold_per_unit']} hidden checks per replica"
+        f"tolerance {t['tolerance']}, {t['gold_per_unit']} hidden checks per unit"
     )
     _print(t, line, as_json)
 
@@ -175,12 +177,19 @@ def export(
 
 @platform_app.command("audit")
 def audit(db: Annotated[str, typer.Option(help="The server's database.")] = "vlcurate.db") -> None:
-    """Check that the ledger balances and nothing was paid twice; exit 1 if not."""
+    """Check that the ledger balances, nothing was paid twice and no credit rests on a paused
+    contributor; list retired hidden checks; exit 1 on a problem."""
+    from vlcurate.server.checks import retired
     from vlcurate.server.db import make_engine
     from vlcurate.server.ledger import audit as run_audit
+    from vlcurate.server.links import frequent_partners
 
     with make_engine(db).connect() as conn:
         problems = run_audit(conn)
+        for line in retired(conn):
+            typer.echo(f"retired check (look at it): {line}")
+        for line in frequent_partners(conn):
+            typer.echo(f"frequent partners (look at them): {line}")
     if problems:
         for p in problems:
             typer.echo(f"problem: {p}")

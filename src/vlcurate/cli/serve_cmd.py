@@ -28,6 +28,24 @@ def register(app: typer.Typer) -> None:
         daily_quota: Annotated[
             int, typer.Option(min=1, help="Default leases per agent per UTC day.")
         ] = 20_000,
+        max_leases_per_agent: Annotated[
+            int, typer.Option(min=1, help="Leases one agent token may hold at once.")
+        ] = 2,
+        max_leases_per_contributor: Annotated[
+            int, typer.Option(min=1, help="Leases one contributor may hold at once, all its agents.")
+        ] = 4,
+        max_walkaways_per_hour: Annotated[
+            int, typer.Option(min=1, help="Leases a contributor may hand back or let expire per UTC hour.")
+        ] = 30,
+        image_rate_per_minute: Annotated[
+            int, typer.Option(min=1, help="Lease images one agent may fetch per minute.")
+        ] = 6000,
+        link_origins: Annotated[
+            bool, typer.Option(help="Count contributors seen from one address as one voice.")
+        ] = True,
+        link_loopback: Annotated[
+            bool, typer.Option(help="Link by loopback addresses too (tests, the simulation).")
+        ] = False,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Run the platform: JSON API (docs at /docs), live dashboard at /, lease sweeper."""
@@ -44,6 +62,12 @@ def register(app: typer.Typer) -> None:
                 open_registration=open_registration,
                 rate_per_minute=rate_per_minute,
                 daily_quota=daily_quota,
+                max_leases_per_agent=max_leases_per_agent,
+                max_leases_per_contributor=max_leases_per_contributor,
+                max_walkaways_per_hour=max_walkaways_per_hour,
+                image_rate_per_minute=image_rate_per_minute,
+                link_origins=link_origins,
+                link_loopback=link_loopback,
             )
             if workers > 1 and not normalize_url(db).startswith("postgresql"):
                 raise ValueError("--workers > 1 needs PostgreSQL (SQLite serialises writes anyway)")

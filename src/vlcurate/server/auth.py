@@ -27,6 +27,8 @@ class Caller:
     quota_day: str | None = None
     quota_used: int = 0
     valid_streak: int = 0
+    walkaway_hour: str | None = None
+    walkaways: int = 0
 
 
 def bearer(header: str | None) -> str:
@@ -56,6 +58,8 @@ _BY_TOKEN = (
         _c.c.name.label("cname"),
         _c.c.paused,
         _c.c.pause_reason,
+        _c.c.walkaway_hour,
+        _c.c.walkaways,
     )
     .join(_c, _c.c.id == _a.c.contributor_id)
     .where(_a.c.token_hash == bindparam("b_hash"))
@@ -90,4 +94,6 @@ def caller_from_row(row: Any) -> Caller:
         row.quota_day,
         row.quota_used,
         row.valid_streak,
+        getattr(row, "walkaway_hour", None),
+        getattr(row, "walkaways", 0) or 0,
     )

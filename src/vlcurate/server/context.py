@@ -52,13 +52,6 @@ class UnitPairs:
     captions: tuple[str | None, ...]
 
 
-@dataclass(frozen=True)
-class GoldPool:
-    item_ids: list[int]
-    answers: dict[int, tuple[float | None, str]]
-    captions: dict[int, str | None]
-
-
 class _LRU:
     def __init__(self, size: int) -> None:
         self.size = size
@@ -83,7 +76,6 @@ class _LRU:
 class Platform:
     """What a request handler needs: engine, settings, secret, caches and the rate limiter."""
 
-    GOLD_TTL = 30.0
     TASK_TTL = 5.0
 
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
@@ -99,8 +91,10 @@ class Platform:
         self.limiter = RateLimiter()
         self._tasks = _LRU(256)
         self._units = _LRU(8192)
-        self._gold = _LRU(256)
         self._views = _LRU(16384)
+        self._origins = _LRU(65536)
+        self._scorers: dict[str, Any] = {}
+        self._scorer_lock = threading.Lock()
         self.secret = self._load_secret()
 
     def _load_secret(self) -> bytes:
@@ -180,21 +174,37 @@ class Platform:
             return view
         return [ViewItem(*v) for v in hit]
 
-    def gold_pool(self, task_id: int) -> GoldPool:
-        hit = self._gold.get(task_id)
-        if hit is not None and time.monotonic() - hit[0] < self.GOLD_TTL:
-            return hit[1]
+    def seen_origin(self, key: tuple[int, str]) -> bool:
+        """Whether this process already recorded (contributor, origin); marks it seen if not."""
+        if self._origins.get(key) is not None:
+            return True
+        self._origins.put(key, True)
+        return False
+
+    def rescore(self, task: TaskInfo, item_ids: Sequence[int]) -> dict[int, tuple[float | None, str]]:
+        """Score pairs again with the task's pinned model, here (disputed hidden checks only)."""
+        from vlcurate.models.clip import load_scorer
+        from vlcurate.pipeline.score_memory import score_pairs
+
+        with self._scorer_lock:
+            scorer = self._scorers.get(task.model_fingerprint)
+            if scorer is None:
+                scorer = load_scorer(task.model, device="cpu")
+                if scorer.fingerprint != task.model_fingerprint:
+                    raise RuntimeError(
+                        f"the server's {task.model!r} is not the model task {task.id} pinned "
+                        f"({scorer.fingerprint[:12]}... != {task.model_fingerprint[:12]}...)"
+                    )
+                self._scorers[task.model_fingerprint] = scorer
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(db.gold.c.item_id, db.gold.c.score, db.gold.c.status, db.items.c.caption)
-                .join(db.items, db.items.c.id == db.gold.c.item_id)
-                .where(db.gold.c.task_id == task_id)
-                .order_by(db.gold.c.item_id)
+                select(db.items.c.id, db.items.c.caption, db.item_images.c.data)
+                .outerjoin(db.item_images, db.item_images.c.item_id == db.items.c.id)
+                .where(db.items.c.id.in_(list(item_ids)))
             ).all()
-        pool = GoldPool(
-            [r.item_id for r in rows],
-            {r.item_id: (r.score, r.status) for r in rows},
-            {r.item_id: r.caption for r in rows},
-        )
-        self._gold.put(task_id, (time.monotonic(), pool))
-        return pool
+        with self._scorer_lock:
+            results = score_pairs(scorer, [r.data for r in rows], [r.caption for r in rows])
+        return {
+            int(r.id): (res.score, str(getattr(res.status, "value", res.status)))
+            for r, res in zip(rows, results, strict=True)
+        }

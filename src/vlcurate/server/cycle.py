@@ -5,12 +5,13 @@ Two ways to carry it out, with the same decisions:
 - `general`: `submissions.submit` then `leasing.lease`, each in its own transaction. SQLite always
   takes it; on PostgreSQL it handles whatever the fast path steps aside for.
 - `fast` (PostgreSQL): one read (`vlc_snapshot`: caller, replica, unit, the unit's other submitted
-  replicas, known hidden-check answers), the decisions in Python (`place_results`, `grade_gold`,
-  `judge`), then one write (`vlc_apply`), which re-checks that nothing moved since the read and
-  leases the next unit in the same transaction. Two round trips instead of about twenty. Anything
-  unusual -- a replay, a rejected or late submission, a failed hidden check, a disagreeing replica
-  (those need pausing and reversal rules), or a race -- returns None and goes the general way, so
-  those rules live in one place.
+  replicas and which of them are linked to the caller, the unit's hidden-check answers), the
+  decisions in Python (`place_results`, `checks.grade`, `judge`, a `reputation.Tally`), then one
+  write (`vlc_apply`), which re-checks that nothing moved since the read and leases the next unit in
+  the same transaction. Two round trips instead of about twenty. Anything unusual -- a replay, a
+  rejected or late submission, a failed hidden check (disputes, pausing), a disagreeing replica
+  (reputation and reversal rules), a linked account in the quorum, or a race -- returns None and
+  goes the general way, so those rules live in one place.
 
 The next lease's idempotency key is derived from the submission's, so a retried cycle gets the
 same next unit as the first attempt (or none, if that lease has ended since).
@@ -29,12 +30,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import db, leasing, reputation, schemas, submissions
+from vlcurate.server import checks, db, leasing, links, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, caller_from_row
 from vlcurate.server.context import Platform
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.submissions import DETAIL, Rejected, place_results
-from vlcurate.server.verify import credit_reason, gold_to_promote, grade_gold, judge
+from vlcurate.server.verify import credit_reason, judge
 
 NO_WORK = "no unit can go to this contributor now"
 STALE = "stale"  # `fast`: the unit moved between read and write; nothing was written, look again
@@ -57,6 +58,7 @@ def general(
     want_next: bool,
     next_task_id: int | None = None,
     reload_caller: Callable[[], Caller] | None = None,
+    origin: str | None = None,
 ) -> schemas.CycleOut:
     """Submit, then (if asked) lease the next unit as the contributor now stands (it may be paused)."""
     out = submissions.submit(p, caller, lease_id, body)
@@ -64,7 +66,7 @@ def general(
         return schemas.CycleOut(submission=out, next=None)
     now_caller = reload_caller() if reload_caller is not None else caller
     try:
-        nxt = leasing.lease(p, now_caller, next_task_id, next_lease_key(body.idempotency_key))
+        nxt = leasing.lease(p, now_caller, next_task_id, next_lease_key(body.idempotency_key), origin=origin)
     except (Forbidden, TooMany, Conflict, NotFound) as exc:  # paused, quota, lease ended, no such task
         return schemas.CycleOut(submission=out, next=None, next_detail=exc.detail)
     return schemas.CycleOut(submission=out, next=nxt, next_detail=None if nxt is not None else NO_WORK)
@@ -104,6 +106,7 @@ def fast(
     *,
     want_next: bool,
     next_task_id: int | None = None,
+    origin: str | None = None,
 ) -> schemas.CycleOut | str | None:
     """The usual case in two round trips; None: take `general`; STALE: read again (nothing written)."""
     rep, unit = snap.get("replica"), snap.get("unit")
@@ -123,9 +126,12 @@ def fast(
         return None  # general rejects it again and counts it against the contributor
     known = {int(i): (s, st) for i, s, st in snap["gold"]}
     n = unit["n_items"]
-    gold = grade_gold(task, rep["gold_items"], known, scores, statuses, offset=n)
+    on_checks = checks.positions(unit["first_item"], n, rep["gold_items"], known)
+    gold = checks.grade(task, on_checks, known, scores, statuses)
     if not gold.ok:
         return None  # a failed hidden check may pause the contributor: general decides
+    if snap.get("linked") or len(snap["subs"]) > 1:
+        return None  # linked accounts, or a unit past its first disagreement: general decides
     blob = scores.astype("<f4").tobytes()
     status_json = {str(k): v for k, v in statuses.items()}
     others = [
@@ -145,19 +151,9 @@ def fast(
     verdict = judge(task, unit["target"], n, subs)
     if verdict.action == "verified" and len(verdict.group) != len(subs):
         return None  # someone disagreed: reputation and pausing rules, in general
-    contributors: dict[int, dict[str, Any]] = {}
-    versions: dict[str, dict[str, Any]] = {}
-
-    def bump(cid: int, version: str, **add: Any) -> None:
-        c = contributors.setdefault(cid, dict(id=cid, points=0.0, gold_pass=0, agree=0, n_valid=0))
-        v = versions.setdefault(version, dict(version=version, gold_pass=0, agree=0))
-        for k, x in add.items():
-            c[k] += x
-            if k in v:
-                v[k] += x
-
+    tally = reputation.Tally()
     if gold.checked:
-        bump(caller.contributor_id, body.agent_version, gold_pass=1)
+        tally.add(caller.contributor_id, body.agent_version, gold_pass=1)
     unit_plan: dict[str, Any] = {"action": verdict.action}
     points = 0.0
     state, unit_state = "pending", "open"
@@ -171,7 +167,7 @@ def fast(
         single = len(subs) == 1
         points = task.points_per_pair * n
         for s in subs:
-            bump(s.contributor_id, s.agent_version, points=points, agree=0 if single else 1, n_valid=1)
+            tally.add(s.contributor_id, s.agent_version, points=points, agree=0 if single else 1, valid=1)
         unit_plan.update(
             status=verdict.status,
             single=single,
@@ -188,14 +184,7 @@ def fast(
                 for s in subs
             ],
             reason=credit_reason(unit["id"], n, len(subs)),
-            promote=[
-                dict(item_id=i, score=sc)
-                for i, sc in gold_to_promote(task, unit["id"], unit["first_item"], verdict.scores)
-            ],
         )
-    for v in versions.values():  # only what moved (as reputation.record does)
-        if not (v["gold_pass"] or v["agree"]):
-            v["drop"] = True
     response = dict(
         lease_id=lease_id,
         unit_id=unit["id"],
@@ -223,17 +212,11 @@ def fast(
         replica_state="valid" if state == "valid" else "submitted",
         response=response,
         unit=unit_plan,
-        contributors=[
-            c for c in contributors.values() if any(c[k] for k in ("points", "gold_pass", "agree", "n_valid"))
-        ],
-        versions=[  # in one order, so two transactions take the version rows' locks alike
-            {k: v[k] for k in ("version", "gold_pass", "agree")}
-            for v in sorted(versions.values(), key=lambda v: v["version"])
-            if "drop" not in v
-        ],
+        contributors=tally.contributors(),
+        versions=tally.versions(),
         version_shard=reputation.version_shard(),
     )
-    next_detail = _plan_next(p, caller, plan, body, want_next, next_task_id, now)
+    next_detail = _plan_next(p, caller, plan, body, want_next, next_task_id, now, origin)
     verified = None if verdict.scores is None else verdict.scores.astype("<f4").tobytes()
     try:
         with p.autocommit.connect() as conn:
@@ -245,7 +228,10 @@ def fast(
     if got.get("stale"):
         return STALE
     out = schemas.SubmissionOut(submission_id=got["submission_id"], **response)
-    nxt = None if got.get("lease") is None else leasing.lease_from_pg(p, got["lease"])
+    try:
+        nxt = None if got.get("lease") is None else leasing.lease_from_pg(p, got["lease"])
+    except TooMany as exc:  # over the caps on leases held
+        return schemas.CycleOut(submission=out, next=None, next_detail=exc.detail)
     if want_next and nxt is None and next_detail is None:
         next_detail = NO_WORK
     return schemas.CycleOut(submission=out, next=nxt, next_detail=next_detail)
@@ -259,10 +245,12 @@ def _plan_next(
     want_next: bool,
     next_task_id: int | None,
     now: dt.datetime,
+    origin: str | None,
 ) -> str | None:
     """Add the next lease to `plan` when the contributor may have one; else say why not."""
     if not want_next:
         return None
+    links.note(p, caller.contributor_id, origin)
     try:
         task_ids = leasing.lease_precheck(p, caller, next_task_id, now)
     except (Forbidden, TooMany, NotFound) as exc:  # paused, quota used up, no such task
@@ -270,11 +258,7 @@ def _plan_next(
     if not task_ids:
         return NO_WORK
     args = leasing.pg_lease_args(p, caller, task_ids, next_lease_key(body.idempotency_key), now)
-    plan["lease"] = dict(
-        tasks=args["tasks"],
-        single_tasks=args["single_tasks"],
-        gold=json.loads(args["gold"]),
-        seed=args["seed"],
-        key=args["key"],
-    )
+    plan["lease"] = {
+        k: args[k] for k in ("tasks", "single_tasks", "start", "seed", "key", "max_agent", "max_contributor")
+    }
     return None

@@ -11,8 +11,9 @@ pydantic serialised.
 
 FastAPI still declares the routes (OpenAPI docs at /docs) and answers any request this route
 passes on (a lease id too long for the database, another method). Errors are `replies`' answers,
-as FastAPI gives them: the same 413 for a body over the limit (declared or streamed), 422, 4xx of
-the services, 503 when the database is down, and a 500 for anything unexpected.
+as FastAPI gives them: the same 413 for a body over the limit (declared or streamed), 422, 400 for
+JSON that cannot be read at all (nested too deeply, not UTF-8), 4xx of the services, 503 when the
+database is down, and a 500 for anything unexpected.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ log = logging.getLogger("vlcurate.server")
 # a new lease, or a lease id and which call; ids beyond 18 digits go to FastAPI (and get its answer)
 _PATH = re.compile(r"/api/v1/leases(?:/(\d{1,18})/(submit|submit-and-lease))?")
 
-# (Authorization header, lease id, body, whether the next unit is wanted, from which task)
-Submit = Callable[[str | None, int, schemas.SubmissionIn, bool, int | None], schemas.CycleOut]
-# (Authorization header, task id, Idempotency-Key header): a lease, or None when there is no work
-Lease = Callable[[str | None, int | None, str | None], schemas.Lease | None]
+# (Authorization header, lease id, body, whether the next unit is wanted, from which task, the
+# client's address)
+Submit = Callable[[str | None, int, schemas.SubmissionIn, bool, int | None, str | None], schemas.CycleOut]
+# (Authorization header, task id, Idempotency-Key header, the client's address): a lease, or None
+# when there is no work
+Lease = Callable[[str | None, int | None, str | None, str | None], schemas.Lease | None]
 
 
 class Call(NamedTuple):
@@ -90,8 +93,13 @@ class CycleRoute:
             return  # the client went away
         auth = _header(scope, b"authorization")
         key = _header(scope, b"idempotency-key") if call.lease_id is None else None
+        client = scope.get("client")
+        origin = client[0] if client else None
         try:
-            content = await anyio.to_thread.run_sync(self._answer, auth, key, call, body)
+            content = await anyio.to_thread.run_sync(self._answer, auth, key, call, body, origin)
+        except _Unreadable as exc:
+            await replies.malformed_json(exc.cause)(scope, receive, send)
+            return
         except _Invalid as exc:
             await replies.invalid(exc.errors)(scope, receive, send)
             return
@@ -121,19 +129,22 @@ class CycleRoute:
         )
         await send({"type": "http.response.body", "body": content})
 
-    def _answer(self, auth: str | None, key: str | None, call: Call, body: bytes) -> bytes | None:
+    def _answer(
+        self, auth: str | None, key: str | None, call: Call, body: bytes, origin: str | None
+    ) -> bytes | None:
         """In a handler thread: validate, lease or submit (and lease), serialise; None for a 204."""
         if call.lease_id is None:
-            return self._new_lease(auth, key, body)
+            return self._new_lease(auth, key, body, origin)
         data = _json(body)
         if call.combined:
             cycle_in = _valid(schemas.CycleIn.model_validate, data)
-            got = self.submit(auth, call.lease_id, cycle_in, True, cycle_in.next_task_id)
+            got = self.submit(auth, call.lease_id, cycle_in, True, cycle_in.next_task_id, origin)
             return got.model_dump_json().encode()
         sub = _valid(schemas.SubmissionIn.model_validate, data)
-        return self.submit(auth, call.lease_id, sub, False, None).submission.model_dump_json().encode()
+        out = self.submit(auth, call.lease_id, sub, False, None, origin)
+        return out.submission.model_dump_json().encode()
 
-    def _new_lease(self, auth: str | None, key: str | None, body: bytes) -> bytes | None:
+    def _new_lease(self, auth: str | None, key: str | None, body: bytes, origin: str | None) -> bytes | None:
         """`POST /api/v1/leases`: the body is optional, as FastAPI reads an optional `Body()`, and
         the body's and the `Idempotency-Key` header's errors come back together, as FastAPI's."""
         data = _json(body) if body else None
@@ -150,7 +161,7 @@ class CycleRoute:
             errors += _located(exc, "body")
         if errors:
             raise _Invalid(errors)
-        got = self.lease(auth, (payload or {}).get("task_id"), key)
+        got = self.lease(auth, (payload or {}).get("task_id"), key, origin)
         return None if got is None else got.model_dump_json().encode()
 
 
@@ -160,6 +171,14 @@ class _BadJson(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.position = getattr(cause, "pos", 0)
+
+
+class _Unreadable(Exception):
+    """JSON that cannot be read at all (nested too deeply, not UTF-8): a 400, as FastAPI's."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _TooLarge(Exception):
@@ -177,8 +196,10 @@ class _Invalid(Exception):
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise _BadJson(exc) from exc
+    except (RecursionError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _Unreadable(exc) from exc
 
 
 def _valid(validate: Callable[[Any], Any], data: Any) -> Any:

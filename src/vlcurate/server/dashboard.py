@@ -1,9 +1,12 @@
-"""The public read API, the live event stream and the HTML dashboard (no authentication).
+"""The live event stream and the HTML dashboard (no authentication; the JSON reads they mirror are
+`routers.public`).
 
 Everything here only reads (see `queries`), so it can never change what agents are paid. Pages are
-server-rendered Jinja2 with autoescape on (captions and contributor names are untrusted); htmx swaps
-in fresh HTML partials when the server-sent event stream says a panel changed, and polls slowly as a
-fallback when the stream is down. Wire it with:
+server-rendered Jinja2 with autoescape on (captions and contributor names are untrusted), and every
+value a template prints passes `visible` first, so control and bidirectional-override characters
+show as `\\u202e` instead of reordering or hiding what is around them. htmx swaps in fresh HTML
+partials when the server-sent event stream says a panel changed (the page's script never inserts
+event data itself), and polls slowly as a fallback when the stream is down. Wire it with:
 
     from vlcurate.server.dashboard import router, mount_static
     app.include_router(router); mount_static(app)
@@ -16,19 +19,21 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
 from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
 from vlcurate.server import queries
-from vlcurate.server.schemas import ContributorOut, LedgerEntryOut
+from vlcurate.server.deps import get_engine, read
+from vlcurate.server.schemas import MAX_ID
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
@@ -50,7 +55,6 @@ PAGE_CSP = (
 )
 
 router = APIRouter()
-T = TypeVar("T")
 
 
 def mount_static(app: FastAPI) -> None:
@@ -79,9 +83,45 @@ def _pct(part: float, whole: float) -> str:
     return "0%" if not whole else f"{100.0 * part / whole:.1f}%"
 
 
+# C0 and C1 controls (but tab and newline), DEL, and the bidirectional marks, embeddings, overrides
+# and isolates, plus the byte-order mark: shown as `\u202e`, never acted on.
+_INVISIBLE = {
+    c: f"\\u{c:04x}"
+    for c in (
+        *range(0x00, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+        0xFEFF,
+    )
+    if c not in (0x09, 0x0A)
+}
+
+
+def visible(text: str) -> str:
+    """`text` with control and bidi characters written out as `\\uXXXX` (the dashboard's one escape
+    for them; HTML escaping is autoescape's)."""
+    return text.translate(_INVISIBLE)
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ ... }}` a template prints, before autoescape: strings made `visible`."""
+    if isinstance(value, Markup):
+        return Markup(visible(str(value)))
+    return visible(value) if isinstance(value, str) else value
+
+
 def _make_templates() -> Jinja2Templates:
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, trim_blocks=True, lstrip_blocks=True
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
     )
     env.filters.update(points=_points, score_class=_score_class, ts=_ts)
     env.globals.update(pct=_pct)
@@ -97,131 +137,6 @@ def _render(request: Request, name: str, context: dict[str, Any], status_code: i
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Cache-Control"] = "no-store"
     return resp
-
-
-# ---- reading ----------------------------------------------------------------------------------
-
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-def _read(request: Request, fn: Callable[[Connection], T]) -> T:
-    """Run `fn` on one read-only snapshot of the database."""
-    with queries.read_connection(_engine(request)) as conn:
-        return fn(conn)
-
-
-# ---- JSON API ---------------------------------------------------------------------------------
-
-
-@router.get("/api/v1/stats", response_model=queries.StatsOut, tags=["public"])
-def api_stats(request: Request) -> queries.StatsOut:
-    """Datasets and tasks with progress, units by state, and platform totals."""
-    return _read(request, queries.stats)
-
-
-@router.get("/api/v1/contributors", response_model=list[ContributorOut], tags=["public"])
-def api_contributors(request: Request, limit: int = Query(500, ge=1, le=5000)) -> list[ContributorOut]:
-    """Contributors, most points first, with reputation and trust."""
-    return _read(request, lambda c: queries.contributors(c, limit=limit))
-
-
-@router.get("/api/v1/flagged", response_model=list[ContributorOut], tags=["public"])
-def api_flagged(request: Request) -> list[ContributorOut]:
-    """Paused contributors with the reason they were paused."""
-    return _read(request, queries.flagged)
-
-
-@router.get("/api/v1/versions", response_model=list[queries.VersionOut], tags=["public"])
-def api_versions(request: Request) -> list[queries.VersionOut]:
-    """Reputation per agent software version (hidden checks and agreement, all contributors)."""
-    return _read(request, queries.versions)
-
-
-@router.get("/api/v1/ledger", response_model=list[LedgerEntryOut], tags=["public"])
-def api_ledger(
-    request: Request,
-    limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = Query(None, ge=1, description="Page back: entries older than this id."),
-    after_id: int | None = Query(None, ge=0, description="Only entries newer than this id."),
-    contributor: str | None = Query(None, max_length=200, description="Contributor name."),
-    submission_id: int | None = Query(None, ge=1),
-) -> list[LedgerEntryOut]:
-    """Credits and reversals, newest first."""
-    return _read(
-        request,
-        lambda c: queries.ledger(
-            c,
-            limit=limit,
-            before_id=before_id,
-            after_id=after_id,
-            contributor=contributor,
-            submission_id=submission_id,
-        ),
-    )
-
-
-@router.get("/api/v1/feed", response_model=list[queries.FeedEntry], tags=["public"])
-def api_feed(
-    request: Request,
-    after_id: int = Query(0, ge=0, description="Only pairs with a larger feed id (pass the largest seen)."),
-    limit: int = Query(50, ge=1, le=500),
-) -> list[queries.FeedEntry]:
-    """Verified pairs, newest first; hidden checks are never listed."""
-    return _read(request, lambda c: queries.feed(c, after_id=after_id, limit=limit))
-
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-)
-_EXT = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-    "tif": "image/tiff",
-    "tiff": "image/tiff",
-}
-
-
-def image_media_type(data: bytes, ext: str | None) -> str:
-    """The bytes decide (a wrong extension is common in web data); the extension only breaks ties.
-
-    Only raster types are named: anything else (an SVG with script, HTML) goes out as
-    application/octet-stream with nosniff, so it can never run in this origin.
-    """
-    for magic, media in _MAGIC:
-        if data.startswith(magic):
-            return media
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return _EXT.get((ext or "").lower().lstrip("."), "application/octet-stream")
-
-
-@router.get("/feed/images/{item_id}", tags=["public"], response_class=Response)
-def feed_image(request: Request, item_id: int) -> Response:
-    """The image of a verified pair; 404 for anything not verified and for every hidden-gold item."""
-    got = _read(request, lambda c: queries.public_image(c, item_id))
-    if got is None:
-        raise HTTPException(status_code=404, detail=f"no public image for item {item_id}")
-    data, ext = got
-    return Response(
-        content=data,
-        media_type=image_media_type(data, ext),
-        headers={
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
-            "Cache-Control": "public, max-age=300",
-        },
-    )
 
 
 # ---- server-sent events -----------------------------------------------------------------------
@@ -320,7 +235,7 @@ async def events(request: Request) -> StreamingResponse:
     when close_event_streams is called.
     """
     app = request.app
-    engine = _engine(request)
+    engine = get_engine(request)
     cache, streams = _app_state(app)
 
     async def stream() -> AsyncIterator[str]:
@@ -388,7 +303,7 @@ def _index_context(conn: Connection) -> dict[str, Any]:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def index(request: Request) -> HTMLResponse:
     """The live dashboard."""
-    return _render(request, "index.html", _read(request, _index_context))
+    return _render(request, "index.html", read(request, _index_context))
 
 
 _PARTIALS: dict[str, Callable[[Connection], dict[str, Any]]] = {
@@ -403,11 +318,11 @@ _PARTIALS: dict[str, Callable[[Connection], dict[str, Any]]] = {
 def partial_ledger(
     request: Request,
     contributor: str | None = Query(None, max_length=200),
-    before_id: int | None = Query(None, ge=1),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
     limit: int = Query(PANEL_ROWS, ge=1, le=500),
 ) -> HTMLResponse:
     """The ledger table, optionally for one contributor (htmx swaps it in)."""
-    ctx = _read(request, lambda c: _ledger_context(c, contributor, before_id, limit))
+    ctx = read(request, lambda c: _ledger_context(c, contributor, before_id, limit))
     return _render(request, "partials/ledger.html", ctx)
 
 
@@ -417,23 +332,25 @@ def partial(request: Request, name: str) -> HTMLResponse:
     build = _PARTIALS.get(name)
     if build is None:
         raise HTTPException(status_code=404, detail=f"no partial {name!r}")
-    return _render(request, f"partials/{name}.html", _read(request, build))
+    return _render(request, f"partials/{name}.html", read(request, build))
 
 
 @router.get("/ledger", response_class=HTMLResponse, include_in_schema=False)
 def ledger_page(
     request: Request,
     contributor: str | None = Query(None, max_length=200),
-    before_id: int | None = Query(None, ge=1),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
 ) -> HTMLResponse:
     """The whole ledger, 100 entries a page, optionally for one contributor."""
-    ctx = _read(request, lambda c: _ledger_context(c, contributor or None, before_id, 100))
+    ctx = read(request, lambda c: _ledger_context(c, contributor or None, before_id, 100))
     return _render(request, "ledger.html", {**ctx, "before_id": before_id})
 
 
 @router.get("/contributors/{contributor_id}", response_class=HTMLResponse, include_in_schema=False)
 def contributor_page(request: Request, contributor_id: int) -> HTMLResponse:
     """One contributor: reputation, agents, and their ledger."""
+    if not 1 <= contributor_id <= MAX_ID:
+        return _render(request, "not_found.html", {"what": f"contributor {contributor_id}"}, 404)
 
     def build(conn: Connection) -> dict[str, Any] | None:
         who = queries.contributor(conn, contributor_id)
@@ -446,7 +363,7 @@ def contributor_page(request: Request, contributor_id: int) -> HTMLResponse:
             **_ledger_context(conn, who.name, None, 100),
         }
 
-    ctx = _read(request, build)
+    ctx = read(request, build)
     if ctx is None:
         return _render(request, "not_found.html", {"what": f"contributor {contributor_id}"}, 404)
     return _render(request, "contributor.html", ctx)
@@ -455,6 +372,8 @@ def contributor_page(request: Request, contributor_id: int) -> HTMLResponse:
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse, include_in_schema=False)
 def submission_page(request: Request, submission_id: int) -> HTMLResponse:
     """A submission's fate and the ledger entries (credit, reversal) that point at it; no scores."""
+    if not 1 <= submission_id <= MAX_ID:
+        return _render(request, "not_found.html", {"what": f"submission {submission_id}"}, 404)
 
     def build(conn: Connection) -> dict[str, Any] | None:
         sub = queries.submission(conn, submission_id)
@@ -462,7 +381,7 @@ def submission_page(request: Request, submission_id: int) -> HTMLResponse:
             return None
         return {"sub": sub, "ledger": queries.ledger(conn, limit=100, submission_id=submission_id)}
 
-    ctx = _read(request, build)
+    ctx = read(request, build)
     if ctx is None:
         return _render(request, "not_found.html", {"what": f"submission {submission_id}"}, 404)
     return _render(request, "submission.html", ctx)

@@ -160,7 +160,10 @@ units = Table(
     Index("ix_units_task_first", "task_id", "first_item"),
 )
 
-# Known answers for hidden checks: operator-given, scored by the server, or promoted from verified units.
+# Known answers for hidden checks, from trusted sources only: `operator` (a trusted score run) or
+# `server` (scored with the pinned model). A unit's checks are its own items that have a row here, so
+# every replica of the unit sees the same items and a check belongs to one unit only. A check whose
+# answer the server no longer stands by (disputed, re-scored differently) is retired, not deleted.
 gold = Table(
     "gold",
     metadata,
@@ -170,7 +173,34 @@ gold = Table(
     Column("score", Float, nullable=True),
     Column("status", String(32), nullable=False, default="ok"),
     Column("source", String(16), nullable=False),
+    _ts("retired_at", nullable=True),
+    Column("retired_reason", Text, nullable=True),
     UniqueConstraint("task_id", "item_id", name="uq_gold_task_item"),
+)
+
+# A trusted contributor's failed check, re-scored by the server (`vlcurate.server.checks`).
+check_disputes = Table(
+    "check_disputes",
+    metadata,
+    _id(),
+    Column("gold_id", ForeignKey("gold.id", ondelete="CASCADE"), nullable=False),
+    Column("contributor_id", ForeignKey("contributors.id", ondelete="CASCADE"), nullable=False),
+    Column("submitted_score", Float, nullable=True),
+    Column("rescored", Float, nullable=True),
+    Column("upheld", Boolean, nullable=False),
+    _ts("created_at"),
+    Index("ix_check_disputes_gold", "gold_id"),
+)
+
+# Where a contributor's requests came from (a keyed hash of the client address): contributors that
+# share one are linked, and count as one voice in a unit's quorum (`vlcurate.server.links`).
+contributor_origins = Table(
+    "contributor_origins",
+    metadata,
+    Column("contributor_id", ForeignKey("contributors.id", ondelete="CASCADE"), primary_key=True),
+    Column("origin", String(32), primary_key=True),
+    _ts("first_seen"),
+    Index("ix_contributor_origins_origin", "origin"),
 )
 
 contributors = Table(
@@ -189,6 +219,9 @@ contributors = Table(
     Column("valid_streak", Integer, nullable=False, default=0),
     Column("n_valid", Integer, nullable=False, default=0),
     Column("points", Float, nullable=False, default=0.0),
+    # Leases handed back or let expire without a submission, in the UTC hour `walkaway_hour`.
+    Column("walkaway_hour", String(13), nullable=True),
+    Column("walkaways", Integer, nullable=False, default=0),
     _ts("created_at"),
 )
 
@@ -227,6 +260,9 @@ version_stats = Table(
 
 # A replica is one contributor's copy of a unit: the lease, then its fate.
 # state: leased -> submitted -> valid | invalid; leased -> expired | released.
+# One live replica (not released or expired) per unit and contributor: a contributor who walked
+# away from a unit may get it again, so exclusion can never starve a unit.
+LIVE_REPLICA = "state NOT IN ('released', 'expired')"
 replicas = Table(
     "replicas",
     metadata,
@@ -242,12 +278,32 @@ replicas = Table(
     Column("deadline", DateTime(timezone=True), nullable=False),
     _ts("finished_at", nullable=True),
     Column("lease_key", String(128), nullable=True),
-    UniqueConstraint("unit_id", "contributor_id", name="uq_replicas_unit_contributor"),
     UniqueConstraint("agent_id", "lease_key", name="uq_replicas_agent_lease_key"),
+    Index(
+        "uq_replicas_unit_contributor_live",
+        "unit_id",
+        "contributor_id",
+        unique=True,
+        postgresql_where=text(LIVE_REPLICA),
+        sqlite_where=text(LIVE_REPLICA),
+    ),
     # The lease sweeper's scan: only leases still out (migration 0003).
     Index(
         "ix_replicas_leased",
         "deadline",
+        postgresql_where=text("state = 'leased'"),
+        sqlite_where=text("state = 'leased'"),
+    ),
+    # The caps on leases held at once, per agent and per contributor (migration 0004).
+    Index(
+        "ix_replicas_agent_leased",
+        "agent_id",
+        postgresql_where=text("state = 'leased'"),
+        sqlite_where=text("state = 'leased'"),
+    ),
+    Index(
+        "ix_replicas_contributor_leased",
+        "contributor_id",
         postgresql_where=text("state = 'leased'"),
         sqlite_where=text("state = 'leased'"),
     ),

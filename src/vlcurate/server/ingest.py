@@ -1,11 +1,12 @@
 """Operators' side: register a dataset (read its shards once, keep pairs and image bytes), create a
-task on it (pin a model, cut units, prepare hidden checks), and create agent tokens."""
+task on it (pin a model, cut units, choose each unit's hidden checks and get their answers from a
+trusted source), and create agent tokens."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import random
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,8 @@ def create_task(engine: Engine, req: schemas.TaskCreate) -> schemas.TaskOut:
         scorer = load_scorer(req.model, device="cpu")
     except Exception as exc:
         raise BadRequest(f"the server cannot load model {req.model!r}: {exc}") from exc
-    gold_rows = _gold_rows(engine, req, ds.id, scorer)
     first, last = int(bounds[0]), int(bounds[1])
+    gold_rows = _gold_rows(engine, req, ds.id, scorer, _check_items(engine, req, ds.id, first, last))
     with db.begin_write(engine) as conn:
         try:
             task_id = conn.execute(
@@ -190,34 +191,70 @@ def create_task(engine: Engine, req: schemas.TaskCreate) -> schemas.TaskOut:
     return task_out(engine, task_id)
 
 
-def _gold_rows(engine: Engine, req: schemas.TaskCreate, dataset_id: int, scorer: Any) -> list[dict[str, Any]]:
-    """Known answers: from a trusted `vlcurate score` output and/or scored here with the pinned model."""
+def _check_items(
+    engine: Engine, req: schemas.TaskCreate, dataset_id: int, first: int, last: int
+) -> list[list[int]]:
+    """Each unit's hidden checks: `gold_per_unit` of its own readable pairs, drawn with the system's
+    random source (nothing about ids, positions or the task tells which), one list per unit."""
+    if req.gold_per_unit <= 0:
+        return []
+    with engine.connect() as conn:
+        readable = [
+            r[0]
+            for r in conn.execute(
+                select(db.items.c.id)
+                .where(db.items.c.dataset_id == dataset_id, db.items.c.read_status == "ok")
+                .order_by(db.items.c.id)
+            )
+        ]
+    rng = secrets.SystemRandom()
+    picked: list[list[int]] = []
+    k = 0
+    for start in range(first, last + 1, req.unit_size):
+        end = start + req.unit_size - 1
+        unit: list[int] = []
+        while k < len(readable) and readable[k] <= end:
+            if readable[k] >= start:
+                unit.append(readable[k])
+            k += 1
+        picked.append(rng.sample(unit, min(req.gold_per_unit, len(unit))))
+    return picked
+
+
+def _gold_rows(
+    engine: Engine, req: schemas.TaskCreate, dataset_id: int, scorer: Any, per_unit: list[list[int]]
+) -> list[dict[str, Any]]:
+    """The checks' answers: from a trusted `vlcurate score` output where it has the pair, else
+    scored here with the pinned model. At most `gold.self_score` pairs are scored here, taken as
+    every unit's first check, then every unit's second, ... in a random unit order, so a cap that
+    is too small thins every unit's checks alike and leaves no unit known to be unguarded."""
     from vlcurate.pipeline.score_memory import score_pairs
 
+    if not any(per_unit):
+        return []
     rows: dict[int, dict[str, Any]] = {}
     if req.gold.scores:
-        rows.update(_gold_from_scores(engine, dataset_id, req.gold.scores))
-    if req.gold.self_score:
+        trusted = _gold_from_scores(engine, dataset_id, req.gold.scores)
+        rows.update({i: trusted[i] for unit in per_unit for i in unit if i in trusted})
+    order = list(range(len(per_unit)))
+    secrets.SystemRandom().shuffle(order)
+    ranked = [per_unit[u][r] for r in range(req.gold_per_unit) for u in order if r < len(per_unit[u])]
+    todo = sorted([i for i in ranked if i not in rows][: req.gold.self_score])
+    for i in range(0, len(todo), INSERT_BATCH):
         with engine.connect() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    select(db.items.c.id).where(
-                        db.items.c.dataset_id == dataset_id, db.items.c.read_status == "ok"
-                    )
-                )
-            ]
-            pick = sorted(random.Random(dataset_id).sample(ids, min(req.gold.self_score, len(ids))))
             got = conn.execute(
                 select(db.items.c.id, db.items.c.caption, db.item_images.c.data)
                 .join(db.item_images, db.item_images.c.item_id == db.items.c.id)
-                .where(db.items.c.id.in_(pick))
+                .where(db.items.c.id.in_(todo[i : i + INSERT_BATCH]))
+                .order_by(db.items.c.id)
             ).all()
         results = score_pairs(scorer, [g.data for g in got], [g.caption for g in got])
         for g, r in zip(got, results, strict=True):
-            rows.setdefault(g.id, dict(item_id=g.id, score=r.score, status=r.status, source="server"))
-    if req.gold_per_unit and not rows:
-        raise BadRequest("gold_per_unit > 0 but no gold answers: set gold.self_score or gold.scores")
+            rows[g.id] = dict(item_id=g.id, score=r.score, status=r.status, source="server")
+    if not rows:
+        raise BadRequest(
+            "gold_per_unit > 0 but no check has an answer: raise gold.self_score or set gold.scores"
+        )
     return list(rows.values())
 
 

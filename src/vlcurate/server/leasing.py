@@ -1,31 +1,39 @@
 """Leases: hand a unit replica to an agent, renew it, take it back, and requeue expired ones.
 
+Who gets which unit is decided by the server at random (a random place in the task's unit order,
+then the first leasable unit from there), so nobody can predict or steer it: two accounts that
+lease one after the other land on one unit only by chance. Caps on the leases an agent and a
+contributor hold at once stop hoarding; walking away (handing back, letting expire) is allowed --
+the contributor may even get that unit again, so no unit can be starved -- but counted, and past
+`max_walkaways_per_hour` leasing waits for the next hour, so re-leasing cannot be used to shop for
+a unit either.
+
 Correct with many agents at once: on PostgreSQL the unit row is taken with
 `FOR UPDATE SKIP LOCKED` (concurrent leases pick different units without waiting); on SQLite every
-write transaction starts with `BEGIN IMMEDIATE`, so leases are serialised. The unique constraint
-(unit, contributor) makes "never the same unit to the same contributor twice" hold in the
+write transaction starts with `BEGIN IMMEDIATE`, so leases are serialised. The partial unique index
+`uq_replicas_unit_contributor_live` makes "one live replica of a unit per contributor" hold in the
 database itself, whatever the code does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, insert, literal_column, select, text, update
+from sqlalchemy import bindparam, case, func, insert, literal_column, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import db, schemas
+from vlcurate.server import db, links, schemas
 from vlcurate.server.auth import Caller
 from vlcurate.server.context import Platform, UnitPairs
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.unit_view import ViewItem, replica_view
 
 HEARTBEAT_FRACTION = 3  # agents renew every lease_seconds / 3
+CAPPED_RETRY_SECONDS = 5.0  # what a capped agent is told to wait before asking again
 
 
 def is_trusted(valid_streak: int, trust_after: int) -> bool:
@@ -38,13 +46,20 @@ def audit_rate(valid_streak: int, min_rate: float) -> float:
 
 
 def lease(
-    p: Platform, caller: Caller, task_id: int | None = None, lease_key: str | None = None
+    p: Platform,
+    caller: Caller,
+    task_id: int | None = None,
+    lease_key: str | None = None,
+    *,
+    origin: str | None = None,
 ) -> schemas.Lease | None:
     """Lease one unit replica to `caller`, or None when no unit can go to this contributor now.
 
     With `lease_key` (the `Idempotency-Key` header) a retried request gets the lease its first try
-    made, so a lease whose answer was lost in transit is not orphaned.
+    made, so a lease whose answer was lost in transit is not orphaned. `origin` is the client's
+    address (linked accounts, `links`).
     """
+    links.note(p, caller.contributor_id, origin)
     if lease_key is not None:
         prior = _lease_by_key(p, caller, lease_key)
         if prior is not None:
@@ -61,9 +76,18 @@ def lease(
 
 def lease_precheck(p: Platform, caller: Caller, task_id: int | None, now: dt.datetime) -> list[int]:
     """The tasks to lease from; a 403 when the contributor is paused, a 429 when the quota is used
-    up, a 404 for a task that does not exist (on either database)."""
+    up or it walked away from too many leases this hour, a 404 for a task that does not exist (on
+    either database)."""
     if caller.paused:
         raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
+    cap = p.settings.max_walkaways_per_hour
+    if caller.walkaway_hour == walkaway_hour(now) and caller.walkaways >= cap:
+        next_hour = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+        raise TooMany(
+            f"handed back or let expire {caller.walkaways} leases this hour (cap {cap}); "
+            "leasing resumes next hour",
+            (next_hour - now).total_seconds(),
+        )
     task_ids = [p.task(task_id).id] if task_id is not None else p.active_task_ids()
     if not task_ids:
         return []
@@ -89,7 +113,8 @@ def _new_lease(
             got = conn.execute(_LEASE_PG, pg_lease_args(p, caller, task_ids, lease_key, now)).scalar_one()
         return None if got is None else lease_from_pg(p, got)
     with db.begin_write(p.engine) as conn:
-        unit = _pick_unit(conn, caller.contributor_id, task_ids)
+        _check_caps(conn, p, caller)
+        unit = _pick_unit(conn, caller.contributor_id, task_ids, random.random())
         if unit is None:
             return None
         task = p.task(unit.task_id)
@@ -103,7 +128,7 @@ def _new_lease(
                 streak, task.min_audit_rate
             )
             target = 1 if single else max(task.quorum, unit.target if unit.replicas_total else task.quorum)
-        gold_items = _sample_gold(p, task.id, task.gold_per_unit, unit.first_item, unit.last_item, seed)
+        gold_items: list[int] = []  # the unit's checks are its own items (`checks`)
         deadline = now + dt.timedelta(seconds=task.lease_seconds)
         lease_id = conn.execute(
             _INSERT_REPLICA,
@@ -132,9 +157,29 @@ def _new_lease(
 
 _LEASE_PG = text(
     "SELECT vlc_lease(CAST(:agent AS bigint), CAST(:contributor AS bigint), CAST(:tasks AS bigint[]), "
-    "CAST(:single_tasks AS bigint[]), CAST(:gold AS jsonb), CAST(:seed AS bigint), CAST(:key AS text), "
-    "CAST(:now AS timestamptz))"
+    "CAST(:single_tasks AS bigint[]), CAST(:start AS float8), CAST(:seed AS bigint), CAST(:key AS text), "
+    "CAST(:now AS timestamptz), CAST(:max_agent AS int), CAST(:max_contributor AS int))"
 )
+
+
+def walkaway_hour(now: dt.datetime) -> str:
+    """The UTC hour walk-aways are counted in."""
+    return now.strftime("%Y-%m-%dT%H")
+
+
+def _check_caps(conn: Connection, p: Platform, caller: Caller) -> None:
+    """SQLite: a 429 when the agent or its contributor holds as many leases as allowed (`vlc_lease`
+    counts the same on PostgreSQL)."""
+    R = db.replicas
+    for who, col, cap in (
+        ("agent", R.c.agent_id == caller.agent_id, p.settings.max_leases_per_agent),
+        ("contributor", R.c.contributor_id == caller.contributor_id, p.settings.max_leases_per_contributor),
+    ):
+        held = conn.execute(
+            select(func.count()).select_from(R).where(col, R.c.state == literal_column("'leased'"))
+        ).scalar_one()
+        if held >= cap:
+            raise TooMany(f"this {who} holds {held} active leases (cap {cap})", CAPPED_RETRY_SECONDS)
 
 
 def pg_lease_args(
@@ -142,38 +187,37 @@ def pg_lease_args(
 ) -> dict[str, Any]:
     """The arguments of `vlc_lease` (PostgreSQL): the decisions that need Python made up front.
 
-    The trust and audit dice are rolled per task as `_new_lease` rolls them for a fresh unit, and
-    hidden checks are sampled from the task's pool: enough candidates that `gold_per_unit` of them
-    lie outside whichever unit is picked.
+    The trust and audit dice are rolled per task as `_new_lease` rolls them for a fresh unit; the
+    random place in the unit order to pick from; the caps on leases held.
     """
     seed = random.getrandbits(62)
     u = random.Random(seed).random()
     single: list[int] = []
-    gold: dict[str, list[int]] = {}
     for tid in task_ids:
         task = p.task(tid)
         if is_trusted(caller.valid_streak, task.trust_after) and u >= audit_rate(
             caller.valid_streak, task.min_audit_rate
         ):
             single.append(tid)
-        if task.gold_per_unit > 0:
-            pool = p.gold_pool(tid).item_ids
-            n = min(len(pool), task.gold_per_unit + task.unit_size)
-            gold[str(tid)] = random.Random(seed ^ 0x5EED).sample(pool, n)
     return dict(
         agent=caller.agent_id,
         contributor=caller.contributor_id,
         tasks=task_ids,
         single_tasks=single,
-        gold=json.dumps(gold),
+        start=random.random(),
         seed=seed,
         key=lease_key,
         now=now,
+        max_agent=p.settings.max_leases_per_agent,
+        max_contributor=p.settings.max_leases_per_contributor,
     )
 
 
 def lease_from_pg(p: Platform, got: dict[str, Any]) -> schemas.Lease:
-    """The lease `vlc_lease` made, as the agent sees it (its pairs go to the per-process cache)."""
+    """The lease `vlc_lease` made, as the agent sees it (its pairs go to the per-process cache); a
+    429 when it refused because of the caps on leases held."""
+    if "capped" in got:
+        raise TooMany(got["capped"], CAPPED_RETRY_SECONDS)
     items = got["items"]
     p.remember_unit_pairs(
         got["first_item"], got["last_item"], UnitPairs(tuple(i for i, _ in items), tuple(c for _, c in items))
@@ -265,18 +309,13 @@ def _lease_response(
 
 
 def _gold_captions(p: Platform, task_id: int, gold_items: list[int]) -> dict[int, str | None]:
-    """Captions of hidden-check items: from the cached pool, else (promoted since) from the table."""
-    cached = p.gold_pool(task_id).captions
-    out = {g: cached[g] for g in gold_items if g in cached}
-    missing = [g for g in gold_items if g not in out]
-    if missing:
-        with p.engine.connect() as conn:
-            out.update(
-                conn.execute(
-                    select(db.items.c.id, db.items.c.caption).where(db.items.c.id.in_(missing))
-                ).all()
-            )
-    return out
+    """Captions of a legacy replica's extra check items (leases made before in-unit checks)."""
+    if not gold_items:
+        return {}
+    with p.engine.connect() as conn:
+        return dict(
+            conn.execute(select(db.items.c.id, db.items.c.caption).where(db.items.c.id.in_(gold_items))).all()
+        )
 
 
 @dataclass(frozen=True)
@@ -292,16 +331,20 @@ class _Unit:
 
 # The hot statements are built once: building a Core statement costs more than running it here.
 _u, _r, _A = db.units, db.replicas, db.agents
-# One task at a time, lowest first, then the lowest leasable unit (seq) in it, as `vlc_lease` does
-# on PostgreSQL. The partial index `ix_units_open` holds exactly the units with
-# "state = 'open' AND issued < target", which is why those terms are written out here, not bound;
-# the contributor test is a scalar subquery: one probe of uq_replicas_unit_contributor per candidate.
-_PICK = text(
+# One task at a time, lowest first, then the first leasable unit at or after a random place in its
+# seq order (else the first before it), as `vlc_lease` does on PostgreSQL. The partial index
+# `ix_units_open` holds exactly the units with "state = 'open' AND issued < target", which is why
+# those terms are written out here, not bound; the contributor test is a scalar subquery: one probe
+# of uq_replicas_unit_contributor_live per candidate.
+_PICK_WHERE = (
     "SELECT un.id, un.task_id, un.first_item, un.last_item, un.target, un.issued, un.replicas_total "
     "FROM units un WHERE un.state = 'open' AND un.issued < un.target AND un.task_id = :b_task "
     "AND (SELECT 1 FROM replicas r WHERE r.unit_id = un.id AND r.contributor_id = :b_contributor "
-    "LIMIT 1) IS NULL ORDER BY un.seq LIMIT 1"
+    f"AND r.{db.LIVE_REPLICA} LIMIT 1) IS NULL "
 )
+_PICK_AFTER = text(_PICK_WHERE + "AND un.seq >= :b_start ORDER BY un.seq LIMIT 1")
+_PICK_BEFORE = text(_PICK_WHERE + "AND un.seq < :b_start ORDER BY un.seq LIMIT 1")
+_LAST_SEQ = text("SELECT max(seq) FROM units WHERE task_id = :b_task")
 _INSERT_REPLICA = insert(_r).returning(_r.c.id)
 _BUMP_UNIT = (
     update(_u)
@@ -321,20 +364,16 @@ _COUNT_LEASE = (
 )
 
 
-def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int]) -> _Unit | None:
-    """SQLite (writes are serialised, so no row lock is needed); PostgreSQL picks in `vlc_lease`."""
+def _pick_unit(conn: Connection, contributor_id: int, task_ids: list[int], start: float) -> _Unit | None:
+    """SQLite (writes are serialised, so no row lock is needed); PostgreSQL picks in `vlc_lease`.
+    `start` in [0, 1) is the random place in each task's unit order."""
     for task_id in sorted(set(task_ids)):
-        row = conn.execute(_PICK, {"b_task": task_id, "b_contributor": contributor_id}).first()
+        last = conn.execute(_LAST_SEQ, {"b_task": task_id}).scalar()
+        args = {"b_task": task_id, "b_contributor": contributor_id, "b_start": int(start * ((last or 0) + 1))}
+        row = conn.execute(_PICK_AFTER, args).first() or conn.execute(_PICK_BEFORE, args).first()
         if row is not None:
             return _Unit(*row)
     return None
-
-
-def _sample_gold(p: Platform, task_id: int, k: int, first: int, last: int, seed: int) -> list[int]:
-    if k <= 0:
-        return []
-    pool = [g for g in p.gold_pool(task_id).item_ids if not first <= g <= last]
-    return sorted(random.Random(seed ^ 0x5EED).sample(pool, min(k, len(pool))))
 
 
 def heartbeat(p: Platform, caller: Caller, lease_id: int) -> schemas.HeartbeatOut:
@@ -359,7 +398,7 @@ def _held(conn: Connection, caller: Caller, lease_id: int, now: dt.datetime) -> 
 
 
 def release(p: Platform, caller: Caller, lease_id: int) -> None:
-    """Hand a lease back: the replica goes to someone else at once."""
+    """Hand a lease back: the replica goes to someone else at once (a walk-away, counted)."""
     with db.begin_write(p.engine) as conn:
         unit_id = conn.execute(
             update(db.replicas)
@@ -374,37 +413,55 @@ def release(p: Platform, caller: Caller, lease_id: int) -> None:
         if unit_id is None:
             raise Conflict(f"lease {lease_id} is not an active lease of this agent")
         conn.execute(update(db.units).where(db.units.c.id == unit_id).values(issued=db.units.c.issued - 1))
+        _count_walkaways(conn, {caller.contributor_id: 1}, db.utcnow())
+
+
+def _count_walkaways(conn: Connection, counts: dict[int, int], now: dt.datetime) -> None:
+    C = db.contributors
+    hour = walkaway_hour(now)
+    for cid, n in sorted(counts.items()):
+        conn.execute(
+            update(C)
+            .where(C.c.id == cid)
+            .values(
+                walkaways=case((C.c.walkaway_hour == hour, C.c.walkaways + n), else_=n),
+                walkaway_hour=hour,
+            )
+        )
 
 
 def expire_leases(p: Platform) -> int:
     """Requeue every replica whose deadline passed; returns how many."""
     now = db.utcnow()
     with db.begin_write(p.engine) as conn:
-        unit_ids = (
-            conn.execute(
-                update(db.replicas)
-                # 'leased' written out, so that the partial index ix_replicas_leased applies
-                .where(db.replicas.c.state == literal_column("'leased'"), db.replicas.c.deadline < now)
-                .values(state="expired", finished_at=now)
-                .returning(db.replicas.c.unit_id)
-            )
-            .scalars()
-            .all()
-        )
+        ended = conn.execute(
+            update(db.replicas)
+            # 'leased' written out, so that the partial index ix_replicas_leased applies
+            .where(db.replicas.c.state == literal_column("'leased'"), db.replicas.c.deadline < now)
+            .values(state="expired", finished_at=now)
+            .returning(db.replicas.c.unit_id, db.replicas.c.contributor_id)
+        ).all()
         counts: dict[int, int] = {}
-        for uid in unit_ids:
+        walked: dict[int, int] = {}
+        for uid, cid in ended:
             counts[uid] = counts.get(uid, 0) + 1
+            walked[cid] = walked.get(cid, 0) + 1
         for uid, n in sorted(counts.items()):
             conn.execute(update(db.units).where(db.units.c.id == uid).values(issued=db.units.c.issued - n))
-    return len(unit_ids)
+        _count_walkaways(conn, walked, now)
+    return len(ended)
 
 
 def lease_view(p: Platform, caller: Caller, lease_id: int) -> list[ViewItem]:
-    """The lease's items, for serving images; only the holder may look."""
+    """The lease's items, for serving images; only the holder may look, and only while it is active."""
     with p.engine.connect() as conn:
         row = conn.execute(select(db.replicas).where(db.replicas.c.id == lease_id)).first()
         if row is None or row.agent_id != caller.agent_id:
             raise NotFound(f"lease {lease_id} is not held by this agent")
+        if row.state != "leased":
+            raise Conflict(f"lease {lease_id} is {row.state}; its images are no longer served")
+        if db.aware(row.deadline) < db.utcnow():
+            raise Conflict(f"lease {lease_id} expired at {db.aware(row.deadline).isoformat()}")
         unit = conn.execute(
             select(db.units.c.first_item, db.units.c.last_item).where(db.units.c.id == row.unit_id)
         ).one()

@@ -1,6 +1,7 @@
 """The append-only reward ledger: credits for validated results and reversals that point at the
 credit they undo. Balances live in `contributors.points`, updated in the same transaction as the
-entry; `audit` checks that the two agree and that nothing was paid twice."""
+entry; `audit` checks that the two agree, that nothing was paid twice, and that no credit still
+stands on a unit whose verified result rests on a paused contributor's word."""
 
 from __future__ import annotations
 
@@ -87,16 +88,16 @@ def audit(conn: Connection) -> list[str]:
     for cid, name, points in conn.execute(select(C.c.id, C.c.name, C.c.points)).all():
         if abs(float(sums.get(cid, 0.0) or 0.0) - float(points)) > 1e-6:
             problems.append(f"contributor {name}: balance {points} but ledger sums to {sums.get(cid, 0.0)}")
-    for sid, n in conn.execute(
-        select(L.c.submission_id, func.count())
-        .where(L.c.kind == "credit")
-        .group_by(L.c.submission_id)
-        .having(func.count() > 1)
-    ).all():
-        problems.append(f"submission {sid} credited {n} times")
     reversed_ids = {
         r for (r,) in conn.execute(select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))).all()
     }
+    standing: dict[int, int] = {}  # a credit reversed and paid again after re-verification is fine
+    for entry_id, sid in conn.execute(select(L.c.id, L.c.submission_id).where(L.c.kind == "credit")).all():
+        if entry_id not in reversed_ids:
+            standing[sid] = standing.get(sid, 0) + 1
+    for sid, n in sorted(standing.items()):
+        if n > 1:
+            problems.append(f"submission {sid} credited {n} times")
     for entry_id, sid, state in conn.execute(
         select(L.c.id, L.c.submission_id, S.c.state)
         .join(S, S.c.id == L.c.submission_id)
@@ -104,6 +105,7 @@ def audit(conn: Connection) -> list[str]:
     ).all():
         if state != "valid" and entry_id not in reversed_ids:
             problems.append(f"credit {entry_id} pays submission {sid} which is {state}")
+    problems += _resting_on_paused(conn, reversed_ids)
     for entry_id, target, points in conn.execute(
         select(L.c.id, L.c.reverses_id, L.c.points).where(L.c.kind == "reversal")
     ).all():
@@ -111,3 +113,27 @@ def audit(conn: Connection) -> list[str]:
         if orig is None or orig.kind != "credit" or abs(orig.points + points) > 1e-9:
             problems.append(f"reversal {entry_id} does not mirror a credit (reverses {target})")
     return problems
+
+
+def _resting_on_paused(conn: Connection, reversed_ids: set[int]) -> list[str]:
+    """Unreversed credits on units whose agreeing group includes a paused contributor."""
+    L, S, C = db.ledger, db.submissions, db.contributors
+    paused_units = {
+        unit_id: name
+        for unit_id, name in conn.execute(
+            select(S.c.unit_id, C.c.name)
+            .join(C, C.c.id == S.c.contributor_id)
+            .where(C.c.paused.is_(True), S.c.state == "valid")
+        ).all()
+    }
+    if not paused_units:
+        return []
+    out = []
+    for entry_id, unit_id in conn.execute(
+        select(L.c.id, L.c.unit_id).where(L.c.kind == "credit", L.c.unit_id.in_(list(paused_units)))
+    ).all():
+        if entry_id not in reversed_ids:
+            out.append(
+                f"credit {entry_id} on unit {unit_id} rests on paused contributor {paused_units[unit_id]}"
+            )
+    return out

@@ -1,16 +1,17 @@
 """Read-only queries behind the public read API and the live dashboard.
 
 Every function takes an open `Connection` and only SELECTs, so a page or an API call reads one
-consistent snapshot (call them inside one `read_connection(engine)` block). Nothing here may reveal
-a hidden check: items that appear in the `gold` table are left out of the feed and their images are
-never served, whatever task they belong to (a gold item's verified score under one task is the
-answer key for another task pinned to the same model).
+consistent snapshot (call them inside one `read_connection(engine)` block). The feed shows every
+item of a verified unit alike: a unit's hidden checks are some of its own items, graded inside it,
+so leaving them out (or refusing their images) would only point at them. Nothing here shows a
+server file path: a model given as a path shows only its last part (`public_model`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,8 @@ class AgentOut(BaseModel):
 
 
 class SubmissionSummary(BaseModel):
-    """What the public may see of a submission: its fate, never its scores (they include gold)."""
+    """What the public may see of a submission: its fate, never its scores (while its unit is
+    open they are answers someone else could copy)."""
 
     id: int
     contributor_id: int
@@ -123,6 +125,28 @@ def read_connection(engine: Engine) -> Connection:
 
 def _utc_opt(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else db.aware(value)
+
+
+_MODEL_FORMS = ("local-dir:", "hf-clip:", "hf-hub:", "random:")
+
+
+def public_model(model: str) -> str:
+    """A task's model as the public sees it: a model given as a path (`local-dir:/srv/m/clip`, a
+    plain folder, `open_clip:ARCH:/ckpt/file.pt`, `hf-clip:/srv/m/clip`) shows only its last part;
+    names and hub repos (`tiny-synth`, `hf-clip:openai/clip-vit-base-patch32`) stay as they are."""
+    prefix, rest = "", model
+    if model.startswith("open_clip:"):
+        arch, _, rest = model.removeprefix("open_clip:").partition(":")
+        prefix = f"open_clip:{arch}:"
+    elif model.startswith(_MODEL_FORMS):
+        head, _, rest = model.partition(":")
+        prefix = head + ":"
+    hub_repo = (
+        prefix in ("hf-clip:", "hf-hub:") and rest.count("/") == 1 and not rest.startswith(("/", ".", "~"))
+    )
+    if prefix == "local-dir:" or (not hub_repo and ("/" in rest or "\\" in rest or rest.startswith("~"))):
+        rest = PureWindowsPath(rest).name if "\\" in rest else PurePosixPath(rest).name
+    return prefix + rest
 
 
 def versions(conn: Connection) -> list[VersionOut]:
@@ -206,7 +230,7 @@ def stats(conn: Connection) -> StatsOut:
                 id=tr.id,
                 name=tr.name,
                 state=tr.state,
-                model=tr.model,
+                model=public_model(tr.model),
                 quorum=tr.quorum,
                 trust_after=tr.trust_after,
                 n_items=sum(p for _, p in counts.values()),
@@ -382,7 +406,7 @@ def submission(conn: Connection, submission_id: int) -> SubmissionSummary | None
 
 
 def feed(conn: Connection, *, after_id: int = 0, limit: int = 50) -> list[FeedEntry]:
-    """Verified pairs, newest verification first, hidden-gold items left out.
+    """Verified pairs, newest verification first: every item of each verified unit.
 
     Ids: the coordinator writes a unit's ledger credits in the transaction that verifies it, and
     the ledger is append-only, so the unit's newest credit id v marks *this* verification. The pair
@@ -447,15 +471,14 @@ def feed(conn: Connection, *, after_id: int = 0, limit: int = 50) -> list[FeedEn
 
 
 def _unit_entries(conn: Connection, unit: Any, vid: int, after_id: int, limit: int) -> list[FeedEntry]:
-    """The feed entries of one verified unit, highest position first, gold items dropped."""
-    i, g = db.items, db.gold
+    """The feed entries of one verified unit, highest position first."""
+    i = db.items
     first, last = int(unit.first_item), int(unit.last_item)
     lo = first
     if vid == after_id >> FEED_POS_BITS:
         lo = first + (after_id & FEED_POS_MASK)  # positions after the cursor only
     if lo > last:
         return []
-    gold_ids = {r[0] for r in conn.execute(select(g.c.item_id).where(g.c.item_id.between(lo, last)))}
     scores = np.frombuffer(unit.verified_scores or b"", dtype="<f4")
     statuses: dict[str, str] = dict(unit.verified_status or {})
     rows = conn.execute(
@@ -465,7 +488,7 @@ def _unit_entries(conn: Connection, unit: Any, vid: int, after_id: int, limit: i
     out: list[FeedEntry] = []
     for r in rows:
         pos = r.id - first
-        if r.id in gold_ids or pos + 1 > FEED_POS_MASK:
+        if pos + 1 > FEED_POS_MASK:
             continue
         score = float(scores[pos]) if pos < len(scores) else math.nan
         ok = math.isfinite(score)
@@ -489,10 +512,8 @@ def _unit_entries(conn: Connection, unit: Any, vid: int, after_id: int, limit: i
 
 
 def public_image(conn: Connection, item_id: int) -> tuple[bytes, str | None] | None:
-    """(bytes, ext) of an item the feed may show: in a verified unit of some task and gold in none."""
-    i, g, u, t = db.items, db.gold, db.units, db.tasks
-    if conn.execute(select(g.c.id).where(g.c.item_id == item_id).limit(1)).first() is not None:
-        return None
+    """(bytes, ext) of an item the feed may show: in a verified unit of some task."""
+    i, u, t = db.items, db.units, db.tasks
     item = conn.execute(select(i.c.dataset_id).where(i.c.id == item_id)).first()
     if item is None:
         return None

@@ -1,10 +1,14 @@
 """Per-agent token buckets. In-process: with several server workers each holds its own buckets,
-so the effective limit is the per-agent rate times the worker count (documented in the README)."""
+so the effective limit is the per-agent rate times the worker count (documented in the README).
+
+A key is any hashable value: the agent's id for its request rate, `("images", agent id)` for its
+image rate, so one limiter holds several key spaces that never share a bucket."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Hashable
 
 
 class RateLimiter:
@@ -12,9 +16,9 @@ class RateLimiter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buckets: dict[int, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
 
-    def check(self, key: int, rate_per_minute: int, now: float | None = None) -> float:
+    def check(self, key: Hashable, rate_per_minute: int, now: float | None = None) -> float:
         """Take one token; return 0 when allowed, else the seconds until one is available."""
         now = time.monotonic() if now is None else now
         rate = rate_per_minute / 60.0

@@ -1,12 +1,14 @@
 """Reputation from hidden checks and agreement, the pause rules, and what happens when fraud is
-found after payment (credits for unaudited results are reversed and their units reopened)."""
+found after payment: every credit that rested on the paused contributor's word is reversed (its
+own, and its quorum partners' on the same units), and those units go back to the queue."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -29,6 +31,83 @@ def reputation(gold_pass: int, gold_fail: int, agree: int, disagree: int) -> flo
     return (gold_pass + agree + 1) / (gold_pass + gold_fail + agree + disagree + 2)
 
 
+_COUNTS = ("gold_pass", "gold_fail", "agree", "disagree", "rejected", "n_valid")
+_VERSION_COUNTS = ("gold_pass", "gold_fail", "agree", "disagree")
+
+
+@dataclass
+class Tally:
+    """Reputation deltas, added up before they are written: the one place that says which outcome
+    moves which counter. `record` writes one at once; the PostgreSQL fast path (`cycle.fast`) sends
+    `contributors()`, `versions()` and `points` to `vlc_apply`, which adds them in its transaction."""
+
+    by_contributor: dict[int, dict[str, float]] = field(default_factory=dict)
+    by_version: dict[str, dict[str, int]] = field(default_factory=dict)
+    streak_broken: set[int] = field(default_factory=set)
+
+    def add(
+        self,
+        contributor_id: int,
+        version: str,
+        *,
+        points: float = 0.0,
+        gold_pass: int = 0,
+        gold_fail: int = 0,
+        agree: int = 0,
+        disagree: int = 0,
+        valid: int = 0,
+        rejected: int = 0,
+    ) -> Tally:
+        c = self.by_contributor.setdefault(contributor_id, dict.fromkeys(("points", *_COUNTS), 0))
+        for name, n in zip(_COUNTS, (gold_pass, gold_fail, agree, disagree, rejected, valid), strict=True):
+            c[name] += n
+        c["points"] += points
+        if gold_fail or disagree:  # a bad outcome ends a streak
+            self.streak_broken.add(contributor_id)
+        if gold_pass or gold_fail or agree or disagree:
+            v = self.by_version.setdefault(version, dict.fromkeys(_VERSION_COUNTS, 0))
+            for name, n in zip(_VERSION_COUNTS, (gold_pass, gold_fail, agree, disagree), strict=True):
+                v[name] += n
+        return self
+
+    def contributors(self) -> list[dict[str, Any]]:
+        """Per contributor: points, gold_pass, agree, n_valid (the good outcomes `vlc_apply` adds)."""
+        if self.streak_broken or any(
+            c["gold_fail"] or c["disagree"] or c["rejected"] for c in self.by_contributor.values()
+        ):
+            raise ValueError("the fast path only adds good outcomes")
+        keys = ("points", "gold_pass", "agree", "n_valid")
+        return [
+            {"id": cid, **{k: c[k] for k in keys}}
+            for cid, c in self.by_contributor.items()
+            if any(c[k] for k in keys)
+        ]
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Per agent version that moved, in one order (two transactions take the rows' locks alike)."""
+        return [
+            {"version": v, "gold_pass": d["gold_pass"], "agree": d["agree"]}
+            for v, d in sorted(self.by_version.items())
+            if any(d.values())
+        ]
+
+    def apply(self, conn: Connection) -> None:
+        C = db.contributors
+        for cid, c in self.by_contributor.items():
+            values: dict[str, object] = {name: C.c[name] + int(c[name]) for name in _COUNTS if c[name]}
+            if c["points"]:
+                values["points"] = C.c.points + c["points"]
+            if cid in self.streak_broken:
+                values["valid_streak"] = 0
+            elif c["n_valid"]:
+                values["valid_streak"] = C.c.valid_streak + int(c["n_valid"])
+            if values:
+                conn.execute(update(C).where(C.c.id == cid).values(**values))
+        for v, d in sorted(self.by_version.items()):
+            if any(d.values()):
+                _bump_version(conn, v, d["gold_pass"], d["gold_fail"], d["agree"], d["disagree"])
+
+
 def record(
     conn: Connection,
     contributor_id: int | list[int],
@@ -43,31 +122,23 @@ def record(
 ) -> None:
     """Add outcomes to contributors' and agent versions' tallies; a bad outcome ends a streak.
 
-    Takes one contributor or several with the same outcome (a unit's agreeing group) in one statement.
+    Takes one contributor or several with the same outcome (a unit's agreeing group).
     """
-    C = db.contributors
     ids = contributor_id if isinstance(contributor_id, list) else [contributor_id]
-    values: dict[str, object] = {}
-    for name, add in (
-        ("gold_pass", gold_pass),
-        ("gold_fail", gold_fail),
-        ("agree", agree),
-        ("disagree", disagree),
-        ("rejected", rejected),
-        ("n_valid", valid),
-    ):
-        if add:
-            values[name] = C.c[name] + add
-    if gold_fail or disagree:
-        values["valid_streak"] = 0
-    elif valid:
-        values["valid_streak"] = C.c.valid_streak + valid
-    if values:
-        conn.execute(update(C).where(C.c.id.in_(ids)).values(**values))
-    if gold_pass or gold_fail or agree or disagree:
-        versions = version if isinstance(version, list) else [version]
-        for v, n in Counter(versions).items():
-            _bump_version(conn, v, gold_pass * n, gold_fail * n, agree * n, disagree * n)
+    versions = version if isinstance(version, list) else [version] * len(ids)
+    tally = Tally()
+    for cid, v in zip(ids, versions, strict=True):
+        tally.add(
+            cid,
+            v,
+            gold_pass=gold_pass,
+            gold_fail=gold_fail,
+            agree=agree,
+            disagree=disagree,
+            valid=valid,
+            rejected=rejected,
+        )
+    tally.apply(conn)
 
 
 def _bump_version(
@@ -120,64 +191,99 @@ def check_pause(conn: Connection, contributor_id: int, last: str = "") -> str | 
 
 
 def pause(conn: Connection, contributor_id: int, reason: str) -> int:
-    """Pause, then reverse every credit that rested on this contributor's word alone; returns how many."""
-    C = db.contributors
+    """Pause, end its leases and pending work, and reverse every credit that rested on its word
+    (see `reverse_rested_on`); returns how many credits were reversed."""
+    C, R, S, U = db.contributors, db.replicas, db.submissions, db.units
     conn.execute(
         update(C)
         .where(C.c.id == contributor_id)
         .values(paused=True, pause_reason=reason, paused_at=db.utcnow())
     )
-    return reverse_unaudited(conn, contributor_id, f"reversed: contributor paused ({reason})")
+    now = db.utcnow()
+    # Its leases end and its pending results stop counting as votes.
+    for (unit_id,) in conn.execute(
+        select(R.c.unit_id).where(
+            R.c.contributor_id == contributor_id, R.c.state.in_(("leased", "submitted"))
+        )
+    ).all():
+        conn.execute(update(U).where(U.c.id == unit_id, U.c.issued > 0).values(issued=U.c.issued - 1))
+    conn.execute(
+        update(R)
+        .where(R.c.contributor_id == contributor_id, R.c.state == "leased")
+        .values(state="released", finished_at=now)
+    )
+    pending = select(S.c.replica_id).where(S.c.contributor_id == contributor_id, S.c.state == "pending")
+    conn.execute(
+        update(R)
+        .where(R.c.id.in_(pending), R.c.state == "submitted")
+        .values(state="invalid", finished_at=now)
+    )
+    conn.execute(
+        update(S).where(S.c.contributor_id == contributor_id, S.c.state == "pending").values(state="invalid")
+    )
+    return reverse_rested_on(conn, contributor_id, f"reversed: contributor paused ({reason})")
 
 
-def reverse_unaudited(conn: Connection, contributor_id: int, reason: str) -> int:
-    L, U = db.ledger, db.units
+def reverse_rested_on(conn: Connection, contributor_id: int, reason: str) -> int:
+    """Reverse every unreversed credit on each verified unit whose agreeing group included this
+    contributor (alone or in a quorum, paid or linked and unpaid), and reopen those units: the
+    other members' results go back to pending and are paid again only if the unit re-verifies with
+    them. Returns how many credits were reversed."""
+    S, U = db.submissions, db.units
+    unit_ids = (
+        conn.execute(
+            select(S.c.unit_id)
+            .join(U, U.c.id == S.c.unit_id)
+            .where(S.c.contributor_id == contributor_id, S.c.state == "valid", U.c.state == "verified")
+            .distinct()
+            .order_by(S.c.unit_id)
+        )
+        .scalars()
+        .all()
+    )
+    n = 0
+    for unit_id in unit_ids:
+        n += _reverse_unit(conn, unit_id, contributor_id, reason)
+    return n
+
+
+def _reverse_unit(conn: Connection, unit_id: int, culprit: int, reason: str) -> int:
+    L, S, R, U = db.ledger, db.submissions, db.replicas, db.units
     reversed_ids = select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))
     credits = conn.execute(
         select(L)
-        .join(U, U.c.id == L.c.unit_id)
-        .where(
-            L.c.contributor_id == contributor_id,
-            L.c.kind == "credit",
-            U.c.single_trusted.is_(True),
-            U.c.state == "verified",
-            L.c.id.not_in(reversed_ids),
-        )
+        .where(L.c.unit_id == unit_id, L.c.kind == "credit", L.c.id.not_in(reversed_ids))
         .order_by(L.c.id)
     ).all()
     for c in credits:
         ledger.reverse(conn, c, reason)
-        unit = conn.execute(select(U).where(U.c.id == c.unit_id)).one()
-        _reopen(conn, unit, c.submission_id)
-    return len(credits)
-
-
-def _reopen(conn: Connection, unit: object, submission_id: int) -> None:
-    """Send a unit verified on a now-distrusted word alone back to the queue at full quorum."""
-    U, S, R, G = db.units, db.submissions, db.replicas, db.gold
-    task = conn.execute(select(db.tasks.c.quorum).where(db.tasks.c.id == unit.task_id)).one()  # type: ignore[attr-defined]
-    sub = conn.execute(select(S.c.replica_id).where(S.c.id == submission_id)).one()
-    conn.execute(update(S).where(S.c.id == submission_id).values(state="invalid"))
-    conn.execute(update(R).where(R.c.id == sub.replica_id).values(state="invalid"))
+    members = conn.execute(
+        select(S.c.id, S.c.replica_id, S.c.contributor_id).where(S.c.unit_id == unit_id, S.c.state == "valid")
+    ).all()
+    now = db.utcnow()
+    back = 0
+    for m in members:
+        if m.contributor_id == culprit:
+            conn.execute(update(S).where(S.c.id == m.id).values(state="invalid"))
+            conn.execute(update(R).where(R.c.id == m.replica_id).values(state="invalid", finished_at=now))
+        else:
+            conn.execute(update(S).where(S.c.id == m.id).values(state="pending"))
+            conn.execute(update(R).where(R.c.id == m.replica_id).values(state="submitted"))
+            back += 1
+    task = conn.execute(
+        select(db.tasks.c.quorum).join(U, U.c.task_id == db.tasks.c.id).where(U.c.id == unit_id)
+    ).one()
     conn.execute(
         update(U)
-        .where(U.c.id == unit.id)  # type: ignore[attr-defined]
+        .where(U.c.id == unit_id)
         .values(
             state="open",
-            target=task.quorum,
-            issued=0,
+            target=max(task.quorum, back + 1),
+            issued=back,
             single_trusted=False,
             verified_scores=None,
             verified_status=None,
             verified_at=None,
         )
     )
-    conn.execute(
-        delete(G).where(
-            and_(
-                G.c.task_id == unit.task_id,  # type: ignore[attr-defined]
-                G.c.source == "verified",
-                G.c.item_id.between(unit.first_item, unit.last_item),  # type: ignore[attr-defined]
-            )
-        )
-    )
+    return len(credits)

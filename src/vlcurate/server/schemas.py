@@ -10,9 +10,21 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$"
+# Every id is a database BIGINT counted from 1: anything outside is a 422 at the edge, never a
+# database error (SQLite cannot bind an int beyond 64 bits; PostgreSQL refuses to cast it).
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 ItemStatus = Literal["ok", "decode_error", "too_large", "missing_image", "missing_text", "fetch_error"]
 
 
@@ -32,7 +44,9 @@ class DatasetCreate(Strict):
 class DatasetOut(BaseModel):
     id: int
     name: str
-    source: str
+    source: str | None = Field(
+        default=None, description="Where the shards are read from: shown to operators only."
+    )
     n_items: int
     n_unreadable: int
     created_at: dt.datetime
@@ -45,7 +59,11 @@ class GoldSpec(Strict):
         default=None, description="A `vlcurate score` output folder scored with the pinned model."
     )
     self_score: int = Field(
-        default=64, ge=0, le=100_000, description="Pairs the server scores itself with the pinned model."
+        default=1_000_000,
+        ge=0,
+        le=100_000_000,
+        description="At most this many hidden checks the server scores itself with the pinned model "
+        "(those `scores` does not answer); a unit beyond it gets fewer checks.",
     )
 
 
@@ -79,7 +97,7 @@ class TaskOut(BaseModel):
     name: str
     dataset_id: int
     kind: str
-    model: str
+    model: str = Field(description="The pinned model; a model given as a path shows only its last part.")
     model_fingerprint: str
     preprocessing: dict[str, Any]
     quorum: int
@@ -107,6 +125,40 @@ class AgentToken(BaseModel):
     contributor: str
     token: str = Field(description="Shown once; the server keeps only its hash.")
     expires_at: dt.datetime | None = None
+
+
+class RevokeOut(BaseModel):
+    agent_id: int
+    revoked: bool
+
+
+class PauseIn(Strict):
+    reason: str = Field(min_length=1, max_length=500, description="Why; the contributor sees it.")
+
+
+class PauseOut(BaseModel):
+    contributor_id: int
+    paused: bool
+    reversed_credits: int = Field(description="Credits reversed because they rested on this contributor.")
+
+
+class UnpauseOut(BaseModel):
+    contributor_id: int
+    paused: bool
+
+
+class RetiredCheckOut(BaseModel):
+    """A hidden check that grades nobody any more (trusted contributors disputed it)."""
+
+    task_id: int
+    task: str
+    item_id: int
+    uid: str
+    score: float | None = Field(description="The answer it had.")
+    status: str
+    source: str = Field(description="Where the answer came from: `server` or `operator`.")
+    retired_at: dt.datetime
+    retired_reason: str | None
 
 
 # ---- agents ----------------------------------------------------------------------------------
@@ -151,7 +203,7 @@ class Lease(BaseModel):
 
 # `POST /api/v1/leases`: an optional JSON body (`{"task_id": 3}` leases from that task only) and an
 # optional `Idempotency-Key` header (a retry gets the lease the first try made).
-LeaseBody = dict[str, int] | None
+LeaseBody = dict[str, Id] | None
 LeaseKey = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9_\-:.]+$")]
 LEASE_BODY: TypeAdapter[LeaseBody] = TypeAdapter(LeaseBody)
 LEASE_KEY: TypeAdapter[str] = TypeAdapter(LeaseKey)
@@ -164,7 +216,8 @@ class HeartbeatOut(BaseModel):
 
 class ItemResult(Strict):
     item_id: str = Field(min_length=1, max_length=64)
-    score: float | None = Field(
+    # A JSON number (ints such as 0 or 1 too); never a string or a boolean.
+    score: StrictFloat | None = Field(
         default=None, description="Cosine score in [-1, 1]; null when status is not ok."
     )
     status: ItemStatus = "ok"
@@ -191,7 +244,9 @@ class SubmissionIn(Strict):
 class CycleIn(SubmissionIn):
     """A submission that also asks for the next unit (one request per unit cycle)."""
 
-    next_task_id: int | None = Field(default=None, ge=1, description="Lease the next unit from this task.")
+    next_task_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Lease the next unit from this task."
+    )
 
 
 class SubmissionOut(BaseModel):

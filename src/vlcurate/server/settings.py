@@ -14,6 +14,32 @@ class ServerSettings(BaseModel):
     rate_per_minute: int = Field(default=600, ge=1, description="Default per-agent request rate limit.")
     daily_quota: int = Field(default=20_000, ge=1, description="Default leases per agent per UTC day.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_leases_per_agent: int = Field(
+        default=2, ge=1, le=10_000, description="Leases one agent token may hold at once (no hoarding)."
+    )
+    max_leases_per_contributor: int = Field(
+        default=4, ge=1, le=100_000, description="Leases one contributor may hold at once, all agents."
+    )
+    max_walkaways_per_hour: int = Field(
+        default=30,
+        ge=1,
+        le=1_000_000,
+        description="Leases a contributor may hand back or let expire per UTC hour before leasing is "
+        "refused until the next hour (walking away from a unit must not be a way to pick units).",
+    )
+    image_rate_per_minute: int = Field(
+        default=6000, ge=1, description="Lease images one agent may fetch per minute."
+    )
+    link_origins: bool = Field(
+        default=True,
+        description="Link contributors seen from the same client address: in a unit's quorum they "
+        "count as one voice, and only one of them is credited.",
+    )
+    link_loopback: bool = Field(
+        default=False,
+        description="Also link by loopback addresses (127.0.0.0/8, ::1). Off by default: agents on the "
+        "server's own machine are a local setup; tests and the simulation turn it on.",
+    )
     sweep_seconds: float = Field(default=1.0, gt=0, description="How often expired leases are requeued.")
     migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
     pool_size: int = Field(default=10, ge=1)

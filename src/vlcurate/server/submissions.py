@@ -10,13 +10,16 @@ import numpy as np
 from sqlalchemy import JSON, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import db, reputation, schemas
+from vlcurate.server import checks, db, reputation, schemas
 from vlcurate.server.auth import Caller
 from vlcurate.server.context import Platform
-from vlcurate.server.errors import BadRequest, Conflict, NotFound
+from vlcurate.server.errors import BadRequest, Conflict, Forbidden, NotFound
+from vlcurate.server.leasing import is_trusted
 from vlcurate.server.ledger import credited_points
 from vlcurate.server.unit_view import ViewItem, replica_view
-from vlcurate.server.verify import check_gold, evaluate_unit
+from vlcurate.server.verify import evaluate_unit
+
+LINKED = "unit verified; another account linked to yours is in its quorum and was credited, not this one"
 
 # What a submission's answer says, by (unit state afterwards, submission state).
 DETAIL = {
@@ -35,7 +38,8 @@ def submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionI
     try:
         return _submit(p, caller, lease_id, body)
     except IntegrityError:
-        prior = _replay(p, caller, body.idempotency_key)  # the same key raced in twice: one row won
+        # the same key raced in twice (one row won), or it was used on another lease
+        prior = _replay(p, caller, body.idempotency_key, lease_id)
         if prior is not None:
             return prior
         raise
@@ -46,16 +50,22 @@ def submit(p: Platform, caller: Caller, lease_id: int, body: schemas.SubmissionI
         raise
 
 
-def _replay(p: Platform, caller: Caller, key: str) -> schemas.SubmissionOut | None:
+def _replay(p: Platform, caller: Caller, key: str, lease_id: int) -> schemas.SubmissionOut | None:
+    """The first answer given for this key, when it was given for this lease; a 409 when the key
+    was used on another lease (its submission would otherwise be dropped without a word)."""
     S = db.submissions
     with p.engine.connect() as conn:
         row = conn.execute(
-            select(S.c.id, S.c.state, S.c.response).where(
+            select(S.c.id, S.c.state, S.c.response, S.c.replica_id).where(
                 S.c.agent_id == caller.agent_id, S.c.idempotency_key == key
             )
         ).first()
         if row is None:
             return None
+        if row.replica_id != lease_id:
+            raise Conflict(
+                f"idempotency_key already used for lease {row.replica_id}; each submission needs its own"
+            )
         points = credited_points(conn, row.id)
     out = dict(row.response)  # PostgreSQL's hot path stores it without the id (it has none yet)
     out.update(submission_id=row.id, state=row.state, points_credited=points, replayed=True)
@@ -71,10 +81,12 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
         if rep is None or rep.agent_id != caller.agent_id:
             raise NotFound(f"lease {lease_id} is not held by this agent")
         if rep.state in ("submitted", "valid", "invalid"):
-            prior = _replay(p, caller, body.idempotency_key)
+            prior = _replay(p, caller, body.idempotency_key, lease_id)
             if prior is not None:
                 return prior
             raise Rejected(f"lease {lease_id} was already submitted (use the same idempotency_key to retry)")
+        if caller.paused:
+            raise Forbidden(f"contributor {caller.contributor!r} is paused: {caller.pause_reason}")
         if rep.state != "leased":
             raise Conflict(f"lease {lease_id} is {rep.state}; lease a new unit")
         deadline = db.aware(rep.deadline)
@@ -95,7 +107,20 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             rep.gold_items,
         )
         scores, statuses = place_results(view, body.results)
-        gold = check_gold(conn, task, rep.gold_items, scores, statuses, offset=unit.n_items)
+        gold, _, on_checks = checks.check_submission(
+            conn, task, unit.first_item, unit.n_items, rep.gold_items, scores, statuses
+        )
+        # a trusted contributor failed: does the server still stand by those answers?
+        if (
+            not gold.ok
+            and is_trusted(caller.valid_streak, task.trust_after)
+            and checks.dispute(
+                conn, p, task, caller.contributor_id, gold.failed_items, on_checks, scores, statuses
+            )
+        ):
+            gold, _, on_checks = checks.check_submission(
+                conn, task, unit.first_item, unit.n_items, rep.gold_items, scores, statuses
+            )
         state = "pending" if gold.ok else "invalid"
         sub_id = conn.execute(
             _INSERT_SUBMISSION,
@@ -137,7 +162,9 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             ev = evaluate_unit(conn, p, task, unit)
             state = ev.outcome.get(sub_id, "pending")
             detail = DETAIL[(ev.state, state)]
-        points = ev.points if gold.ok and state == "valid" else 0.0
+            if state == "valid" and sub_id not in ev.credited:
+                detail = LINKED
+        points = ev.points if gold.ok and state == "valid" and sub_id in ev.credited else 0.0
         response: dict[str, Any] = dict(
             submission_id=sub_id,
             lease_id=lease_id,

@@ -2,7 +2,9 @@
  * Each live panel names the events that concern it (data-events="feed ledger") and re-fetches its
  * HTML partial on such an event. If the stream drops, the browser reconnects by itself, the panels'
  * slow hx-trigger polling keeps the page current meanwhile, and everything is refreshed once the
- * stream is back (changes made while it was down raise no event). */
+ * stream is back (changes made while it was down raise no event).
+ * Event data is never put into the page: an event only names the panels to re-fetch, and every
+ * panel is HTML the server rendered (autoescaped, control and bidi characters shown as \u202e). */
 (function () {
   "use strict";
   var EVENTS = ["stats", "feed", "ledger", "contributors", "flagged"];

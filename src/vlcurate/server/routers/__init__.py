@@ -1,0 +1,21 @@
+"""The platform's HTTP API, one router per resource: operators' `datasets`, `tasks`, `agents`,
+`contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads. Their
+dependencies (the platform, who is calling) are `deps`; the HTML dashboard is `dashboard`."""
+
+from fastapi import APIRouter
+
+from vlcurate.server import dashboard
+from vlcurate.server.routers import agents, checks, contributors, datasets, images, leases, me, public, tasks
+
+ROUTERS: tuple[APIRouter, ...] = (
+    datasets.router,
+    tasks.router,
+    agents.router,
+    contributors.router,
+    checks.router,
+    me.router,
+    leases.router,
+    images.router,
+    public.router,
+    dashboard.router,
+)
