@@ -22,7 +22,9 @@ def test_pool_command_writes_pool_and_prints_summary(tmp_path: Path) -> None:
     result = runner.invoke(app, ["synth", "pool", str(out), "--n", "30", "--shard-size", "20", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "samples" in result.output and "30" in result.output and "wrong_colour" in result.output
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000000.tar", "00000001.tar"]
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["00000000.tar", "00000001.tar"]
+    stats = sorted(p.name for p in (out / "shards").glob("*_stats.json"))
+    assert stats == ["00000000_stats.json", "00000001_stats.json"]
     truth = pq.read_table(out / "truth.parquet")
     assert truth.num_rows == 30 and sum(truth.column("corrupted").to_pylist()) == 9
 

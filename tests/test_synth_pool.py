@@ -27,7 +27,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_layout_and_truth_table(pool: Path) -> None:
     shards = sorted(p.name for p in (pool / "shards").iterdir())
-    assert shards == ["00000000.tar", "00000001.tar", "00000002.tar"]  # no temp files left
+    # img2dataset's layout (DataComp's resharder needs the stats), and no temp files left
+    assert shards == [f"{i:08d}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")]
+    stats = [json.loads((pool / "shards" / f"{i:08d}_stats.json").read_text()) for i in range(3)]
+    assert [s["successes"] for s in stats] == [20, 20, 5]
     truth = pq.read_table(pool / "truth.parquet")
     assert truth.column_names == [
         "uid",

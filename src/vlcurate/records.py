@@ -77,7 +77,10 @@ class Sample:
     `image` holds the encoded bytes when the source has them; otherwise `image_ref` is a local
     path or URL that is resolved lazily (fetched or read by the decode stage). `status`/`error`
     are set by a reader that could not read the sample properly; such samples still carry a uid
-    so that they appear in the output with their reason.
+    so that they appear in the output with their reason. `source` says where the pair is in the
+    input, for tracing a row back: `SHARD#MEMBER` for a tar member, `FILE#row=N` (and
+    `&caption=I`) for a table, manifest or JSON row, `FILE#annotation=ID` for a COCO caption, the
+    image's path for an image folder.
     """
 
     uid: str
@@ -89,6 +92,7 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     status: Status = Status.OK
     error: str | None = None
+    source: str | None = None
 
 
 # The per-shard score table written by `vlcurate score` (and by the platform's export).
@@ -101,6 +105,10 @@ SCORE_SCHEMA = pa.schema(
         pa.field("text", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # where the pair came from, so a failed row can be found and retried: the sample's key and
+        # its location (shard#member, file#row=N, a path or URL)
+        pa.field("key", pa.string()),
+        pa.field("source", pa.string()),
     ]
 )
 

@@ -48,6 +48,8 @@ def write_scores(
         "text": pa.array(list(text) if text is not None else ["a red circle on grass"] * n, pa.string()),
         "width": pa.array(list(width) if width is not None else [640] * n, pa.int32()),
         "height": pa.array(list(height) if height is not None else [480] * n, pa.int32()),
+        "key": pa.nulls(n, pa.string()),
+        "source": pa.nulls(n, pa.string()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols, schema=SCORE_SCHEMA), path, row_group_size=row_group_size)

@@ -149,3 +149,63 @@ def test_empty_table_says_so(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "no rows" in res.stdout and "empty subset" in res.stdout
     assert np.load(tmp_path / "o" / "subset.npy").shape == (0,)
+
+
+# ---- issue 14: exit status over incomplete score runs, and the language note -------------------
+
+
+def test_note_points_to_the_language_operator(scores_file: Path, tmp_path: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["filter", str(scores_file), "--out", str(tmp_path / "o"), "--threshold", "0"],
+        env={"COLUMNS": "300"},
+    )
+    assert res.exit_code == 0, res.output
+    assert "arrives with the curation operators" not in res.stdout
+    assert "`language` operator of `vlcurate run`" in res.stdout
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert "`language` operator" in report["rules"]["language_note"]
+    assert "arrives with" not in (tmp_path / "o" / "report.md").read_text()
+    helped = runner.invoke(app, ["filter", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(helped.stdout.replace("│", " ").split())
+    assert "arrives with the curation operators" not in text and "`language` operator" in text
+
+
+def test_a_complete_score_run_exits_0(score_run, tmp_path: Path) -> None:
+    run, _, _ = score_run(n_shards=2, per_shard=20)
+    (run / "summary.json").write_text(
+        json.dumps({"shards_total": 2, "shards_missing": [], "partial_shards": []})
+    )
+    res = runner.invoke(app, ["filter", str(run), "--out", str(tmp_path / "o"), "--top-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_score_run_with_failed_shards_exits_partial(
+    coco_pairs: list, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A real `vlcurate score` run with one good shard, one that is not a tar, one truncated."""
+    from tests.pipeline.shards import write_coco_shards
+
+    from vlcurate.cli.errors import EXIT_PARTIAL
+    from vlcurate.pipeline.score_config import ScoreConfig
+    from vlcurate.pipeline.score_job import score_dataset
+
+    shards = tmp_path / "shards"
+    write_coco_shards(shards, coco_pairs, n_shards=1, per_shard=8)
+    (shards / "00000001.tar").write_bytes(b"not a tar" * 100)
+    full = (shards / "00000000.tar").read_bytes()
+    (shards / "00000002.tar").write_bytes(full[: int(len(full) * 0.6)])
+    cfg = ScoreConfig(model=f"local-dir:{tiny_model_dir}", workers=0, progress=False)
+    score_dataset(str(shards), tmp_path / "run", cfg)
+    out = tmp_path / "o"
+    res = runner.invoke(
+        app, ["filter", str(tmp_path / "run"), "--out", str(out), "--threshold", "-1"], env={"COLUMNS": "400"}
+    )
+    assert res.exit_code == EXIT_PARTIAL, res.output
+    assert "Traceback" not in res.output
+    assert "did not finish 1 of 3 shards (00000001)" in res.stdout
+    assert "only in part (00000002)" in res.stdout
+    assert f"exit status {EXIT_PARTIAL}" in res.stderr
+    report = json.loads((out / "report.json").read_text())  # the outputs are written all the same
+    assert len(report["inputs"]["problems"]) == 2 and report["kept"] > 8
+    assert np.load(out / "subset.npy").shape == (report["subset_size"],)

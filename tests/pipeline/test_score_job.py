@@ -51,6 +51,8 @@ def test_scores_every_pair_with_marker_summary_and_embeddings(shards, tiny_model
     assert sorted(r["uid"] for r in rows) == sorted(uids)  # DataComp uids from the json are kept
     assert all(r["status"] == "ok" and -1.0 <= r["score"] <= 1.0 for r in rows)
     assert all(r["width"] > 0 and r["height"] > 0 and r["text"] for r in rows)
+    # every row says where its pair came from: its key and the tar member
+    assert all(r["key"] and r["source"].endswith(f".tar#{r['key']}.jpg") for r in rows)
     assert sorted(p.stem for p in (tmp_path / "run" / "done").glob("*.json")) == [
         "00000000",
         "00000001",

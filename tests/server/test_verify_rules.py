@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from sqlalchemy import insert, select
+from tests.server.conftest import insert_task
 
 from vlcurate.server import db, links, reputation
 from vlcurate.server.context import TaskInfo
@@ -99,28 +100,7 @@ def test_the_audit_names_partners_who_land_together_far_more_than_chance(tmp_pat
             insert(db.datasets).values(name="d", source="s").returning(db.datasets.c.id)
         ).scalar_one()
         conn.execute(insert(db.items).values(id=1, dataset_id=ds, uid="0" * 32, shard="s", key="k"))
-        task = conn.execute(
-            insert(db.tasks)
-            .values(
-                dataset_id=ds,
-                name="t",
-                kind="dva-score",
-                model="m",
-                model_fingerprint="f",
-                preprocessing={},
-                quorum=2,
-                max_replicas=5,
-                tolerance=0.02,
-                agree_fraction=0.98,
-                unit_size=1,
-                gold_per_unit=0,
-                points_per_pair=1.0,
-                lease_seconds=60,
-                trust_after=10,
-                min_audit_rate=0.1,
-            )
-            .returning(db.tasks.c.id)
-        ).scalar_one()
+        task = insert_task(conn, dataset_id=ds, name="t", model="m", unit_size=1)
         units = [
             conn.execute(
                 insert(db.units)

@@ -186,8 +186,8 @@ class PlatformClient:
         self._cancel.set()
 
     # ---- agent endpoints -----------------------------------------------------------------
-    def me(self) -> schemas.Me:
-        return schemas.Me.model_validate(self._request("GET", f"{API}/me").json())
+    def me(self, *, retry: RetryPolicy | None = None) -> schemas.Me:
+        return schemas.Me.model_validate(self._request("GET", f"{API}/me", retry=retry).json())
 
     def lease(self, task_id: int | None = None) -> schemas.Lease | None:
         """A unit of work, or None when the server has nothing now (204)."""
@@ -225,6 +225,23 @@ class PlatformClient:
         payload = {**submission.model_dump(mode="json"), "next_task_id": task_id}
         resp = self._request("POST", f"{API}/leases/{lease_id}/submit-and-lease", json=payload)
         return schemas.CycleOut.model_validate(resp.json())
+
+    def ledger(
+        self,
+        *,
+        contributor: str | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 1000,
+        retry: RetryPolicy | None = None,
+    ) -> list[schemas.LedgerEntryOut]:
+        """Ledger entries (credits and reversals), newest first; the public read API."""
+        params: dict[str, str | int] = {"limit": limit}
+        for name, value in (("contributor", contributor), ("after_id", after_id), ("before_id", before_id)):
+            if value is not None:
+                params[name] = value
+        resp = self._request("GET", f"{API}/ledger?{httpx.QueryParams(params)}", retry=retry)
+        return [schemas.LedgerEntryOut.model_validate(e) for e in resp.json()]
 
     def image(self, url_path: str, *, retry: RetryPolicy | None = None) -> bytes:
         """The encoded bytes of a lease item's image (`UnitItem.image_url`, a path on this server)."""

@@ -202,12 +202,33 @@ def build_results(
 
 @dataclass
 class RunSummary:
-    """Why the loop ended and what it did."""
+    """Why the loop ended and what it did.
+
+    `points_credited` is what the server's ledger credited to this agent while it ran: credits
+    that came after a submission (a unit verified when another replica arrived) included,
+    reversals taken off. `points_total` is the contributor's balance on the server at the end. When
+    the server could not be asked, `points_credited` falls back to what the submissions' answers
+    said (`points_at_submit`) and `points_total` is None.
+    """
 
     reason: Literal["max_units", "idle", "interrupted", "stopped"]
     units_done: int
     pairs_scored: int
     points_credited: float
+    points_total: float | None = None
+    points_at_submit: float = 0.0
+    contributor: str | None = None
+
+    def final_line(self) -> str:
+        """The line `vlcurate agent run` ends with; it starts as it always did, up to "points credited"."""
+        head = (
+            f"agent stopped ({self.reason}): {self.units_done} units, {self.pairs_scored} pairs, "
+            f"+{self.points_credited:.1f} points credited"
+        )
+        if self.points_total is None:
+            return head + " (as the submissions reported; the server's final count was not reachable)"
+        who = f" to {self.contributor}" if self.contributor else ""
+        return head + f" while running; {self.points_total:.1f} credited{who} so far"
 
 
 class _LeaseLost(Exception):
@@ -252,6 +273,7 @@ class AgentRunner:
         self._lease: schemas.Lease | None = None
         self._next: schemas.Lease | None = None  # leased with the last submission
         self._lease_lost = threading.Event()
+        self._ledger_mark: int | None = None  # newest ledger entry of the contributor at start
 
     # ---- public --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -279,19 +301,85 @@ class AgentRunner:
         pointless and the user has to act.
         """
         reason: Literal["max_units", "idle", "interrupted", "stopped"] = "stopped"
+        summary: RunSummary | None = None
         try:
-            self._refresh_me()
-            reason = self._loop()
-        except KeyboardInterrupt:
+            try:
+                self._refresh_me()
+                self._ledger_mark = self._newest_ledger_id()
+                reason = self._loop()
+            except KeyboardInterrupt:
+                reason = "interrupted"
+                self.stats.state = "interrupted"
+                log.info("interrupted; handing the current lease back")
+            finally:
+                self._release_current()
+            self.stats.state = "asking the server for the final count"
+            summary = self._final_summary(reason)
+        except KeyboardInterrupt:  # a second Ctrl-C while counting: stop counting
             reason = "interrupted"
-            self.stats.state = "interrupted"
-            log.info("interrupted; handing the current lease back")
         finally:
-            self._release_current()
             if self._own_client:
                 self.client.close()
         self.stats.state = f"finished ({reason})"
-        return RunSummary(reason, self.stats.units_done, self.stats.pairs_scored, self.stats.points_credited)
+        if summary is None:
+            summary = RunSummary(
+                reason,
+                self.stats.units_done,
+                self.stats.pairs_scored,
+                self.stats.points_credited,
+                points_at_submit=self.stats.points_credited,
+            )
+        return summary
+
+    # ---- the final count -----------------------------------------------------------------
+    _FINAL_RETRY = RetryPolicy(base=0.2, cap=1.0, max_elapsed=5.0)
+    _LEDGER_PAGES = 100  # at 1,000 entries a page: far more than one session credits
+
+    def _newest_ledger_id(self) -> int | None:
+        """The contributor's newest ledger entry now (0: none yet); None when it cannot be read."""
+        me = self.stats.me
+        if me is None:
+            return None
+        try:
+            newest = self.client.ledger(contributor=me.contributor, limit=1, retry=self._FINAL_RETRY)
+        except PlatformError as exc:
+            log.info("ledger not readable (%s); the final line shows the submissions' figures", exc)
+            return None
+        return newest[0].id if newest else 0
+
+    def _credited_since(self, mark: int, contributor: str, agent_id: int) -> float:
+        """Points the ledger credited to this agent after entry `mark` (reversals subtract)."""
+        total = 0.0
+        before: int | None = None
+        for _ in range(self._LEDGER_PAGES):
+            page = self.client.ledger(
+                contributor=contributor, after_id=mark, before_id=before, limit=1000, retry=self._FINAL_RETRY
+            )
+            total += sum(e.points for e in page if e.agent_id == agent_id)
+            if len(page) < 1000:
+                break
+            before = page[-1].id
+        return total
+
+    def _final_summary(self, reason: Literal["max_units", "idle", "interrupted", "stopped"]) -> RunSummary:
+        """What the server finally credited while this agent ran, and the contributor's balance."""
+        st = self.stats
+        summary = RunSummary(
+            reason, st.units_done, st.pairs_scored, st.points_credited, points_at_submit=st.points_credited
+        )
+        if self._ledger_mark is None or st.me is None:
+            return summary
+        try:
+            credited = self._credited_since(self._ledger_mark, st.me.contributor, st.me.agent_id)
+            me = self.client.me(retry=self._FINAL_RETRY)
+        except PlatformError as exc:
+            log.info("final count not available: %s", exc)
+            return summary
+        st.me = me
+        summary.points_credited = credited
+        summary.points_total = me.points
+        summary.contributor = me.contributor
+        return summary
 
     # ---- loop ----------------------------------------------------------------------------
     def _loop(self) -> Literal["max_units", "idle", "stopped"]:

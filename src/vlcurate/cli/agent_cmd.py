@@ -77,11 +77,7 @@ def run(
         signal.signal(signal.SIGINT, old_int)
     if summary.reason == "interrupted":
         forget_handled_interrupt()
-    console.print(
-        f"agent stopped ({summary.reason}): {summary.units_done} units, {summary.pairs_scored} pairs, "
-        f"+{summary.points_credited:.1f} points credited",
-        highlight=False,
-    )
+    console.print(summary.final_line(), highlight=False)
 
 
 def forget_handled_interrupt() -> None:

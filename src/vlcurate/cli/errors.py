@@ -1,4 +1,9 @@
-"""Turn expected failures into one clear line and exit code 2, never a traceback."""
+"""Turn expected failures into one clear line and exit code 2, never a traceback.
+
+Exit codes of the commands that process data (`score`, `run`, `filter`, `reshard`, `recaption`):
+0 everything done; `EXIT_PARTIAL` (3) the run finished but some shards or pairs failed (the report
+says which; a re-run or `--retry-failed` picks them up); 2 usage errors (bad options, a recipe or
+input that cannot be used); 1 an unexpected error (a bug: please report it)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from pydantic import ValidationError
 from rich.console import Console
 
 _err = Console(stderr=True)
+
+EXIT_PARTIAL = 3  # some shards or pairs failed; see the module docstring
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -1,7 +1,9 @@
 """`vlcurate filter`: keep pairs by score and DataComp's basic rules; write a DataComp subset.
 
 The command only turns flags into a `FilterConfig`, calls `vlcurate.filtering.run_filter` and
-prints a summary; bad input ends with a one-line error and exit code 2.
+prints a summary; bad input ends with a one-line error and exit code 2. A run over a `vlcurate
+score` run directory whose shards are not all done (or some only partly read) writes its outputs
+and exits with `EXIT_PARTIAL` (3): the subset lacks those shards' pairs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 import typer
 from pydantic import ValidationError
+
+from vlcurate.cli.errors import EXIT_PARTIAL
 
 _FLAGS = {
     "threshold": "--threshold",
@@ -86,7 +90,7 @@ def filter_command(
         "--basic",
         help="DataComp's basic rules: caption > 2 words and > 5 characters, shorter side >= 200, "
         "aspect <= 3. DataComp's English language check is NOT applied here "
-        "(language identification arrives with the curation operators).",
+        "(it is the `language` operator of `vlcurate run`, as in recipes/datacomp_basic.yaml).",
     ),
     min_words: int | None = typer.Option(None, help="Drop captions with fewer words (--basic: 3)."),
     min_chars: int | None = typer.Option(None, help="Drop captions with fewer characters (--basic: 6)."),
@@ -137,6 +141,13 @@ def filter_command(
         _fail(str(exc))
         return
     _print_summary(result)
+    if result.input_problems:
+        typer.echo(
+            f"exit status {EXIT_PARTIAL}: the input's score run is incomplete; re-run `vlcurate score` "
+            "on it, then filter again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _print_summary(result: Any) -> None:
@@ -172,7 +183,10 @@ _HELP = (
     "basic rules; write a DataComp subset.\n\n"
     "Outputs in --out: subset.npy (DataComp subset, sorted u8,u8), decisions.parquet (every uid with "
     "keep and the failing reasons), report.json, report.md and score_hist.png. "
-    "DataComp's English language check is not applied by this command."
+    "DataComp's English language check is not applied by this command: use the `language` operator "
+    "of `vlcurate run` (recipes/datacomp_basic.yaml).\n\n"
+    f"Exit status: 0 done; {EXIT_PARTIAL} done, but the input is a score run with shards not done "
+    "(their pairs are missing from the subset); 2 bad options or input."
 )
 
 

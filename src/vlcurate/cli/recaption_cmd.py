@@ -1,20 +1,28 @@
-"""`vlcurate recaption`: better captions from a VLM, scored by the DVA scorer, chosen with a margin."""
+"""`vlcurate recaption`: better captions from a VLM, scored by the DVA scorer, chosen with a margin.
+
+Exit status (see `vlcurate.cli.errors`): 0 when every shard is complete and every pair has its
+final caption; `EXIT_PARTIAL` (3) when a shard broke part way, pairs are left to retry (VLM
+errors, a spent --budget-requests) or an image could not be read; 2 for usage errors.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from vlcurate.cli.errors import user_errors
+from vlcurate.cli.data_options import data_options
+from vlcurate.cli.errors import EXIT_PARTIAL, user_errors
 
 console = Console()
+err_console = Console(stderr=True)
 
 
+@data_options
 def recaption(
     inputs: Annotated[
         list[str],
@@ -55,6 +63,8 @@ def recaption(
         typer.Option("--retry-incomplete/--no-retry-incomplete", help="redo shards with VLM errors"),
     ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    *,
+    source_options: dict[str, Any],
 ) -> None:
     """Generate, score, fuse and rewrite captions; keep the original unless a candidate clearly beats it."""
     from vlcurate.models.clip import WeightsNotFoundError
@@ -91,9 +101,22 @@ def recaption(
             }
         )
         summary = recaption_dataset(
-            inputs if len(inputs) > 1 else inputs[0], out, cfg, retry_incomplete=retry_incomplete
+            inputs if len(inputs) > 1 else inputs[0],
+            out,
+            cfg,
+            retry_incomplete=retry_incomplete,
+            source_options=source_options,
         )
     print_summary(summary)
+    problems = summary.get("problems") or []
+    assert isinstance(problems, list)
+    for p in problems:
+        err_console.print(f"[yellow]incomplete:[/] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        err_console.print(
+            f"exit status {EXIT_PARTIAL}: finished, but not every pair got its final caption", highlight=False
+        )
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def print_summary(summary: dict[str, object]) -> None:

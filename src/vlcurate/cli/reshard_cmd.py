@@ -1,4 +1,10 @@
-"""`vlcurate reshard`: write the samples of a DataComp subset into new WebDataset shards."""
+"""`vlcurate reshard`: write the samples of a DataComp subset into new WebDataset shards.
+
+Exit status (see `vlcurate.cli.errors`): 0 when every input shard was read and every subset sample
+found was written; `EXIT_PARTIAL` (3) when an input shard is missing or broken, or a subset
+sample could not be written (its image could not be read or fetched); 2 for usage errors.
+Subset uids that are not in the input are counted, not failures (a subset may cover more data).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vlcurate.cli.data_options import data_options
+from vlcurate.cli.errors import EXIT_PARTIAL
 from vlcurate.io.shards import ShardRef
 
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
@@ -47,10 +55,24 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def reshard_problems(summary: dict[str, Any]) -> list[str]:
+    """What keeps a reshard from being complete, one line each (empty: everything done)."""
+    out: list[str] = []
+    errors = summary.get("shard_errors") or []
+    if errors:
+        out.append(f"{len(errors)} of {summary.get('input_shards')} input shards missing or broken")
+    not_written = {k: int(v) for k, v in (summary.get("not_written") or {}).items() if v}
+    if not_written:
+        by = ", ".join(f"{k} {v:,}" for k, v in sorted(not_written.items()))
+        out.append(f"{sum(not_written.values()):,} subset samples not written ({by})")
+    return out
+
+
 def register(app: typer.Typer) -> None:
     """Add the `reshard` command to the main app."""
 
     @app.command("reshard")
+    @data_options
     def reshard_command(
         inputs: Annotated[
             list[str],
@@ -63,16 +85,14 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Also start a new shard before this size (e.g. 1GiB).")
         ] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace shards of another run in --out.")] = False,
-        kind: Annotated[
-            str | None, typer.Option(help="Force the input kind: wds, parquet, folder, manifest.")
-        ] = None,
+        *,
+        source_options: dict[str, Any],
     ) -> None:
         """Write the samples whose uid is in a DataComp subset into new WebDataset shards."""
         from vlcurate.io.reshard import reshard
 
         err = Console(stderr=True)
         limit = parse_bytes(max_shard_bytes) if max_shard_bytes else None
-        options = {"kind": kind} if kind else {}
         try:
             with Progress(
                 TextColumn("reshard"),
@@ -95,7 +115,7 @@ def register(app: typer.Typer) -> None:
                     samples_per_shard=samples_per_shard,
                     max_shard_bytes=limit,
                     overwrite=overwrite,
-                    source_options=options,
+                    source_options=source_options,
                     progress=on_shard,
                 )
         except (ValueError, OSError) as exc:
@@ -107,5 +127,9 @@ def register(app: typer.Typer) -> None:
         console.print(_summary_table(summary))
         for e in summary["shard_errors"]:
             err.print(f"[red]shard error:[/red] {e['error']}", highlight=False, soft_wrap=True)
-        if summary["shard_errors"]:
-            raise typer.Exit(1)
+        problems = reshard_problems(summary)
+        for p in problems:
+            err.print(f"[yellow]incomplete:[/] {p}", highlight=False, soft_wrap=True)
+        if problems:
+            err.print(f"exit status {EXIT_PARTIAL}: the new shards lack the samples above", highlight=False)
+            raise typer.Exit(EXIT_PARTIAL)

@@ -1,20 +1,28 @@
-"""`vlcurate score`: score every image-caption pair of a dataset with a CLIP-style model."""
+"""`vlcurate score`: score every image-caption pair of a dataset with a CLIP-style model.
+
+Exit status (see `vlcurate.cli.errors`): 0 when every shard is done and every pair has a score;
+`EXIT_PARTIAL` (3) when a shard could not be read (or only partly) or a pair has no score (its
+row says why); 2 for usage errors (bad options, unknown model, missing weights, no input).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from vlcurate.cli.errors import user_errors
+from vlcurate.cli.data_options import data_options
+from vlcurate.cli.errors import EXIT_PARTIAL, user_errors
 
 console = Console()
+err_console = Console(stderr=True)
 
 
+@data_options
 def score(
     inputs: Annotated[
         list[str],
@@ -51,6 +59,8 @@ def score(
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    *,
+    source_options: dict[str, Any],
 ) -> None:
     """Score image-caption pairs: cosine similarity in [-1, 1], one Parquet table per input shard."""
     from vlcurate.models.clip import WeightsNotFoundError
@@ -74,10 +84,31 @@ def score(
                 "fast_decode": fast_decode,
                 "torch_threads": torch_threads,
                 "progress": not quiet,
+                "source_options": source_options,
             }
         )
         summary = score_dataset(inputs if len(inputs) > 1 else inputs[0], out, config)
     print_summary(summary)
+    code = exit_code(summary)
+    if code:
+        raise typer.Exit(code)
+
+
+def exit_code(summary: dict[str, object]) -> int:
+    """0 when the run is complete; else EXIT_PARTIAL, after one stderr line per problem."""
+    problems = summary.get("problems") or []
+    assert isinstance(problems, list)
+    for p in problems:
+        err_console.print(f"[yellow]incomplete:[/] {p}", highlight=False, soft_wrap=True)
+    if not problems:
+        return 0
+    err_console.print(
+        f"exit status {EXIT_PARTIAL}: finished, but not everything was scored "
+        "(the score rows and summary.json say why)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_PARTIAL
 
 
 def print_summary(summary: dict[str, object]) -> None:

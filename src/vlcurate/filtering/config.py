@@ -128,3 +128,6 @@ class FilterResult:
     input_form: str = "scores"
     score_column: str = "score"
     warnings: list[str] = field(default_factory=list)
+    # Shards of the scored input that a score run did not finish (or read only in part): the subset
+    # leaves their pairs out, and `vlcurate filter` exits with EXIT_PARTIAL.
+    input_problems: list[str] = field(default_factory=list)

@@ -14,8 +14,8 @@ import numpy as np
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 LANGUAGE_NOTE = (
-    "DataComp's English check (fastText) is not applied by `vlcurate filter` "
-    "(language identification arrives with the curation operators)"
+    "DataComp's English check (fastText) is not applied by `vlcurate filter`; it is the `language` "
+    "operator of `vlcurate run` (see recipes/datacomp_basic.yaml)"
 )
 
 

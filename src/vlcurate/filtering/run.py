@@ -15,6 +15,7 @@ takes the top fraction of the rows that pass the rules, so exactly ceil(F * N_ru
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -78,6 +79,34 @@ def _describe(cfg: FilterConfig) -> str:
     return f"global top fraction {cfg.top_fraction!r} of {of}; ties at the cut kept"
 
 
+def input_problems(summary_json: Path | None) -> list[str]:
+    """Shards that the score run behind the input did not finish or read only in part."""
+    if summary_json is None:
+        return []
+    try:
+        summary = json.loads(summary_json.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(summary, dict):
+        return []
+    out: list[str] = []
+    missing = [str(m) for m in summary.get("shards_missing") or []]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        out.append(
+            f"the score run ({summary_json.parent}) did not finish {len(missing)} of "
+            f"{summary.get('shards_total', '?')} shards ({shown}): their pairs are not in the subset"
+        )
+    partial = [p for p in summary.get("partial_shards") or [] if isinstance(p, dict)]
+    if partial:
+        shown = ", ".join(str(p.get("shard")) for p in partial[:5])
+        out.append(
+            f"the score run read {len(partial)} shards only in part ({shown}): "
+            "the pairs after each break are not in the subset"
+        )
+    return out
+
+
 def run_filter(
     scores: str | Path | Sequence[str | Path], out_dir: str | Path, config: FilterConfig
 ) -> FilterResult:
@@ -93,7 +122,8 @@ def run_filter(
     top = cfg.top_fraction is not None
     after_rules = top and cfg.fraction_of == "after-rules"
     scan_rules = rules if after_rules else RuleSettings()
-    warnings: list[str] = []
+    problems = input_problems(inputs.summary_json)
+    warnings: list[str] = list(problems)
 
     # Pass 1: scan.
     n_bins = cfg.hist_bins
@@ -188,6 +218,7 @@ def run_filter(
                 "form": inputs.form,
                 "score_column": inputs.columns.score,
                 "summary_json": str(inputs.summary_json) if inputs.summary_json else None,
+                "problems": problems,
             },
             "selection": {
                 "mode": "top_fraction" if top else "threshold",
@@ -256,6 +287,7 @@ def run_filter(
         input_form=inputs.form,
         score_column=inputs.columns.score,
         warnings=warnings,
+        input_problems=problems,
     )
 
 

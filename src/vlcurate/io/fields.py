@@ -6,6 +6,8 @@ and the status given to a sample with no image or no caption.
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +15,10 @@ from vlcurate.records import Sample, Status, derive_uid, normalize_uid
 
 # Preference order when a sample has several image members.
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "avif")
-TEXT_EXTS: tuple[str, ...] = ("txt", "text", "caption")
+TEXT_EXTS: tuple[str, ...] = ("txt", "text", "caption", "txt.gz", "text.gz", "caption.gz")
+# Fields of a sample's `.json` (or a JSON record) that hold its caption, in preference order.
+JSON_TEXT_KEYS: tuple[str, ...] = ("caption", "text")
+CAPTION_MODES = ("all", "first")
 # Fields of an img2dataset/DataComp json (or parquet) worth keeping in `Sample.meta`.
 META_KEYS: tuple[str, ...] = ("url", "original_width", "original_height", "width", "height", "sha256")
 
@@ -33,6 +38,28 @@ def decode_text(raw: bytes) -> tuple[str, str | None]:
     return text.lstrip("\ufeff").strip(), warning
 
 
+def decode_caption(raw: bytes, suffix: str) -> tuple[str, str | None]:
+    """A caption member's text: gunzipped first for `.gz` members (`KEY.txt.gz`)."""
+    if suffix.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            return "", f"caption member {suffix!r} is not valid gzip ({exc})"
+    return decode_text(raw)
+
+
+def caption_choices(value: object, captions: str = "all") -> list[tuple[int | None, str | None]]:
+    """(caption index, text) pairs of one caption cell: `[(None, text)]` for a single caption;
+    for a list of captions one pair per caption (`captions="all"`) or the first only ("first")."""
+    if isinstance(value, (list, tuple)):
+        texts = [None if v is None else str(v) for v in value]
+        if not texts:
+            return [(None, None)]
+        pairs: list[tuple[int | None, str | None]] = list(enumerate(texts))
+        return pairs[:1] if captions == "first" else pairs
+    return [(None, None if value is None else str(value))]
+
+
 def make_sample(
     *,
     key: str,
@@ -45,20 +72,30 @@ def make_sample(
     meta: dict[str, Any] | None = None,
     fallback_ref: str | None = None,
     missing_image_detail: str = "no image",
+    source: str | None = None,
+    caption_index: int | None = None,
 ) -> Sample:
     """Build a sample, choosing its uid and status.
 
     uid: the source's DataComp uid when valid, else `derive_uid` of the image bytes, or of the
     reference string as written in the input (`uid_ref`, default `image_ref`) so that the uid does
     not depend on a fetch succeeding, or of `fallback_ref` (shard URL + key) when there is no image.
+    One caption of an image's caption list (`caption_index` I) adds `#caption=I` to that basis and
+    `_I` to the key, so each (image, caption index) has its own stable uid and key.
     Status: MISSING_IMAGE when there is no image at all, else MISSING_TEXT for a missing/blank caption.
+    `source` is where the pair is in the input (see `Sample.source`).
     """
     meta = dict(meta or {})
     if text is not None:
         text = text.strip()
-    uid = normalize_uid(raw_uid)
+    if caption_index is not None:
+        key = f"{key}_{caption_index}"
+        meta["caption_index"] = caption_index
+    uid = normalize_uid(raw_uid) if caption_index is None else None
+    if caption_index is not None and normalize_uid(raw_uid) is not None:
+        meta["record_uid"] = normalize_uid(raw_uid)  # the record's uid names the image, not this pair
     if uid is None:
-        if raw_uid is not None and raw_uid != "":
+        if raw_uid is not None and raw_uid != "" and caption_index is None:
             meta["uid_warning"] = f"malformed uid {str(raw_uid)[:64]!r}; derived one"
         basis: bytes | str | None
         if image is not None:
@@ -67,6 +104,9 @@ def make_sample(
             basis = uid_ref or image_ref
         else:
             basis = fallback_ref
+        if caption_index is not None:
+            tag = f"#caption={caption_index}"
+            basis = basis + tag.encode() if isinstance(basis, bytes) else f"{basis or ''}{tag}"
         uid = derive_uid(basis, text)
     status, error = Status.OK, None
     if image is None and not image_ref:
@@ -85,6 +125,7 @@ def make_sample(
         meta=meta,
         status=status,
         error=error,
+        source=source,
     )
 
 

@@ -1,8 +1,10 @@
-"""Image folders with caption sidecars: `photo.jpg` + `photo.txt` (+ optional `photo.json` with a uid).
+"""Image folders with caption sidecars: `photo.jpg` + `photo.txt` or `photo.caption` (+ optional
+`photo.json` with a uid, and a `caption`/`text` field used when there is no text sidecar).
 
-A shard is either one directory (the images directly inside it) or, with `files_per_shard`, a fixed
-chunk of the sorted recursive listing. The listing is sorted, so shard names are stable while the
-folder's content is.
+A shard is one directory (the images directly inside it), cut into ranges of `rows_per_shard`
+images (`DIR-rFIRST-STOP`) when it holds more, or, with `files_per_shard`, a fixed chunk of the
+sorted recursive listing. The listing is sorted, so shard names are stable while the folder's
+content is.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from vlcurate.io.fields import IMAGE_EXTS, META_KEYS, decode_text, ext_of, make_sample
+from vlcurate.io.fields import IMAGE_EXTS, JSON_TEXT_KEYS, META_KEYS, decode_text, ext_of, make_sample
 from vlcurate.io.paths import has_protocol, safe_name
-from vlcurate.io.shards import ShardReadError, ShardRef
+from vlcurate.io.shards import DEFAULT_ROWS_PER_SHARD, ShardReadError, ShardRef, range_name
 from vlcurate.records import Sample, Status
 
 
@@ -28,7 +30,9 @@ def _stem(url: str) -> str:
     return url.rsplit(".", 1)[0]
 
 
-def plan_folder(root: str, files_per_shard: int | None) -> tuple[list[ShardRef], dict[str, list[str]]]:
+def plan_folder(
+    root: str, files_per_shard: int | None, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+) -> tuple[list[ShardRef], dict[str, list[str]]]:
     """Shards of an image folder and the image files (fs paths) of each, by shard name."""
     fs, root_path = url_to_fs(root)
     root_path = root_path.rstrip("/")
@@ -48,9 +52,17 @@ def plan_folder(root: str, files_per_shard: int | None) -> tuple[list[ShardRef],
     for d in sorted(by_dir):
         rel = d[len(root_path) :].strip("/")
         name = safe_name(f"{root_base}_{rel}") if rel else root_base
-        plan[name] = by_dir[d]
         url = str(fs.unstrip_protocol(d)) if has_protocol(root) else d
-        refs.append(ShardRef(url, name, "folder"))
+        files = by_dir[d]
+        if len(files) <= rows_per_shard:
+            plan[name] = files
+            refs.append(ShardRef(url, name, "folder"))
+            continue
+        for first in range(0, len(files), rows_per_shard):
+            stop = min(first + rows_per_shard, len(files))
+            part = range_name(name, first, stop)
+            plan[part] = files[first:stop]
+            refs.append(ShardRef(url, part, "folder"))
     return refs, plan
 
 
@@ -83,8 +95,9 @@ def _read_one(fs: Any, path: str, shown: str, present: set[str], root: str) -> S
     text: str | None = None
     raw_uid: object = None
     try:
-        if stem_path + ".txt" in present:
-            text, warning = decode_text(fs.cat_file(stem_path + ".txt"))
+        side = next((stem_path + e for e in (".txt", ".caption") if stem_path + e in present), None)
+        if side is not None:
+            text, warning = decode_text(fs.cat_file(side))
             if warning:
                 meta["text_warning"] = warning
         if stem_path + ".json" in present:
@@ -97,11 +110,13 @@ def _read_one(fs: Any, path: str, shown: str, present: set[str], root: str) -> S
                     raw_uid = doc.get("uid")
                     meta["json"] = doc
                     meta.update({k: doc[k] for k in META_KEYS if doc.get(k) is not None})
-                    if text is None and isinstance(doc.get("caption"), str):
-                        text = doc["caption"]
+                    if text is None:
+                        text = next((doc[k] for k in JSON_TEXT_KEYS if isinstance(doc.get(k), str)), None)
         image = fs.cat_file(path)
     except OSError as exc:
-        sample = make_sample(key=key, text=text, image_ref=shown, raw_uid=raw_uid, meta=meta)
+        sample = make_sample(key=key, text=text, image_ref=shown, raw_uid=raw_uid, meta=meta, source=shown)
         sample.status, sample.error = Status.READ_ERROR, f"cannot read {shown}: {exc}"
         return sample
-    return make_sample(key=key, text=text, image=image, image_ext=ext_of(path), raw_uid=raw_uid, meta=meta)
+    return make_sample(
+        key=key, text=text, image=image, image_ext=ext_of(path), raw_uid=raw_uid, meta=meta, source=shown
+    )

@@ -277,6 +277,7 @@ def iter_instruct_samples(
             meta=meta,
             status=Status.OK if problem is None else Status.READ_ERROR,
             error=problem,
+            source=f"{shard.url}#row={index}",
         )
 
 
@@ -296,6 +297,7 @@ def _error_sample(shard: ShardRef, index: int, key: str, reason: str) -> Sample:
         meta=meta,
         status=Status.READ_ERROR,
         error=reason,
+        source=f"{shard.url}#row={index}",
     )
 
 

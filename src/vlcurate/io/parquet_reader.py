@@ -1,7 +1,9 @@
 """Streaming Parquet reader: image bytes or an image path/URL per row, plus caption and uid.
 
 Reads one record batch at a time (`ParquetFile.iter_batches`) and only the columns it needs, so a
-multi-GB file costs one batch of memory. Column names are auto-detected or given explicitly.
+multi-GB file costs one batch of memory. Column names are auto-detected or given explicitly. A
+shard that is a row range of a big file reads only the row groups that hold its rows. A caption
+cell holding a list gives one pair per caption (or the first only, `captions="first"`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlcurate.io.fields import IMAGE_EXTS, META_KEYS, ext_of, make_sample, pick_column, sniff_image_ext
+from vlcurate.io.fields import (
+    IMAGE_EXTS,
+    META_KEYS,
+    caption_choices,
+    ext_of,
+    make_sample,
+    pick_column,
+    sniff_image_ext,
+)
 from vlcurate.io.paths import has_protocol
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.records import Sample
@@ -22,6 +32,7 @@ from vlcurate.records import Sample
 IMAGE_COLUMNS = ("image", "jpg", "image_bytes", "img", "jpeg", "png", "webp")
 REF_COLUMNS = ("url", "image_url", "path", "image_path", "file_name", "filepath")
 TEXT_COLUMNS = ("text", "caption", "txt")
+PARQUET_TEXT_COLUMNS = (*TEXT_COLUMNS, "title", "captions")
 
 
 @dataclass(frozen=True)
@@ -54,13 +65,13 @@ def resolve_columns(
         t = schema.field(image).type
         if pa.types.is_string(t) or pa.types.is_large_string(t):  # `image` holding paths
             ref, image = ref or image, None
-    text = pick_column(names, text_column, TEXT_COLUMNS)
+    text = pick_column(names, text_column, PARQUET_TEXT_COLUMNS)
     problems = []
     if image is None and ref is None:
         want = [c for c in (image_column, url_column) if c] or [*IMAGE_COLUMNS, *REF_COLUMNS]
         problems.append("an image column (" + " or ".join(map(repr, want)) + ")")
     if text is None:
-        want = [text_column] if text_column else list(TEXT_COLUMNS)
+        want = [text_column] if text_column else list(PARQUET_TEXT_COLUMNS)
         problems.append("a caption column (" + " or ".join(map(repr, want)) + ")")
     for label, explicit in (("uid", uid_column), ("key", key_column)):
         if explicit is not None and explicit not in names:
@@ -105,13 +116,21 @@ def iter_parquet_samples(
     uid_column: str | None = None,
     key_column: str | None = None,
     batch_size: int = 512,
+    captions: str = "all",
+    image_root: str | None = None,
 ) -> Iterator[Sample]:
-    """Samples of one parquet file, one record batch at a time.
+    """Samples of one parquet file (or row range of one), one record batch at a time.
 
     Raises ShardReadError for a missing or unreadable file, wrong columns, or a corrupt row group
     (after yielding the rows read before it).
     """
     url = shard.url
+    ctx = _Context(
+        shard,
+        shard.rows.stem if shard.rows is not None else shard.name,
+        image_root.rstrip("/") + "/_" if image_root else url,
+        captions,
+    )
     try:
         fh = fsspec.open(url, "rb").open()
     except FileNotFoundError as exc:
@@ -132,7 +151,11 @@ def iter_parquet_samples(
             key_column=key_column,
         )
         wanted = [c for c in (cols.image, cols.ref, cols.text, cols.uid, cols.key, *cols.meta) if c]
-        batches = pf.iter_batches(batch_size=batch_size, columns=list(dict.fromkeys(wanted)))
+        first, stop, groups = _row_groups(pf, shard)
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else first
+        batches = pf.iter_batches(
+            batch_size=batch_size, columns=list(dict.fromkeys(wanted)), row_groups=groups
+        )
         while True:
             try:
                 batch = next(batches)
@@ -140,12 +163,41 @@ def iter_parquet_samples(
                 break
             except (pa.ArrowException, OSError) as exc:
                 raise ShardReadError(f"{url}: corrupt parquet data after {row} rows ({exc})") from exc
+            if row + batch.num_rows <= first:
+                row += batch.num_rows
+                continue
             data = {name: batch.column(name).to_pylist() for name in batch.schema.names}
             for i in range(batch.num_rows):
-                yield _row_sample(data, i, row, cols, shard)
+                if first <= row < stop:
+                    yield from _row_samples(data, i, row, cols, ctx)
                 row += 1
+            if row >= stop:
+                break
     finally:
         fh.close()
+
+
+@dataclass(frozen=True)
+class _Context:
+    shard: ShardRef
+    stem: str
+    base: str
+    captions: str
+
+
+def _row_groups(pf: pq.ParquetFile, shard: ShardRef) -> tuple[int, int, list[int]]:
+    """(first row, stop row, row groups holding them) of a shard; all groups for a whole file."""
+    meta = pf.metadata
+    if shard.rows is None:
+        return 0, meta.num_rows, list(range(meta.num_row_groups))
+    first, stop = shard.rows.first, shard.rows.stop
+    groups, start = [], 0
+    for g in range(meta.num_row_groups):
+        end = start + meta.row_group(g).num_rows
+        if end > first and start < stop:
+            groups.append(g)
+        start = end
+    return first, stop, groups
 
 
 def _image_ext(image: bytes | None, column: str | None, ref: str | None) -> str | None:
@@ -157,28 +209,31 @@ def _image_ext(image: bytes | None, column: str | None, ref: str | None) -> str 
     return (ext_of(ref) or None) if ref else None
 
 
-def _row_sample(
-    data: dict[str, list[Any]], i: int, row: int, cols: ParquetColumns, shard: ShardRef
-) -> Sample:
+def _row_samples(
+    data: dict[str, list[Any]], i: int, row: int, cols: ParquetColumns, ctx: _Context
+) -> Iterator[Sample]:
+    url = ctx.shard.url
     image, embedded_path = _image_cell(data[cols.image][i]) if cols.image else (None, None)
     raw_ref = data[cols.ref][i] if cols.ref else embedded_path
     raw_ref = str(raw_ref) if raw_ref not in (None, "") else None
-    text = data[cols.text][i]
     key = data[cols.key][i] if cols.key else None
     meta: dict[str, Any] = {k: data[k][i] for k in cols.meta if data[k][i] is not None}
-    meta["shard"] = shard.url
+    meta["shard"] = url
     meta["row"] = row
     if raw_ref is not None and has_protocol(raw_ref):
         meta.setdefault("url", raw_ref)
-    return make_sample(
-        key=str(key) if key not in (None, "") else f"{shard.name}_{row:08d}",
-        text=None if text is None else str(text),
-        image=image,
-        image_ref=None if image is not None or raw_ref is None else resolve_ref(raw_ref, shard.url),
-        uid_ref=raw_ref,
-        image_ext=_image_ext(image, cols.image, raw_ref),
-        raw_uid=data[cols.uid][i] if cols.uid else None,
-        meta=meta,
-        fallback_ref=f"{shard.url}#{row}",
-        missing_image_detail="no image bytes or path in this row",
-    )
+    for index, text in caption_choices(data[cols.text][i], ctx.captions):
+        yield make_sample(
+            key=str(key) if key not in (None, "") else f"{ctx.stem}_{row:08d}",
+            text=text,
+            image=image,
+            image_ref=None if image is not None or raw_ref is None else resolve_ref(raw_ref, ctx.base),
+            uid_ref=raw_ref,
+            image_ext=_image_ext(image, cols.image, raw_ref),
+            raw_uid=data[cols.uid][i] if cols.uid else None,
+            meta=meta,
+            fallback_ref=f"{url}#{row}",
+            missing_image_detail="no image bytes or path in this row",
+            source=f"{url}#row={row}" + ("" if index is None else f"&caption={index}"),
+            caption_index=index,
+        )

@@ -17,7 +17,7 @@ from fsspec.core import url_to_fs
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 
 _BRACE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
 _GLOB = re.compile(r"[*?\[]")

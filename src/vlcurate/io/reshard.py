@@ -30,7 +30,7 @@ from vlcurate.io.shard_writer import ShardWriter
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import Source, open_source
 from vlcurate.io.subset import read_subset, subset_contains, uids_to_array_unsorted
-from vlcurate.io.wds_reader import group_to_sample, iter_tar_groups
+from vlcurate.io.wds_reader import WdsShardReader, iter_tar_groups
 from vlcurate.records import Sample
 
 PLAN_FILE = "_reshard_plan.json"
@@ -110,10 +110,15 @@ def _finished_shards(out: Path) -> list[dict[str, Any]]:
 
 
 def _items(source: Source, shard: ShardRef) -> Iterator[tuple[Sample, Members | None]]:
-    """(sample, exact tar members or None) for each sample of a shard."""
+    """(sample, exact tar members or None) for each sample of a shard; after a tar's samples, the
+    rows its img2dataset parquet lists as failed (they have no members to copy)."""
     if shard.kind == "wds":
+        make = getattr(source, "wds_reader", None)
+        reader = make(shard) if make is not None else WdsShardReader(shard.url)
         for group in iter_tar_groups(shard.url):
-            yield group_to_sample(group, shard.url), [(m.suffix, m.data) for m in group.members]
+            yield reader.sample(group), [(m.suffix, m.data) for m in group.members]
+        for sample in reader.leftovers():
+            yield sample, None
     else:
         for sample in source.iter_samples(shard):
             yield sample, None

@@ -66,6 +66,10 @@ class ScoreProgress:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, 1)
 
+    def warn(self, message: str) -> None:
+        """One warning line on stderr, shown even without the progress bar."""
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
     def shard_failed(self, shard: str, error: str) -> None:
         if self.enabled:
             self.console.print(f"[red]shard {shard} failed:[/] {error}")

@@ -12,16 +12,13 @@ finishes the job with no missing and no duplicated uid.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import platform
 import queue
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -37,8 +34,10 @@ from vlcurate.pipeline.decode import decode_chunk
 from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import RunDir, write_json_atomic, write_parquet_atomic
 from vlcurate.pipeline.score_config import ScoreConfig
-from vlcurate.pipeline.score_stats import merge_markers, score_histogram
+from vlcurate.pipeline.score_stats import merge_markers, run_problems, score_histogram
+from vlcurate.pipeline.synth_check import SynthWorldCheck
 from vlcurate.pipeline.tar_ranges import iter_samples_with_ranges
+from vlcurate.pipeline.workers import decode_pool
 from vlcurate.records import SCORE_SCHEMA, Sample, Status, embedding_field
 
 
@@ -90,6 +89,8 @@ class _ShardAcc:
     texts: list[str | None] = field(default_factory=list)
     widths: list[int | None] = field(default_factory=list)
     heights: list[int | None] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+    sources: list[str | None] = field(default_factory=list)
     emb_uids: list[str] = field(default_factory=list)
     img_embs: list[np.ndarray] = field(default_factory=list)
     txt_embs: list[np.ndarray] = field(default_factory=list)
@@ -105,6 +106,8 @@ class _ShardAcc:
         ow, oh = s.meta.get("original_width"), s.meta.get("original_height")
         self.widths.append(int(ow) if isinstance(ow, (int, float)) and ow else w)
         self.heights.append(int(oh) if isinstance(oh, (int, float)) and oh else h)
+        self.keys.append(s.key)
+        self.sources.append(s.source)
 
 
 @dataclass
@@ -138,6 +141,7 @@ class ScoreJob:
         self._stop = threading.Event()
         self._reader_error: BaseException | None = None
         self.timings: defaultdict[str, float] = defaultdict(float)
+        self.warnings: list[str] = []
 
     # ----- public -------------------------------------------------------------------------
     def run_job(self) -> dict[str, Any]:
@@ -189,8 +193,7 @@ class ScoreJob:
     def _start_pool(self) -> Any:
         if self.workers <= 0:
             return None
-        ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return decode_pool(self.workers)  # its workers die with this process, even on kill -9
 
     def _set_threads(self, scorer: Any, decoding_in_workers: bool) -> None:
         """All cores for the model, except a small model beside decode workers gets one thread:
@@ -310,7 +313,8 @@ class ScoreJob:
     def _iter_shard(self, shard: ShardRef) -> Iterator[tuple[Sample, TarRange | None]]:
         """Samples of one shard; a local tar's images come as byte ranges for the workers to read."""
         if shard.kind == "wds":
-            return iter_samples_with_ranges(shard.url)
+            make = getattr(self.source, "wds_reader", None)
+            return iter_samples_with_ranges(shard.url, make(shard) if make is not None else None)
         return ((s, None) for s in self.source.iter_samples(shard))
 
     def _fetch(self, samples: list[Sample]) -> list[Sample]:
@@ -370,6 +374,14 @@ class ScoreJob:
         progress = ScoreProgress(
             enabled=self.config.progress, total_shards=n_pending, done_before=total_shards - n_pending
         )
+        synth_check = SynthWorldCheck.for_scorer(scorer)
+
+        def check_world(w: int | None, h: int | None) -> None:
+            message = synth_check.add(w, h)
+            if message:
+                self.warnings.append(message)
+                progress.warn(message)
+
         try:
             with progress:
                 while True:
@@ -389,6 +401,7 @@ class ScoreJob:
                                 pend.shards.append(item.shard)
                                 pend.samples.append(s)
                                 pend.sizes.append((w, h))
+                                check_world(w, h)
                         if len(stack):
                             pend.arrays.append(stack)
                             pend.count += len(stack)
@@ -411,6 +424,10 @@ class ScoreJob:
                             self._write_shard(scorer, item, acc)
                         progress.shard_done(len(acc.uids))
                     progress.update_pairs(pairs, time.perf_counter() - t0)
+                message = synth_check.finish()
+                if message:
+                    self.warnings.append(message)
+                    progress.warn(message)
         except BaseException:
             self._stop.set()
             with contextlib.suppress(queue.Empty):
@@ -466,6 +483,8 @@ class ScoreJob:
                 "text": pa.array(acc.texts, pa.string()),
                 "width": pa.array(acc.widths, pa.int32()),
                 "height": pa.array(acc.heights, pa.int32()),
+                "key": pa.array(acc.keys, pa.string()),
+                "source": pa.array(acc.sources, pa.string()),
             },
             schema=SCORE_SCHEMA,
         )
@@ -523,7 +542,11 @@ class ScoreJob:
             "decode_workers": self.workers,
             "torch_threads": _torch_threads(),
             "versions": _versions(),
+            "warnings": list(self.warnings),
         }
+        summary["pairs_failed"] = sum(v for k, v in summary["counts_by_status"].items() if k != "ok")
+        summary["problems"] = run_problems(summary)
+        summary["complete"] = not summary["problems"]
         write_json_atomic(self.run.root / "summary.json", summary)
         return summary
 

@@ -54,3 +54,34 @@ def merge_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "score_quantiles": quantiles_from_histogram(hist, qs),
         "partial_shards": partial,
     }
+
+
+def run_problems(summary: dict[str, Any]) -> list[str]:
+    """What keeps a scoring run from being complete, one line each (empty: everything done).
+
+    A shard is not done when it could not be read at all (or was not reached), partial when it
+    broke part way (its complete samples are scored), and a pair failed when it has no score:
+    any status but ok (unreadable or missing image, no caption, a failed download).
+    """
+    out: list[str] = []
+    missing = list(summary.get("shards_missing") or [])
+    if missing:
+        errors = {f["shard"]: f["error"] for f in (summary.get("this_run") or {}).get("failed_shards") or []}
+        shown = "; ".join(f"{m}: {errors[m]}" if m in errors else m for m in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        out.append(
+            f"{len(missing)} of {summary.get('shards_total')} shards not done ({shown}{more}); "
+            "a re-run tries them again"
+        )
+    partial = list(summary.get("partial_shards") or [])
+    if partial:
+        shown = "; ".join(f"{p['shard']}: {p['error']}" for p in partial[:3])
+        more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
+        out.append(f"{len(partial)} shards only partly read ({shown}{more})")
+    failed = {k: int(v) for k, v in (summary.get("counts_by_status") or {}).items() if k != "ok" and v}
+    if failed:
+        by = ", ".join(f"{k} {v:,}" for k, v in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])))
+        out.append(
+            f"{sum(failed.values()):,} of {int(summary.get('pairs') or 0):,} pairs have no score ({by})"
+        )
+    return out

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from vlcurate.io.fields import IMAGE_EXTS
 from vlcurate.io.shards import ShardReadError
-from vlcurate.io.wds_reader import TarGroup, TarMember, group_to_sample, iter_wds_samples, split_key
+from vlcurate.io.wds_reader import TarGroup, TarMember, WdsShardReader, iter_tar_groups, split_key
 from vlcurate.pipeline.byte_range import TarRange
 from vlcurate.records import Sample, normalize_uid
 
@@ -41,23 +41,32 @@ def local_ustar_path(url: str) -> str | None:
     return path if len(head) == _BLOCK and head[257:262] == b"ustar" else None
 
 
-def iter_samples_with_ranges(url: str) -> Iterator[tuple[Sample, TarRange | None]]:
+def iter_samples_with_ranges(
+    url: str, reader: WdsShardReader | None = None
+) -> Iterator[tuple[Sample, TarRange | None]]:
     """Samples of one tar shard, each with its image's byte range when the shard allows it.
 
     A sample's `image` is None whenever a range is given (the bytes stay on disk until decoded).
+    `reader` is the source's (`FileSource.wds_reader(shard)`: label captions, img2dataset parquet);
+    the rows that parquet lists as failed follow the tar's samples, without a range.
     Raises ShardReadError like `iter_wds_samples`, after yielding every complete sample.
     """
+    reader = reader or WdsShardReader(url)
     path = local_ustar_path(url)
     if path is None:
-        for sample in iter_wds_samples(url):
-            yield sample, None
-        return
-    for group, ranges in _iter_groups(url, path):
-        yield _to_sample(group, ranges, url)
+        for group in iter_tar_groups(url):
+            yield reader.sample(group), None
+    else:
+        for group, ranges in _iter_groups(url, path):
+            yield _to_sample(group, ranges, reader)
+    for sample in reader.leftovers():
+        yield sample, None
 
 
-def _to_sample(group: TarGroup, ranges: dict[str, TarRange], url: str) -> tuple[Sample, TarRange | None]:
-    sample = group_to_sample(group, url)
+def _to_sample(
+    group: TarGroup, ranges: dict[str, TarRange], reader: WdsShardReader
+) -> tuple[Sample, TarRange | None]:
+    sample = reader.sample(group)
     if sample.image_ext is None:
         return sample, None
     rng = ranges[sample.image_ext]
@@ -66,7 +75,7 @@ def _to_sample(group: TarGroup, ranges: dict[str, TarRange], url: str) -> tuple[
         member = group.by_ext()[sample.image_ext]
         idx = group.members.index(member)
         group.members[idx] = TarMember(member.name, member.suffix, rng.read(), member.mtime, member.mode)
-        sample = group_to_sample(group, url)
+        sample = reader.sample(group)
         sample.image = None
     else:
         sample.image = None

@@ -23,7 +23,7 @@ from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.iterate import Budget, PairOutcome, Recaptioner, Send
-from vlcurate.recaption.report import merge, plot_histograms, shard_stats
+from vlcurate.recaption.report import merge, plot_histograms, run_problems, shard_stats
 from vlcurate.recaption.scoring import CaptionScorer
 from vlcurate.recaption.table import outcomes_table
 from vlcurate.records import Sample, Status
@@ -142,17 +142,19 @@ def recaption_dataset(
     *,
     retry_incomplete: bool = True,
     send: Send | None = None,
+    source_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Recaption every shard of `input_spec` into `out_dir`; returns the summary (also summary.json).
 
     `send` replaces the VLM transport (default: `run_many` with `cfg.vlm`); tests and embedders use it.
+    `source_options` go to `open_source` (kind, column names, ...: the `@data_options` flags).
     """
     from vlcurate.models.clip import load_scorer
     from vlcurate.models.vlm import run_many
     from vlcurate.recaption.mentions import get_extractor
 
     started = time.perf_counter()
-    source = open_source(input_spec)
+    source = open_source(input_spec, **(source_options or {}))
     shards = source.shards()
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
@@ -240,5 +242,7 @@ def _write_summary(
         },
         "histogram_png": str(png),
     }
+    summary["problems"] = run_problems(summary)
+    summary["complete"] = not summary["problems"]
     write_json_atomic(run.root / "summary.json", summary)
     return summary

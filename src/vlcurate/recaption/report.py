@@ -14,6 +14,8 @@ from vlcurate.pipeline.score_stats import HIST_BINS, quantiles_from_histogram, s
 from vlcurate.recaption.iterate import RETRY_STATUSES
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+# Final outcomes of a pair: a chosen caption, or a model that answered but had nothing usable.
+DONE_STATUSES = frozenset({"ok", "no_caption"})
 
 
 def shard_stats(table: pa.Table) -> dict[str, Any]:
@@ -66,6 +68,37 @@ def merge(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "_hist_before": hb,
         "_hist_after": ha,
     }
+
+
+def run_problems(summary: dict[str, Any]) -> list[str]:
+    """What keeps a recaption run from being complete, one line each (empty: everything done).
+
+    A shard is incomplete when it broke part way or has pairs to retry (VLM errors, a spent
+    budget); a pair failed when it ended with any status but ok or no_caption (those include an
+    image that could not be read).
+    """
+    out: list[str] = []
+    incomplete = list(summary.get("incomplete_shards") or [])
+    if incomplete:
+        shown = "; ".join(
+            f"{s['shard']}: "
+            + (str(s["read_error"]) if s.get("read_error") else f"{s.get('retry', 0)} to retry")
+            for s in incomplete[:3]
+        )
+        more = f" and {len(incomplete) - 3} more" if len(incomplete) > 3 else ""
+        out.append(
+            f"{len(incomplete)} of {summary.get('shards_total')} shards incomplete ({shown}{more}); "
+            "a re-run resumes them"
+        )
+    failed = {
+        k: int(v) for k, v in (summary.get("counts_by_status") or {}).items() if k not in DONE_STATUSES and v
+    }
+    if failed:
+        by = ", ".join(f"{k} {v:,}" for k, v in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])))
+        out.append(
+            f"{sum(failed.values()):,} of {int(summary.get('pairs') or 0):,} pairs not recaptioned ({by})"
+        )
+    return out
 
 
 def plot_histograms(hist_before: np.ndarray, hist_after: np.ndarray, path: Path, bins: int = 80) -> Path:

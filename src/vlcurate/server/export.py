@@ -54,7 +54,7 @@ def export_task(
         if task is None:
             raise NotFound(f"no task named {task_name!r}")
         items = conn.execute(
-            select(It.c.id, It.c.uid, It.c.shard, It.c.caption, It.c.width, It.c.height)
+            select(It.c.id, It.c.uid, It.c.shard, It.c.key, It.c.caption, It.c.width, It.c.height)
             .where(It.c.dataset_id == task.dataset_id)
             .order_by(It.c.id)
         ).all()
@@ -97,6 +97,8 @@ def export_task(
             cols["text"].append(r.caption)
             cols["width"].append(r.width)
             cols["height"].append(r.height)
+            cols["key"].append(r.key)
+            cols["source"].append(f"{r.shard}#{r.key}")
         table = pa.table(cols, schema=SCORE_SCHEMA)
         write_parquet_atomic(run.score_path(shard), table)
         ok = np.array([s for s in cols["score"] if s is not None], dtype=np.float32)

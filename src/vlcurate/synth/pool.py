@@ -1,17 +1,17 @@
 """Write a synthetic image-caption pool as WebDataset shards plus the ground-truth table.
 
 The layout is DataComp/img2dataset's (`shards/00000000.tar` with `KEY.jpg`, `KEY.txt`,
-`KEY.json` per sample), so every reader in vlcurate treats it like a real pool, while
-`truth.parquet` says which captions were corrupted and how: that is what filtering
-quality is measured against.
+`KEY.json` per sample, and beside each tar its `00000000_stats.json` with `successes` and a
+`00000000.parquet` index, written by the same `ShardWriter` as `vlcurate reshard`), so every
+reader in vlcurate, and DataComp's own `resharder.py`, treats it like a real pool, while
+`truth.parquet` says which captions were corrupted and how: that is what filtering quality is
+measured against.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlcurate.io.shard_writer import ShardWriter
 from vlcurate.records import derive_uid
 from vlcurate.synth.corrupt import KINDS, corrupt
 from vlcurate.synth.scene import scene_from_seed
@@ -36,15 +37,6 @@ TRUTH_SCHEMA = pa.schema(
     ]
 )
 _IMAGE_FORMATS = ("jpg", "png")
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata (mtime 0, no owner) so the same seed gives byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
@@ -77,7 +69,8 @@ def write_pool(
     """Write `n` scenes as shards under `out_dir/shards/` and `out_dir/truth.parquet`; return the truth.
 
     Deterministic: the same arguments give byte-identical shards. Each shard is written to a
-    temporary name and renamed when complete, so a reader never sees a partial tar.
+    temporary name and renamed when complete, after its `_stats.json` and `.parquet` index, so a
+    reader never sees a partial tar nor a tar without its stats.
     """
     if n <= 0:
         raise ValueError(f"n must be > 0, got {n}")
@@ -93,41 +86,40 @@ def write_pool(
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_corruptions(n, corrupt_fraction, seed)
-    n_shards = (n + shard_size - 1) // shard_size
     key_width = max(4, len(str(shard_size - 1)))
     rows: dict[str, list[Any]] = {f.name: [] for f in TRUTH_SCHEMA}
 
-    for shard in range(n_shards):
-        final = shard_dir / f"{shard:08d}.tar"
-        tmp = shard_dir / f".{shard:08d}.tar.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for j in range(min(shard_size, n - shard * shard_size)):
-                index = shard * shard_size + j
-                scene = scene_from_seed(seed, index)
-                kind = plan[index]
-                caption = scene.caption
-                if kind is not None:
-                    caption = corrupt(kind, caption, scene.layout, np.random.default_rng([seed, index, 3]))
-                text = caption.text
-                image = scene.encode(fmt)
-                uid = derive_uid(image, text)
-                key = f"{shard:08d}{j:0{key_width}d}"
-                _add(tar, f"{key}.{fmt}", image)
-                _add(tar, f"{key}.txt", text.encode("utf-8"))
-                meta = {"uid": uid, "key": key, "caption": text}
-                _add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
-                for name, value in (
-                    ("uid", uid),
-                    ("shard", shard),
-                    ("key", key),
-                    ("caption", text),
-                    ("true_caption", scene.caption_text),
-                    ("corrupted", kind is not None),
-                    ("corruption", kind),
-                    ("n_objects", scene.n_objects),
-                ):
-                    rows[name].append(value)
-        os.replace(tmp, final)
+    # Fixed member metadata (mtime 0, no owner) so the same seed gives byte-identical shards.
+    with ShardWriter(shard_dir, samples_per_shard=shard_size, mtime=0) as writer:
+        for index in range(n):
+            shard, j = divmod(index, shard_size)
+            scene = scene_from_seed(seed, index)
+            kind = plan[index]
+            caption = scene.caption
+            if kind is not None:
+                caption = corrupt(kind, caption, scene.layout, np.random.default_rng([seed, index, 3]))
+            text = caption.text
+            image = scene.encode(fmt)
+            uid = derive_uid(image, text)
+            key = f"{shard:08d}{j:0{key_width}d}"
+            meta = {"uid": uid, "key": key, "caption": text}
+            members = [
+                (fmt, image),
+                ("txt", text.encode("utf-8")),
+                ("json", json.dumps(meta).encode("utf-8")),
+            ]
+            writer.write(key, members, uid=uid, text=text)
+            for name, value in (
+                ("uid", uid),
+                ("shard", shard),
+                ("key", key),
+                ("caption", text),
+                ("true_caption", scene.caption_text),
+                ("corrupted", kind is not None),
+                ("corruption", kind),
+                ("n_objects", scene.n_objects),
+            ):
+                rows[name].append(value)
 
     table = pa.Table.from_pydict(rows, schema=TRUTH_SCHEMA)
     _atomic_write_table(table, out / "truth.parquet")
