@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from vlcurate.cli.errors import EXIT_PARTIAL
 from vlcurate.cli.main import app
 from vlcurate.io.subset import read_subset
 from vlcurate.ops.base import Operator, StepError, run_step
@@ -135,7 +136,13 @@ def test_a_missing_shard_is_one_clear_line(small_pool: Path, tmp_path: Path) -> 
         f'sink: {{out: "{tmp_path / "out"}"}}\n'
     )
     r = CliRunner().invoke(app, ["run", str(recipe)])
-    assert r.exit_code == 2 and "shard not found" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == EXIT_PARTIAL, r.output  # the shards that are there ran; the others failed
+    assert "of 300 pairs kept" in r.stdout and "Traceback" not in r.output
+    assert "shard 00000009 failed: shard not found" in r.stderr and "7 shard(s) failed" in r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["failures"]["failed_shards"]) == 7 and report["rows"] == 300
+    check = CliRunner().invoke(app, ["run", str(recipe), "--check"])  # found before anything runs
+    assert check.exit_code == 2 and "source: 7 of 10 shards not found" in check.stderr
 
 
 def test_clip_score_keeps_embeddings_for_the_embedding_steps(small_pool: Path, tmp_path: Path) -> None:

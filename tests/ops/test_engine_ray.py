@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -86,6 +87,21 @@ def _decisions(run: Path) -> dict[str, Any]:
     return {f.name: pq.read_table(f) for f in sorted((run / "decisions").glob("*.parquet"))}
 
 
+def _nan_as_text(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, list):
+        return [_nan_as_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_as_text(v) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Same columns, types, rows and values; NaN (a pair not scored) equals NaN, unlike `Table.equals`."""
+    return bool(a.schema == b.schema and _nan_as_text(a.to_pylist()) == _nan_as_text(b.to_pylist()))
+
+
 def test_ray_and_local_give_identical_kept_sets_and_decisions(both_runs: tuple[RunResult, RunResult]) -> None:
     local, remote = both_runs
     assert (remote.rows, remote.kept) == (local.rows, local.kept) == (300, 150)
@@ -95,7 +111,7 @@ def test_ray_and_local_give_identical_kept_sets_and_decisions(both_runs: tuple[R
     for name, table in ref.items():
         cols = ["uid", "keep", "reason"]
         assert ours[name].select(cols).to_pylist() == table.select(cols).to_pylist(), name
-        assert ours[name].equals(table), name  # same rows, order, columns, types and scores
+        assert _same(ours[name], table), name  # same rows, order, columns, types and scores
     counts = [(s.op, s.saw, s.kept, s.dropped) for s in local.steps]
     assert [(s.op, s.saw, s.kept, s.dropped) for s in remote.steps] == counts
     report = json.loads((remote.out / "report.json").read_text())
@@ -160,26 +176,30 @@ def test_rows_a_retried_task_sends_twice_are_written_and_counted_once(tmp_path: 
     import pyarrow as pa
 
     from vlcurate.io.shards import ShardRef
-    from vlcurate.ops.engine_local import StepStats
+    from vlcurate.ops.engine import Stage
     from vlcurate.ops.engine_ray import _Collector, _tag
+    from vlcurate.ops.registry import get_operator
 
     def batch(uids: list[str], keep: list[bool]) -> pa.Table:
         reasons = pa.array([None if k else "x" for k in keep], pa.string())
         return pa.table({"uid": uids, "keep": keep, "reason": reasons})
 
     first = _tag(batch(["a", "b"], [True, False]), 0, 0, 0, False, [0])
-    second = _tag(batch(["c"], [True]), 0, 1, 2, True, [0])
-    stats = [StepStats("op")]
-    c = _Collector(tmp_path, [ShardRef("s.tar", "s", "wds")], stats, [0])
+    second = _tag(batch(["c"], [True]), 0, 1, 2, True, [0], "cut short")
+    stage = Stage(0, [(0, get_operator("text_length")())], "fp", tmp_path, shard_fps={"s": "fp-s"})
+    c = _Collector(stage, [ShardRef("s.tar", "s", "wds")], [0])
     c.add(first)
     c.add(first)  # the repeat, before the shard is complete
     c.add(pa.concat_tables([first.slice(1), second]))  # part repeat, part new, in one block
     c.add(second)  # after the shard was written
-    c.close([0])
+    c.close([0], lambda shard: None)
     written = pq.read_table(tmp_path / "s.parquet")
     assert written.column("uid").to_pylist() == ["a", "b", "c"]
     assert not any(name.startswith("_vlc_") for name in written.column_names)
-    assert (stats[0].saw, stats[0].kept, stats[0].dropped) == (2, 2, 0)  # "b" was dropped before
+    marker = json.loads((tmp_path / "s.json").read_text())
+    assert marker["fingerprint"] == "fp-s" and marker["error"] == "cut short" and marker["rows"] == 3
+    st = marker["steps"][0]
+    assert (st["op"], st["saw"], st["kept"], st["dropped"]) == ("text_length", 2, 2, 0)  # "b": dropped before
 
 
 def test_a_worker_killed_mid_run_changes_nothing(ray_2cpu: None, tmp_path: Path) -> None:
@@ -256,12 +276,88 @@ def test_cpu_steps_before_and_after_the_model_give_the_local_engines_decisions(
     ours, ref = _decisions(remote.out), _decisions(local.out)
     assert list(ours) == list(ref)
     for name, table in ref.items():
-        assert ours[name].equals(table), name
+        assert _same(ours[name], table), name
     counts = [(s.op, s.saw, s.kept, s.dropped) for s in local.steps]
     assert [(s.op, s.saw, s.kept, s.dropped) for s in remote.steps] == counts
+    status = [s for t in ours.values() for s in t.column("clip_score_status").to_pylist()]
+    assert (
+        status.count("not scored: dropped by text_length") == local.steps[0].dropped
+    )  # the model skipped them
 
 
 def test_read_tasks_ask_for_a_whole_cpu_beside_the_model_actor_on_two_cpus(ray_2cpu: None) -> None:
     from vlcurate.ops.engine_ray import _ACTOR_CPUS, _read_cpus
 
     assert _read_cpus(ray) == 1.0 and _read_cpus(ray) + _ACTOR_CPUS <= ray.cluster_resources()["CPU"]
+
+
+def test_ray_loads_images_by_path_and_reports_failed_pairs_like_local(
+    ray_2cpu: None, coco_pairs: list[Any], tmp_path: Path
+) -> None:
+    lines = ["filepath,title"] + [f'{p.path},"{p.caption}"' for p in coco_pairs[:10]]
+    lines.append(f"{tmp_path / 'gone.jpg'},a photo that was deleted")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    steps = "  - op: text_length\n    min_words: 1\n  - op: image_quality\n    min_side: 50\n"
+    local = run_recipe(load_recipe("r", text=_recipe(tmp_path / "m.csv", tmp_path / "local", steps)))
+    rec = load_recipe("r", text=_recipe(tmp_path / "m.csv", tmp_path / "ray", steps))
+    remote = _with_timeout(lambda: run_recipe_ray(rec, progress=False), 120)
+    assert (
+        (remote.rows, remote.kept, remote.failed_pairs)
+        == (local.rows, local.kept, local.failed_pairs)
+        == (
+            11,
+            10,
+            1,
+        )
+    )
+    ours, ref = _decisions(remote.out), _decisions(local.out)
+    for name, table in ref.items():
+        assert _same(ours[name], table), name
+    assert ref["m.parquet"].column("reason").to_pylist()[-1].startswith("fetch_error: not found")
+
+
+def test_ray_reruns_only_what_changed(ray_2cpu: None, small_pool: Path, tmp_path: Path) -> None:
+    def steps(fraction: float) -> str:
+        return STEPS.replace("fraction: 0.5", f"fraction: {fraction}")
+
+    out = tmp_path / "ray"
+    _with_timeout(
+        lambda: run_recipe_ray(load_recipe("r", text=_recipe(small_pool, out, steps(0.5))), progress=False),
+        120,
+    )
+    spool = sorted((out / "stages" / "00").glob("*.parquet"))
+    before = [p.stat().st_mtime_ns for p in spool]
+    again = _with_timeout(
+        lambda: run_recipe_ray(load_recipe("r", text=_recipe(small_pool, out, steps(0.3))), progress=False),
+        120,
+    )
+    assert [p.stat().st_mtime_ns for p in spool] == before
+    assert [(s.ran, s.reused) for s in again.stages] == [(0, 3), (3, 0)]
+    fresh = run_recipe(load_recipe("r", text=_recipe(small_pool, tmp_path / "local", steps(0.3))))
+    assert np.array_equal(read_subset(again.subset), read_subset(fresh.subset))  # type: ignore[arg-type]
+    assert [(s.op, s.saw, s.kept, s.dropped) for s in again.steps] == [
+        (s.op, s.saw, s.kept, s.dropped) for s in fresh.steps
+    ]
+
+
+def test_broken_and_missing_shards_fail_alike_on_both_engines(
+    ray_2cpu: None, small_pool: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(small_pool, pool)
+    broken = pool / "00000002.tar"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    spec = f"{pool}/{{00000000..00000003}}.tar"  # 00000003 does not exist
+    steps = "  - op: text_length\n    min_words: 2\n"
+    local = run_recipe(load_recipe("r", text=_recipe(Path(spec), tmp_path / "local", steps)))
+    rec = load_recipe("r", text=_recipe(Path(spec), tmp_path / "ray", steps))
+    remote = _with_timeout(lambda: run_recipe_ray(rec, progress=False), 120)
+    assert sorted(local.failed_shards) == sorted(remote.failed_shards) == ["00000002", "00000003"]
+    assert remote.failed_shards == local.failed_shards and remote.partial
+    assert (remote.rows, remote.kept) == (local.rows, local.kept) and 200 < local.rows < 300
+    ours, ref = _decisions(remote.out), _decisions(local.out)
+    assert list(ours) == list(ref)
+    for name, table in ref.items():
+        assert _same(ours[name], table), name

@@ -118,10 +118,10 @@ def test_full_chain_recipe_catches_each_planted_fault(data: Path, vlm: VLMServer
 def _batch(data: Path, n: int = 40) -> pa.Table:
     """The first n samples as the instruct source gives them."""
     from vlcurate.io.sources import open_source
-    from vlcurate.ops.engine_local import _samples_to_batches
+    from vlcurate.ops.engine import load_batches
 
     src = open_source(str(data / "data.json"), kind="instruct")
-    return next(iter(_samples_to_batches(src, src.shards()[0]))).slice(0, n)
+    return next(iter(load_batches(src, src.shards()[0], None))).slice(0, n)
 
 
 def test_blind_answerable_keeps_samples_when_the_server_is_gone(data: Path) -> None:

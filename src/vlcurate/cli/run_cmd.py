@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -10,12 +10,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vlcurate.cli.errors import fail, user_errors
+from vlcurate.cli.data_options import data_options
+from vlcurate.cli.errors import EXIT_PARTIAL, fail, user_errors
 from vlcurate.io.shards import ShardReadError
+
+if TYPE_CHECKING:
+    from vlcurate.ops.engine import RunResult
+
+_err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
+    @data_options
     def run_command(
         recipe: Annotated[str, typer.Argument(help="A YAML recipe: source, steps, sink.")],
         engine: Annotated[
@@ -32,22 +39,48 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(min=1, help="--engine ray, local instance: CPUs to give it (default all)."),
         ] = None,
-        check: Annotated[bool, typer.Option("--check", help="Validate the recipe and stop.")] = False,
+        check: Annotated[
+            bool,
+            typer.Option(
+                "--check",
+                help="Validate the recipe, open the input and load each step's models and files, "
+                "then stop without running.",
+            ),
+        ] = False,
+        input_path: Annotated[
+            str | None,
+            typer.Option("--input", help="Read this input instead of the recipe's source.input."),
+        ] = None,
+        out: Annotated[
+            str | None, typer.Option("--out", help="Write into this folder instead of the recipe's sink.out.")
+        ] = None,
+        *,
+        source_options: dict[str, Any],
     ) -> None:
-        """Run a curation recipe: every step marks pairs to drop with a reason; the sink keeps the rest."""
+        """Run a curation recipe: every step marks pairs to drop with a reason; the sink keeps the rest.
+
+        Exit codes: 0 all done; 3 the run finished but some shards or pairs failed (listed; a re-run
+        retries the shards that gave nothing); 2 a recipe, input or step that cannot be used."""
         from vlcurate.ops.recipe import RecipeError, load_recipe
 
         try:
-            rec = load_recipe(recipe)
+            rec = load_recipe(recipe).with_overrides(input=input_path, out=out, source_options=source_options)
         except RecipeError as exc:
             raise fail(str(exc)) from None
-        if check:
-            typer.echo(f"{recipe}: valid ({len(rec.steps)} steps: {', '.join(s.op for s in rec.steps)})")
-            return
         if engine not in ("local", "ray"):
             raise fail(f"unknown engine {engine!r}; expected local or ray")
         if engine == "local" and (address is not None or num_cpus is not None):
             raise fail("--address and --num-cpus are options of --engine ray")
+        if check:
+            from vlcurate.ops.engine import check_recipe
+
+            problems = check_recipe(rec)
+            for line in problems[:-1]:
+                _err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            if problems:
+                raise fail(escape(f"{recipe}: {problems[-1]}"))
+            typer.echo(f"{recipe}: valid ({len(rec.steps)} steps: {', '.join(s.op for s in rec.steps)})")
+            return
         if engine == "ray":
             from vlcurate.ops.engine_ray import RayEngineError, run_recipe_ray
 
@@ -59,20 +92,9 @@ def register(app: typer.Typer) -> None:
 
             with user_errors(ShardReadError, StepError):
                 result = run_recipe(rec, progress=True)
-        table = Table(title=f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")
-        for col in ("step", "saw", "kept", "dropped", "seconds"):
-            table.add_column(col, justify="left" if col == "step" else "right")
-        for s in result.steps:
-            table.add_row(s.op, f"{s.saw:,}", f"{s.kept:,}", f"{s.dropped:,}", f"{s.seconds:.2f}")
-        Console().print(table)
-        typer.echo(f"decisions: {result.out / 'decisions'}  subset: {result.subset}")
-        typer.echo(f"report: {result.out / 'report.json'}")
-        if result.instruct is not None:
-            i = result.instruct
-            typer.echo(
-                f"instruction data: {i['path']} ({i['kept']} kept, {i['cot']} chain-of-thought "
-                f"rewrites added, {i['dropped']} dropped: see dropped.jsonl)"
-            )
+        _print_result(recipe, result)
+        if result.partial:
+            raise typer.Exit(EXIT_PARTIAL)
 
     @app.command("ops")
     def ops_command() -> None:
@@ -93,3 +115,48 @@ def register(app: typer.Typer) -> None:
                 params.append(f"{pname} ({default}): {f.description or ''}".rstrip(": "))
             table.add_row(name, cls.kind, escape(cls.doc()), escape("\n".join(params)))
         Console(width=140).print(table)
+
+
+def _this_run(ran: int, reused: int) -> str:
+    if not ran and not reused:
+        return "-"
+    if not reused:
+        return "ran"
+    return "reused" if not ran else f"ran {ran}, reused {reused} shards"
+
+
+def _print_result(recipe: str, result: RunResult) -> None:
+    """The per-step table (with which steps ran and which were reused), failures and where outputs are."""
+    typer.echo(f"{recipe}: {result.kept:,} of {result.rows:,} pairs kept")  # one line, never wrapped
+    table = Table()
+    for col in ("step", "saw", "kept", "dropped", "seconds", "this run"):
+        table.add_column(col, justify="left" if col in ("step", "this run") else "right")
+    runs = [_this_run(st.ran, st.reused) for st in result.stages for _ in st.steps]
+    for s, how in zip(result.steps, runs, strict=True):
+        table.add_row(s.op, f"{s.saw:,}", f"{s.kept:,}", f"{s.dropped:,}", f"{s.seconds:.2f}", how)
+    Console().print(table)
+    reused = [name for st in result.stages if st.reused for name in st.steps]
+    if reused:
+        typer.echo(
+            f"reused from an earlier run (same input, steps, parameters and models): {', '.join(reused)}"
+        )
+    typer.echo(f"decisions: {result.out / 'decisions'}  subset: {result.subset}")
+    typer.echo(f"report: {result.out / 'report.json'}")
+    if result.instruct is not None:
+        i = result.instruct
+        typer.echo(
+            f"instruction data: {i['path']} ({i['kept']} kept, {i['cot']} chain-of-thought "
+            f"rewrites added, {i['dropped']} dropped: see dropped.jsonl)"
+        )
+    for shard, error in result.failed_shards.items():
+        _err.print(
+            f"[yellow]shard {escape(shard)} failed:[/] {escape(error)}", highlight=False, soft_wrap=True
+        )
+    if result.partial:
+        _err.print(
+            f"[yellow]warning:[/] {len(result.failed_shards)} shard(s) failed or were cut short and "
+            f"{result.failed_pairs:,} pair(s) could not be loaded (see the report); "
+            f"exit code {EXIT_PARTIAL}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -59,7 +59,8 @@ def resolve_manifest_columns(
     if url_column is not None and url is None:
         want.append(f"the URL column {url_column!r}")
     if not want and image is None and url is None:
-        want.append("an image path/URL column (" + " or ".join(map(repr, MANIFEST_IMAGE_COLUMNS)) + ")")
+        known = " or ".join(map(repr, dict.fromkeys(MANIFEST_IMAGE_COLUMNS)))  # each name once
+        want.append(f"an image path/URL column ({known})")
     if text is None:
         choices: Sequence[str] = [text_column] if text_column else MANIFEST_TEXT_COLUMNS
         want.append("a caption column (" + " or ".join(map(repr, choices)) + ")")

@@ -3,19 +3,20 @@
 A batch is a `pyarrow.Table` with at least `uid`; readers add `text` and `image` (encoded bytes).
 An operator adds columns and never removes rows: a filter sets `keep` to False with a `reason`, and
 the sink decides what to write, so every dropped uid keeps the reason it was dropped for. The first
-reason wins: a pair dropped by an earlier step keeps that step's reason.
+reason wins: a pair dropped by an earlier step keeps that step's reason, and `dropped_by` names
+that step (`source` for a pair whose image or record could not be loaded).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-KEEP, REASON = "keep", "reason"
+KEEP, REASON, DROPPED_BY = "keep", "reason", "dropped_by"
 
 
 class OpParams(BaseModel):
@@ -40,6 +41,9 @@ class Operator(ABC):
 
     def __init__(self, params: OpParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        # A model step computes only rows still kept, unless a later step reads its columns on rows
+        # earlier steps dropped (a top fraction `among: all`): the recipe sets this, see `reads_dropped`.
+        self.all_rows = False
 
     def required_columns(self) -> tuple[str, ...]:
         """Columns needed beyond `requires` that depend on the parameters (e.g. the column to rank)."""
@@ -53,8 +57,31 @@ class Operator(ABC):
         """Numeric columns whose distribution the report plots (kept against dropped)."""
         return ()
 
+    def reads_dropped(self) -> tuple[str, ...]:
+        """Columns this step reads on rows that earlier steps dropped (a ranking over every pair)."""
+        return ()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What this step's output depends on besides its input: its name, parameters and the models
+        or files it loads (`resources`). A re-run reuses a stage only when this is unchanged."""
+        return {
+            "op": self.name,
+            "params": self.params.model_dump(mode="json"),
+            "all_rows": self.all_rows,
+            **self.resources(),
+        }
+
+    def resources(self) -> dict[str, Any]:
+        """Identities of the models and files this step loads (`ops.fingerprint`), for `fingerprint`."""
+        return {}
+
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models or tables once per worker, before the first batch."""
+
+    def check(self) -> None:
+        """Load and validate what the step needs without running it (`vlcurate run --check`);
+        raises with what is missing. By default: `setup`."""
+        self.setup()
 
     def observe(self, batch: pa.Table) -> None:  # noqa: B027 - optional hook
         """Global operators: see a batch before deciding (first pass)."""
@@ -76,6 +103,20 @@ def keep_mask(batch: pa.Table) -> np.ndarray:
     if KEEP not in batch.column_names:
         return np.ones(batch.num_rows, dtype=bool)
     return np.asarray(batch.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def live_rows(op: Operator, batch: pa.Table) -> np.ndarray:
+    """Rows a model step computes: those still kept, or every row when a later step needs them all."""
+    return np.ones(batch.num_rows, dtype=bool) if op.all_rows else keep_mask(batch)
+
+
+def not_computed(batch: pa.Table, rows: np.ndarray) -> list[str | None]:
+    """`not scored: dropped by STEP` for each row in `rows` (None elsewhere), for a status column."""
+    by = batch.column(DROPPED_BY).to_pylist() if DROPPED_BY in batch.column_names else [None] * len(rows)
+    return [
+        f"not scored: dropped by {b or 'an earlier step'}" if r else None
+        for r, b in zip(rows, by, strict=True)
+    ]
 
 
 def numeric(batch: pa.Table, column: str) -> np.ndarray:
@@ -140,21 +181,48 @@ class StepError(RuntimeError):
     """A step of a recipe failed; the message names the step and the shard."""
 
 
+def problem(exc: BaseException) -> str:
+    """`Type: message` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def setup_step(op: Operator, step: int) -> None:
+    """`op.setup()`; a failure (missing weights, a file that is not there) is a one-line `StepError`."""
+    try:
+        op.setup()
+    except StepError:
+        raise
+    except Exception as exc:
+        raise StepError(f"step {step} ({op.name}) failed to set up: {problem(exc)}") from exc
+
+
 def run_step(op: Operator, batch: pa.Table, step: int, shard: str) -> pa.Table:
     """`op.process(batch)` as both engines run it: a failure becomes a `StepError` that names step
     `step` (1-based) and the shard, and a step that did not write a column it declares (in
-    `provides()`, which recipe validation trusts) is stopped here, not by a later step's KeyError."""
+    `provides()`, which recipe validation trusts) is stopped here, not by a later step's KeyError.
+    Rows the step dropped get its name in `dropped_by`."""
+    before = keep_mask(batch)
     try:
         out = op.process(batch)
     except StepError:
         raise
     except Exception as exc:
-        what = f"{type(exc).__name__}: {exc}"
-        raise StepError(f"step {step} ({op.name}) failed on shard {shard}: {what}") from exc
+        raise StepError(f"step {step} ({op.name}) failed on shard {shard}: {problem(exc)}") from exc
     if out.num_rows:
         missing = [c for c in op.provides() if c not in out.column_names]
         if missing:
             raise StepError(
                 f"step {step} ({op.name}) did not write the column(s) it declares: {', '.join(missing)}"
             )
+    if KEEP in out.column_names and out.num_rows == batch.num_rows:
+        dropped = before & ~keep_mask(out)
+        if dropped.any() or DROPPED_BY not in out.column_names:
+            old = (
+                out.column(DROPPED_BY).to_pylist()
+                if DROPPED_BY in out.column_names
+                else [None] * out.num_rows
+            )
+            by = [op.name if d else b for d, b in zip(dropped, old, strict=True)]
+            out = set_column(out, DROPPED_BY, pa.array(by, pa.string()))
     return out

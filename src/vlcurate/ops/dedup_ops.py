@@ -44,6 +44,9 @@ class _GlobalDedup(Operator):
         assert isinstance(p, DedupParams)
         return (*self.feature_columns(), *((p.priority,) if p.priority else ()))
 
+    def reads_dropped(self) -> tuple[str, ...]:
+        return self.required_columns() if self.params.among == "all" else ()  # type: ignore[attr-defined]
+
     @abstractmethod
     def feature_columns(self) -> tuple[str, ...]: ...
 

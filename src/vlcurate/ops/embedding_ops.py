@@ -12,6 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from vlcurate.ops.base import Operator, OpParams, apply_bounds, mark, set_column
+from vlcurate.ops.fingerprint import file_identity
 from vlcurate.ops.pair_ops import embeddings_of
 from vlcurate.ops.registry import register
 
@@ -87,6 +88,9 @@ class LinearHead(Operator):
     def stat_columns(self) -> tuple[str, ...]:
         return (self.params.column,)  # type: ignore[attr-defined]
 
+    def resources(self) -> dict[str, Any]:
+        return {"weights": file_identity(self.params.weights)}  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         if self._layers is None:
             self._layers = load_head(self.params.weights)  # type: ignore[attr-defined]
@@ -145,6 +149,23 @@ class ImageClusterFilter(Operator):
 
     def provides(self) -> tuple[str, ...]:
         return ("image_cluster", "keep", "reason")
+
+    def reads_dropped(self) -> tuple[str, ...]:
+        return (self.params.input,)  # type: ignore[attr-defined]  # k-means over the whole pool
+
+    def resources(self) -> dict[str, Any]:
+        return {"targets": file_identity(self.params.targets)}  # type: ignore[attr-defined]
+
+    def check(self) -> None:
+        import faiss  # noqa: F401 - the step needs it to cluster
+
+        p = self.params
+        assert isinstance(p, ClusterParams)
+        if not Path(p.targets).exists():
+            raise FileNotFoundError(f"target embeddings not found: {p.targets}")
+        targets = np.load(p.targets, mmap_mode="r")
+        if targets.ndim != 2:
+            raise ValueError(f"{p.targets}: target embeddings have shape {targets.shape}, expected (n, d)")
 
     def observe(self, batch: pa.Table) -> None:
         x = embeddings_of(batch, self.params.input)  # type: ignore[attr-defined]

@@ -2,8 +2,9 @@
 
 Why it is built this way:
 
-* Shards are read by Ray tasks calling the local readers (`open_source(...).iter_samples`), so every
-  input kind works, in the local engine's batches (`BATCH_ROWS` from the start of each shard). Rows
+* Shards are read by Ray tasks calling the shared loader (`ops.engine.load_batches`: the readers of
+  `open_source`, images by path or URL fetched), so every input kind works, in the local engine's
+  batches (`BATCH_ROWS` from the start of each shard). Rows
   carry hidden `_vlc_*` columns: shard, batch and row number, a last-row flag, which step dropped
   them and per-step seconds. Operators never see those columns.
 * Each stage (as the local engine splits a recipe at its global steps) is as few `map_batches` as
@@ -19,12 +20,14 @@ Why it is built this way:
   make Ray start a worker process per slot, which costs more than the reading. Actors start while
   the reads already run (no `wait_for_min_actors_s`), so reading overlaps loading the model.
 * The driver consumes the stream, reassembles each shard in row order and writes it to the stage
-  spool (`out/stages/NN/SHARD.parquet`, atomic) as soon as its last row has arrived; memory is
-  bounded by the shards in flight, and a killed run repeats only unfinished shards of the
-  unfinished stage. A global step observes the previous spool on the driver, in the local engine's
-  shard and batch order, and decides; the decided operator is shipped to the workers for `process`.
-  So the kept set is exactly the local engine's. The decisions, subset and report are written by
-  the local engine's own `_finish`.
+  spool with its marker (`Stage.write`) as soon as its last row has arrived; memory is bounded by
+  the shards in flight, and a killed or changed run repeats only the shards `ops.engine` finds
+  missing or made differently. A global step observes the previous spool on the driver, in the
+  local engine's shard and batch order, and decides; the decided operator is shipped to the
+  workers for `process`. So the kept set is exactly the local engine's. Loading, resume, the
+  decisions, subset and report are the shared `ops.engine.Engine`'s.
+* A shard whose container breaks sends the rows read before the break, the last one carrying the
+  error (`_vlc_err`); a shard that sent no rows is read once more on the driver for its error.
 
 On a real cluster `sink.out` must be a path every worker can read (a shared file system), because
 the stage after a global step reads the spool the driver wrote; the source can be any fsspec URL.
@@ -45,22 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlcurate.io.sources import open_source
-from vlcurate.ops.base import Operator, StepError, keep_mask, run_step
-from vlcurate.ops.engine_local import (
-    RunResult,
-    StepStats,
-    _finish,
-    _read_shard,
-    _read_stage,
-    _stages,
-    _table,
-)
-from vlcurate.ops.recipe import Recipe
-from vlcurate.pipeline.run_dir import write_parquet_atomic
+from vlcurate.ops.base import Operator, StepError, keep_mask, run_step, setup_step
+from vlcurate.ops.engine import Engine, RunResult, ShardInput, Stage, StepStats, empty_table
+from vlcurate.ops.recipe import FetchSpec, Recipe
 
 HIDDEN = "_vlc_"
 SHARD, BATCH, SEQ, LAST, DROP = "_vlc_shard", "_vlc_batch", "_vlc_seq", "_vlc_last", "_vlc_drop"
+ERR = "_vlc_err"  # on a shard's last row: the error that cut the shard short
 KEPT, DROPPED_BEFORE = -1, -2  # DROP values for rows no step of this stage dropped
 _TASK_CPUS = 1.0  # a read task is one Python thread: one core, so a 2-CPU node runs one beside a model
 _SMALL_TASK_CPUS = 0.25  # on nodes with under 1.5 CPUs, where a whole-CPU read could not run beside one
@@ -83,12 +77,22 @@ def _hidden(table: pa.Table) -> list[str]:
 # --- worker side ---------------------------------------------------------------------------------
 
 
-def _tag(table: pa.Table, shard: int, batch: int, seq0: int, last: bool, steps: list[int]) -> pa.Table:
+def _tag(
+    table: pa.Table,
+    shard: int,
+    batch: int,
+    seq0: int,
+    last: bool,
+    steps: list[int],
+    error: str | None = None,
+) -> pa.Table:
     """Add the hidden columns to one local-engine batch of one shard."""
     n = table.num_rows
     is_last = np.zeros(n, dtype=bool)
+    errors: list[str | None] = [None] * n
     if last and n:
         is_last[-1] = True
+        errors[-1] = error
     drop = np.where(keep_mask(table), KEPT, DROPPED_BEFORE).astype(np.int16)
     cols: dict[str, pa.Array] = {
         SHARD: pa.array(np.full(n, shard, dtype=np.int32)),
@@ -96,6 +100,7 @@ def _tag(table: pa.Table, shard: int, batch: int, seq0: int, last: bool, steps: 
         SEQ: pa.array(np.arange(seq0, seq0 + n, dtype=np.int64)),
         LAST: pa.array(is_last),
         DROP: pa.array(drop),
+        ERR: pa.array(errors, pa.string()),
     }
     for i in steps:
         cols[_sec(i)] = pa.array(np.zeros(n, dtype=np.float64))
@@ -110,6 +115,7 @@ def _read_batches(
     source: Any,
     shards: list[Any],
     previous: str | None,
+    fetch: FetchSpec | None,
     steps: list[int],
     ops: list[tuple[int, Operator]],
 ) -> Iterator[pa.Table]:
@@ -120,11 +126,11 @@ def _read_batches(
     prev = Path(previous) if previous is not None else None
     for idx in items.column("shard_index").to_pylist():
         shard = shards[idx]
+        rows = ShardInput(source, shard, prev, fetch)
         try:
-            batches = _read_shard(prev, source, shard)
             pending: pa.Table | None = None
             b = seq = 0
-            for table in batches:
+            for table in rows:
                 if table.num_rows == 0:
                     continue
                 if pending is not None:
@@ -136,7 +142,7 @@ def _read_batches(
         except Exception as exc:
             raise StepError(f"reading shard {shard.name}: {type(exc).__name__}: {exc}") from exc
         if pending is not None:
-            yield _run_ops(_tag(pending, idx, b, seq, True, steps), ops)
+            yield _run_ops(_tag(pending, idx, b, seq, True, steps, rows.error), ops)
 
 
 def _runs(batch: pa.Table) -> list[tuple[int, int]]:
@@ -189,12 +195,7 @@ def _run_ops(batch: pa.Table, ops: list[tuple[int, Operator]]) -> pa.Table:
 
 def _setup_all(ops: list[tuple[int, Operator]]) -> None:
     for i, op in ops:
-        try:
-            op.setup()
-        except Exception as exc:
-            raise StepError(
-                f"step {i + 1} ({op.name}) failed to set up: {type(exc).__name__}: {exc}"
-            ) from exc
+        setup_step(op, i + 1)
 
 
 def _ensure_setup(ops: list[tuple[int, Operator]]) -> None:
@@ -222,13 +223,14 @@ class _ModelActor:
 class _Collector:
     """Reassembles shards from the stream (row order restored) and writes each one when complete."""
 
-    spool: Path
+    stage: Stage
     shards: list[Any]
-    stats: list[StepStats]
     steps: list[int]
     parts: dict[int, list[pa.Table]] = field(default_factory=dict)
     seen: dict[int, set[int]] = field(default_factory=dict)
     expected: dict[int, int] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    stats: dict[int, list[StepStats]] = field(default_factory=dict)
     written: set[int] = field(default_factory=set)
 
     def add(self, batch: pa.Table) -> None:
@@ -245,19 +247,24 @@ class _Collector:
             if not fresh.all():
                 sel, seqs = sel.filter(pa.array(fresh)), seqs[fresh]
             seen.update(seqs.tolist())
-            self._count(sel)
+            self._count(idx, sel)
             self.parts.setdefault(idx, []).append(sel)
             last = sel.filter(sel.column(LAST))
             if last.num_rows:
                 self.expected[idx] = int(last.column(SEQ)[0].as_py()) + 1
+                error = last.column(ERR)[0].as_py()
+                if error is not None:
+                    self.errors[idx] = error
             if len(seen) == self.expected.get(idx):
                 self._write(idx)
 
-    def _count(self, rows: pa.Table) -> None:
-        """Per-step counts as the local engine's `_apply` makes them, from the drop column."""
+    def _count(self, idx: int, rows: pa.Table) -> None:
+        """Per-step counts as the local engine's `timed_step` makes them, from the drop column."""
+        stats = self.stats.setdefault(
+            idx, [StepStats(self.stage.steps[k][1].name) for k in range(len(self.steps))]
+        )
         drop = rows.column(DROP).to_numpy()
-        for i in self.steps:
-            st = self.stats[i]
+        for st, i in zip(stats, self.steps, strict=True):
             saw = int(((drop == KEPT) | (drop >= i)).sum())
             dropped = int((drop == i).sum())
             st.saw += saw
@@ -268,14 +275,14 @@ class _Collector:
     def _write(self, idx: int) -> None:
         table = pa.concat_tables(self.parts.pop(idx), promote_options="default")
         table = table.take(pc.sort_indices(table, sort_keys=[(SEQ, "ascending")]))
-        write_parquet_atomic(
-            self.spool / f"{self.shards[idx].name}.parquet", table.drop_columns(_hidden(table))
-        )
+        stats = self.stats.pop(idx, None) or [StepStats(op.name) for _, op in self.stage.steps]
+        self.stage.write(self.shards[idx], table.drop_columns(_hidden(table)), stats, self.errors.get(idx))
         self.written.add(idx)
         self.seen[idx] = set()  # free it; `written` remembers the shard
 
-    def close(self, todo: list[int]) -> None:
-        """After the stream ended: shards that gave no rows are empty; anything else is a lost shard."""
+    def close(self, todo: list[int], probe: Any) -> None:
+        """After the stream ended: a shard that sent no rows is empty, or failed with the error
+        `probe(shard)` finds; a shard that sent only some of its rows is lost (an engine bug)."""
         for idx in todo:
             if idx in self.written:
                 continue
@@ -284,8 +291,8 @@ class _Collector:
                     f"shard {self.shards[idx].name}: {len(self.seen[idx])} rows arrived, "
                     f"{self.expected.get(idx, 'an unknown number')} expected"
                 )
-            empty = _table({"uid": [], "key": [], "text": [], "image": [], "shard": []})
-            write_parquet_atomic(self.spool / f"{self.shards[idx].name}.parquet", empty)
+            stats = [StepStats(op.name) for _, op in self.stage.steps]
+            self.stage.write(self.shards[idx], empty_table(), stats, probe(self.shards[idx]))
 
 
 def _import_ray() -> Any:
@@ -415,39 +422,82 @@ def _step_error(exc: BaseException) -> str | None:
     return None
 
 
-def _run_stage(
-    ray: Any,
-    source: Any,
-    shards: list[Any],
-    todo: list[int],
-    previous: Path | None,
-    stage: list[tuple[int, Operator]],
-    collector: _Collector,
-) -> None:
-    steps = [i for i, _ in stage]
-    lead, groups = _segments(stage)
-    ds = ray.data.from_items([{"shard_index": i} for i in todo], override_num_blocks=len(todo))
-    read = functools.partial(
-        _read_batches,
-        source=source,
-        shards=shards,
-        previous=str(previous) if previous is not None else None,
-        steps=steps,
-        ops=lead,
-    )
-    pools = [_model_resources(ray, group) for group in groups]
-    ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=_read_cpus(ray))
-    for group, resources in zip(groups, pools, strict=True):
-        ds = ds.map_batches(
-            _ModelActor,
-            fn_constructor_args=(group,),
-            batch_size=None,
-            batch_format="pyarrow",
-            **resources,
+class RayEngine(Engine):
+    """Each stage as a Ray Data pipeline: read tasks, then one actor pool per model step."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        *,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(recipe, progress=progress)
+        self.ray = _import_ray()
+        self.address, self.num_cpus = address, num_cpus
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with _ray_session(self.ray, self.address, self.num_cpus), _data_context(self.ray, self.progress):
+            yield
+
+    def prepare_stage(self, stage: Stage) -> None:
+        """Only the global head runs on the driver; the other steps set up in their workers."""
+        if stage.head is not None:
+            setup_step(stage.head, stage.steps[0][0] + 1)
+
+    def run_stage(self, stage: Stage, todo: list[Any], previous: Stage | None) -> None:
+        shards = list(todo)
+        collector = _Collector(stage, shards, [i for i, _ in stage.steps])
+        try:
+            self._stream(stage, shards, previous, collector)
+        except RayEngineError:
+            raise
+        except Exception as exc:
+            message = _step_error(exc)
+            if message is None:
+                raise RayEngineError(f"stage {stage.index} failed: {type(exc).__name__}: {exc}") from exc
+            raise RayEngineError(message) from exc
+
+    def _probe(self, previous: Stage | None) -> Any:
+        def probe(shard: Any) -> str | None:
+            rows = ShardInput(self.source, shard, previous.path if previous else None, self.fetch)
+            for _ in rows:
+                pass
+            return rows.error
+
+        return probe
+
+    def _stream(self, stage: Stage, shards: list[Any], previous: Stage | None, collector: _Collector) -> None:
+        ray = self.ray
+        steps = [i for i, _ in stage.steps]
+        lead, groups = _segments(stage.steps)
+        ds = ray.data.from_items(
+            [{"shard_index": i} for i in range(len(shards))], override_num_blocks=len(shards)
         )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        collector.add(batch)
-    collector.close(todo)
+        read = functools.partial(
+            _read_batches,
+            source=self.source,
+            shards=shards,
+            previous=str(previous.path) if previous is not None else None,
+            fetch=self.fetch,
+            steps=steps,
+            ops=lead,
+        )
+        pools = [_model_resources(ray, group) for group in groups]
+        ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=_read_cpus(ray))
+        for group, resources in zip(groups, pools, strict=True):
+            ds = ds.map_batches(
+                _ModelActor,
+                fn_constructor_args=(group,),
+                batch_size=None,
+                batch_format="pyarrow",
+                **resources,
+            )
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            collector.add(batch)
+        collector.close(list(range(len(shards))), self._probe(previous))
 
 
 def run_recipe_ray(
@@ -458,37 +508,4 @@ def run_recipe_ray(
     `address`: None starts a local instance (`num_cpus` of this machine, all by default) unless one
     is already running in this process; "auto" or "ray://host:port" joins a cluster.
     """
-    ray = _import_ray()
-    out = Path(recipe.sink.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    source = open_source(recipe.source.input, kind=recipe.source.kind, **recipe.source.options)
-    shards = source.shards()
-    ops = recipe.operators()
-    stats = [StepStats(op.name) for op in ops]
-    index = {id(op): i for i, op in enumerate(ops)}
-    previous: Path | None = None
-    with _ray_session(ray, address, num_cpus), _data_context(ray, progress):
-        for s, stage_ops in enumerate(_stages(ops)):
-            spool = out / "stages" / f"{s:02d}"
-            spool.mkdir(parents=True, exist_ok=True)
-            head = stage_ops[0] if stage_ops and stage_ops[0].kind == "global" else None
-            if head is not None:  # on the driver, in the local engine's order: exact, and the same
-                head.setup()
-                for batch in _read_stage(previous, source, shards):
-                    head.observe(batch)
-                head.finalize()
-            todo = [i for i, sh in enumerate(shards) if not (spool / f"{sh.name}.parquet").exists()]
-            if todo:
-                stage = [(index[id(op)], op) for op in stage_ops]
-                collector = _Collector(spool, shards, stats, [i for i, _ in stage])
-                try:
-                    _run_stage(ray, source, shards, todo, previous, stage, collector)
-                except RayEngineError:
-                    raise
-                except Exception as exc:
-                    message = _step_error(exc)
-                    if message is None:
-                        raise RayEngineError(f"stage {s} failed: {type(exc).__name__}: {exc}") from exc
-                    raise RayEngineError(message) from exc
-            previous = spool
-    return _finish(recipe, Path(recipe.sink.out), previous, shards, stats, ops)
+    return RayEngine(recipe, address, num_cpus, progress=progress).run()

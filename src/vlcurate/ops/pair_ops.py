@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.ops.base import Operator, OpParams, set_column
+from vlcurate.ops.base import Operator, OpParams, live_rows, not_computed, set_column
+from vlcurate.ops.fingerprint import model_identity
 from vlcurate.ops.registry import register
 
 
@@ -22,6 +26,18 @@ class ClipScoreParams(OpParams):
     embeddings: bool = Field(
         default=False, description="Also keep image_embedding and text_embedding (float16) for later steps."
     )
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence library log lines while a model loads (open_clip logs a failed download at ERROR
+    before raising): the step's own error, one line with how to get the weights, says it all."""
+    before = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def embedding_array(emb: np.ndarray) -> pa.FixedSizeListArray:
@@ -39,7 +55,8 @@ def embeddings_of(batch: pa.Table, column: str) -> np.ndarray:
 
 @register
 class ClipScore(Operator):
-    """Score every pair in [-1, 1] with a CLIP-style model; unscorable pairs get NaN and a status."""
+    """Score every pair still kept in [-1, 1] with a CLIP-style model; unscorable pairs get NaN and a
+    status, and pairs an earlier step dropped are not scored (`not scored: dropped by STEP`)."""
 
     name = "clip_score"
     kind = "map"
@@ -60,15 +77,19 @@ class ClipScore(Operator):
     def stat_columns(self) -> tuple[str, ...]:
         return (self.params.column,)  # type: ignore[attr-defined]
 
+    def resources(self) -> dict[str, Any]:
+        return {"model": model_identity(self.params.model)}  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         from vlcurate.models.clip import load_scorer
 
         p = self.params
         assert isinstance(p, ClipScoreParams)
         if self._scorer is None:
-            self._scorer = load_scorer(
-                p.model, device=p.device, precision=p.precision, allow_download=p.allow_download
-            )
+            with quiet_loading():
+                self._scorer = load_scorer(
+                    p.model, device=p.device, precision=p.precision, allow_download=p.allow_download
+                )
 
     def process(self, batch: pa.Table) -> pa.Table:
         from vlcurate.pipeline.score_memory import score_and_embed
@@ -76,15 +97,28 @@ class ClipScore(Operator):
         p = self.params
         assert isinstance(p, ClipScoreParams)
         self.setup()
-        results, image_emb, text_emb = score_and_embed(
-            self._scorer,
-            batch.column("image").to_pylist(),
-            batch.column("text").to_pylist(),
-            batch_size=p.batch_size,
-        )
-        scores = np.array([np.nan if r.score is None else r.score for r in results], dtype=np.float32)
+        n = batch.num_rows
+        live = live_rows(self, batch)
+        rows = np.flatnonzero(live)
+        images, texts = batch.column("image").to_pylist(), batch.column("text").to_pylist()
+        dim = self._scorer.embed_dim
+        image_emb = np.full((n, dim), np.nan, dtype=np.float32)
+        text_emb = np.full((n, dim), np.nan, dtype=np.float32)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        status = not_computed(batch, ~live)
+        if len(rows):
+            results, img, txt = score_and_embed(
+                self._scorer,
+                [images[i] for i in rows],
+                [texts[i] for i in rows],
+                batch_size=p.batch_size,
+            )
+            image_emb[rows], text_emb[rows] = img, txt
+            scores[rows] = [np.nan if r.score is None else r.score for r in results]
+            for i, r in zip(rows, results, strict=True):
+                status[i] = r.status
         batch = set_column(batch, p.column, pa.array(scores, pa.float32()))
-        batch = set_column(batch, f"{p.column}_status", pa.array([r.status for r in results], pa.string()))
+        batch = set_column(batch, f"{p.column}_status", pa.array(status, pa.string()))
         if p.embeddings:  # for semantic_dedup, image_cluster_filter, linear_head
             batch = set_column(batch, "image_embedding", embedding_array(image_emb))
             batch = set_column(batch, "text_embedding", embedding_array(text_emb))

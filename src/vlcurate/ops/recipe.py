@@ -17,10 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vlcurate.ops.base import Operator
+from vlcurate.ops.base import Operator, problem
 from vlcurate.ops.registry import UnknownOperatorError, get_operator
 
-SOURCE_COLUMNS = ("uid", "key", "text", "image", "shard")
+SOURCE_COLUMNS = ("uid", "key", "text", "image", "shard", "source", "keep", "reason", "dropped_by")
 # What an instruct source adds (io.instruct_reader.INSTRUCT_COLUMNS, less keep/reason).
 INSTRUCT_SOURCE_COLUMNS = ("messages", "meta", "image_paths", "extra_images")
 
@@ -29,11 +29,21 @@ class RecipeError(ValueError):
     """A recipe that cannot run, with where in the file the problem is."""
 
 
+class FetchSpec(BaseModel):
+    """How images given by path or URL are loaded (`io.fetch`, as `vlcurate score` loads them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int = Field(default=32, ge=1, le=1024, description="Reads and downloads in flight.")
+    timeout: float = Field(default=10.0, gt=0, le=600, description="Seconds per attempt.")
+    retries: int = Field(default=2, ge=0, le=10, description="Extra attempts after a network error.")
+
+
 class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: str | list[str] = Field(description="Shards as `vlcurate score` reads them.")
     kind: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    fetch: FetchSpec = Field(default_factory=FetchSpec)
 
 
 class SinkSpec(BaseModel):
@@ -63,7 +73,36 @@ class Recipe(BaseModel):
     path: str = "<recipe>"
 
     def operators(self) -> list[Operator]:
-        return [get_operator(s.op)(get_operator(s.op).Params(**s.params)) for s in self.steps]
+        """Fresh operators; a model step whose columns a later step reads on dropped rows (a top
+        fraction over every pair) computes every row (`Operator.all_rows`), so skipping dropped
+        rows never changes what is kept."""
+        ops = [get_operator(s.op)(get_operator(s.op).Params(**s.params)) for s in self.steps]
+        for i, op in enumerate(ops):
+            later = {c for o in ops[i + 1 :] for c in o.reads_dropped()}
+            op.all_rows = bool(later & set(op.provides()))
+        return ops
+
+    def with_overrides(
+        self,
+        *,
+        input: str | None = None,
+        out: str | None = None,
+        source_options: dict[str, Any] | None = None,
+    ) -> Recipe:
+        """The same recipe on another input, into another output folder, or with other input options
+        (`--input`, `--out`, and the `@data_options` flags: the command line wins)."""
+        opts = dict(source_options or {})
+        kind = opts.pop("kind", None)
+        update: dict[str, Any] = {}
+        if input is not None:
+            update["input"] = input
+        if kind is not None:
+            update["kind"] = kind
+        if opts:
+            update["options"] = {**self.source.options, **opts}
+        source = self.source.model_copy(update=update) if update else self.source
+        sink = self.sink if out is None else self.sink.model_copy(update={"out": out})
+        return self.model_copy(update={"source": source, "sink": sink})
 
 
 def _step_lines(text: str) -> list[int]:
@@ -128,6 +167,8 @@ def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
             op = cls(cls.Params(**params))
         except ValidationError as exc:
             raise RecipeError(f"{at} ({cls.name}): {_first_error(exc)}") from None
+        except Exception as exc:  # a plugin that cannot be imported, a bad name in a parameter
+            raise RecipeError(f"{at} ({cls.name}): {problem(exc)}") from None
         missing = [c for c in _required(op) if c not in available]
         if missing:
             raise RecipeError(

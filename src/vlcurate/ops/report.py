@@ -1,5 +1,6 @@
 """The report of a recipe run: per step, how many pairs it saw, kept and dropped and why, with a
-histogram of each statistic it computed (kept vs dropped), as report.json, PNGs and one HTML page."""
+histogram of each statistic it computed (kept vs dropped), the shards and pairs that failed, and
+which stages this run computed or reused, as report.json, PNGs and one HTML page."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def write_report(
     kept: int,
     reasons: Counter[str],
     stats: dict[str, tuple[np.ndarray, np.ndarray]],
+    failures: dict[str, Any] | None = None,
+    stages: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write report.json, plots/<column>.png and report.html under `out`; returns the JSON."""
     plots = out / "plots"
@@ -87,6 +90,8 @@ def write_report(
         "steps": steps,
         "drop_reasons": dict(reasons.most_common(50)),
         "statistics": plotted,
+        "failures": failures or {"failed_shards": {}, "failed_pairs": 0},
+        "stages": stages or [],
     }
     write_json_atomic(out / "report.json", report)
     (out / "report.html").write_text(_html(report), encoding="utf-8")
@@ -101,6 +106,15 @@ def _html(r: dict[str, Any]) -> str:
         for s in r["steps"]
     )
     reasons = "".join(f"<tr><td>{e(k)}</td><td>{v:,}</td></tr>" for k, v in r["drop_reasons"].items())
+    f = r["failures"]
+    failed = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in f["failed_shards"].items())
+    failures = (
+        f"<h2>Failures</h2><p>{f['failed_pairs']:,} pairs could not be loaded; "
+        f"{len(f['failed_shards']):,} shards failed or were cut short</p>"
+        f"<table><tr><th>shard</th><th>error</th></tr>{failed}</table>"
+        if f["failed_pairs"] or f["failed_shards"]
+        else ""
+    )
     figs = "".join(
         f"<figure><img src='{e(v['plot'])}' alt='{e(k)}'>"
         f"<figcaption>{e(k)}: {v['count']:,} values</figcaption></figure>"
@@ -113,6 +127,6 @@ td:first-child,th:first-child{{text-align:left}}
 figure{{display:inline-block;margin:8px}}img{{max-width:520px}}</style></head><body>
 <h1>{e(r["recipe"])}</h1><p>{r["kept"]:,} of {r["rows"]:,} pairs kept ({r["dropped"]:,} dropped)</p>
 <h2>Steps</h2><table><tr><th>step</th><th>saw</th><th>kept</th><th>dropped</th><th>seconds</th></tr>{rows}</table>
-<h2>Why pairs were dropped</h2><table><tr><th>reason</th><th>pairs</th></tr>{reasons}</table>
+{failures}<h2>Why pairs were dropped</h2><table><tr><th>reason</th><th>pairs</th></tr>{reasons}</table>
 <h2>Statistics</h2>{figs}</body></html>
 """

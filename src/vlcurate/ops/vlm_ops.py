@@ -30,7 +30,9 @@ from vlcurate.models.vlm_prompts import (
     question_prompt,
 )
 from vlcurate.ops.base import Operator, OpParams, keep_mask, mark, set_column
+from vlcurate.ops.fingerprint import model_identity
 from vlcurate.ops.instruct_ops import chosen_letter
+from vlcurate.ops.pair_ops import quiet_loading
 from vlcurate.ops.registry import register
 
 _OPTION = re.compile(r"^\s*[A-J]\.\s+\S")
@@ -101,6 +103,9 @@ class _ScorerOp(Operator):
         super().__init__(params)
         self._scorer: Any = None
 
+    def resources(self) -> dict[str, Any]:
+        return {"model": model_identity(self.params.model)}  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         from vlcurate.models.clip import load_scorer
         from vlcurate.recaption.scoring import CaptionScorer
@@ -108,9 +113,10 @@ class _ScorerOp(Operator):
         p = self.params
         assert isinstance(p, ScorerParams)
         if self._scorer is None:
-            clip = load_scorer(
-                p.model, device=p.device, precision=p.precision, allow_download=p.allow_download
-            )
+            with quiet_loading():
+                clip = load_scorer(
+                    p.model, device=p.device, precision=p.precision, allow_download=p.allow_download
+                )
             self._scorer = CaptionScorer(clip, p.batch_size)
 
 
