@@ -4,7 +4,9 @@ score, the ledger must balance, and no submission may be lost or credited twice.
 
 A real `vlcurate serve` (subprocess) scores a synthetic pool with honest agents built on the real
 agent client (`vlcurate.agents.client.PlatformClient`: retries with backoff, resends the same
-idempotency key). While they work, at fixed shares of the pool verified:
+idempotency key). Like the bundled agent, each reports a unit and gets the next one in one call
+(`POST /leases/{id}/submit-and-lease`), and sends a plain `POST /leases` only when it holds nothing.
+While they work, at fixed shares of the pool verified:
 
 - agents vanish: one leases a unit, downloads part of it and is never heard of again (the lease
   sweeper must requeue it); another sends its submission and disconnects before the answer;
@@ -18,12 +20,16 @@ idempotency key). While they work, at fixed shares of the pool verified:
 Afterwards, with the server stopped: all units verified, the task exported with
 `vlcurate.server.export.export_task` and every uid found exactly once with a score or an
 unscorable status, the ledger audit clean, no submission credited twice, and every submission an
-agent got a 200 for present in the database (lost = 0). `--db sqlite|postgresql|both|URL`.
+agent got a 200 for present in the database (lost = 0). Then the audit must catch a credit that
+rests on a cheater: one contributor is marked paused directly in the database with its credits left
+standing, and `ledger.audit` and `vlcurate platform audit` must name every unit those credits are on
+(and the command exit 1). `--db sqlite|postgresql|both|URL`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import random
 import shutil
@@ -106,6 +112,9 @@ class AgentLog:
     name: str
     answered: list[Answered] = field(default_factory=list)
     units_dropped: int = 0
+    cycles: int = 0  # submit-and-lease calls answered
+    plain_leases: int = 0  # leases from POST /leases (at the start, after a cycle that brought none)
+    next_details: Counter[str] = field(default_factory=Counter)
     paused: str | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -113,7 +122,8 @@ class AgentLog:
 def honest_loop(
     url: str, token: str, truth: Truth, rng: random.Random, noise: float, out: AgentLog, stop: threading.Event
 ) -> None:
-    """Lease, download, answer with the true score (+ noise), submit; the client retries faults."""
+    """Lease, download, answer with the true score (+ noise), then report it and get the next unit in
+    one call (`submit-and-lease`), as the bundled agent does; the client retries faults."""
     from vlcurate.agents.client import (
         ConflictError,
         NotFoundError,
@@ -122,23 +132,26 @@ def honest_loop(
         PlatformError,
         RetryPolicy,
     )
-    from vlcurate.server.schemas import ItemResult, SubmissionIn
+    from vlcurate.server.schemas import ItemResult, Lease, SubmissionIn
 
     policy = RetryPolicy(base=0.2, cap=2.0, max_elapsed=180.0)
+    lease: Lease | None = None
     with PlatformClient(url, token, retry=policy, timeout=60.0, seed=rng.getrandbits(32)) as client:
         while not stop.is_set():
-            try:
-                lease = client.lease()
-            except PausedError as exc:
-                out.paused = exc.reason
-                return
-            except PlatformError as exc:
-                out.errors.append(f"lease: {exc}")
-                stop.wait(0.5)
-                continue
             if lease is None:
-                stop.wait(0.2)
-                continue
+                try:
+                    lease = client.lease()
+                except PausedError as exc:
+                    out.paused = exc.reason
+                    return
+                except PlatformError as exc:
+                    out.errors.append(f"lease: {exc}")
+                    stop.wait(0.5)
+                    continue
+                if lease is None:
+                    stop.wait(0.2)
+                    continue
+                out.plain_leases += 1
             try:
                 results = []
                 for it in lease.items:
@@ -154,21 +167,32 @@ def honest_loop(
                     agent_version="vlcurate-faults/1",
                     results=results,
                 )
-                got = client.submit(lease.lease_id, body)
+                cycle = client.submit_and_lease(lease.lease_id, body)
             except (ConflictError, NotFoundError):
                 out.units_dropped += 1  # the lease ran out while the server was down: drop the unit
+                lease = None
                 continue
             except PausedError as exc:
                 out.paused = exc.reason
                 return
             except PlatformError as exc:
                 out.errors.append(f"unit {lease.unit_id}: {exc}")
+                lease = None
                 continue
+            got = cycle.submission
             out.answered.append(
                 Answered(
                     out.name, lease.lease_id, body.idempotency_key, got.submission_id, got.replayed, got.state
                 )
             )
+            out.cycles += 1
+            lease = cycle.next
+            if lease is None:
+                out.next_details[cycle.next_detail or ""] += 1
+                stop.wait(0.2)
+        if lease is not None:  # hand the last unit back rather than let it expire
+            with contextlib.suppress(PlatformError):
+                client.release(lease.lease_id)
 
 
 # ---- agents that die ---------------------------------------------------------------------------
@@ -342,6 +366,7 @@ def fault_run(
         client_log.propagate = propagate
         server.stop()
     checks = check_database(db, truth, task["name"], logs, events, workdir / f"export-{backend}")
+    checks["audit_catches_credit_on_paused"] = audit_catches_credit_on_paused(db)
     server_db_errors = sum("database error" in line for line in _read(server_log).splitlines())
     return {
         "backend": backend,
@@ -357,6 +382,9 @@ def fault_run(
             "paused": [f"{lg.name}: {lg.paused}" for lg in logs if lg.paused],
             "units_dropped_expired_lease": sum(lg.units_dropped for lg in logs),
             "submissions_answered_200": sum(len(lg.answered) for lg in logs),
+            "submit_and_lease_cycles": sum(lg.cycles for lg in logs),
+            "plain_leases": sum(lg.plain_leases for lg in logs),
+            "cycles_without_next_unit": dict(sum((lg.next_details for lg in logs), Counter())),
             "answers_replayed": sum(a.replayed for lg in logs for a in lg.answered),
             "errors": [e for lg in logs for e in lg.errors][:20],
         },
@@ -402,7 +430,7 @@ def check_database(
 ) -> dict[str, Any]:
     """Everything the issue asks to hold after the run, read from the database and the export."""
     import pyarrow.parquet as pq
-    from sqlalchemy import func, select
+    from sqlalchemy import case, func, select
 
     from vlcurate.server import db as tables
     from vlcurate.server.db import make_engine
@@ -422,10 +450,11 @@ def check_database(
             key_of = {
                 r.id: r.idempotency_key for r in conn.execute(select(S.c.id, S.c.idempotency_key)).all()
             }
+            # credits still standing per submission (reversed and paid again is fine)
             credits = conn.execute(
-                select(L.c.submission_id, func.count())
-                .where(L.c.kind == "credit")
-                .group_by(L.c.submission_id)
+                select(L.c.submission_id, func.sum(case((L.c.kind == "credit", 1), else_=-1))).group_by(
+                    L.c.submission_id
+                )
             ).all()
             ledger_rows = conn.execute(select(L.c.unit_id, L.c.contributor_id, L.c.kind)).all()
             units = conn.execute(select(U.c.state, func.count()).group_by(U.c.state)).all()
@@ -492,6 +521,77 @@ def check_database(
         "submissions_lost": lost,
         "vanished_leases_final_state": vanished,
         "submissions_stored": len(stored),
+    }
+
+
+def audit_catches_credit_on_paused(db: str) -> dict[str, Any]:
+    """Make a credit rest on a cheater and check that the audit reports it.
+
+    After the run (server stopped, audit clean), the contributor of one credited, valid submission
+    is marked paused directly in the database and its credits are left standing, as a pause that
+    skipped its reversals would leave them. `ledger.audit` and `vlcurate platform audit --db` must
+    then name every unit whose verified group holds that contributor and that still carries an
+    unreversed credit (the contributor's and its quorum partners'), and the command must exit 1.
+    The database is put back afterwards.
+    """
+    import re
+    import subprocess
+
+    from sqlalchemy import select, update
+
+    from vlcurate.server import db as tables
+    from vlcurate.server.db import make_engine
+    from vlcurate.server.ledger import audit
+
+    L, S, C = tables.ledger, tables.submissions, tables.contributors
+    engine = make_engine(db)
+    try:
+        with engine.begin() as conn:
+            reversed_ids = select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))
+            standing = conn.execute(
+                select(L.c.unit_id, S.c.contributor_id)
+                .join(S, S.c.id == L.c.submission_id)
+                .where(L.c.kind == "credit", S.c.state == "valid", L.c.id.not_in(reversed_ids))
+                .order_by(L.c.id)
+            ).all()
+            if not standing:
+                return {"planted": False, "why": "no standing credit to plant on"}
+            cheater = standing[len(standing) // 2].contributor_id
+            name = conn.execute(select(C.c.name).where(C.c.id == cheater)).scalar_one()
+            expected = sorted({u for u, c in standing if c == cheater})
+            conn.execute(
+                update(C)
+                .where(C.c.id == cheater)
+                .values(paused=True, pause_reason="planted by platform_faults: paused, credits left standing")
+            )
+        with engine.connect() as conn:
+            problems = audit(conn)
+        flagged = sorted(
+            {int(m.group(1)) for p in problems if (m := re.search(r"on unit (\d+) rests on paused", p))}
+        )
+        cli = subprocess.run(
+            [sys.executable, "-m", "vlcurate.cli.main", "platform", "audit", "--db", db],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        cli_flagged = sorted(
+            {int(m.group(1)) for m in re.finditer(r"on unit (\d+) rests on paused contributor", cli.stdout)}
+        )
+        with engine.begin() as conn:
+            conn.execute(update(C).where(C.c.id == cheater).values(paused=False, pause_reason=None))
+    finally:
+        engine.dispose()
+    return {
+        "planted": True,
+        "paused_contributor": name,
+        "units_with_its_standing_credits": len(expected),
+        "units_flagged_by_audit": len(flagged),
+        "every_unit_flagged": set(expected) <= set(flagged),
+        "audit_problems": len(problems),
+        "audit_problems_sample": problems[:3],
+        "cli_exit_code": cli.returncode,
+        "cli_every_unit_flagged": set(expected) <= set(cli_flagged),
     }
 
 
@@ -583,6 +683,12 @@ def targets(r: dict[str, Any]) -> dict[str, bool]:
         and r["unit_paid_twice_to_one_contributor"] == 0,
         "no_submission_lost": r["submissions_lost"] == 0,
         "no_honest_agent_paused": not r["agents"]["paused"],
+        "agents_used_submit_and_lease": r["agents"]["submit_and_lease_cycles"] > 0,
+        "audit_catches_credit_on_paused": bool(
+            r["audit_catches_credit_on_paused"].get("every_unit_flagged")
+            and r["audit_catches_credit_on_paused"].get("cli_every_unit_flagged")
+            and r["audit_catches_credit_on_paused"].get("cli_exit_code") == 1
+        ),
     }
 
 
