@@ -77,9 +77,9 @@ class Tally:
         ):
             raise ValueError("the fast path only adds good outcomes")
         keys = ("points", "gold_pass", "agree", "n_valid")
-        return [
+        return [  # in id order, so two transactions take the contributors' row locks alike
             {"id": cid, **{k: c[k] for k in keys}}
-            for cid, c in self.by_contributor.items()
+            for cid, c in sorted(self.by_contributor.items())
             if any(c[k] for k in keys)
         ]
 
