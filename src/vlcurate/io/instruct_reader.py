@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from vlcurate.instruct.model import USER, InstructSample, strip_placeholders
 from vlcurate.io.fetch import DEFAULT_MAX_BYTES, read_local
 from vlcurate.io.parquet_reader import resolve_ref
 from vlcurate.io.paths import has_protocol, shard_names
+from vlcurate.io.rows import file_buffer
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.records import Sample, Status, derive_uid
 
@@ -79,28 +79,8 @@ def container_of(url: str, fmt: str) -> str:
     )
 
 
-def _buffer(url: str) -> Any:
-    """The file's bytes: memory-mapped when local (nothing loaded), else read through fsspec."""
-    if not has_protocol(url) or url.startswith("file://"):
-        path = url.removeprefix("file://")
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - the map keeps its own reference
-        except FileNotFoundError:
-            raise ShardReadError(f"instruction file not found: {url}") from None
-        with fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                return b""
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    fs, path = url_to_fs(url)
-    try:
-        data: bytes = fs.cat_file(path)
-    except FileNotFoundError:
-        raise ShardReadError(f"instruction file not found: {url}") from None
-    return data
-
-
 def _plan_json(url: str, per_shard: int) -> list[Chunk]:
-    buf = _buffer(url)
+    buf = file_buffer(url, "instruction file")
     starts: list[int] = []
     try:
         for i, (start, _end) in enumerate(array_elements(buf)):
@@ -183,7 +163,7 @@ def _records(chunk: Chunk, fmt: str) -> Iterator[tuple[int, InstructSample | Sam
         return
     fmt = "auto" if fmt == "hf" else fmt
     if chunk.container == "json":
-        buf = _buffer(chunk.url)
+        buf = file_buffer(chunk.url, "instruction file")
         elements: Iterator[tuple[int, int]] = array_elements(buf, chunk.start, chunk.end)
         for k, (s, e) in enumerate(elements):
             yield _decode(bytes(buf[s:e]), chunk, chunk.first_index + k, fmt, f"byte {s}")

@@ -109,14 +109,15 @@ def open_binary(url: str) -> IO[bytes]:
         raise ShardReadError(f"shard not found: {url}") from exc
 
 
-def file_buffer(url: str) -> Any:
-    """The file's bytes: memory-mapped when local (nothing loaded), else read through fsspec."""
+def file_buffer(url: str, what: str = "shard") -> Any:
+    """The file's bytes: memory-mapped when local (nothing loaded), else read through fsspec;
+    `what` names the file in the not-found error."""
     if not has_protocol(url) or url.startswith("file://"):
         path = url.removeprefix("file://")
         try:
             fh = open(path, "rb")  # noqa: SIM115 - the map keeps its own reference
         except FileNotFoundError:
-            raise ShardReadError(f"shard not found: {url}") from None
+            raise ShardReadError(f"{what} not found: {url}") from None
         with fh:
             if os.fstat(fh.fileno()).st_size == 0:
                 return b""
@@ -125,7 +126,7 @@ def file_buffer(url: str) -> Any:
     try:
         data: bytes = fs.cat_file(path)
     except FileNotFoundError:
-        raise ShardReadError(f"shard not found: {url}") from None
+        raise ShardReadError(f"{what} not found: {url}") from None
     return data
 
 
