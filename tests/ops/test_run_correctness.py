@@ -388,3 +388,27 @@ def test_exit_codes(small_pool: Path, tmp_path: Path) -> None:
     assert _run(recipe, "--engine", "spark").exit_code == 2
     assert _run(recipe, "--num-cpus", "2").exit_code == 2
     assert _run(tmp_path / "nowhere.yaml").exit_code == 2
+
+
+CLIP_RECIPE = """\
+source: {{input: "{input}"}}
+steps:
+  - op: clip_score
+    model: tiny-synth
+sink: {{out: "{out}"}}
+"""
+
+
+def test_tiny_synth_on_photos_warns_once_and_on_the_synthetic_world_not(
+    coco_pairs: list[CocoPair], small_pool: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos.yaml"
+    photos.write_text(CLIP_RECIPE.format(input=_csv(tmp_path / "p.csv", coco_pairs[:40]), out=tmp_path / "a"))
+    r = _run(photos)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("warning: clip_score: tiny-synth knows only") == 1
+    scenes = tmp_path / "scenes.yaml"
+    scenes.write_text(CLIP_RECIPE.format(input=small_pool, out=tmp_path / "b"))
+    r = _run(scenes)
+    assert r.exit_code == 0, r.output
+    assert "tiny-synth knows only" not in r.output

@@ -68,3 +68,12 @@ def test_problems_of_a_summary() -> None:
     assert run_problems(done) == []
     bad = {**done, "counts_by_status": {"ok": 1, "decode_error": 1, "vlm_error": 1}}
     assert run_problems(bad) == ["2 of 3 pairs not recaptioned (decode_error 1, vlm_error 1)"]
+
+
+def test_tiny_synth_on_photos_warns_and_on_scenes_not(shards: Path, coco_pairs: list, tmp_path: Path) -> None:
+    _, out = _run(str(shards), tmp_path / "scenes", "--budget-requests", "0")
+    assert "tiny-synth knows only" not in out
+    manifest = tmp_path / "photos.csv"
+    manifest.write_text("filepath,title\n" + "".join(f'{p.path},"{p.caption}"\n' for p in coco_pairs[:6]))
+    _, out = _run(str(manifest), tmp_path / "photos", "--budget-requests", "0")
+    assert out.count("warning: tiny-synth knows only") == 1, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ class ClipScore(Operator):
     def __init__(self, params: OpParams | None = None) -> None:
         super().__init__(params)
         self._scorer: Any = None
+        self._synth_check: Any = None
 
     def provides(self) -> tuple[str, ...]:
         p = self.params
@@ -115,6 +117,7 @@ class ClipScore(Operator):
             )
             image_emb[rows], text_emb[rows] = img, txt
             scores[rows] = [np.nan if r.score is None else r.score for r in results]
+            self._warn_off_world(results)
             for i, r in zip(rows, results, strict=True):
                 status[i] = r.status
         batch = set_column(batch, p.column, pa.array(scores, pa.float32()))
@@ -123,3 +126,16 @@ class ClipScore(Operator):
             batch = set_column(batch, "image_embedding", embedding_array(image_emb))
             batch = set_column(batch, "text_embedding", embedding_array(text_emb))
         return batch
+
+    def _warn_off_world(self, results: list[Any]) -> None:
+        """tiny-synth on images that are not from the synthetic world: one warning line per worker
+        (as `vlcurate score` gives it), from the sizes the decoder reported."""
+        from vlcurate.pipeline.synth_check import SynthWorldCheck
+
+        if self._synth_check is None:
+            self._synth_check = SynthWorldCheck.for_scorer(self._scorer)
+        for r in results:
+            if r.status == "ok":
+                message = self._synth_check.add(r.width, r.height)
+                if message:
+                    print(f"warning: {self.name}: {message}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ makes the pairs that already succeeded cost nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import open_source
 from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
+from vlcurate.pipeline.synth_check import SynthWorldCheck
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.iterate import Budget, PairOutcome, Recaptioner, Send
 from vlcurate.recaption.report import merge, plot_histograms, run_problems, shard_stats
@@ -170,6 +172,7 @@ def recaption_dataset(
     transport: Send = send if send is not None else (lambda reqs: run_many(cfg.vlm, reqs))
     budget = Budget(cfg.budget_requests)
     rc = Recaptioner(cfg, CaptionScorer(clip, cfg.batch_size), transport, budget, extractor)
+    synth_check = SynthWorldCheck.for_scorer(clip)
     pairs_done = 0
     t0 = time.perf_counter()
     label = "recaption"
@@ -185,6 +188,7 @@ def recaption_dataset(
         for shard in pending:
             t_shard = time.perf_counter()
             samples, read_error, dup = _read_shard(source, shard)
+            _warn_off_world(synth_check, samples)
             before = rc.usage.requests
             outcomes = _recaption_shard(rc, samples, cfg, tick)
             table = outcomes_table(outcomes, [s.key for s in samples])
@@ -203,7 +207,33 @@ def recaption_dataset(
             bar.shard_done(table.num_rows)
             if read_error:
                 bar.shard_failed(shard.name, read_error)
+    message = synth_check.finish()  # fewer images than the sample: decide with what was seen
+    if message:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
     return _write_summary(run, shards, rc, budget, input_spec, time.perf_counter() - started, pairs_done)
+
+
+def _warn_off_world(check: SynthWorldCheck, samples: list[Sample]) -> None:
+    """tiny-synth as the scorer of photos: say once that its scores mean nothing there (as
+    `vlcurate score` does), from the images' sizes (their headers only)."""
+    import io
+
+    from PIL import Image
+
+    for s in samples:
+        if check.decided:
+            return
+        ref = s.image_ref if s.image is None else None
+        if s.image is None and not (ref and "://" not in ref and Path(ref).is_file()):
+            continue  # a URL: not fetched for this
+        try:
+            with Image.open(io.BytesIO(s.image) if s.image is not None else str(ref)) as im:
+                w, h = im.size
+        except Exception:
+            continue
+        message = check.add(w, h)
+        if message:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _write_summary(
