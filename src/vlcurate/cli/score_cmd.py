@@ -58,6 +58,14 @@ def score(
             "--fast-decode", help="let JPEG decoding scale down to the model size (faster, ~3/255 off)"
         ),
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="fetch and score again the rows of finished shards whose download failed "
+            "(HTTP error, timeout, network error); their tables are rewritten with those rows replaced",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     *,
     source_options: dict[str, Any],
@@ -83,6 +91,7 @@ def score(
                 "fetch_retries": fetch_retries,
                 "fast_decode": fast_decode,
                 "torch_threads": torch_threads,
+                "retry_failed": retry_failed,
                 "progress": not quiet,
                 "source_options": source_options,
             }
@@ -119,7 +128,12 @@ def print_summary(summary: dict[str, object]) -> None:
     model = summary.get("model", {})
     assert isinstance(model, dict)
     t.add_row("model", f"{model.get('name')} ({model.get('precision')}, {model.get('device')})")
-    t.add_row("shards", f"{summary['shards_done']}/{summary['shards_total']} done")
+    partial_n = int(summary.get("shards_partial") or 0)  # type: ignore[call-overload]
+    t.add_row(
+        "shards",
+        f"{summary['shards_done']}/{summary['shards_total']} done"
+        + (f", {partial_n} partial" if partial_n else ""),
+    )
     t.add_row("pairs", f"{summary['pairs']:,}")
     t.add_row("by status", json.dumps(summary["counts_by_status"]))
     t.add_row(
@@ -129,6 +143,13 @@ def print_summary(summary: dict[str, object]) -> None:
     q = summary.get("score_quantiles", {})
     assert isinstance(q, dict)
     t.add_row("score q05/q50/q95", f"{q.get('q05')} / {q.get('q50')} / {q.get('q95')}")
+    retried = this_run.get("retried")
+    if isinstance(retried, dict):
+        t.add_row(
+            "retried",
+            f"{retried.get('rows', 0):,} failed rows in {retried.get('shards', 0)} shards, "
+            f"{retried.get('now_ok', 0):,} now scored",
+        )
     failed = this_run.get("failed_shards") or []
     if failed:
         t.add_row("[red]failed shards[/]", "; ".join(f"{f['shard']}: {f['error']}" for f in failed))

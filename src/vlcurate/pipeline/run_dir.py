@@ -4,6 +4,7 @@
     OUT/scores/NAME.parquet   one score table per input shard
     OUT/embeddings/NAME.parquet  optional float16 embeddings
     OUT/done/NAME.json        completion marker, written last: a shard is done iff it exists
+                              (or partial: `partial` true, with its file's size and mtime)
     OUT/summary.json          counts, quantiles, throughput, model, preprocessing, versions
 
 A shard's table is written to a temporary file and renamed, then its marker is written the same
@@ -48,6 +49,12 @@ class RunDir:
 
     def is_done(self, shard: str) -> bool:
         return self.marker_path(shard).exists() and self.score_path(shard).exists()
+
+    def read_marker(self, shard: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.marker_path(shard).read_text()))
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def markers(self) -> list[dict[str, Any]]:
         out = []

@@ -36,5 +36,8 @@ class ScoreConfig(BaseModel):
     fast_decode: bool = Field(
         False, description="let JPEG decoding scale down to the model size (~3/255 off)"
     )
+    retry_failed: bool = Field(
+        False, description="fetch and score again the failed downloads of finished shards"
+    )
     progress: bool = True
     source_options: dict[str, Any] = Field(default_factory=dict)

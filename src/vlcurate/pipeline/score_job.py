@@ -7,6 +7,12 @@ takes decoded chunks in order, runs the model in batches, and writes each shard'
 completion marker as soon as its last sample is scored. A bounded queue between the stages keeps
 memory flat however large the input. Shards with a marker are skipped, so a re-run after any kill
 finishes the job with no missing and no duplicated uid.
+
+A shard that broke part way (a truncated tar) gets a marker flagged `partial` with the size and
+mtime of its file: a re-run skips it while the file is unchanged (still reporting it partial) and
+reads it again once the file changed. With `retry_failed`, the rows of finished shards that failed
+for a transient reason (`fetch_error`: HTTP errors, timeouts, network errors) are read from the
+source again, re-fetched and re-scored, and the shard's table is rewritten with those rows replaced.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import Source, open_source
@@ -76,6 +83,8 @@ class _ShardEnd:
     duplicates: int
     seen: int
     fatal: bool = False  # nothing could be read: no marker, so a re-run tries again
+    stamp: dict[str, Any] | None = None  # the file's size and mtime when reading began
+    retry: bool = False  # only the failed rows of a finished shard were read again
 
 
 @dataclass
@@ -142,6 +151,8 @@ class ScoreJob:
         self._reader_error: BaseException | None = None
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.warnings: list[str] = []
+        self._retry: dict[str, set[str]] = {}  # shard -> uids to fetch and score again
+        self._retried = {"shards": 0, "rows": 0, "now_ok": 0}
 
     # ----- public -------------------------------------------------------------------------
     def run_job(self) -> dict[str, Any]:
@@ -153,7 +164,14 @@ class ScoreJob:
         if len(set(names)) != len(names):
             raise ValueError("two input shards map to the same output name; give inputs distinct names")
         self.run.create()
-        pending = [s for s in shards if not self.run.is_done(s.name)]
+        pending = [s for s in shards if self._needs_read(s)]
+        if self.config.retry_failed:
+            names_pending = {s.name for s in pending}
+            for s in shards:
+                uids = set() if s.name in names_pending else self._retryable_uids(s.name)
+                if uids:
+                    self._retry[s.name] = uids
+                    pending.append(s)
         pool = self._start_pool() if pending else None
         prefetch: _Prefetch | None = None
         try:
@@ -174,7 +192,7 @@ class ScoreJob:
                 prefetch = self._start_reader(pending, size, pool)
             self._set_threads(scorer, pool is not None)
             self._check_or_write_run_json(scorer)
-            stats = (
+            stats: dict[str, Any] = (
                 self._score(scorer, prefetch, len(pending), len(shards))
                 if prefetch
                 else {"pairs_this_run": 0}
@@ -186,8 +204,40 @@ class ScoreJob:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        if self.config.retry_failed:
+            stats["retried"] = dict(self._retried)
         wall = time.perf_counter() - started
         return self._write_summary(scorer, shards, stats, wall)
+
+    # ----- what to read -------------------------------------------------------------------
+    def _needs_read(self, shard: ShardRef) -> bool:
+        """Not done, or partial and its file changed since (a truncated tar replaced by a whole one)."""
+        if not self.run.is_done(shard.name):
+            return True
+        marker = self.run.read_marker(shard.name)
+        if marker is None or not (marker.get("partial") or marker.get("error")):
+            return False
+        now = file_stamp(shard.url)
+        if now is None:
+            return False  # cannot tell whether it changed: keep the partial result
+        return bool(marker.get("input_file") != now)
+
+    def _retryable_uids(self, shard: str) -> set[str]:
+        """Uids of the rows of a finished shard that failed for a reason that may pass."""
+        marker = self.run.read_marker(shard)
+        if marker is None or not int((marker.get("counts") or {}).get(Status.FETCH_ERROR.value, 0)):
+            return set()
+        table = pq.read_table(self.run.score_path(shard), columns=["uid", "status", "error"])
+        return {
+            u
+            for u, st, err in zip(
+                table.column("uid").to_pylist(),
+                table.column("status").to_pylist(),
+                table.column("error").to_pylist(),
+                strict=True,
+            )
+            if is_transient_failure(st, err)
+        }
 
     # ----- setup --------------------------------------------------------------------------
     def _start_pool(self) -> Any:
@@ -264,6 +314,8 @@ class ScoreJob:
             out.put(None)
 
     def _read_shard(self, shard: ShardRef, size: int, pool: Any, out: queue.Queue[Any]) -> None:
+        only = self._retry.get(shard.name)  # retrying: just these rows
+        stamp = file_stamp(shard.url)
         seen_uids: set[str] = set()
         duplicates = 0
         seen = 0
@@ -292,6 +344,8 @@ class ScoreJob:
                 if self._stop.is_set():
                     return
                 seen += 1
+                if only is not None and s.uid not in only:
+                    continue
                 if s.uid in seen_uids:
                     duplicates += 1
                     continue
@@ -308,7 +362,7 @@ class ScoreJob:
             error = f"{type(exc).__name__}: {exc}"
         flush()
         fatal = error is not None and seen == 0
-        out.put(_ShardEnd(shard.name, error, duplicates, seen, fatal))
+        out.put(_ShardEnd(shard.name, error, duplicates, seen, fatal, stamp, only is not None))
 
     def _iter_shard(self, shard: ShardRef) -> Iterator[tuple[Sample, TarRange | None]]:
         """Samples of one shard; a local tar's images come as byte ranges for the workers to read."""
@@ -417,7 +471,9 @@ class ScoreJob:
                         while pend.count:
                             pairs += self._run_batch(scorer, pend, accs, self.config.batch_size)
                         acc = accs.pop(item.shard, _ShardAcc())
-                        if item.fatal:
+                        if item.retry:
+                            self._merge_retry(scorer, item, acc)
+                        elif item.fatal:
                             failed.append({"shard": item.shard, "error": item.error or "unreadable"})
                             progress.shard_failed(item.shard, item.error or "")
                         else:
@@ -474,37 +530,9 @@ class ScoreJob:
     def _write_shard(self, scorer: Any, end: _ShardEnd, acc: _ShardAcc) -> None:
         t = time.perf_counter()
         scores = np.asarray(acc.scores, dtype=np.float32)
-        table = pa.table(
-            {
-                "uid": pa.array(acc.uids, pa.string()),
-                "score": pa.array(scores, pa.float32(), mask=~np.isfinite(scores)),
-                "status": pa.array(acc.statuses, pa.string()),
-                "error": pa.array(acc.errors, pa.string()),
-                "text": pa.array(acc.texts, pa.string()),
-                "width": pa.array(acc.widths, pa.int32()),
-                "height": pa.array(acc.heights, pa.int32()),
-                "key": pa.array(acc.keys, pa.string()),
-                "source": pa.array(acc.sources, pa.string()),
-            },
-            schema=SCORE_SCHEMA,
-        )
+        table = _score_table(acc, scores)
         if self.config.save_embeddings:
-            dim = int(acc.img_embs[0].shape[0]) if acc.img_embs else scorer.embed_dim
-            emb = pa.table(
-                {
-                    "uid": pa.array(acc.emb_uids, pa.string()),
-                    "image_embedding": _fixed_list(acc.img_embs, dim),
-                    "text_embedding": _fixed_list(acc.txt_embs, dim),
-                },
-                schema=pa.schema(
-                    [
-                        pa.field("uid", pa.string()),
-                        embedding_field("image_embedding", dim),
-                        embedding_field("text_embedding", dim),
-                    ]
-                ),
-            )
-            write_parquet_atomic(self.run.embedding_path(end.shard), emb)
+            write_parquet_atomic(self.run.embedding_path(end.shard), self._emb_table(scorer, acc))
         write_parquet_atomic(self.run.score_path(end.shard), table)
         marker = {
             "shard": end.shard,
@@ -514,10 +542,73 @@ class ScoreJob:
             "counts": dict(Counter(acc.statuses)),
             "histogram": score_histogram(scores),
             "error": end.error,
+            "partial": end.error is not None,
+            "input_file": end.stamp,
             "model_fingerprint": scorer.fingerprint,
             "finished_at": time.time(),
         }
         write_json_atomic(self.run.marker_path(end.shard), marker)
+        self.timings["write_s"] += time.perf_counter() - t
+
+    def _emb_table(self, scorer: Any, acc: _ShardAcc) -> pa.Table:
+        dim = int(acc.img_embs[0].shape[0]) if acc.img_embs else scorer.embed_dim
+        return pa.table(
+            {
+                "uid": pa.array(acc.emb_uids, pa.string()),
+                "image_embedding": _fixed_list(acc.img_embs, dim),
+                "text_embedding": _fixed_list(acc.txt_embs, dim),
+            },
+            schema=pa.schema(
+                [
+                    pa.field("uid", pa.string()),
+                    embedding_field("image_embedding", dim),
+                    embedding_field("text_embedding", dim),
+                ]
+            ),
+        )
+
+    def _merge_retry(self, scorer: Any, end: _ShardEnd, acc: _ShardAcc) -> None:
+        """Replace a finished shard's retried rows with their new outcome (table, embeddings, marker)."""
+        t = time.perf_counter()
+        marker = self.run.read_marker(end.shard) or {"shard": end.shard}
+        if end.error is not None:
+            self.warnings.append(f"retrying {end.shard}: {end.error}")
+        if not acc.uids:
+            return
+        old = pq.read_table(self.run.score_path(end.shard))
+        new = _score_table(acc, np.asarray(acc.scores, dtype=np.float32))
+        new_at = {u: i for i, u in enumerate(acc.uids)}
+        n_old = old.num_rows
+        take = [n_old + new_at[u] if u in new_at else i for i, u in enumerate(old.column("uid").to_pylist())]
+        merged = pa.concat_tables([old, new.cast(old.schema)]).take(pa.array(take, pa.int64()))
+        if self.config.save_embeddings and acc.emb_uids:
+            emb_path = self.run.embedding_path(end.shard)
+            emb_new = self._emb_table(scorer, acc)
+            if emb_path.exists():
+                emb_old = pq.read_table(emb_path)
+                keep = [u not in new_at for u in emb_old.column("uid").to_pylist()]
+                emb_new = pa.concat_tables([emb_old.filter(pa.array(keep)), emb_new.cast(emb_old.schema)])
+            write_parquet_atomic(emb_path, emb_new)
+        write_parquet_atomic(self.run.score_path(end.shard), merged)
+        statuses = merged.column("status").to_pylist()
+        scores = merged.column("score").to_numpy(zero_copy_only=False).astype(np.float32)
+        now_ok = sum(st == Status.OK.value for st in acc.statuses)
+        previous = marker.get("retried") or {}
+        marker |= {
+            "rows": merged.num_rows,
+            "counts": dict(Counter(statuses)),
+            "histogram": score_histogram(scores),
+            "retried": {
+                "rows": int(previous.get("rows", 0)) + len(acc.uids),
+                "now_ok": int(previous.get("now_ok", 0)) + now_ok,
+                "last_at": time.time(),
+            },
+            "finished_at": time.time(),
+        }
+        write_json_atomic(self.run.marker_path(end.shard), marker)
+        self._retried["shards"] += 1
+        self._retried["rows"] += len(acc.uids)
+        self._retried["now_ok"] += now_ok
         self.timings["write_s"] += time.perf_counter() - t
 
     # ----- summary ------------------------------------------------------------------------
@@ -528,11 +619,13 @@ class ScoreJob:
         names = {s.name for s in shards}
         merged = merge_markers([m for m in markers if m.get("shard") in names])
         done = {m["shard"] for m in markers}
+        partial = {m["shard"] for m in markers if m.get("partial") or m.get("error")}
         summary: dict[str, Any] = {
             "input": self.input_spec,
             "out": str(self.run.root),
             "shards_total": len(shards),
-            "shards_done": len(names & done),
+            "shards_done": len(names & (done - partial)),  # partial shards are not done
+            "shards_partial": len(names & partial),
             "shards_missing": sorted(names - done),
             **merged,
             "this_run": stats | {"wall_s": round(wall, 3)},
@@ -549,6 +642,50 @@ class ScoreJob:
         summary["complete"] = not summary["problems"]
         write_json_atomic(self.run.root / "summary.json", summary)
         return summary
+
+
+def file_stamp(url: str) -> dict[str, Any] | None:
+    """Size and modification time of a shard's file (None when they cannot be had)."""
+    path = url.removeprefix("file://")
+    if "://" not in path:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, p = url_to_fs(url)
+        info = fs.info(p)
+    except Exception:  # any remote failure: unknown, not fatal
+        return None
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("ETag")
+    return {"size": info.get("size"), "mtime": str(mtime) if mtime is not None else None}
+
+
+def is_transient_failure(status: str | None, error: str | None) -> bool:
+    """A failed row that `--retry-failed` fetches again: a failed download (HTTP error, timeout,
+    network error, a path not found), not a body over the size limit, an undecodable image or a
+    missing caption."""
+    return status == Status.FETCH_ERROR.value and not (error or "").startswith("too large")
+
+
+def _score_table(acc: _ShardAcc, scores: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "uid": pa.array(acc.uids, pa.string()),
+            "score": pa.array(scores, pa.float32(), mask=~np.isfinite(scores)),
+            "status": pa.array(acc.statuses, pa.string()),
+            "error": pa.array(acc.errors, pa.string()),
+            "text": pa.array(acc.texts, pa.string()),
+            "width": pa.array(acc.widths, pa.int32()),
+            "height": pa.array(acc.heights, pa.int32()),
+            "key": pa.array(acc.keys, pa.string()),
+            "source": pa.array(acc.sources, pa.string()),
+        },
+        schema=SCORE_SCHEMA,
+    )
 
 
 def _torch_threads() -> int:

@@ -77,7 +77,10 @@ def run_problems(summary: dict[str, Any]) -> list[str]:
     if partial:
         shown = "; ".join(f"{p['shard']}: {p['error']}" for p in partial[:3])
         more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
-        out.append(f"{len(partial)} shards only partly read ({shown}{more})")
+        out.append(
+            f"{len(partial)} shards only partly read ({shown}{more}); "
+            "a re-run reads them again once their files change"
+        )
     failed = {k: int(v) for k, v in (summary.get("counts_by_status") or {}).items() if k != "ok" and v}
     if failed:
         by = ", ".join(f"{k} {v:,}" for k, v in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])))
