@@ -3,6 +3,11 @@
 Exit status (see `vlcurate.cli.errors`): 0 when every shard is done and every pair has a score;
 `EXIT_PARTIAL` (3) when a shard could not be read (or only partly) or a pair has no score (its
 row says why); 2 for usage errors (bad options, unknown model, missing weights, no input).
+
+A shard that broke part way (a truncated tar) is partial, not done: a re-run skips it while its file
+is unchanged and reads it again once the file's size or mtime changed. `--retry-failed` fetches and
+scores again the rows of finished shards whose download failed (status `fetch_error`: HTTP errors,
+timeouts, network errors), rewriting each such shard's table with those rows replaced.
 """
 
 from __future__ import annotations

@@ -571,8 +571,8 @@ class ScoreJob:
         """Replace a finished shard's retried rows with their new outcome (table, embeddings, marker)."""
         t = time.perf_counter()
         marker = self.run.read_marker(end.shard) or {"shard": end.shard}
-        if end.error is not None:
-            self.warnings.append(f"retrying {end.shard}: {end.error}")
+        if end.fatal:  # the source is gone: the shard keeps its rows as they were
+            self.warnings.append(f"could not retry {end.shard}: {end.error}")
         if not acc.uids:
             return
         old = pq.read_table(self.run.score_path(end.shard))
