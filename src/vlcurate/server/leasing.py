@@ -284,7 +284,7 @@ def _lease_response(
     task = p.task(task_id)
     pairs = p.unit_pairs(first, last)
     view = p.replica_view(lease_id, seed, pairs.item_ids, gold_items)
-    gold_captions = _gold_captions(p, task_id, gold_items)
+    gold_captions = _gold_captions(p, gold_items)
     return schemas.Lease(
         lease_id=lease_id,
         unit_id=unit_id,
@@ -308,7 +308,7 @@ def _lease_response(
     )
 
 
-def _gold_captions(p: Platform, task_id: int, gold_items: list[int]) -> dict[int, str | None]:
+def _gold_captions(p: Platform, gold_items: list[int]) -> dict[int, str | None]:
     """Captions of a legacy replica's extra check items (leases made before in-unit checks)."""
     if not gold_items:
         return {}

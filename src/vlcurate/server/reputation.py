@@ -92,17 +92,25 @@ class Tally:
         ]
 
     def apply(self, conn: Connection) -> None:
+        """Write the deltas: one UPDATE per distinct outcome (a unit's agreeing group is one)."""
         C = db.contributors
-        for cid, c in self.by_contributor.items():
-            values: dict[str, object] = {name: C.c[name] + int(c[name]) for name in _COUNTS if c[name]}
-            if c["points"]:
-                values["points"] = C.c.points + c["points"]
-            if cid in self.streak_broken:
+        same: dict[tuple[Any, ...], list[int]] = {}
+        for cid, c in sorted(self.by_contributor.items()):
+            key = (*(c[name] for name in ("points", *_COUNTS)), cid in self.streak_broken)
+            same.setdefault(key, []).append(cid)
+        for (points, *counts, broken), ids in same.items():
+            values: dict[str, object] = {
+                name: C.c[name] + int(n) for name, n in zip(_COUNTS, counts, strict=True) if n
+            }
+            if points:
+                values["points"] = C.c.points + points
+            n_valid = counts[_COUNTS.index("n_valid")]
+            if broken:
                 values["valid_streak"] = 0
-            elif c["n_valid"]:
-                values["valid_streak"] = C.c.valid_streak + int(c["n_valid"])
+            elif n_valid:
+                values["valid_streak"] = C.c.valid_streak + int(n_valid)
             if values:
-                conn.execute(update(C).where(C.c.id == cid).values(**values))
+                conn.execute(update(C).where(C.c.id.in_(ids)).values(**values))
         for v, d in sorted(self.by_version.items()):
             if any(d.values()):
                 _bump_version(conn, v, d["gold_pass"], d["gold_fail"], d["agree"], d["disagree"])
