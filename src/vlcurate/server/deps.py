@@ -107,20 +107,22 @@ def caller_for(p: Platform, authorization: str | None) -> Caller:
         return agent_for_token(conn, bearer(authorization))
 
 
+def _within(p: Platform, key: object, rate: int, limit_name: str, unit: str) -> None:
+    """A 429 when the limiter's bucket `key` has no room for one more at `rate` a minute."""
+    wait = p.limiter.check(key, rate)
+    if wait > 0:
+        raise TooMany(f"{limit_name} of {rate} {unit}/minute exceeded", wait)
+
+
 def limit(p: Platform, caller: Caller) -> Caller:
     """`caller`, once its per-agent request rate allows one more request; else a 429."""
-    wait = p.limiter.check(caller.agent_id, caller.rate_per_minute)
-    if wait > 0:
-        raise TooMany(f"rate limit of {caller.rate_per_minute} requests/minute exceeded", wait)
+    _within(p, caller.agent_id, caller.rate_per_minute, "rate limit", "requests")
     return caller
 
 
 def limit_images(p: Platform, caller: Caller) -> Caller:
     """`caller`, once its image rate (`image_rate_per_minute`, a key space of its own) allows one more."""
-    rate = p.settings.image_rate_per_minute
-    wait = p.limiter.check(("images", caller.agent_id), rate)
-    if wait > 0:
-        raise TooMany(f"image rate limit of {rate} images/minute exceeded", wait)
+    _within(p, ("images", caller.agent_id), p.settings.image_rate_per_minute, "image rate limit", "images")
     return caller
 
 
