@@ -3,7 +3,7 @@ our `u8,u8` subset, writes the same uids and bytes as `vlcurate reshard`.
 
 The resharder check runs DataComp's `resharder.py` where it is installed: set
 `VLCURATE_DATACOMP_RESHARDER` to its path, `VLCURATE_DATACOMP_PYTHON` to an interpreter that can
-import it, and optionally `VLCURATE_DATACOMP_PYTHONPATH` (see docs in the issue-14 notes).
+import it, and optionally `VLCURATE_DATACOMP_PYTHONPATH` (the procedure: docs/datacomp_resharder_check.md).
 Otherwise that test is skipped and the pool-layout tests still run.
 """
 
