@@ -6,6 +6,7 @@
     OUT/done/NAME.json        completion marker, written last: a shard is done iff it exists
                               (or partial: `partial` true, with its file's size and mtime)
     OUT/summary.json          counts, quantiles, throughput, model, preprocessing, versions
+    OUT/report.md, report.html, plots/score.png   the same for people (ops.report)
 
 A shard's table is written to a temporary file and renamed, then its marker is written the same
 way, so a run killed at any moment (even by SIGKILL) leaves each shard either done or not started.

@@ -41,7 +41,7 @@ from vlcurate.pipeline.decode import decode_chunk
 from vlcurate.pipeline.progress import ScoreProgress
 from vlcurate.pipeline.run_dir import RunDir, write_json_atomic, write_parquet_atomic
 from vlcurate.pipeline.score_config import ScoreConfig
-from vlcurate.pipeline.score_stats import merge_markers, run_problems, score_histogram
+from vlcurate.pipeline.score_stats import merge_markers, run_problems, score_histogram, write_score_report
 from vlcurate.pipeline.synth_check import SynthWorldCheck
 from vlcurate.pipeline.tar_ranges import iter_samples_with_ranges
 from vlcurate.pipeline.workers import decode_pool
@@ -617,7 +617,8 @@ class ScoreJob:
     ) -> dict[str, Any]:
         markers = self.run.markers()
         names = {s.name for s in shards}
-        merged = merge_markers([m for m in markers if m.get("shard") in names])
+        ours = [m for m in markers if m.get("shard") in names]
+        merged = merge_markers(ours)
         done = {m["shard"] for m in markers}
         partial = {m["shard"] for m in markers if m.get("partial") or m.get("error")}
         summary: dict[str, Any] = {
@@ -640,6 +641,7 @@ class ScoreJob:
         summary["pairs_failed"] = sum(v for k, v in summary["counts_by_status"].items() if k != "ok")
         summary["problems"] = run_problems(summary)
         summary["complete"] = not summary["problems"]
+        write_score_report(self.run.root, summary, ours)
         write_json_atomic(self.run.root / "summary.json", summary)
         return summary
 

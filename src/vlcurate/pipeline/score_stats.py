@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,18 +19,12 @@ def score_histogram(scores: np.ndarray) -> list[int]:
 
 
 def quantiles_from_histogram(hist: np.ndarray, qs: tuple[float, ...]) -> dict[str, float | None]:
-    """Approximate quantiles (bin centres) from a merged histogram."""
-    total = int(hist.sum())
-    if total == 0:
-        return {f"q{int(q * 100):02d}": None for q in qs}
-    cdf = np.cumsum(hist)
-    edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
-    out: dict[str, float | None] = {}
-    for q in qs:
-        idx = int(np.searchsorted(cdf, max(1, int(np.ceil(q * total))), side="left"))
-        idx = min(idx, HIST_BINS - 1)
-        out[f"q{round(q * 100):02d}"] = round(float((edges[idx] + edges[idx + 1]) / 2), 4)
-    return out
+    """Approximate quantiles (bin centres, to 4 decimals) from a merged histogram over [-1, 1]."""
+    from vlcurate.ops.report import Histogram
+
+    h = Histogram(-1.0, 1.0, bins=HIST_BINS)
+    h.add_counts(np.asarray(hist, dtype=np.int64), "score")
+    return {k: None if v is None else round(v, 4) for k, v in h.quantiles("score", qs).items()}
 
 
 def merge_markers(markers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,3 +83,41 @@ def run_problems(summary: dict[str, Any]) -> list[str]:
             f"{sum(failed.values()):,} of {int(summary.get('pairs') or 0):,} pairs have no score ({by})"
         )
     return out
+
+
+def write_score_report(root: Path, summary: dict[str, Any], markers: list[dict[str, Any]]) -> None:
+    """report.md, report.html and plots/score.png of a scoring run, by the shared report writer:
+    pairs per status and the score histogram, merged shard by shard from the markers (their fixed
+    bins), so it costs the same however many pairs. summary.json stays the run's JSON."""
+    from vlcurate.ops.report import Histogram, ReportData, write_report
+
+    hist = Histogram(-1.0, 1.0, bins=HIST_BINS)
+    for m in markers:
+        h = m.get("histogram")
+        hist.add_counts(h if h and len(h) == HIST_BINS else [0] * HIST_BINS, "score")
+    errors = {f["shard"]: f["error"] for f in (summary.get("this_run") or {}).get("failed_shards") or []}
+    failed = {m: str(errors.get(m, "not done")) for m in summary.get("shards_missing") or []}
+    failed |= {p["shard"]: f"partly read: {p['error']}" for p in summary.get("partial_shards") or []}
+    model = summary.get("model") or {}
+    this_run = summary.get("this_run") or {}
+    notes = [
+        f"model: {model.get('name')} ({model.get('precision')}, {model.get('device')})",
+        f"shards: {summary.get('shards_done')}/{summary.get('shards_total')} done",
+    ]
+    if this_run.get("pairs_this_run"):
+        notes.append(
+            f"this run: {this_run['pairs_this_run']:,} pairs at {this_run.get('pairs_per_s')} pairs/s"
+        )
+    data = ReportData(
+        title="vlcurate score",
+        command="score",
+        inputs=summary.get("input"),
+        rows=int(summary.get("pairs") or 0),
+        histograms={"score": hist},
+        failed_shards=failed,
+        failed_pairs=int(summary.get("pairs_failed") or 0),
+        warnings=list(summary.get("warnings") or []) + list(summary.get("problems") or []),
+        counts={"pairs by status": dict(summary.get("counts_by_status") or {})},
+        notes=notes,
+    )
+    write_report(root, data, formats=("md", "html"))

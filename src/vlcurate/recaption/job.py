@@ -3,7 +3,8 @@
     OUT/run.json                 scorer (name, fingerprint), VLM model, settings (checked on resume)
     OUT/captions/NAME.parquet    one table per input shard, keyed by uid (see table.py)
     OUT/done/NAME.json           marker, written last: counts, histograms, requests, complete flag
-    OUT/summary.json             merged over every shard; OUT/scores_before_after.png
+    OUT/summary.json             merged over every shard
+    OUT/report.md, report.html   the same for people, with OUT/scores_before_after.png
 
 A shard counts as done when its marker says complete: every pair has a result, and none ended
 with a VLM error or an unspent budget. Others are redone by the next run; the VLM response cache
@@ -25,7 +26,7 @@ from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
 from vlcurate.pipeline.synth_check import SynthWorldCheck
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.iterate import Budget, PairOutcome, Recaptioner, Send
-from vlcurate.recaption.report import merge, plot_histograms, run_problems, shard_stats
+from vlcurate.recaption.report import merge, run_problems, shard_stats, write_recaption_report
 from vlcurate.recaption.scoring import CaptionScorer
 from vlcurate.recaption.table import outcomes_table
 from vlcurate.records import Sample, Status
@@ -247,8 +248,7 @@ def _write_summary(
 ) -> dict[str, Any]:
     markers = [m for m in (run.marker_data(s.name) for s in shards) if m is not None]
     merged = merge(markers)
-    hb, ha = merged.pop("_hist_before"), merged.pop("_hist_after")
-    png = plot_histograms(hb, ha, run.root / "scores_before_after.png")
+    hist = merged.pop("_histogram")
     incomplete = [
         {"shard": m["shard"], "retry": m.get("retry", 0), "read_error": m.get("read_error")}
         for m in markers
@@ -270,9 +270,10 @@ def _write_summary(
             "pairs_stopped_by_budget": rc.budget_stops,
             **rc.usage.as_dict(),
         },
-        "histogram_png": str(png),
+        "histogram_png": str(run.root / "scores_before_after.png"),
     }
     summary["problems"] = run_problems(summary)
     summary["complete"] = not summary["problems"]
+    write_recaption_report(run.root, summary, hist)
     write_json_atomic(run.root / "summary.json", summary)
     return summary

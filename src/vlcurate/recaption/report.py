@@ -1,5 +1,6 @@
-"""Run summary of a recaption run: merged per-shard markers, score distributions before and after,
-and a histogram plot (matplotlib, written without a display)."""
+"""Run summary of a recaption run: merged per-shard markers and the score distributions before and
+after, as summary.json fields and a report (report.md, report.html and the before/after plot) by
+the shared writer in `vlcurate.ops.report`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.pipeline.score_stats import HIST_BINS, quantiles_from_histogram, score_histogram
+from vlcurate.ops.report import Histogram, ReportData, write_report
+from vlcurate.pipeline.score_stats import HIST_BINS, score_histogram
 from vlcurate.recaption.iterate import RETRY_STATUSES
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -40,16 +42,17 @@ def shard_stats(table: pa.Table) -> dict[str, Any]:
 
 
 def merge(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary fields over every shard's marker; `_histogram` (popped before the JSON is written)
+    holds the before/after score histogram, the markers' fixed 0.001-wide bins merged."""
     counts: Counter[str] = Counter()
     origins: Counter[str] = Counter()
-    hb = np.zeros(HIST_BINS, dtype=np.int64)
-    ha = np.zeros(HIST_BINS, dtype=np.int64)
+    hist = Histogram(-1.0, 1.0, bins=HIST_BINS)
     paired, sb, sa, requests = 0, 0.0, 0.0, 0
     for m in markers:
         counts.update(m.get("counts", {}))
         origins.update(m.get("chosen_origin", {}))
-        hb += np.asarray(m.get("hist_before") or np.zeros(HIST_BINS), dtype=np.int64)
-        ha += np.asarray(m.get("hist_after") or np.zeros(HIST_BINS), dtype=np.int64)
+        hist.add_counts(m.get("hist_before") or np.zeros(HIST_BINS), "before")
+        hist.add_counts(m.get("hist_after") or np.zeros(HIST_BINS), "after")
         paired += int(m.get("paired", 0))
         sb += float(m.get("sum_before", 0.0))
         sa += float(m.get("sum_after", 0.0))
@@ -62,12 +65,15 @@ def merge(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "replaced": pairs - int(origins.get("original", 0)),
         "mean_score_before": round(sb / paired, 4) if paired else None,
         "mean_score_after": round(sa / paired, 4) if paired else None,
-        "quantiles_before": quantiles_from_histogram(hb, QUANTILES),
-        "quantiles_after": quantiles_from_histogram(ha, QUANTILES),
+        "quantiles_before": _rounded(hist.quantiles("before", QUANTILES)),
+        "quantiles_after": _rounded(hist.quantiles("after", QUANTILES)),
         "requests_for_rows": requests,
-        "_hist_before": hb,
-        "_hist_after": ha,
+        "_histogram": hist,
     }
+
+
+def _rounded(qs: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 4) for k, v in qs.items()}
 
 
 def run_problems(summary: dict[str, Any]) -> list[str]:
@@ -101,25 +107,33 @@ def run_problems(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def plot_histograms(hist_before: np.ndarray, hist_after: np.ndarray, path: Path, bins: int = 80) -> Path:
-    """Before/after score histograms in one PNG, binned coarser than the stored 0.001-wide bins."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nonzero = np.flatnonzero((hist_before + hist_after) > 0)
-    edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
-    lo, hi = (edges[nonzero[0]], edges[nonzero[-1] + 1]) if len(nonzero) else (-1.0, 1.0)
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for hist, label, colour in ((hist_before, "original", "tab:gray"), (hist_after, "chosen", "tab:blue")):
-        ax.hist(centres, bins=bins, range=(lo, hi), weights=hist, alpha=0.55, label=label, color=colour)
-    ax.set_xlabel("image-text score")
-    ax.set_ylabel("pairs")
-    ax.set_title("vlcurate recaption: scores before and after")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def write_recaption_report(out: Path, summary: dict[str, Any], hist: Histogram) -> dict[str, Any]:
+    """report.md, report.html and scores_before_after.png (the name it always had) from the
+    summary and the merged before/after histogram; summary.json stays the run's JSON."""
+    failed_pairs = sum(
+        int(v) for k, v in (summary.get("counts_by_status") or {}).items() if k not in DONE_STATUSES
+    )
+    data = ReportData(
+        title="vlcurate recaption",
+        command="recaption",
+        inputs=summary.get("input"),
+        rows=int(summary.get("pairs") or 0),
+        histograms={"scores": hist},
+        failed_shards={
+            str(s["shard"]): str(s.get("read_error") or f"{s.get('retry', 0)} pairs to retry")
+            for s in summary.get("incomplete_shards") or []
+        },
+        failed_pairs=failed_pairs,
+        warnings=list(summary.get("problems") or []),
+        counts={
+            "pairs by status": dict(summary.get("counts_by_status") or {}),
+            "chosen caption from": dict(summary.get("chosen_origin") or {}),
+        },
+        notes=[
+            f"shards: {summary.get('shards_done')}/{summary.get('shards_total')} done",
+            f"captions replaced: {int(summary.get('replaced') or 0):,}",
+            f"mean score: {summary.get('mean_score_before')} -> {summary.get('mean_score_after')}",
+        ],
+        plot_paths={"scores": "scores_before_after.png"},
+    )
+    return write_report(out, data, formats=("md", "html"))
