@@ -182,3 +182,23 @@ def test_score_writes_its_report(small_pool: Path, tmp_path: Path) -> None:
     assert (out / "plots" / "score.png").stat().st_size > 1000
     assert not (out / "report.json").exists()  # summary.json stays the run's JSON
     assert "score: score 300 (mean" in md
+
+
+def test_recaption_writes_its_report(small_pool: Path, tmp_path: Path) -> None:
+    from tests.platform_live import free_port
+    from typer.testing import CliRunner
+
+    from vlcurate.cli.main import app
+
+    out = tmp_path / "rc"
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # never asked: the budget is 0
+    args = ["recaption", str(small_pool), "--out", str(out), "--vlm-url", dead, "--cache-dir", "none", "-q"]
+    r = CliRunner().invoke(app, [*args, "--budget-requests", "0"])
+    assert r.exit_code == 3, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["histogram_png"].endswith("scores_before_after.png")
+    assert summary["quantiles_before"] == summary["quantiles_after"]  # nothing replaced
+    md = (out / "report.md").read_text()
+    assert md.startswith("# vlcurate recaption\n") and "| budget | 300 |" in md
+    assert "![scores](scores_before_after.png)" in md and "before 300 (mean" in md
+    assert (out / "scores_before_after.png").stat().st_size > 1000 and (out / "report.html").exists()
