@@ -32,6 +32,13 @@ class Status(str, Enum):
     READ_ERROR = "read_error"  # the container (tar member, parquet row) could not be read
 
 
+def is_transient_failure(status: str | None, error: str | None) -> bool:
+    """A failed row that `--retry-failed` fetches again: a failed download (HTTP error, timeout,
+    network error, a path not found), not a body over the size limit, an undecodable image or a
+    missing caption."""
+    return status == Status.FETCH_ERROR.value and not (error or "").startswith("too large")
+
+
 def is_datacomp_uid(value: object) -> bool:
     """True for DataComp's uid form: 32 lowercase hex digits."""
     return isinstance(value, str) and bool(_HEX32.match(value))

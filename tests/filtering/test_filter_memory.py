@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from filter_tables import hex_uids
 
-from vlcurate.filtering import FilterConfig, run_filter
+from vlcurate.ops.score_filter import run_filter
+from vlcurate.ops.score_filter_config import FilterConfig
 
 
 def _compact_scores(path: Path, n: int) -> Path:

@@ -14,8 +14,11 @@ import pytest
 from filter_tables import hex_uids, write_datacomp, write_scores
 from PIL import Image
 
-from vlcurate.filtering import FilterConfig, FilterInputError, run_filter
+from vlcurate.io.score_tables import ScoreTableError
+from vlcurate.io.staged_dir import OutputDirError
 from vlcurate.io.subset import SUBSET_DTYPE, array_to_uids, read_subset
+from vlcurate.ops.score_filter import run_filter
+from vlcurate.ops.score_filter_config import FilterConfig
 
 ScoreRun = Callable[..., tuple[Path, list[str], np.ndarray]]
 
@@ -76,7 +79,7 @@ def test_threshold_mode_keeps_score_at_or_above(score_run: ScoreRun, tmp_path: P
     dec = _decisions(tmp_path / "out")
     for u, s in zip(uids, scores, strict=True):
         assert dec[u]["keep"] == (float(s) >= 0.3)
-        assert dec[u]["reason"] == ("" if float(s) >= 0.3 else "score<0.3000")
+        assert dec[u]["reason"] == ("" if float(s) >= 0.3 else "score<0.3")
 
 
 def test_outputs_subset_decisions_reports(score_run: ScoreRun, tmp_path: Path) -> None:
@@ -151,8 +154,8 @@ def test_all_failing_reasons_are_listed(tmp_path: Path) -> None:
     write_scores(tmp_path / "s.parquet", uids, [0.05], text=["hi"], width=[100], height=[400])
     run_filter(tmp_path / "s.parquet", tmp_path / "out", FilterConfig(threshold=0.2, basic=True))
     r = _decisions(tmp_path / "out")[uids[0]]
-    assert r["reasons"] == ["score<0.2000", "words<3", "chars<6", "min_side<200", "aspect>3"]
-    assert r["reason"] == "score<0.2000"
+    assert r["reasons"] == ["score<0.2", "words<3", "chars<6", "min_side<200", "aspect>3"]
+    assert r["reason"] == "score<0.2"
 
 
 def test_status_and_invalid_scores_are_dropped_with_reasons(tmp_path: Path) -> None:
@@ -239,7 +242,9 @@ def test_bounded_mode_gives_the_same_kept_set(tmp_path: Path, fraction_of: str) 
 
 def test_memory_budget_switches_to_bounded(score_run: ScoreRun, tmp_path: Path) -> None:
     run, _, _ = score_run(n_shards=2)
-    res = run_filter(run, tmp_path / "out", FilterConfig(top_fraction=0.5, memory_budget_mb=0.01))
+    res = run_filter(
+        run, tmp_path / "out", FilterConfig(top_fraction=0.5, memory_budget_mb=0.002)
+    )  # 262 scores
     assert res.bounded_memory
     ref = run_filter(run, tmp_path / "ref", FilterConfig(top_fraction=0.5))
     assert not ref.bounded_memory and ref.kept == res.kept and ref.threshold == res.threshold
@@ -297,7 +302,7 @@ def test_refuses_non_empty_out_dir_unless_overwrite(score_run: ScoreRun, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(FilterInputError, match="not empty"):
+    with pytest.raises(OutputDirError, match="not empty"):
         run_filter(run, out, FilterConfig(threshold=0.0))
     assert (out / "keep.txt").exists()
     run_filter(run, out, FilterConfig(threshold=0.0, overwrite=True))
@@ -309,7 +314,7 @@ def test_failed_run_leaves_nothing(tmp_path: Path) -> None:
     uids = hex_uids(3, seed=2).to_pylist()
     write_scores(tmp_path / "in" / "a.parquet", uids, [0.1, 0.2, 0.3])
     (tmp_path / "in" / "b.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(FilterInputError, match="not a readable Parquet"):
+    with pytest.raises(ScoreTableError, match="not a readable Parquet"):
         run_filter(tmp_path / "in", tmp_path / "out", FilterConfig(threshold=0.0))
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["in"]

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
-from vlcurate.filtering.threshold import (
-    bin_index,
-    histogram,
-    kth_largest,
-    kth_largest_bounded,
-    target_count,
-)
+from vlcurate.ops.exact_cut import ExactCut, bin_index, kth_largest, target_count
 
 
 def test_target_count_uses_the_decimal_fraction() -> None:
@@ -34,11 +26,15 @@ def test_bin_index_is_monotone() -> None:
 
 
 def _bounded(scores: np.ndarray, k: int, n_bins: int, cap: int, batch: int = 997) -> float:
-    def batches() -> Iterator[np.ndarray]:
+    """The k-th largest through `ExactCut` in bounded memory, fed pass by pass as an engine feeds it
+    (a fraction half a row below k / N, so that ceil(F * N) is k)."""
+    cut = ExactCut((k - 0.5) / len(scores), bounded=True, n_bins=n_bins, collect_cap=cap)
+    while cut.needs_pass:
         for i in range(0, len(scores), batch):
-            yield scores[i : i + batch]
-
-    return kth_largest_bounded(batches, k, histogram(scores, n_bins), collect_cap=cap).threshold
+            cut.feed(scores[i : i + batch])
+        cut.end_pass()
+    assert cut.k == k and cut.threshold is not None
+    return cut.threshold
 
 
 @pytest.mark.parametrize("cap", [1, 7, 2**20])

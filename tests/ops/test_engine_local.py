@@ -55,8 +55,8 @@ def test_clip_score_then_top_fraction_matches_score_and_filter(small_pool: Path,
     assert len(kept) == result.kept == 150  # top half of every pair with a score, ties none here
 
     # The same selection as `vlcurate score` + `vlcurate filter --top-fraction 0.5` (fp32 both).
-    from vlcurate.filtering.config import FilterConfig
-    from vlcurate.filtering.run import run_filter
+    from vlcurate.ops.score_filter import run_filter
+    from vlcurate.ops.score_filter_config import FilterConfig
     from vlcurate.pipeline.score_config import ScoreConfig
     from vlcurate.pipeline.score_job import score_dataset
 
@@ -236,3 +236,25 @@ sink: {{out: "{tmp_path / "run"}"}}
     assert r.exit_code == 2, r.output
     assert "step 2 (linear_head) failed on shard" in r.output and "expects 3-d input" in r.output
     assert "Traceback" not in r.output
+
+
+def test_sink_write_shards_reshards_exactly_the_kept_pairs(small_pool: Path, tmp_path: Path) -> None:
+    from vlcurate.io.sources import open_source
+    from vlcurate.io.subset import array_to_uids
+
+    text = _recipe(small_pool, tmp_path / "run").replace(
+        f'sink: {{out: "{tmp_path / "run"}"}}',
+        f'sink: {{out: "{tmp_path / "run"}", write_shards: true, samples_per_shard: 40}}',
+    )
+    result = run_recipe(load_recipe("r.yaml", text=text))
+    assert result.shards is not None and result.shards["samples"] == result.kept == 150
+    tars = sorted((tmp_path / "run" / "shards").glob("*.tar"))
+    assert len(tars) == 4 == result.shards["shards"]  # 150 pairs, 40 a shard
+    src = open_source([str(t) for t in tars])
+    samples = [s for sh in src.shards() for s in src.iter_samples(sh)]
+    assert sorted(s.uid for s in samples) == sorted(array_to_uids(read_subset(tmp_path / "run" / "subset.npy")))
+    assert all(s.image and s.text for s in samples)
+    # a changed selection re-run into the same folder leaves no shard of the old one
+    again = run_recipe(load_recipe("r.yaml", text=text.replace("fraction: 0.5", "fraction: 0.1")))
+    assert again.shards is not None and again.shards["samples"] == again.kept == 30
+    assert len(list((tmp_path / "run" / "shards").glob("*.tar"))) == 1

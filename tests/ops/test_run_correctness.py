@@ -145,6 +145,34 @@ def test_images_given_by_url_are_fetched_and_a_404_is_a_failed_pair(
     assert _steps(tmp_path / "out")[0] == ("text_length", 6, 6, 0)  # the failed pair reached no step
 
 
+def test_retry_failed_fetches_the_failed_pairs_again_and_reruns_what_depends_on_them(
+    coco_pairs: list[CocoPair], http_root: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, base = http_root
+    records = []
+    for i, p in enumerate(coco_pairs[:5]):
+        if i != 3:  # pair 3's image is not on the server yet: HTTP 404
+            (root / f"{i}.jpg").write_bytes(p.path.read_bytes())
+        records.append({"url": f"{base}/{i}.jpg", "caption": p.caption})
+    manifest = tmp_path / "urls.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    recipe = tmp_path / "r.yaml"
+    text = IMAGE_RECIPE.format(input=manifest, out=tmp_path / "out")
+    recipe.write_text(text)
+    r = _run(recipe)
+    assert r.exit_code == EXIT_PARTIAL and "4 of 5 pairs kept" in r.stdout
+    (root / "3.jpg").write_bytes(coco_pairs[3].path.read_bytes())  # the server has it now
+    again = _run(recipe)  # without the flag a finished shard is reused as it is
+    assert again.exit_code == EXIT_PARTIAL and "4 of 5 pairs kept" in again.stdout
+    retried = _run(recipe, "--retry-failed")
+    assert retried.exit_code == 0, retried.output
+    assert "5 of 5 pairs kept" in retried.stdout
+    rows = _decisions(tmp_path / "out")
+    assert rows[3]["keep"] and rows[3]["width"] == coco_pairs[3].width
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["failures"]["failed_pairs"] == 0 and report["kept"] == 5
+
+
 def _basic(tmp_path: Path, min_side: int) -> Path:
     """The shipped DataComp basic recipe with another min_side, source and sink as shipped."""
     text = (RECIPES / "datacomp_basic.yaml").read_text()

@@ -70,8 +70,8 @@ def test_two_honest_contributors_verify_everything_and_export_like_score(
     assert diff.max() < 0.02
 
     # ...so `vlcurate filter` runs on the export unchanged.
-    from vlcurate.filtering.config import FilterConfig
-    from vlcurate.filtering.run import run_filter
+    from vlcurate.ops.score_filter import run_filter
+    from vlcurate.ops.score_filter_config import FilterConfig
 
     result = run_filter(str(out), tmp_path / "filtered", FilterConfig(top_fraction=0.5))
     assert result.kept == 150

@@ -32,8 +32,9 @@ def demo(
 ) -> None:
     """Build a synthetic pool with known corrupted captions, score it, filter it, and grade the removal."""
     from vlcurate.demo.evaluate import lowest_scored, removal_quality
-    from vlcurate.filtering import FilterConfig, run_filter
     from vlcurate.io.reshard import reshard
+    from vlcurate.ops.score_filter import run_filter
+    from vlcurate.ops.score_filter_config import FilterConfig
     from vlcurate.pipeline.score_config import ScoreConfig
     from vlcurate.pipeline.score_job import score_dataset
     from vlcurate.synth.pool import write_pool

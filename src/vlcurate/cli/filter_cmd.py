@@ -1,9 +1,9 @@
 """`vlcurate filter`: keep pairs by score and DataComp's basic rules; write a DataComp subset.
 
-The command only turns flags into a `FilterConfig`, calls `vlcurate.filtering.run_filter` and
-prints a summary; bad input ends with a one-line error and exit code 2. A run over a `vlcurate
-score` run directory whose shards are not all done (or some only partly read) writes its outputs
-and exits with `EXIT_PARTIAL` (3): the subset lacks those shards' pairs.
+The command only turns flags into a `FilterConfig`, calls `vlcurate.ops.score_filter.run_filter`
+(a recipe over the score tables) and prints a summary; bad input ends with a one-line error and
+exit code 2. A run over a `vlcurate score` run directory whose shards are not all done (or some only
+partly read) writes its outputs and exits with `EXIT_PARTIAL` (3): the subset lacks those shards' pairs.
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ def filter_command(
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write score_hist.png."),
 ) -> None:
     """Keep image-caption pairs by score and DataComp's basic rules; write subset.npy and reports."""
-    from vlcurate.filtering import FilterConfig, FilterInputError, run_filter
+    from vlcurate.io.score_tables import ScoreTableError
+    from vlcurate.io.staged_dir import OutputDirError
+    from vlcurate.ops.base import StepError
+    from vlcurate.ops.score_filter import run_filter
+    from vlcurate.ops.score_filter_config import FilterConfig
 
     opts: dict[str, Any] = {
         "threshold": threshold,
@@ -137,7 +141,7 @@ def filter_command(
         return
     try:
         result = run_filter(scores, out, config)
-    except FilterInputError as exc:
+    except (ScoreTableError, OutputDirError, StepError) as exc:
         _fail(str(exc))
         return
     _print_summary(result)
@@ -155,7 +159,7 @@ def _print_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vlcurate.filtering.report import LANGUAGE_NOTE
+    from vlcurate.ops.score_filter_report import LANGUAGE_NOTE
 
     console = Console()
     table = Table(title="vlcurate filter", show_header=True, header_style="bold")

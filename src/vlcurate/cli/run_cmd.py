@@ -54,6 +54,14 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             str | None, typer.Option("--out", help="Write into this folder instead of the recipe's sink.out.")
         ] = None,
+        retry_failed: Annotated[
+            bool,
+            typer.Option(
+                "--retry-failed",
+                help="Load again the finished shards where pairs failed to download (HTTP errors, "
+                "timeouts, network errors), and re-run what depends on them.",
+            ),
+        ] = False,
         *,
         source_options: dict[str, Any],
     ) -> None:
@@ -85,13 +93,13 @@ def register(app: typer.Typer) -> None:
             from vlcurate.ops.engine_ray import RayEngineError, run_recipe_ray
 
             with user_errors(RayEngineError, ShardReadError):
-                result = run_recipe_ray(rec, address=address, num_cpus=num_cpus)
+                result = run_recipe_ray(rec, address=address, num_cpus=num_cpus, retry_failed=retry_failed)
         else:
             from vlcurate.ops.base import StepError
             from vlcurate.ops.engine_local import run_recipe
 
             with user_errors(ShardReadError, StepError):
-                result = run_recipe(rec, progress=True)
+                result = run_recipe(rec, progress=True, retry_failed=retry_failed)
         _print_result(recipe, result)
         if result.partial:
             raise typer.Exit(EXIT_PARTIAL)

@@ -1,6 +1,6 @@
 """Write instruction samples out in a trainer format, images included.
 
-Used by the `vlcurate run` sink (`instruct_format`) and by `vlcurate synth instruct`. JSON formats
+Used by the `vlcurate run` sink (`ops.sink`, `instruct_format`) and by `vlcurate synth instruct`. JSON formats
 go to `NAME.json` with images copied under `images/` (references relative to the JSON file, so it
 re-reads with the default `image_root`); `hf` goes to `NAME.parquet` with the image bytes
 embedded. Files are written under temporary names and renamed when complete.
@@ -13,9 +13,7 @@ import re
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
-
-from vlcurate.instruct.columns import MESSAGES_COT, parse_messages
+from vlcurate.instruct.columns import parse_messages
 from vlcurate.instruct.formats import FORMATS, to_record
 from vlcurate.instruct.hf import HFWriter, hf_row
 from vlcurate.instruct.model import ImageData, InstructSample
@@ -112,54 +110,3 @@ def sample_from_row(
         meta=meta if isinstance(meta, dict) else {},
     )
     return sample, data
-
-
-class RunSink:
-    """The `vlcurate run` side: kept samples (and their chain-of-thought twins) in a format, drops in
-    `dropped.jsonl` with uid and reason."""
-
-    def __init__(self, out: Path, fmt: str) -> None:
-        self.writer = InstructWriter(out, fmt)
-        self._dropped_path = out / "dropped.jsonl"
-        self._dropped_tmp = out / "dropped.jsonl.tmp"
-        self._dropped = self._dropped_tmp.open("w", encoding="utf-8")
-        self.kept = self.cot = self.dropped = 0
-
-    def add_table(self, table: pa.Table) -> None:
-        has_cot = MESSAGES_COT in table.column_names
-        names = [
-            c
-            for c in table.column_names
-            if c
-            in (
-                "uid",
-                "key",
-                "image",
-                "extra_images",
-                "image_paths",
-                "messages",
-                "meta",
-                "keep",
-                "reason",
-                MESSAGES_COT,
-            )
-        ]
-        for row in table.select(names).to_pylist():
-            if not row.get("keep", True):
-                line = {"uid": row["uid"], "id": row["key"], "reason": row.get("reason")}
-                self._dropped.write(json.dumps(line, ensure_ascii=False) + "\n")
-                self.dropped += 1
-                continue
-            sample, images = sample_from_row(row)
-            self.writer.add(sample, images)
-            self.kept += 1
-            if has_cot and row.get(MESSAGES_COT):
-                twin, _ = sample_from_row(row, MESSAGES_COT)
-                self.writer.add(twin.model_copy(update={"id": sample.id + COT_SUFFIX}), images)
-                self.cot += 1
-
-    def close(self) -> dict[str, Any]:
-        path = self.writer.close()
-        self._dropped.close()
-        self._dropped_tmp.replace(self._dropped_path)
-        return {"path": str(path), "kept": self.kept, "cot": self.cot, "dropped": self.dropped}

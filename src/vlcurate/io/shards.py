@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHARD_KINDS = ("wds", "parquet", "folder", "manifest", "instruct")
+SHARD_KINDS = ("wds", "parquet", "folder", "manifest", "instruct", "scores")
 DEFAULT_ROWS_PER_SHARD = 10_000
 
 

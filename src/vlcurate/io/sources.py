@@ -35,6 +35,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": ("files_per_shard", "rows_per_shard"),
     "manifest": (*_COLUMNS, "captions", "image_root", "rows_per_shard"),
     "instruct": (*INSTRUCT_OPTIONS, "rows_per_shard"),
+    "scores": ("score_column", "rows_per_shard"),
 }
 
 
@@ -150,11 +151,15 @@ def open_source(spec: str | Sequence[str], *, kind: str | None = None, **options
       `label_map` (a JSON list/object or a text file of names, one a line) turn `.cls` labels into
       captions;
     - instruct (LLaVA / ShareGPT / OpenAI JSON or JSONL, HF Parquet: see `io.instruct_reader`):
-      `format`, `image_root`, `samples_per_shard` (or `rows_per_shard`).
+      `format`, `image_root`, `samples_per_shard` (or `rows_per_shard`);
+    - scores (score tables, a `vlcurate score` run or DataComp metadata, see `io.score_tables`):
+      `score_column`, `rows_per_shard`.
     Raises ValueError for an empty spec, a pattern matching nothing, a missing path, an unknown
     kind or an option the kind does not take.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    if kind == "scores":
+        return _open_scores(spec, options)
     urls = expand_spec(spec)
     if kind is not None and kind not in SHARD_KINDS:
         raise ValueError(f"unknown input kind {kind!r}; expected one of {', '.join(SHARD_KINDS)}")
@@ -203,6 +208,16 @@ def _plannable(url: str, n_files: int) -> bool:
     """Whether to look into a file to cut it into row ranges: always for a local file or a single
     input file; not for each of many remote files (that would read them all before starting)."""
     return n_files == 1 or not has_protocol(url) or url.startswith(("file://", "memory://"))
+
+
+def _open_scores(spec: str | Sequence[str], options: dict[str, Any]) -> Source:
+    from vlcurate.io.score_tables import open_score_tables
+
+    unknown = sorted(set(options) - set(_OPTIONS["scores"]))
+    if unknown:
+        allowed = ", ".join(_OPTIONS["scores"])
+        raise ValueError(f"unknown option(s) for scores input: {', '.join(unknown)} (allowed: {allowed})")
+    return open_score_tables(spec, **options)
 
 
 _INSTRUCT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")

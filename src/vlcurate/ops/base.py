@@ -4,7 +4,9 @@ A batch is a `pyarrow.Table` with at least `uid`; readers add `text` and `image`
 An operator adds columns and never removes rows: a filter sets `keep` to False with a `reason`, and
 the sink decides what to write, so every dropped uid keeps the reason it was dropped for. The first
 reason wins: a pair dropped by an earlier step keeps that step's reason, and `dropped_by` names
-that step (`source` for a pair whose image or record could not be loaded).
+that step (`source` for a pair whose image or record could not be loaded). A source may also carry
+`reasons`, the list of every check a row fails (a score table's decisions list them all): then each
+filter appends its failures to it, on rows earlier steps dropped too.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-KEEP, REASON, DROPPED_BY = "keep", "reason", "dropped_by"
+KEEP, REASON, DROPPED_BY, REASONS = "keep", "reason", "dropped_by", "reasons"
+SOURCE = "source"  # `dropped_by` of pairs the source could not load or that it rejects
 
 
 class OpParams(BaseModel):
@@ -89,6 +93,11 @@ class Operator(ABC):
     def finalize(self) -> None:  # noqa: B027 - optional hook
         """Global operators: decide after every batch was observed."""
 
+    def another_pass(self) -> bool:
+        """Global operators: whether the engine must `observe` every batch once more, then call
+        `finalize` again, before `process` (an exact cut in bounded memory takes several passes)."""
+        return False
+
     @abstractmethod
     def process(self, batch: pa.Table) -> pa.Table:
         """Return the batch with this operator's columns added (same rows, same order)."""
@@ -145,28 +154,75 @@ def apply_bounds(
         keep &= ~high
 
 
-def mark(batch: pa.Table, keep: np.ndarray, reasons: list[str | None] | str) -> pa.Table:
-    """AND `keep` into the batch's keep column; a newly dropped row gets its reason, earlier reasons stay."""
+def from_source(batch: pa.Table) -> np.ndarray:
+    """Rows the source itself dropped (not loadable, or rejected as it read them)."""
+    if DROPPED_BY not in batch.column_names:
+        return np.zeros(batch.num_rows, dtype=bool)
+    return np.asarray(pc.fill_null(pc.equal(batch.column(DROPPED_BY), SOURCE), False), dtype=bool)
+
+
+def mark(
+    batch: pa.Table,
+    keep: np.ndarray,
+    reasons: list[str | None] | str,
+    *,
+    listed: np.ndarray | None = None,
+) -> pa.Table:
+    """AND `keep` into the batch's keep column; a newly dropped row gets its reason, earlier reasons stay.
+
+    Where the batch carries `reasons` (every failing check), each row failing here is appended to it,
+    dropped earlier or not, unless `listed` (a mask) leaves it out: a row the check could not judge."""
     n = batch.num_rows
     keep = np.asarray(keep, dtype=bool)
     if keep.shape != (n,):
         raise ValueError(f"keep mask has shape {keep.shape}, batch has {n} rows")
-    if isinstance(reasons, str):
-        reasons = [reasons] * n
+    why = pa.scalar(reasons, pa.string()) if isinstance(reasons, str) else pa.array(reasons, pa.string())
     old_keep = keep_mask(batch)
-    old_reason = batch.column(REASON).to_pylist() if REASON in batch.column_names else [None] * n
-    new_reason = [
-        old if not ok_before else (None if ok_now else why)
-        for ok_before, ok_now, old, why in zip(old_keep, keep, old_reason, reasons, strict=True)
-    ]
-    out = batch
-    for name, col in ((KEEP, pa.array(old_keep & keep)), (REASON, pa.array(new_reason, pa.string()))):
-        out = (
-            out.set_column(out.column_names.index(name), name, col)
-            if name in out.column_names
-            else out.append_column(name, col)
-        )
+    old_reason = batch.column(REASON) if REASON in batch.column_names else pa.nulls(n, pa.string())
+    newly = pa.array(old_keep & ~keep)
+    new_reason = pc.if_else(
+        newly, why, pc.if_else(pa.array(old_keep), pa.scalar(None, pa.string()), old_reason)
+    )
+    out = set_column(batch, KEEP, pa.array(old_keep & keep))
+    out = set_column(out, REASON, new_reason)
+    if REASONS in out.column_names:
+        fails = ~keep if listed is None else ~keep & listed
+        labels = why if isinstance(why, pa.Array) else pa.array([reasons] * n, pa.string())
+        out = append_reasons(out, pc.if_else(pa.array(fails), labels, pa.scalar(None, pa.string())))
     return out
+
+
+def append_reasons(batch: pa.Table, labels: pa.Array) -> pa.Table:
+    """Append to each row's `reasons` list its label(s): a string (null: none) or a list per row."""
+    old = batch.column(REASONS).combine_chunks()
+    if isinstance(old, pa.ChunkedArray):
+        old = old.chunk(0) if old.num_chunks else pa.array([], pa.list_(pa.string()))
+    if pa.types.is_list(labels.type):
+        add_vals = pc.list_flatten(labels)
+        add_n = np.asarray(pc.fill_null(pc.list_value_length(labels), 0), dtype=np.int64)
+    else:
+        valid = labels.is_valid()
+        add_vals = labels.filter(valid)
+        add_n = np.asarray(valid, dtype=np.int64)
+    if not len(add_vals):
+        return batch
+    old_vals = pc.list_flatten(old)
+    old_n = np.asarray(pc.fill_null(pc.list_value_length(old), 0), dtype=np.int64)
+    n = len(old_n)
+    new_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(old_n + add_n, out=new_off[1:])
+    take = np.empty(int(new_off[-1]), dtype=np.int64)
+    rows_old = np.repeat(np.arange(n), old_n)
+    old_start = np.concatenate([[0], np.cumsum(old_n)[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    pos_old = new_off[:-1][rows_old] + (np.arange(len(rows_old)) - old_start[rows_old])
+    take[pos_old] = np.arange(len(rows_old))
+    rows_add = np.repeat(np.arange(n), add_n)
+    add_start = np.concatenate([[0], np.cumsum(add_n)[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    pos_add = new_off[:-1][rows_add] + old_n[rows_add] + (np.arange(len(rows_add)) - add_start[rows_add])
+    take[pos_add] = len(old_vals) + np.arange(len(rows_add))
+    values = pa.concat_arrays([old_vals.cast(pa.string()), add_vals.cast(pa.string())]).take(pa.array(take))
+    lists = pa.ListArray.from_arrays(pa.array(new_off.astype(np.int32)), values)
+    return set_column(batch, REASONS, lists)
 
 
 def set_column(batch: pa.Table, name: str, values: pa.Array | np.ndarray | list[object]) -> pa.Table:

@@ -6,6 +6,7 @@ from vlcurate.ops import (  # noqa: F401
     image_ops,
     instruct_ops,
     pair_ops,
+    rule_ops,
     score_ops,
     text_ops,
     vlm_ops,

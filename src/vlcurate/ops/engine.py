@@ -20,7 +20,6 @@ import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,20 +27,30 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlcurate import __version__
 from vlcurate.io.sources import ShardReadError, open_source
-from vlcurate.io.subset import write_subset
-from vlcurate.ops.base import DROPPED_BY, KEEP, REASON, Operator, StepError, keep_mask, problem, setup_step
+from vlcurate.ops.base import (
+    DROPPED_BY,
+    KEEP,
+    REASON,
+    SOURCE,
+    Operator,
+    StepError,
+    keep_mask,
+    problem,
+    setup_step,
+)
 from vlcurate.ops.fingerprint import digest, shard_identity
 from vlcurate.ops.recipe import FetchSpec, Recipe
 from vlcurate.ops.report import write_report
+from vlcurate.ops.sink import RunSink
 from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
 from vlcurate.records import Sample, Status
 
 BATCH_ROWS = 1024
-SOURCE = "source"  # `dropped_by` of pairs the loader could not load
 _FAILED = (Status.READ_ERROR, Status.FETCH_ERROR)
 
 
@@ -82,6 +91,7 @@ class RunResult:
     stages: list[StageReport] = field(default_factory=list)
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard -> error (partial or unread)
     failed_pairs: int = 0  # pairs whose record or image could not be loaded
+    shards: dict[str, Any] | None = None  # sink.write_shards: where the kept pairs went, counts
 
     @property
     def partial(self) -> bool:
@@ -100,7 +110,11 @@ def needs_images(recipe: Recipe, ops: list[Operator]) -> bool:
 
 def load_batches(source: Any, shard: Any, fetch: FetchSpec | None) -> Iterator[pa.Table]:
     """The samples of one shard as batches of `BATCH_ROWS` (from the start of the shard), images by
-    path or URL fetched when `fetch` is given. Raises `ShardReadError` after the rows it could read."""
+    path or URL fetched when `fetch` is given. Raises `ShardReadError` after the rows it could read.
+    A source that reads columns, not samples (score tables), gives its Arrow batches as they are."""
+    if hasattr(source, "iter_tables"):
+        yield from source.iter_tables(shard)
+        return
     extra: dict[str, pa.DataType] = dict(getattr(source, "extra_columns", None) or {})
     chunk: list[Sample] = []
     try:
@@ -151,18 +165,26 @@ def _batch(samples: list[Sample], shard: str, extra: dict[str, pa.DataType]) -> 
     return pa.table(columns)
 
 
+def retryable_loads(table: pa.Table) -> int:
+    """Rows the loader could not load for a transient reason (a download that failed or timed out):
+    what `--retry-failed` fetches again."""
+    if DROPPED_BY not in table.column_names or not table.num_rows:
+        return 0
+    by_source = pc.fill_null(pc.equal(table.column(DROPPED_BY), SOURCE), False)
+    reason = pc.fill_null(table.column(REASON), "")
+    prefix = f"{Status.FETCH_ERROR.value}: "
+    fetch = pc.and_(pc.starts_with(reason, prefix), pc.invert(pc.starts_with(reason, prefix + "too large")))
+    return int(pc.sum(pc.and_(by_source, fetch)).as_py() or 0)
+
+
 def failed_loads(table: pa.Table) -> int:
     """Rows of a stage's output that the loader could not load (a record or an image)."""
-    if DROPPED_BY not in table.column_names:
+    if DROPPED_BY not in table.column_names or not table.num_rows:
         return 0
-    prefixes = tuple(f"{s.value}: " for s in _FAILED)
-    return sum(
-        1
-        for by, why in zip(
-            table.column(DROPPED_BY).to_pylist(), table.column(REASON).to_pylist(), strict=True
-        )
-        if by == SOURCE and why and why.startswith(prefixes)
-    )
+    by_source = pc.fill_null(pc.equal(table.column(DROPPED_BY), SOURCE), False)
+    reason = pc.fill_null(table.column(REASON), "")
+    failed = pc.or_(*(pc.starts_with(reason, f"{s.value}: ") for s in _FAILED))
+    return int(pc.sum(pc.and_(by_source, failed)).as_py() or 0)
 
 
 class ShardInput:
@@ -176,7 +198,9 @@ class ShardInput:
     def __iter__(self) -> Iterator[pa.Table]:
         if self.previous is not None:
             pf = pq.ParquetFile(self.previous / f"{self.shard.name}.parquet")
-            for rb in pf.iter_batches(batch_size=BATCH_ROWS):
+            # rows without images are small: read them in big batches
+            rows = BATCH_ROWS if "image" in pf.schema_arrow.names else 64 * BATCH_ROWS
+            for rb in pf.iter_batches(batch_size=rows):
                 yield pa.Table.from_batches([rb])
             return
         try:
@@ -213,6 +237,7 @@ class Stage:
     shard_fps: dict[str, str] = field(default_factory=dict)
     markers: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # shards that gave no rows, this run
+    retry: bool = False  # `--retry-failed`: re-run shards whose rows include retryable failed loads
 
     @property
     def head(self) -> Operator | None:
@@ -258,11 +283,12 @@ class Stage:
             m is not None
             and m.get("fingerprint") == self.shard_fps.get(shard.name)
             and self.spool(shard).exists()
+            and not (self.retry and m.get("retryable", 0))
         )
 
     def output_digest(self, shard: Any) -> str:
         m = self.markers[shard.name]
-        return digest([m["fingerprint"], m["rows"], m.get("error")])
+        return digest([m["fingerprint"], m["rows"], m.get("error"), m.get("failed_loads")])
 
     def write(self, shard: Any, table: pa.Table, stats: list[StepStats], error: str | None) -> None:
         """Write a shard's rows, then its marker; a shard that gave no rows and an error has failed
@@ -279,6 +305,8 @@ class Stage:
             "fingerprint": self.shard_fps[shard.name],
             "rows": table.num_rows,
             "error": error,
+            "failed_loads": failed_loads(table),
+            "retryable": retryable_loads(table),
             "vlcurate": __version__,
             "steps": [asdict(s) for s in stats],
         }
@@ -314,6 +342,8 @@ class Engine(ABC):
         self.source: Any = None
         self.ops: list[Operator] = []
         self.fetch: FetchSpec | None = None
+        # `--retry-failed`: shards whose pairs failed to load for a transient reason are loaded again
+        self.retry_failed = False
 
     @abstractmethod
     def run_stage(self, stage: Stage, todo: list[Any], previous: Stage | None) -> None:
@@ -348,6 +378,7 @@ class Engine(ABC):
         previous: Stage | None = None
         with self.session():
             for stage in stages:
+                stage.retry = self.retry_failed and previous is None
                 stage.prepare(self.source, available, previous)
                 todo = [sh for sh in available if not stage.done(sh)]
                 if todo:
@@ -368,10 +399,13 @@ class Engine(ABC):
             return
         i = stage.steps[0][0]
         try:
-            for sh in shards:
-                for batch in ShardInput(self.source, sh, previous.path if previous else None, self.fetch):
-                    head.observe(batch)
-            head.finalize()
+            while True:
+                for sh in shards:
+                    for batch in ShardInput(self.source, sh, previous.path if previous else None, self.fetch):
+                        head.observe(batch)
+                head.finalize()
+                if not head.another_pass():
+                    break
         except StepError:
             raise
         except Exception as exc:
@@ -391,60 +425,52 @@ class Engine(ABC):
             failed |= {
                 sh.name: str(st.markers[sh.name]["error"]) for sh in done if st.markers[sh.name]["error"]
             }
-        decisions = out / "decisions"
-        decisions.mkdir(exist_ok=True)
-        wanted = {f"{sh.name}.parquet" for sh in done}
-        for f in decisions.glob("*.parquet"):  # shards of an earlier input, or that failed now
-            if f.name not in wanted:
-                f.unlink()
-        kept_uids: list[str] = []
-        rows = failed_pairs = 0
-        reasons: Counter[str] = Counter()
         stat_columns = [c for op in self.ops for c in op.stat_columns()]
         stat_values: dict[str, list[np.ndarray]] = {c: [] for c in stat_columns}
         keeps: list[np.ndarray] = []
-        sink = None
-        if rec.sink.instruct_format is not None:
-            from vlcurate.instruct.writer import RunSink
-
-            sink = RunSink(out, rec.sink.instruct_format)
-        for sh in done:
-            table = pq.read_table(last.spool(sh))
-            if KEEP not in table.column_names:
-                table = table.append_column(KEEP, pa.array(np.ones(table.num_rows, dtype=bool)))
-                table = table.append_column(REASON, pa.array([None] * table.num_rows, pa.string()))
-            keep = keep_mask(table)
-            keeps.append(keep)
-            rows += table.num_rows
-            failed_pairs += failed_loads(table)
-            kept_uids += [u for u, k in zip(table.column("uid").to_pylist(), keep, strict=True) if k]
-            reasons.update(r for r in table.column(REASON).to_pylist() if r)
-            for c in stat_columns:
-                if c in table.column_names:
-                    stat_values[c].append(
-                        np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
-                    )
-            if sink is not None:
-                sink.add_table(table)
-            bulky = [c for c in ("image", "extra_images") if c in table.column_names]
-            write_parquet_atomic(decisions / f"{sh.name}.parquet", table.drop_columns(bulky))
-        subset = out / "subset.npy"
-        write_subset(subset, kept_uids)
+        failed_pairs = 0
+        sink = RunSink(out, rec.sink, [sh.name for sh in done])
+        try:
+            for sh in done:
+                table = pq.read_table(last.spool(sh))
+                keep = sink.add(sh.name, table)
+                failed_pairs += failed_loads(table)
+                if stat_columns:
+                    keeps.append(keep)
+                for c in stat_columns:
+                    if c in table.column_names:
+                        stat_values[c].append(
+                            np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                        )
+            written = sink.close()
+        except BaseException:
+            sink.abort()
+            raise
         all_keep = np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool)
         write_report(
             out,
             recipe_path=rec.path,
             source=rec.source.model_dump(),
             steps=[asdict(s) for s in stats],
-            rows=rows,
-            kept=len(kept_uids),
-            reasons=reasons,
+            rows=sink.rows,
+            kept=sink.kept,
+            reasons=sink.reasons,
             stats={c: (np.concatenate(v), all_keep) for c, v in stat_values.items() if v},
             failures={"failed_shards": failed, "failed_pairs": failed_pairs, "shards": len(shards)},
             stages=[asdict(r) for r in reports],
         )
-        instruct = sink.close() if sink is not None else None
-        return RunResult(out, rows, len(kept_uids), stats, subset, instruct, reports, failed, failed_pairs)
+        return RunResult(
+            out,
+            sink.rows,
+            sink.kept,
+            stats,
+            sink.subset,
+            written.get("instruct"),
+            reports,
+            failed,
+            failed_pairs,
+            written.get("shards"),
+        )
 
 
 def timed_step(op: Operator, batch: pa.Table, stats: StepStats, step: int, shard: str) -> pa.Table:
@@ -485,7 +511,8 @@ def check_recipe(recipe: Recipe) -> list[str]:
         first = next((sh for sh in shards if sh.url not in missing), None)
         if first is not None:  # the first record: columns that cannot be mapped, a bad container
             try:
-                next(iter(source.iter_samples(first)), None)
+                reader = getattr(source, "iter_tables", None) or source.iter_samples
+                next(iter(reader(first)), None)
             except (ShardReadError, OSError, ValueError) as exc:
                 problems.append(f"source: shard {first.name}: {exc}")
     for i, op in enumerate(recipe.operators()):

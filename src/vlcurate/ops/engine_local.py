@@ -57,6 +57,9 @@ class LocalEngine(Engine):
                 bar.shard_done(table.num_rows)
 
 
-def run_recipe(recipe: Recipe, *, progress: bool = False) -> RunResult:
-    """Run `recipe`; writes decisions per shard, the kept subset and a report under `recipe.sink.out`."""
-    return LocalEngine(recipe, progress=progress).run()
+def run_recipe(recipe: Recipe, *, progress: bool = False, retry_failed: bool = False) -> RunResult:
+    """Run `recipe`; writes decisions per shard, the kept subset and a report under `recipe.sink.out`.
+    `retry_failed`: load again the shards whose pairs failed to download (HTTP errors, timeouts)."""
+    engine = LocalEngine(recipe, progress=progress)
+    engine.retry_failed = retry_failed
+    return engine.run()

@@ -501,11 +501,18 @@ class RayEngine(Engine):
 
 
 def run_recipe_ray(
-    recipe: Recipe, address: str | None = None, num_cpus: int | None = None, *, progress: bool = True
+    recipe: Recipe,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    *,
+    progress: bool = True,
+    retry_failed: bool = False,
 ) -> RunResult:
     """Run `recipe` on Ray Data; writes what the local engine writes (decisions, subset, report).
 
     `address`: None starts a local instance (`num_cpus` of this machine, all by default) unless one
     is already running in this process; "auto" or "ray://host:port" joins a cluster.
     """
-    return RayEngine(recipe, address, num_cpus, progress=progress).run()
+    engine = RayEngine(recipe, address, num_cpus, progress=progress)
+    engine.retry_failed = retry_failed
+    return engine.run()

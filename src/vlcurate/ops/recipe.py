@@ -23,6 +23,23 @@ from vlcurate.ops.registry import UnknownOperatorError, get_operator
 SOURCE_COLUMNS = ("uid", "key", "text", "image", "shard", "source", "keep", "reason", "dropped_by")
 # What an instruct source adds (io.instruct_reader.INSTRUCT_COLUMNS, less keep/reason).
 INSTRUCT_SOURCE_COLUMNS = ("messages", "meta", "image_paths", "extra_images")
+# What a score-table source gives (io.score_tables), besides its score column.
+SCORES_SOURCE_COLUMNS = (
+    "uid",
+    "key",
+    "text",
+    "status",
+    "width",
+    "height",
+    "shard",
+    "keep",
+    "reason",
+    "dropped_by",
+    "reasons",
+    "score",
+    "clip_l14_similarity_score",
+    "clip_b32_similarity_score",
+)
 
 
 class RecipeError(ValueError):
@@ -152,7 +169,7 @@ def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
     if not isinstance(raw_steps, list) or not raw_steps:
         raise RecipeError(f"{where}: 'steps' must be a non-empty list of operators")
     steps: list[Step] = []
-    available = set(SOURCE_COLUMNS) | (set(INSTRUCT_SOURCE_COLUMNS) if src.kind == "instruct" else set())
+    available = source_columns(src)
     for i, raw in enumerate(raw_steps):
         line = lines[i] if i < len(lines) else 0
         at = f"{where}:{line}: step {i + 1}"
@@ -178,6 +195,13 @@ def load_recipe(source: str | Path, *, text: str | None = None) -> Recipe:
         available |= set(op.provides())
         steps.append(Step(op=cls.name, params=params, line=line))
     return Recipe(source=src, steps=steps, sink=sink, path=where)
+
+
+def source_columns(src: SourceSpec) -> set[str]:
+    """The columns a source gives the first step."""
+    if src.kind == "scores":
+        return set(SCORES_SOURCE_COLUMNS) | {str(src.options.get("score_column") or "score")}
+    return set(SOURCE_COLUMNS) | (set(INSTRUCT_SOURCE_COLUMNS) if src.kind == "instruct" else set())
 
 
 def _required(op: Operator) -> tuple[str, ...]:

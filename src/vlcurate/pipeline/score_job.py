@@ -45,7 +45,7 @@ from vlcurate.pipeline.score_stats import merge_markers, run_problems, score_his
 from vlcurate.pipeline.synth_check import SynthWorldCheck
 from vlcurate.pipeline.tar_ranges import iter_samples_with_ranges
 from vlcurate.pipeline.workers import decode_pool
-from vlcurate.records import SCORE_SCHEMA, Sample, Status, embedding_field
+from vlcurate.records import SCORE_SCHEMA, Sample, Status, embedding_field, is_transient_failure
 
 
 class RunMismatchError(RuntimeError):
@@ -664,13 +664,6 @@ def file_stamp(url: str) -> dict[str, Any] | None:
         return None
     mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("ETag")
     return {"size": info.get("size"), "mtime": str(mtime) if mtime is not None else None}
-
-
-def is_transient_failure(status: str | None, error: str | None) -> bool:
-    """A failed row that `--retry-failed` fetches again: a failed download (HTTP error, timeout,
-    network error, a path not found), not a body over the size limit, an undecodable image or a
-    missing caption."""
-    return status == Status.FETCH_ERROR.value and not (error or "").startswith("too large")
 
 
 def _score_table(acc: _ShardAcc, scores: np.ndarray) -> pa.Table:

@@ -10,16 +10,18 @@ import shutil
 import uuid
 from pathlib import Path
 
-from vlcurate.filtering.errors import FilterInputError
+
+class OutputDirError(ValueError):
+    """The output folder cannot be used: a file in the way, or results there without `overwrite`."""
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse early: a file in the way, or a non-empty folder without `overwrite`."""
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise FilterInputError(f"--out {out_dir} exists and is not a directory")
+            raise OutputDirError(f"--out {out_dir} exists and is not a directory")
         if any(out_dir.iterdir()) and not overwrite:
-            raise FilterInputError(f"--out {out_dir} exists and is not empty; pass --overwrite to replace it")
+            raise OutputDirError(f"--out {out_dir} exists and is not empty; pass --overwrite to replace it")
 
 
 def make_staging(out_dir: Path) -> Path:
@@ -37,7 +39,7 @@ def commit(staging: Path, out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists():
         if any(out_dir.iterdir()):
             if not overwrite:
-                raise FilterInputError(
+                raise OutputDirError(
                     f"--out {out_dir} exists and is not empty; pass --overwrite to replace it"
                 )
             old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")

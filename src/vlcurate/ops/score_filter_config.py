@@ -12,17 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# DataComp's `basic_filter` (baselines/apply_filter.py): caption > 2 words and > 5 characters,
-# shorter side >= 200 px, aspect ratio (long/short side) <= 3. Its English check (fastText) is not
-# applied here; it belongs to the language operator.
-BASIC_MIN_WORDS = 3
-BASIC_MIN_CHARS = 6
-BASIC_MIN_SIDE = 200
-BASIC_MAX_ASPECT = 3.0
-
-# What the in-memory mode holds per input row: the score (float64) plus, at worst, a kept uid as a
-# Python string (~100 bytes). Used to switch to the bounded mode automatically.
-IN_MEMORY_BYTES_PER_ROW = 120
+from vlcurate.ops.rule_ops import BASIC_MAX_ASPECT, BASIC_MIN_CHARS, BASIC_MIN_SIDE, BASIC_MIN_WORDS
 
 
 class FilterConfig(BaseModel):
