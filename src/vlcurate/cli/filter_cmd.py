@@ -159,7 +159,7 @@ def _print_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vlcurate.ops.score_filter_report import LANGUAGE_NOTE
+    from vlcurate.ops.score_filter import LANGUAGE_NOTE
 
     console = Console()
     table = Table(title="vlcurate filter", show_header=True, header_style="bold")

@@ -45,7 +45,7 @@ from vlcurate.ops.base import (
 )
 from vlcurate.ops.fingerprint import digest, shard_identity
 from vlcurate.ops.recipe import FetchSpec, Recipe
-from vlcurate.ops.report import write_report
+from vlcurate.ops.report import Histogram, ReportData, write_report
 from vlcurate.ops.sink import RunSink
 from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
 from vlcurate.records import Sample, Status
@@ -426,8 +426,7 @@ class Engine(ABC):
                 sh.name: str(st.markers[sh.name]["error"]) for sh in done if st.markers[sh.name]["error"]
             }
         stat_columns = [c for op in self.ops for c in op.stat_columns()]
-        stat_values: dict[str, list[np.ndarray]] = {c: [] for c in stat_columns}
-        keeps: list[np.ndarray] = []
+        histograms = {c: Histogram() for c in stat_columns}  # bounded: memory does not grow with rows
         failed_pairs = 0
         sink = RunSink(out, rec.sink, [sh.name for sh in done])
         try:
@@ -435,29 +434,32 @@ class Engine(ABC):
                 table = pq.read_table(last.spool(sh))
                 keep = sink.add(sh.name, table)
                 failed_pairs += failed_loads(table)
-                if stat_columns:
-                    keeps.append(keep)
-                for c in stat_columns:
+                for c, h in histograms.items():
                     if c in table.column_names:
-                        stat_values[c].append(
-                            np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
-                        )
+                        v = np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                        h.add(v[keep], "kept")
+                        h.add(v[~keep], "dropped")
             written = sink.close()
         except BaseException:
             sink.abort()
             raise
-        all_keep = np.concatenate(keeps) if keeps else np.zeros(0, dtype=bool)
         write_report(
             out,
-            recipe_path=rec.path,
-            source=rec.source.model_dump(),
-            steps=[asdict(s) for s in stats],
-            rows=sink.rows,
-            kept=sink.kept,
-            reasons=sink.reasons,
-            stats={c: (np.concatenate(v), all_keep) for c, v in stat_values.items() if v},
-            failures={"failed_shards": failed, "failed_pairs": failed_pairs, "shards": len(shards)},
-            stages=[asdict(r) for r in reports],
+            ReportData(
+                title=f"vlcurate run: {rec.path}",
+                command="run",
+                inputs=rec.source.input,
+                recipe=rec.path,
+                rows=sink.rows,
+                kept=sink.kept,
+                steps=[asdict(s) for s in stats],
+                reasons=sink.reasons,
+                histograms={c: h for c, h in histograms.items() if h.count()},
+                failed_shards=failed,
+                failed_pairs=failed_pairs,
+                failure_info={"shards": len(shards)},
+                extra={"source": rec.source.model_dump(), "stages": [asdict(r) for r in reports]},
+            ),
         )
         return RunResult(
             out,

@@ -531,6 +531,8 @@ def _headline(r: ReportData) -> str:
 
 
 def _inputs_text(inputs: Any) -> str:
+    if isinstance(inputs, Mapping) and "files" in inputs:  # the filter's inputs: files and their form
+        inputs = inputs["files"]
     if isinstance(inputs, list | tuple):
         return ", ".join(str(i) for i in inputs[:5]) + (
             f" and {len(inputs) - 5} more" if len(inputs) > 5 else ""

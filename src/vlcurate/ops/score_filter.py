@@ -22,6 +22,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,11 @@ import pyarrow.parquet as pq
 from vlcurate import __version__
 from vlcurate.io.score_tables import InputSet, resolve_inputs
 from vlcurate.io.staged_dir import check_out_dir, commit, make_staging
-from vlcurate.ops import score_filter_report as rep
 from vlcurate.ops.base import DROPPED_BY, REASON, REASONS, SOURCE
 from vlcurate.ops.engine_local import LocalEngine
 from vlcurate.ops.exact_cut import histogram, quantiles_from_hist
 from vlcurate.ops.recipe import Recipe, SinkSpec, SourceSpec, Step
+from vlcurate.ops.report import Histogram, ReportData, write_report
 from vlcurate.ops.score_filter_config import FilterConfig, FilterResult, RuleSettings
 from vlcurate.ops.score_ops import TopFraction
 
@@ -52,6 +53,11 @@ DECISIONS_SCHEMA = pa.schema(
     ]
 )
 
+QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+LANGUAGE_NOTE = (
+    "DataComp's English check (fastText) is not applied by `vlcurate filter`; it is the `language` "
+    "operator of `vlcurate run` (see recipes/datacomp_basic.yaml)"
+)
 TIE_RULE = (
     "k = ceil(F * N) over the N eligible rows; the threshold is the k-th largest eligible score; every "
     "row with score >= threshold is kept, so all rows tied at the cut are kept (kept = k + extra ties)"
@@ -184,11 +190,9 @@ def run_filter(
                 f"{summary.n_invalid:,} rows with status ok have a null, NaN or out-of-range score: "
                 "dropped as invalid_score"
             )
-        report = _report(cfg, inputs, problems, summary, threshold, top, kept, n_total, bounded, t0, warnings)
-        rep.write_json(staging / "report.json", report)
-        (staging / "report.md").write_text(rep.render_markdown(report))
-        if cfg.plot:
-            rep.plot_histogram(staging / "score_hist.png", summary.hist, threshold, kept, n_total)
+        data = _report(cfg, inputs, problems, summary, threshold, top, kept, n_total, bounded, t0, warnings)
+        data.steps = [asdict(st) for st in result.steps]
+        report = write_report(staging, data, formats=("json", "md"))
         commit(staging, out, cfg.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,6 +226,7 @@ class _Summary:
         self.first: Counter[str] = Counter()
         self.every: Counter[str] = Counter()
         self.hist = np.zeros(n_bins, dtype=np.int64)
+        self.plot = Histogram(-1.0, 1.0)  # valid scores, kept against dropped, for report and plot
         self.valid: list[np.ndarray] | None = [] if exact else None
         self.n_valid = self.n_invalid = self.kept_by_score = self.ties = self.subset_size = 0
 
@@ -253,6 +258,9 @@ def _gather(
                 invalid = np.asarray(pc.equal(reason, "invalid_score"), dtype=bool)
                 s.n_invalid += int(invalid.sum())
                 v = np.asarray(pc.fill_null(score, np.nan), dtype=np.float64)[valid]
+                kept_v = np.asarray(t.column("keep"), dtype=bool)[valid]
+                s.plot.add(v[kept_v], "kept")
+                s.plot.add(v[~kept_v], "dropped")
                 s.n_valid += len(v)
                 s.hist += histogram(v, cfg.hist_bins)
                 if s.valid is not None:
@@ -295,22 +303,23 @@ def _report(
     bounded: bool,
     t0: float,
     warnings: list[str],
-) -> dict[str, Any]:
-    """report.json: what was read, how the cut was made, what was kept and why the rest was not."""
+) -> ReportData:
+    """What was read, how the cut was made, what was kept and why the rest was not, for the shared
+    report writer (report.json keeps every key `vlcurate filter` has always written)."""
     rules = cfg.rules
     if s.valid is not None and not bounded:
         allv = np.concatenate(s.valid) if s.valid else np.empty(0)
         quantiles = (
             {
                 f"p{round(q * 100):g}": float(v)
-                for q, v in zip(rep.QUANTILES, np.quantile(allv, rep.QUANTILES), strict=True)
+                for q, v in zip(QUANTILES, np.quantile(allv, QUANTILES), strict=True)
             }
             if len(allv)
             else {}
         )
         q_method = "exact"
     else:
-        quantiles = quantiles_from_hist(s.hist, rep.QUANTILES)
+        quantiles = quantiles_from_hist(s.hist, QUANTILES)
         q_method = f"histogram of {len(s.hist)} bins (within {2 / len(s.hist):.1e})"
     names = {
         "subset": "subset.npy",
@@ -320,15 +329,8 @@ def _report(
         "score_hist": "score_hist.png" if cfg.plot else None,
     }
     is_top = cfg.top_fraction is not None
-    return {
+    extra: dict[str, Any] = {
         "vlcurate_version": __version__,
-        "inputs": {
-            "files": [str(f) for f in inputs.files],
-            "form": inputs.form,
-            "score_column": inputs.columns.score,
-            "summary_json": str(inputs.summary_json) if inputs.summary_json else None,
-            "problems": problems,
-        },
         "selection": {
             "mode": "top_fraction" if is_top else "threshold",
             "threshold_requested": cfg.threshold,
@@ -349,12 +351,11 @@ def _report(
             "max_aspect": rules.max_aspect,
             "missing_size": rules.missing_size,
             "language": "not applied",
-            "language_note": rep.LANGUAGE_NOTE,
+            "language_note": LANGUAGE_NOTE,
         },
         "threshold": threshold,
         "total": n_total,
         "valid": s.n_valid,
-        "kept": kept,
         "kept_share": kept / n_total if n_total else 0.0,
         "subset_size": s.subset_size,
         "counts_by_reason": dict(sorted(s.first.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -366,5 +367,29 @@ def _report(
         "passes": (top.cut.passes if top is not None else 0) + 1,
         "elapsed_s": round(time.perf_counter() - t0, 3),
         "outputs": {k: v for k, v in names.items() if v},
-        "warnings": warnings,
     }
+    return ReportData(
+        title="vlcurate filter report",
+        command="filter",
+        inputs={
+            "files": [str(f) for f in inputs.files],
+            "form": inputs.form,
+            "score_column": inputs.columns.score,
+            "summary_json": str(inputs.summary_json) if inputs.summary_json else None,
+            "problems": problems,
+        },
+        rows=n_total,
+        kept=kept,
+        reasons=Counter(s.first),
+        histograms={"score": s.plot} if cfg.plot else {},
+        plot_paths={"score": "score_hist.png"},
+        cuts={"score": threshold} if threshold is not None else {},
+        warnings=warnings,
+        notes=[
+            f"selection: {_describe(cfg)}",
+            f"threshold used: {threshold if threshold is not None else 'none'}",
+            f"memory mode: {'bounded (streaming, exact)' if bounded else 'in memory'}",
+            f"language: {LANGUAGE_NOTE}",
+        ],
+        extra=extra,
+    )
