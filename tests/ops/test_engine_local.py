@@ -252,7 +252,9 @@ def test_sink_write_shards_reshards_exactly_the_kept_pairs(small_pool: Path, tmp
     assert len(tars) == 4 == result.shards["shards"]  # 150 pairs, 40 a shard
     src = open_source([str(t) for t in tars])
     samples = [s for sh in src.shards() for s in src.iter_samples(sh)]
-    assert sorted(s.uid for s in samples) == sorted(array_to_uids(read_subset(tmp_path / "run" / "subset.npy")))
+    assert sorted(s.uid for s in samples) == sorted(
+        array_to_uids(read_subset(tmp_path / "run" / "subset.npy"))
+    )
     assert all(s.image and s.text for s in samples)
     # a changed selection re-run into the same folder leaves no shard of the old one
     again = run_recipe(load_recipe("r.yaml", text=text.replace("fraction: 0.5", "fraction: 0.1")))
