@@ -139,7 +139,7 @@ def child_ours(recipe_text: str, t0: float) -> None:
     imports_start = time.time()
     import pyarrow.parquet as pq
 
-    import vlcurate.models.clip as clip_mod
+    import vlcurate.models.loader as clip_mod
     from vlcurate.ops.engine_local import run_recipe
     from vlcurate.ops.recipe import load_recipe
 

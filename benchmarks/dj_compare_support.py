@@ -182,9 +182,9 @@ def preprocessing_check(
     import torch
     from PIL import Image
 
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.base.images import decode_image
+    from vlcurate.models.loader import load_scorer
     from vlcurate.models.tv_compat import ensure_torchvision
-    from vlcurate.pipeline.decode import decode_image
 
     ensure_torchvision()  # before transformers, which imports torchvision
     from transformers import CLIPImageProcessor

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import REPO_ROOT, emit, log, machine_info
-from vlcurate.instruct.evaluate import precision_recall
+from vlcurate.synth.instruct_eval import precision_recall
 
 # Filter -> (the reasons that count as its drops, the planted faults it is meant to catch).
 FILTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log
-from vlcurate.instruct.evaluate import precision_recall
-from vlcurate.instruct.synth_data import write_planted
 from vlcurate.ops.engine_local import run_recipe
 from vlcurate.ops.recipe import load_recipe
+from vlcurate.synth.instruct_data import write_planted
+from vlcurate.synth.instruct_eval import precision_recall
 
 RECIPE = """\
 source: {{input: "{data}", kind: instruct, options: {{samples_per_shard: 1000}}}}

@@ -186,8 +186,8 @@ def build_pool(root: Path, pairs: int, seed: int, shard_size: int) -> Path:
 def compute_truth(shards: Path, model: str = "tiny-synth", cache: Path | None = None) -> Truth:
     """Score every pair once with `score_pairs` (what the server's hidden checks use) on the CPU."""
     from vlcurate.io.sources import open_source
-    from vlcurate.models.clip import load_scorer
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.models.loader import load_scorer
+    from vlcurate.score.memory import score_pairs
 
     scorer = load_scorer(model, device="cpu")
     if cache is not None and cache.exists():

@@ -40,9 +40,9 @@ def main() -> None:
 
     from tests.vlm_live import VLMServer
 
-    from vlcurate.models.vlm import VLMSettings
     from vlcurate.recaption import RecaptionConfig, recaption_dataset
-    from vlcurate.recaption.synth_eval import evaluate_pool
+    from vlcurate.synth.recaption_eval import evaluate_pool
+    from vlcurate.vlm.client import VLMSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

@@ -79,7 +79,7 @@ class Pair:
 
     @property
     def uid(self) -> str:
-        from vlcurate.records import derive_uid
+        from vlcurate.base.records import derive_uid
 
         return derive_uid(self.photo.data, self.caption + f"#{self.index}")
 
@@ -205,7 +205,7 @@ def decode_only(images: Sequence[bytes], size: int, workers: int, chunk_size: in
     the model, so start-up is hidden there too); at most 4 chunks per worker are in flight, like
     the job's bounded queue, so the parent does not pickle every image up front.
     """
-    from vlcurate.pipeline.decode import decode_chunk
+    from vlcurate.base.images import decode_chunk
 
     chunks: list[list[bytes | None]] = [list(images[s]) for s in _batches(len(images), chunk_size)]
     ctx = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
@@ -493,8 +493,8 @@ def child_e2e(params_json: str) -> None:
     """The child side: run the job, then report its summary and own max RSS to the parent."""
     import resource
 
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     params = json.loads(params_json)
     summary = score_dataset(params["input"], params["out"], ScoreConfig(**params["config"]))
@@ -531,10 +531,11 @@ def bench_model(
     """Every figure for one model; a model whose weights are missing is skipped with the reason."""
     import torch
 
-    from vlcurate.models.clip import WeightsNotFoundError, load_scorer
+    from vlcurate.base.images import decode_chunk
+    from vlcurate.models.loader import load_scorer
     from vlcurate.models.registry import UnknownModelError
-    from vlcurate.pipeline.decode import decode_chunk
-    from vlcurate.pipeline.score_config import ScoreConfig
+    from vlcurate.models.scorer import WeightsNotFoundError
+    from vlcurate.score.config import ScoreConfig
 
     out: dict[str, Any] = {"model": model}
     try:
@@ -712,7 +713,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.per_sample_pairs = args.per_sample_pairs or (16 if q else 64)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (1.0 if q else 5.0)
     if args.batch_size is None:
-        from vlcurate.pipeline.score_config import ScoreConfig
+        from vlcurate.score.config import ScoreConfig
 
         args.batch_size = ScoreConfig().batch_size
     sizes = args.memory_sizes or ("500,1000" if q else "5000,20000")

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, log, machine_info, shared_dir
-from vlcurate.pipeline.decode import decode_image
+from vlcurate.base.images import decode_image
 from vlcurate.stats import image as img_stats
 from vlcurate.stats import text as txt
 

@@ -1,4 +1,4 @@
-"""Throughput of the VLM client (`vlcurate.models.vlm`) against a local `vlcurate vlm serve`, and
+"""Throughput of the VLM client (`vlcurate.vlm.client`) against a local `vlcurate vlm serve`, and
 whether it holds, losing and duplicating nothing, under a server that returns 429s, 500s,
 timeouts, malformed JSON and empty answers.
 
@@ -41,10 +41,10 @@ for _p in (str(HERE.parent), str(HERE)):
 from tests.vlm_live import VLMServer  # noqa: E402
 
 from _common import emit, log, machine_info  # noqa: E402
-from vlcurate.models import vlm_prompts as vp  # noqa: E402
-from vlcurate.models.vlm import VLMClient, VLMRequest, VLMResult, VLMSettings  # noqa: E402
-from vlcurate.models.vlm_usage import UsageStats  # noqa: E402
 from vlcurate.synth.scene import scene_from_seed  # noqa: E402
+from vlcurate.vlm import prompts as vp  # noqa: E402
+from vlcurate.vlm.client import VLMClient, VLMRequest, VLMResult, VLMSettings  # noqa: E402
+from vlcurate.vlm.usage import UsageStats  # noqa: E402
 
 FAULTS = "429=0.1,500=0.05,timeout=0.02,malformed=0.05,empty=0.02"
 

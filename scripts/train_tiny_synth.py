@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 
 from vlcurate.models.tv_compat import ensure_torchvision
 from vlcurate.synth.corrupt import corrupt
-from vlcurate.synth.evaluate import evaluate, make_eval_set
 from vlcurate.synth.scene import scene_from_seed
+from vlcurate.synth.scorer_eval import evaluate, make_eval_set
 from vlcurate.synth.vocab import IMAGE_SIZE
 
 ensure_torchvision()

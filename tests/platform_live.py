@@ -209,7 +209,7 @@ class HonestAgent:
     @classmethod
     def scorer(cls) -> Any:
         if cls._scorer is None:
-            from vlcurate.models.clip import load_scorer
+            from vlcurate.models.loader import load_scorer
 
             cls._scorer = load_scorer("tiny-synth", device="cpu")
         return cls._scorer
@@ -222,7 +222,7 @@ class HonestAgent:
         return dict(r.json())
 
     def answers(self, lease: dict[str, Any]) -> list[dict[str, Any]]:
-        from vlcurate.pipeline.score_memory import score_pairs
+        from vlcurate.score.memory import score_pairs
 
         images = [self.http.get(it["image_url"]).content for it in lease["items"]]
         scored = score_pairs(self.scorer(), images, [it["caption"] for it in lease["items"]])

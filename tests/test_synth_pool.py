@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from vlcurate.records import derive_uid, is_datacomp_uid
+from vlcurate.base.records import derive_uid, is_datacomp_uid
 from vlcurate.synth.pool import write_pool
 from vlcurate.synth.scene import scene_from_seed
 

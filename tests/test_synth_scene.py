@@ -152,3 +152,10 @@ def test_generation_is_fast() -> None:
     rate = n / (time.perf_counter() - start)
     print(f"{rate:.0f} scenes/s")
     assert rate > 200  # ~2000/s on one idle core; generous for a loaded CI machine
+
+
+def test_the_tiny_synth_check_knows_the_size_of_every_synthetic_scene() -> None:
+    from vlcurate.models.tiny_synth_check import IMAGE_SIZE as CHECKED
+    from vlcurate.synth.vocab import IMAGE_SIZE
+
+    assert CHECKED == IMAGE_SIZE

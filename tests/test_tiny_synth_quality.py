@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vlcurate.models.tv_compat import ensure_torchvision
-from vlcurate.synth.evaluate import evaluate, make_eval_set, roc_auc
+from vlcurate.synth.scorer_eval import evaluate, make_eval_set, roc_auc
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src/vlcurate/models/weights/tiny-synth"
 EVAL_SEED = 424_242  # not a training stream (training uses seed 0) nor the script's eval seed
@@ -57,7 +57,7 @@ def test_bundled_folder_is_an_open_clip_local_dir() -> None:
 def _pair_scorer() -> tuple[str, object]:
     """The project's scorer when it exists (the real code path), else open_clip directly."""
     try:
-        from vlcurate.models.clip import load_scorer
+        from vlcurate.models.loader import load_scorer
     except ImportError:
         load_scorer = None
     if load_scorer is not None:

@@ -27,7 +27,7 @@ from vlcurate.agents.runner import (
     Fetched,
     build_results,
 )
-from vlcurate.pipeline.decode import decode_image
+from vlcurate.base.images import decode_image
 from vlcurate.server import schemas
 from vlcurate.synth.scene import scene_from_seed
 
@@ -48,7 +48,7 @@ class FakeScorer:
     def __init__(self, fingerprint: str = "fake-fp", on_score: Callable[[], None] | None = None):
         global _TINY
         if _TINY is None:
-            from vlcurate.models.clip import load_scorer
+            from vlcurate.models.loader import load_scorer
 
             _TINY = load_scorer("tiny-synth", device="cpu", precision="fp32")
         self.real = _TINY
@@ -83,7 +83,7 @@ def pixels(data: bytes, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny() -> Any:
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.models.loader import load_scorer
 
     return load_scorer("tiny-synth", device="cpu", precision="fp32")
 
@@ -181,7 +181,7 @@ class SlowScorer:
 
 
 def slow_loader(delay: float) -> Callable[[str, str, str], Any]:
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.models.loader import load_scorer
 
     def load(name: str, device: str, precision: str) -> Any:
         with _LOAD_LOCK:
@@ -205,8 +205,8 @@ def test_two_agents_survive_a_server_restart_verify_everything_and_match_score(
     import pyarrow.parquet as pq
     from tests.platform_live import ServerProcess, setup_task
 
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     server = ServerProcess(str(tmp_path / "platform.db"), log=tmp_path / "server.log").start()
     try:

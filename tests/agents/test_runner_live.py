@@ -108,7 +108,7 @@ def test_scores_a_unit_with_every_status(live: Live, mixed_folder: Path) -> None
     ok = [k for k in range(5) if str(k) not in sub.statuses]
     items = sorted(live.rows(db.items), key=lambda r: r.id)
     images = {r.item_id: r.data for r in live.rows(db.item_images)}
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.score.memory import score_pairs
 
     want = score_pairs(
         FakeScorer().real, [images.get(items[k].id) for k in ok], [items[k].caption for k in ok]

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlcurate.dedup import hamming, near_dedup, near_pairs, phash_uint64, phashes
+from vlcurate.base.images import hamming, phash
+from vlcurate.dedup import near_dedup, near_pairs, phashes
 
 
 def _random_hashes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -122,7 +123,7 @@ def test_real_photos_re_encoded_and_resized_group_with_their_original(coco_dir: 
             Image.open(io.BytesIO(png.getvalue())),
         ]
     hashes = phashes(photos + variants)
-    assert hashes.dtype == np.uint64 and phash_uint64(photos[0]) == int(hashes[0])
+    assert hashes.dtype == np.uint64 and phash(photos[0]) == int(hashes[0])
     priority = np.r_[np.ones(8), np.zeros(len(variants))]  # originals win
     result = near_dedup(hashes, priority=priority, max_distance=4)
     assert result.keep[:8].all()  # different photos do not group

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlcurate.records import SCORE_SCHEMA
+from vlcurate.base.records import SCORE_SCHEMA
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 

@@ -184,11 +184,11 @@ def test_a_score_run_with_failed_shards_exits_partial(
     coco_pairs: list, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """A real `vlcurate score` run with one good shard, one that is not a tar, one truncated."""
-    from tests.pipeline.shards import write_coco_shards
+    from tests.score.shards import write_coco_shards
 
     from vlcurate.cli.errors import EXIT_PARTIAL
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     shards = tmp_path / "shards"
     write_coco_shards(shards, coco_pairs, n_shards=1, per_shard=8)

@@ -9,8 +9,8 @@ from typing import Any
 import fsspec
 from io_testkit import ServerState
 
+from vlcurate.base.records import Sample, Status, derive_uid
 from vlcurate.io.fetch import fetch_all, resolve_images
-from vlcurate.records import Sample, Status, derive_uid
 
 
 def _ref(ref: str, text: str = "a caption") -> Sample:

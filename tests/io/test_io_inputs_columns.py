@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from vlcurate.base.records import Status, derive_uid
 from vlcurate.cli.data_options import data_options
 from vlcurate.io.sources import ShardReadError, open_source
-from vlcurate.records import Status, derive_uid
 
 
 def _read(spec: Any, **opts: Any) -> list[Any]:

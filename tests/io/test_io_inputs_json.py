@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vlcurate.base.records import Status, derive_uid
 from vlcurate.io.sources import open_source
-from vlcurate.records import Status, derive_uid
 
 
 def _read(spec: Any, **opts: Any) -> list[Any]:

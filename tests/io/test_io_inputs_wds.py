@@ -17,10 +17,10 @@ import pytest
 from io_testkit import datacomp_uid, write_tar
 from PIL import Image
 
+from vlcurate.base.records import Status, derive_uid
 from vlcurate.io.reshard import reshard
 from vlcurate.io.sources import open_source
 from vlcurate.io.subset import write_subset
-from vlcurate.records import Status, derive_uid
 
 
 def _read(spec: Any, **opts: Any) -> list[Any]:

@@ -140,8 +140,8 @@ def test_flat_image_folder(tmp_path: Path, coco_pairs: list[Any]) -> None:
 def test_score_resumes_range_by_range(tmp_path: Path, coco_pairs: list[Any], tiny_model_dir: Path) -> None:
     """`vlcurate score` takes range shards as they are: one table and marker per range, and a
     range whose output is lost (as after kill -9) is the only one scored again."""
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     path = tmp_path / "train.csv"
     path.write_text("filepath\ttitle\n" + "".join(f"{p.path}\t{p.caption}\n" for p in coco_pairs[:25]))

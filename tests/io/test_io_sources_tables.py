@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from io_testkit import datacomp_uid
 
+from vlcurate.base.records import Status, derive_uid
 from vlcurate.io.sources import ShardReadError, open_source
-from vlcurate.records import Status, derive_uid
 
 
 def _read_all(spec: Any, **opts: Any) -> list[Any]:

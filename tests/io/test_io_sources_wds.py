@@ -13,8 +13,8 @@ import pytest
 import webdataset as wds
 from io_testkit import coco_sample, datacomp_uid, write_tar
 
+from vlcurate.base.records import Status, derive_uid, is_datacomp_uid
 from vlcurate.io.sources import ShardReadError, open_source
-from vlcurate.records import Status, derive_uid, is_datacomp_uid
 
 
 def _read_all(spec: Any, **opts: Any) -> list[Any]:

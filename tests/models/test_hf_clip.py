@@ -14,9 +14,10 @@ import torch
 
 pytest.importorskip("transformers")
 
-from vlcurate.models.clip import WeightsNotFoundError, load_scorer
 from vlcurate.models.hf_clip_files import save_random_clip, write_clip_tokenizer_files
+from vlcurate.models.loader import load_scorer
 from vlcurate.models.registry import UnknownModelError, resolve
+from vlcurate.models.scorer import WeightsNotFoundError
 from vlcurate.models.tv_compat import ensure_torchvision
 
 SMALL = {
@@ -60,7 +61,7 @@ def test_the_name_resolves_to_a_folder_or_a_hub_repo(tmp_path: Path) -> None:
 
 
 def test_loads_by_name_and_scores_cosines(hf_dir: Path, coco_pairs: list[Any]) -> None:
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.score.memory import score_pairs
 
     s = load_scorer(f"hf-clip:{hf_dir}", device="cpu", precision="fp32")
     assert s.preprocessing.image_size == 64 and s.preprocessing.interpolation == "bicubic"

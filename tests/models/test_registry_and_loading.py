@@ -10,8 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from vlcurate.cli.main import app
-from vlcurate.models.clip import WeightsNotFoundError, load_scorer, weights_available
+from vlcurate.models.clip import weights_available
+from vlcurate.models.loader import load_scorer
 from vlcurate.models.registry import UnknownModelError, fixed_specs, resolve
+from vlcurate.models.scorer import WeightsNotFoundError
 
 runner = CliRunner()
 

@@ -21,8 +21,10 @@ import httpx
 import pytest
 from tests.vlm_live import VLMServer
 
-from vlcurate.models import vlm_prompts as vp
-from vlcurate.models.vlm import (
+from vlcurate.synth.scene import Scene, scene_from_seed
+from vlcurate.vlm import prompts as vp
+from vlcurate.vlm.cache import CACHE_FILE
+from vlcurate.vlm.client import (
     VLMClient,
     VLMRequest,
     VLMResult,
@@ -31,8 +33,6 @@ from vlcurate.models.vlm import (
     run_many,
     run_many_with_usage,
 )
-from vlcurate.models.vlm_cache import CACHE_FILE
-from vlcurate.synth.scene import Scene, scene_from_seed
 
 API_KEY = "sk-test-0123456789"
 FAULTS = "429=0.15,500=0.1,timeout=0.05,malformed=0.1,empty=0.05"
@@ -393,7 +393,7 @@ def test_server_killed_mid_run_then_rerun_resumes(
 
 
 def test_limiter_halves_and_recovers() -> None:
-    from vlcurate.models.vlm_usage import AdaptiveLimiter
+    from vlcurate.vlm.usage import AdaptiveLimiter
 
     async def go() -> None:
         lim = AdaptiveLimiter(8)

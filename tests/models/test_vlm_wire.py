@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from vlcurate.models import vlm_prompts as vp
-from vlcurate.models.vlm import SCHEMA_INSTRUCTION, VLMRequest, build_messages, cache_key, check_answer
-from vlcurate.models.vlm_cache import CACHE_FILE, ResponseCache
-from vlcurate.models.vlm_wire import ImageInputError, extract_json_object, prepare_image, retry_after_s
 from vlcurate.synth.scene import scene_from_seed
+from vlcurate.vlm import prompts as vp
+from vlcurate.vlm.cache import CACHE_FILE, ResponseCache
+from vlcurate.vlm.client import SCHEMA_INSTRUCTION, VLMRequest, build_messages, cache_key, check_answer
+from vlcurate.vlm.wire import ImageInputError, extract_json_object, prepare_image, retry_after_s
 
 
 @pytest.mark.parametrize(

@@ -57,8 +57,8 @@ def test_clip_score_then_top_fraction_matches_score_and_filter(small_pool: Path,
     # The same selection as `vlcurate score` + `vlcurate filter --top-fraction 0.5` (fp32 both).
     from vlcurate.ops.score_filter import run_filter
     from vlcurate.ops.score_filter_config import FilterConfig
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     score_dataset(
         str(small_pool),
@@ -105,8 +105,8 @@ def test_cli_run_check_and_ops(small_pool: Path, tmp_path: Path) -> None:
 
 def test_an_out_of_memory_batch_backs_off_to_smaller_batches(small_pool: Path, monkeypatch: Any) -> None:
     from vlcurate.io.sources import open_source
-    from vlcurate.models.clip import load_scorer
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.models.loader import load_scorer
+    from vlcurate.score.memory import score_pairs
 
     scorer = load_scorer("tiny-synth", precision="fp32")
     src = open_source(str(small_pool))

@@ -75,10 +75,10 @@ def test_both_engines_keep_the_same_pairs_for_every_shipped_recipe(
     import numpy as np
     from tests.vlm_live import VLMServer
 
-    from vlcurate.instruct.synth_data import write_planted
     from vlcurate.io.subset import read_subset
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.models.loader import load_scorer
     from vlcurate.ops.engine_ray import run_recipe_ray
+    from vlcurate.synth.instruct_data import write_planted
 
     tmp = tmp_path_factory.mktemp("shipped")
     instruct = tmp / "instruct"

@@ -15,9 +15,6 @@ from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
 
 from vlcurate.cli.main import app
-from vlcurate.instruct.evaluate import TARGETS, precision_recall
-from vlcurate.instruct.synth_data import write_planted
-from vlcurate.models.vlm_prompts import ANSWER_LINE, final_answer, normalize_answer
 from vlcurate.ops.base import keep_mask
 from vlcurate.ops.recipe import load_recipe
 from vlcurate.ops.vlm_ops import (
@@ -32,8 +29,11 @@ from vlcurate.ops.vlm_ops import (
     bare_question,
 )
 from vlcurate.synth.caption import Caption, Phrase
+from vlcurate.synth.instruct_data import write_planted
+from vlcurate.synth.instruct_eval import TARGETS, precision_recall
 from vlcurate.synth.qa import _absent_pair
 from vlcurate.synth.scene import scene_from_seed
+from vlcurate.vlm.prompts import ANSWER_LINE, final_answer, normalize_answer
 
 SEED = 3
 STEPS_TARGETS = {**TARGETS, "blind_answerable": ("blind_answerable",), "hallucination": ("hallucination",)}

@@ -7,12 +7,12 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from vlcurate.models.vlm import VLMSettings
 from vlcurate.recaption.candidates import Candidate, clean_caption, feedback_sentence, seed_of
 from vlcurate.recaption.choose import choose
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.iterate import Budget
 from vlcurate.recaption.mentions import get_extractor, join_mentions
+from vlcurate.vlm.client import VLMSettings
 
 
 def test_original_is_kept_unless_beaten_by_more_than_the_margin() -> None:

@@ -14,10 +14,10 @@ from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
 
 from vlcurate.cli.main import app
-from vlcurate.models.vlm import VLMSettings
 from vlcurate.recaption import RecaptionConfig, recaption_dataset
-from vlcurate.recaption.synth_eval import evaluate_pool
 from vlcurate.synth.pool import write_pool
+from vlcurate.synth.recaption_eval import evaluate_pool
+from vlcurate.vlm.client import VLMSettings
 
 SEED = 5
 

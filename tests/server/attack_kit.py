@@ -98,7 +98,7 @@ class Agent(HonestAgent):
         self, lease: dict[str, Any], *, honest: Set[str] = frozenset(), junk: float = JUNK
     ) -> list[dict[str, Any]]:
         """Score the items in `honest` with the pinned model; answer `junk` for all the others."""
-        from vlcurate.pipeline.score_memory import score_pairs
+        from vlcurate.score.memory import score_pairs
 
         picked = [k for k, it in enumerate(lease["items"]) if it["item_id"] in honest]
         scored = dict(

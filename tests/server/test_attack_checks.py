@@ -9,7 +9,7 @@ import httpx
 import pytest
 from tests.server import attack_kit as kit
 
-from vlcurate.pipeline.score_memory import score_pairs
+from vlcurate.score.memory import score_pairs
 
 # Server-scored answers for exactly the checks of 12 units x 2 (units of 8 of the 96 pairs): every unit
 # has its checks, and (before issue 13) the pool was small enough that a contributor soon met the

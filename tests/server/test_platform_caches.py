@@ -8,8 +8,8 @@ import gc
 from pathlib import Path
 
 from vlcurate.server import db
-from vlcurate.server.context import Platform, UnitPairs
 from vlcurate.server.migrate import upgrade
+from vlcurate.server.platform import Platform, UnitPairs
 from vlcurate.server.settings import ServerSettings
 
 

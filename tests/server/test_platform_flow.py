@@ -50,8 +50,8 @@ def test_two_honest_contributors_verify_everything_and_export_like_score(
     summary = export_task(live_platform.engine, "t", out)
     assert summary["shards_done"] == 3 and summary["pairs"] == 300
     # The exported scores are what `vlcurate score` gives for the same pairs.
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
 
     scored = tmp_path / "scored"
     score_dataset(str(small_pool), scored, ScoreConfig(model="tiny-synth", progress=False, workers=0))

@@ -13,8 +13,8 @@ from sqlalchemy import insert, select
 from tests.server.conftest import insert_task
 
 from vlcurate.server import db, links, reputation
-from vlcurate.server.context import TaskInfo
 from vlcurate.server.migrate import upgrade
+from vlcurate.server.platform import TaskInfo
 from vlcurate.server.verify import judge
 
 TASK = TaskInfo(

@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 from tests.conftest import CocoPair
-from tests.pipeline.bad_images import awkward_images
+from tests.score.bad_images import awkward_images
 
+from vlcurate.base.images import hamming, phash
 from vlcurate.stats.image import (
     ImageStats,
     blur_score,
     decodability,
     exposure,
-    hamming_distance,
-    hamming_distances,
     image_stats,
-    phash,
     read_header,
     stats_columns,
     to_gray,
@@ -171,9 +169,9 @@ def test_phash_is_stable_under_resizing_and_far_between_photos(photos: list[tupl
         assert s.phash is not None and 0 <= s.phash < 2**64
         img = _rgb(data)
         half = image_stats(_encode(img.resize((img.width // 2, img.height // 2)), quality=80))
-        assert half.phash is not None and hamming_distance(s.phash, half.phash) <= 6
+        assert half.phash is not None and int(hamming(s.phash, half.phash)) <= 6
         hashes.append(s.phash)
-    far = [hamming_distance(a, b) for a, b in itertools.combinations(hashes, 2)]
+    far = [int(hamming(a, b)) for a, b in itertools.combinations(hashes, 2)]
     assert min(far) > 12 and np.median(far) > 24
 
 
@@ -183,8 +181,8 @@ def test_phash_packs_imagehash_bits(photos: list[tuple[CocoPair, bytes]]) -> Non
     assert f"{h:016x}" == str(imagehash.phash(img))
     assert phash(np.asarray(img)) == h
     arr = np.array([h, h ^ 1, h ^ 0xFF, ~h & (2**64 - 1)], dtype=np.uint64)
-    assert hamming_distances(arr, h).tolist() == [0, 1, 8, 64]
-    assert hamming_distances(arr[::2], h).tolist() == [0, 8]  # strided input
+    assert hamming(arr, h).tolist() == [0, 1, 8, 64]
+    assert hamming(arr[::2], h).tolist() == [0, 8]  # strided input
 
 
 def test_tiny_and_odd_images(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def build_results(
     unreadable image gets the decoder's status, an empty caption is missing_text, and an image
     that could not be downloaded is fetch_error.
     """
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.score.memory import score_pairs
 
     images = [f.data if f.status == "ok" else None for f in fetched]
     scored = score_pairs(cast(Any, scorer), images, [it.caption for it in items], batch_size=batch_size)
@@ -239,7 +239,7 @@ ScorerLoader = Callable[[str, str, str], Scorer]
 
 
 def _load_clip_scorer(name: str, device: str, precision: str) -> Scorer:
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.models.loader import load_scorer
 
     return load_scorer(name, device=device, precision=precision)  # type: ignore[arg-type]
 

@@ -36,8 +36,8 @@ def run(
     from vlcurate.agents.client import AuthError, PausedError, PlatformError
     from vlcurate.agents.console import agent_console
     from vlcurate.agents.runner import AgentConfig, AgentRunner, ModelMismatchError
-    from vlcurate.models.clip import WeightsNotFoundError
     from vlcurate.models.registry import UnknownModelError
+    from vlcurate.models.scorer import WeightsNotFoundError
 
     with user_errors():
         config = AgentConfig.model_validate(

@@ -31,12 +31,12 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Build a synthetic pool with known corrupted captions, score it, filter it, and grade the removal."""
-    from vlcurate.demo.evaluate import lowest_scored, removal_quality
     from vlcurate.io.reshard import reshard
     from vlcurate.ops.score_filter import run_filter
     from vlcurate.ops.score_filter_config import FilterConfig
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import score_dataset
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import score_dataset
+    from vlcurate.synth.filter_eval import lowest_scored, removal_quality
     from vlcurate.synth.pool import write_pool
 
     if n < 10:

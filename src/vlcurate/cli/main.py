@@ -34,9 +34,30 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vlcurate import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the installed version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Score, filter and reshard image-caption data; build verified vision-language datasets."""
+
+
 @app.command()
 def version() -> None:
-    """Print the installed vlcurate version."""
+    """Print the installed vlcurate version (the same as `vlcurate --version`)."""
     from vlcurate import __version__
 
     typer.echo(__version__)

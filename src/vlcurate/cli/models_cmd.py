@@ -41,8 +41,9 @@ def models_download(
     name: Annotated[str, typer.Argument(help="model name to fetch into the Hugging Face / open_clip cache")],
 ) -> None:
     """Download a model's weights (needs network); afterwards it loads offline."""
-    from vlcurate.models.clip import WeightsNotFoundError, load_scorer
+    from vlcurate.models.loader import load_scorer
     from vlcurate.models.registry import UnknownModelError
+    from vlcurate.models.scorer import WeightsNotFoundError
 
     with user_errors(WeightsNotFoundError, UnknownModelError):
         scorer = load_scorer(name, allow_download=True, device="cpu", precision="fp32")

@@ -67,11 +67,11 @@ def recaption(
     source_options: dict[str, Any],
 ) -> None:
     """Generate, score, fuse and rewrite captions; keep the original unless a candidate clearly beats it."""
-    from vlcurate.models.clip import WeightsNotFoundError
     from vlcurate.models.registry import UnknownModelError
-    from vlcurate.models.vlm import VLMSettings
+    from vlcurate.models.scorer import WeightsNotFoundError
     from vlcurate.recaption import RecaptionConfig, recaption_dataset
     from vlcurate.recaption.job import RecaptionMismatchError
+    from vlcurate.vlm.client import VLMSettings
 
     with user_errors(WeightsNotFoundError, UnknownModelError, RecaptionMismatchError):
         cache = None if (cache_dir or "").lower() == "none" else (cache_dir or str(out / "vlm-cache"))

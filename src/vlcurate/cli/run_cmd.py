@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -105,23 +104,40 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_PARTIAL)
 
     @app.command("ops")
-    def ops_command() -> None:
-        """List every operator with its parameters."""
-        from vlcurate.ops.registry import operators
+    def ops_command(
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="table (for people), json (for scripts) or markdown (the documentation's page).",
+            ),
+        ] = "table",
+    ) -> None:
+        """List every operator with its kind, what it does and its parameters.
 
+        Example: vlcurate ops --format json | jq '.[].name'"""
+        from vlcurate.ops.catalogue import catalogue, catalogue_markdown
+
+        if fmt not in ("table", "json", "markdown"):
+            raise fail(f"unknown format {fmt!r}; expected table, json or markdown")
+        entries = catalogue()
+        if fmt == "json":
+            import json
+
+            typer.echo(json.dumps(entries, indent=2))
+            return
+        if fmt == "markdown":
+            typer.echo(catalogue_markdown(entries), nl=False)
+            return
         table = Table(show_lines=True)
         for col in ("operator", "kind", "what it does", "parameters"):
             table.add_column(col)
-        for name, cls in operators().items():
+        for e in entries:
             params = []
-            for pname, f in cls.Params.model_fields.items():
-                if f.is_required():
-                    default = "required"
-                else:
-                    value = f.get_default(call_default_factory=True)
-                    default = f"= {value.model_dump() if isinstance(value, BaseModel) else value!r}"
-                params.append(f"{pname} ({default}): {f.description or ''}".rstrip(": "))
-            table.add_row(name, cls.kind, escape(cls.doc()), escape("\n".join(params)))
+            for prm in e["params"]:
+                default = "required" if prm["required"] else f"= {prm['default']!r}"
+                params.append(f"{prm['name']} ({default}): {prm['description']}".rstrip(": "))
+            table.add_row(e["name"], e["kind"], escape(e["doc"]), escape("\n".join(params)))
         Console(width=140).print(table)
 
 

@@ -76,10 +76,10 @@ def score(
     source_options: dict[str, Any],
 ) -> None:
     """Score image-caption pairs: cosine similarity in [-1, 1], one Parquet table per input shard."""
-    from vlcurate.models.clip import WeightsNotFoundError
     from vlcurate.models.registry import UnknownModelError
-    from vlcurate.pipeline.score_config import ScoreConfig
-    from vlcurate.pipeline.score_job import RunMismatchError, score_dataset
+    from vlcurate.models.scorer import WeightsNotFoundError
+    from vlcurate.score.config import ScoreConfig
+    from vlcurate.score.job import RunMismatchError, score_dataset
 
     with user_errors(WeightsNotFoundError, UnknownModelError, RunMismatchError, RuntimeError):
         config = ScoreConfig.model_validate(

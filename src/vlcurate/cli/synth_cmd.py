@@ -94,8 +94,8 @@ def instruct(
     ] = 0.5,
 ) -> None:
     """Write instruction data about synthetic scenes with planted faults, and truth.jsonl."""
-    from vlcurate.instruct.formats import FORMATS
-    from vlcurate.instruct.synth_data import FAULTS, write_planted
+    from vlcurate.io.instruct.formats import FORMATS
+    from vlcurate.synth.instruct_data import FAULTS, write_planted
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format")

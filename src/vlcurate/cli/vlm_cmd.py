@@ -59,9 +59,9 @@ def register(app: typer.Typer) -> None:
         """Serve tiny-synth as an OpenAI-compatible VLM at http://HOST:PORT/v1 (offline, CPU)."""
         import uvicorn
 
-        from vlcurate.models.clip import WeightsNotFoundError
-        from vlcurate.vlm_server.app import create_app
-        from vlcurate.vlm_server.settings import VLMServerSettings
+        from vlcurate.models.scorer import WeightsNotFoundError
+        from vlcurate.synth.offline_vlm.app import create_app
+        from vlcurate.synth.offline_vlm.settings import VLMServerSettings
 
         with user_errors(WeightsNotFoundError):
             settings = VLMServerSettings(

@@ -9,7 +9,7 @@ that stands in for it, chosen deterministically by priority and then uid.
 from __future__ import annotations
 
 from vlcurate.dedup.exact import content_hashes, exact_dedup, exact_dedup_bytes
-from vlcurate.dedup.near import hamming, near_dedup, near_pairs, phash_uint64, phashes
+from vlcurate.dedup.near import near_dedup, near_pairs, phashes
 from vlcurate.dedup.results import DedupResult
 from vlcurate.dedup.semantic import semantic_dedup
 
@@ -18,10 +18,8 @@ __all__ = [
     "content_hashes",
     "exact_dedup",
     "exact_dedup_bytes",
-    "hamming",
     "near_dedup",
     "near_pairs",
-    "phash_uint64",
     "phashes",
     "semantic_dedup",
 ]

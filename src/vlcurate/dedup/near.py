@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from vlcurate.base.images import phash
 from vlcurate.dedup.results import (
     DedupResult,
     UidsLike,
@@ -35,27 +36,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
 MAX_DISTANCE_LIMIT = 16  # beyond this pHash matches unrelated photos and the search is no longer sparse
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def phash_uint64(image: Image.Image) -> int:
-    """imagehash's 64-bit pHash of a PIL image, packed as an unsigned int (first bit most significant)."""
-    import imagehash
-
-    bits = imagehash.phash(image, hash_size=8).hash.reshape(-1)
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
 def phashes(images: Iterable[Image.Image]) -> NDArray[np.uint64]:
-    """`phash_uint64` of each image, as the uint64 array that `near_dedup` takes."""
-    return np.array([phash_uint64(im) for im in images], dtype=np.uint64)
-
-
-def hamming(a: ArrayLike, b: ArrayLike) -> NDArray[np.int64]:
-    """Elementwise Hamming distance between uint64 hashes (broadcasting)."""
-    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
-    octets = np.ascontiguousarray(x).reshape(-1).view(np.uint8).reshape(-1, 8)
-    return _POPCOUNT8[octets].sum(axis=1, dtype=np.int64).reshape(x.shape)
+    """`base.images.phash` of each image, as the uint64 array that `near_dedup` takes."""
+    return np.array([phash(im) for im in images], dtype=np.uint64)
 
 
 def multihash_plan(n: int, max_distance: int) -> tuple[int, int]:

@@ -19,8 +19,9 @@ import httpx
 from fsspec.core import url_to_fs
 
 from vlcurate import __version__
-from vlcurate.io.fields import ext_of, sniff_image_ext
-from vlcurate.records import Sample, Status
+from vlcurate.base.images import sniff_image_ext
+from vlcurate.base.records import Sample, Status
+from vlcurate.io.fields import ext_of
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 _CONTENT_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}

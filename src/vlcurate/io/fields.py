@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from vlcurate.records import Sample, Status, derive_uid, normalize_uid
+from vlcurate.base.records import Sample, Status, derive_uid, normalize_uid
 
 # Preference order when a sample has several image members.
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "avif")
@@ -133,21 +133,6 @@ def ext_of(path: str) -> str:
     """Lower-case extension without the dot ('' when none), ignoring a URL's query string."""
     base = path.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
     return base.rsplit(".", 1)[1].lower() if "." in base else ""
-
-
-def sniff_image_ext(data: bytes) -> str | None:
-    """The image format from magic bytes, for naming members when the source did not say."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data.startswith(b"BM"):
-        return "bmp"
-    return None
 
 
 def pick_column(names: Sequence[str], explicit: str | None, candidates: Sequence[str]) -> str | None:

@@ -15,10 +15,10 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
+from vlcurate.base.records import Sample, Status
 from vlcurate.io.fields import IMAGE_EXTS, JSON_TEXT_KEYS, META_KEYS, decode_text, ext_of, make_sample
 from vlcurate.io.paths import has_protocol, safe_name
 from vlcurate.io.shards import DEFAULT_ROWS_PER_SHARD, ShardReadError, ShardRef, range_name
-from vlcurate.records import Sample, Status
 
 
 def is_image_file(url: str) -> bool:

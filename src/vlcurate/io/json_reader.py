@@ -18,10 +18,10 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
+from vlcurate.base.records import Sample
 from vlcurate.io.fields import caption_choices, ext_of, make_sample
 from vlcurate.io.parquet_reader import resolve_ref
 from vlcurate.io.shards import ShardReadError, ShardRef
-from vlcurate.records import Sample
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vlcurate.base.records import Sample, Status, derive_uid
 from vlcurate.io.fields import META_KEYS, caption_choices, ext_of, make_sample, pick_column
 from vlcurate.io.parquet_reader import REF_COLUMNS, TEXT_COLUMNS, resolve_ref
 from vlcurate.io.rows import csv_header, file_buffer, iter_csv_records, json_kind, open_binary, text_format
 from vlcurate.io.shards import ShardReadError, ShardRef
-from vlcurate.records import Sample, Status, derive_uid
 
 MANIFEST_IMAGE_COLUMNS = ("image", "image_path", "image_url", *REF_COLUMNS, "filename", "img")
 URL_COLUMNS = ("url", "image_url")
@@ -165,7 +165,7 @@ def _csv_rows(shard: ShardRef) -> Iterator[tuple[int, Any, str | None]]:
 
 
 def _json_array_rows(shard: ShardRef) -> Iterator[tuple[int, Any, str | None]]:
-    from vlcurate.instruct.jsonscan import JsonScanError, array_elements
+    from vlcurate.io.jsonscan import JsonScanError, array_elements
 
     buf = file_buffer(shard.url)
     rows = shard.rows

@@ -16,6 +16,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlcurate.base.images import sniff_image_ext
+from vlcurate.base.records import Sample
 from vlcurate.io.fields import (
     IMAGE_EXTS,
     META_KEYS,
@@ -23,11 +25,9 @@ from vlcurate.io.fields import (
     ext_of,
     make_sample,
     pick_column,
-    sniff_image_ext,
 )
 from vlcurate.io.paths import has_protocol
 from vlcurate.io.shards import ShardReadError, ShardRef
-from vlcurate.records import Sample
 
 IMAGE_COLUMNS = ("image", "jpg", "image_bytes", "img", "jpeg", "png", "webp")
 REF_COLUMNS = ("url", "image_url", "path", "image_path", "file_name", "filepath")

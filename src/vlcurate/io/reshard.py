@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,15 +22,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from vlcurate.base.atomic import write_text_atomic
+from vlcurate.base.images import sniff_image_ext
+from vlcurate.base.records import Sample
 from vlcurate.io.fetch import resolve_images
-from vlcurate.io.fields import META_KEYS, sniff_image_ext
+from vlcurate.io.fields import META_KEYS
 from vlcurate.io.paths import safe_name
 from vlcurate.io.shard_writer import ShardWriter
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import Source, open_source
 from vlcurate.io.subset import read_subset, subset_contains, uids_to_array_unsorted
 from vlcurate.io.wds_reader import WdsShardReader, iter_tar_groups
-from vlcurate.records import Sample
 
 PLAN_FILE = "_reshard_plan.json"
 SUMMARY_FILE = "_reshard_stats.json"
@@ -95,9 +96,7 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> dict[str, 
         )
     for p in out.glob("*.tmp"):
         p.unlink()
-    tmp = plan_path.with_name(PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=2))
-    os.replace(tmp, plan_path)
+    write_text_atomic(plan_path, json.dumps(plan, indent=2))
     return None
 
 
@@ -228,9 +227,7 @@ def reshard(
         "elapsed_s": round(time.time() - t0, 3),
         "already_done": False,
     }
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / SUMMARY_FILE)
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
     return summary
 
 

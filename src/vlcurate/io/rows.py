@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from vlcurate.instruct.jsonscan import JsonScanError, array_elements
+from vlcurate.io.jsonscan import JsonScanError, array_elements
 from vlcurate.io.paths import has_protocol
 from vlcurate.io.shards import RowRange, ShardReadError, ShardRef, range_name
 

@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from vlcurate.base.atomic import fsync_dir, write_bytes_atomic, write_parquet_atomic
 
 INDEX_SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("text", pa.string())])
 _BLOCK = 512
@@ -27,12 +28,6 @@ _BLOCK = 512
 def tar_member_size(n: int) -> int:
     """Bytes one member of `n` data bytes takes in a tar (header + padded data)."""
     return _BLOCK + -(-n // _BLOCK) * _BLOCK
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -137,9 +132,7 @@ class ShardWriter:
         self._fh.close()
         name = self.name
         table = pa.table(self._rows, schema=INDEX_SCHEMA)
-        tmp = self.out_dir / f"{name}.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.out_dir / f"{name}.parquet")
+        write_parquet_atomic(self.out_dir / f"{name}.parquet", table, compression="snappy")
         end = time.time()
         stats: dict[str, Any] = {
             "name": name,
@@ -152,8 +145,9 @@ class ShardWriter:
             "adjacent_duplicate_keys": self._adjacent_dups,
             "cursor": self._cursor,
         }
-        _atomic_write(self.out_dir / f"{name}_stats.json", json.dumps(stats, indent=2).encode())
+        write_bytes_atomic(self.out_dir / f"{name}_stats.json", json.dumps(stats, indent=2).encode())
         os.replace(self.out_dir / f"{name}.tar.tmp", self.out_dir / f"{name}.tar")
+        fsync_dir(self.out_dir)
         self.written.append(stats)
         self._tar = self._fh = None
         self.index += 1

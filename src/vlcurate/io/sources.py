@@ -15,16 +15,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vlcurate.base.records import Sample
 from vlcurate.io.fields import CAPTION_MODES
 from vlcurate.io.folder_reader import is_image_file, iter_folder_samples, plan_folder
-from vlcurate.io.instruct_reader import INSTRUCT_OPTIONS, open_instruct
+from vlcurate.io.instruct.reader import INSTRUCT_OPTIONS, open_instruct
 from vlcurate.io.manifest_reader import iter_manifest_samples
 from vlcurate.io.parquet_reader import iter_parquet_samples
 from vlcurate.io.paths import expand_spec, has_protocol, is_dir, kind_of_file, list_files, shard_names
 from vlcurate.io.rows import plan_file
 from vlcurate.io.shards import DEFAULT_ROWS_PER_SHARD, SHARD_KINDS, ShardReadError, ShardRef
 from vlcurate.io.wds_reader import WdsOptions, WdsShardReader, iter_wds_samples, wds_options
-from vlcurate.records import Sample
 
 __all__ = ["ShardReadError", "ShardRef", "Source", "open_source"]
 

@@ -10,6 +10,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from vlcurate.base.atomic import fsync_dir
+
 
 class OutputDirError(ValueError):
     """The output folder cannot be used: a file in the way, or results there without `overwrite`."""
@@ -47,5 +49,6 @@ def commit(staging: Path, out_dir: Path, overwrite: bool) -> None:
         else:
             out_dir.rmdir()
     staging.rename(out_dir)
+    fsync_dir(out_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

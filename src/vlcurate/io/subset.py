@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlcurate.records import is_datacomp_uid, pair_to_uid, uid_to_pair
+from vlcurate.base.atomic import commit_file, temp_path, write_with
+from vlcurate.base.records import is_datacomp_uid, pair_to_uid, uid_to_pair
 
 SUBSET_DTYPE = np.dtype("u8,u8")
 
@@ -37,9 +38,7 @@ def write_subset(path: str | Path, uids: Iterable[str]) -> np.ndarray:
     arr = uids_to_array(uids)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    write_with(path, lambda tmp: np.save(tmp, arr), suffix=".npy")
     return arr
 
 
@@ -144,12 +143,11 @@ class PairSpool:
     def finish(self, out_path: Path) -> int:
         """Write the subset file (sorted, unique) and return its length."""
         self._fh.close()
-        tmp = out_path.with_name(out_path.name + ".tmp.npy")
         if self.count == 0:
-            np.save(tmp, np.empty(0, dtype=SUBSET_DTYPE))
-            tmp.replace(out_path)
+            write_with(out_path, lambda t: np.save(t, np.empty(0, dtype=SUBSET_DTYPE)), suffix=".npy")
             self.path.unlink(missing_ok=True)
             return 0
+        tmp = temp_path(out_path, ".npy")
         mm = np.memmap(self.path, dtype=SUBSET_DTYPE, mode="r+", shape=(self.count,))
         mm.sort(kind="quicksort")  # in place on the mapped file, lexicographic on (f0, f1)
         keep_n = 0
@@ -171,7 +169,7 @@ class PairSpool:
             prev = chunk[-1].copy()
         out.flush()
         del out, mm
-        tmp.replace(out_path)
+        commit_file(tmp, out_path)
         self.path.unlink(missing_ok=True)
         return keep_n
 

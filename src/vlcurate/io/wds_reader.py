@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from vlcurate.base.records import Sample, Status
 from vlcurate.io.fields import (
     IMAGE_EXTS,
     JSON_TEXT_KEYS,
@@ -35,7 +36,6 @@ from vlcurate.io.fields import (
 )
 from vlcurate.io.paths import TAR_SUFFIXES
 from vlcurate.io.shards import ShardReadError
-from vlcurate.records import Sample, Status
 
 _BLOCK = 512
 

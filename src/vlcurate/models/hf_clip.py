@@ -19,18 +19,18 @@ from typing import Any
 
 import torch
 
-from vlcurate.models.clip import (
+from vlcurate.models.registry import HF_CLIP_PREFIX, ModelSpec
+from vlcurate.models.scorer import (
     ClipScorer,
     Precision,
     Preprocessing,
     WeightsNotFoundError,
-    _hub_offline,
-    _resolve_device,
     choose_precision,
+    hub_offline,
     place_model,
+    resolve_device,
     weights_fingerprint,
 )
-from vlcurate.models.registry import HF_CLIP_PREFIX, ModelSpec
 from vlcurate.models.tv_compat import ensure_torchvision
 
 # transformers' CLIPImageProcessor writes PIL resample codes; our decoder knows these two.
@@ -184,11 +184,11 @@ def load_hf_clip_scorer(
             "hf-clip models need transformers: pip install 'vlcurate[hf]' (or pip install transformers)"
         ) from exc
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     prec = choose_precision(precision, dev)
     kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": not allow_download}
     try:
-        with _hub_offline(not allow_download):
+        with hub_offline(not allow_download):
             clip = CLIPModel.from_pretrained(target, dtype=torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
             pp_cfg = _preprocessor_config(target, local, cache_dir, allow_download)

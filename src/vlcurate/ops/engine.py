@@ -31,6 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlcurate import __version__
+from vlcurate.base.atomic import write_json_atomic, write_parquet_atomic
+from vlcurate.base.records import Sample, Status
+from vlcurate.base.report import Histogram, ReportData, write_report
 from vlcurate.io.sources import ShardReadError, open_source
 from vlcurate.ops.base import (
     DROPPED_BY,
@@ -45,10 +48,7 @@ from vlcurate.ops.base import (
 )
 from vlcurate.ops.fingerprint import digest, shard_identity
 from vlcurate.ops.recipe import FetchSpec, Recipe
-from vlcurate.ops.report import Histogram, ReportData, write_report
 from vlcurate.ops.sink import RunSink
-from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
-from vlcurate.records import Sample, Status
 
 BATCH_ROWS = 1024
 _FAILED = (Status.READ_ERROR, Status.FETCH_ERROR)

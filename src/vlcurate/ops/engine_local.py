@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from vlcurate.base.progress import ScoreProgress
 from vlcurate.ops.engine import (
     BATCH_ROWS,
     Engine,
@@ -28,7 +29,6 @@ from vlcurate.ops.engine import (
     timed_step,
 )
 from vlcurate.ops.recipe import Recipe
-from vlcurate.pipeline.progress import ScoreProgress
 
 __all__ = ["BATCH_ROWS", "LocalEngine", "RunResult", "StepStats", "load_batches", "run_recipe"]
 

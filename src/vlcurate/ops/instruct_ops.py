@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.instruct import columns as C
-from vlcurate.instruct.model import Message
-from vlcurate.models.vlm_prompts import final_answer, normalize_answer
+from vlcurate.io.instruct import columns as C
+from vlcurate.io.instruct.model import Message
 from vlcurate.ops.base import Operator, OpParams, mark, set_column
 from vlcurate.ops.registry import register
 from vlcurate.stats import text as T
+from vlcurate.vlm.prompts import final_answer, normalize_answer
 
 _NEEDS = ("uid", C.MESSAGES, C.META)
 

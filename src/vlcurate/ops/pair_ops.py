@@ -83,7 +83,7 @@ class ClipScore(Operator):
         return {"model": model_identity(self.params.model)}  # type: ignore[attr-defined]
 
     def setup(self) -> None:
-        from vlcurate.models.clip import load_scorer
+        from vlcurate.models.loader import load_scorer
 
         p = self.params
         assert isinstance(p, ClipScoreParams)
@@ -94,7 +94,7 @@ class ClipScore(Operator):
                 )
 
     def process(self, batch: pa.Table) -> pa.Table:
-        from vlcurate.pipeline.score_memory import score_and_embed
+        from vlcurate.score.memory import score_and_embed
 
         p = self.params
         assert isinstance(p, ClipScoreParams)
@@ -130,7 +130,7 @@ class ClipScore(Operator):
     def _warn_off_world(self, results: list[Any]) -> None:
         """tiny-synth on images that are not from the synthetic world: one warning line per worker
         (as `vlcurate score` gives it), from the sizes the decoder reported."""
-        from vlcurate.pipeline.synth_check import SynthWorldCheck
+        from vlcurate.models.tiny_synth_check import SynthWorldCheck
 
         if self._synth_check is None:
             self._synth_check = SynthWorldCheck.for_scorer(self._scorer)

@@ -32,13 +32,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlcurate import __version__
+from vlcurate.base.report import Histogram, ReportData, write_report
 from vlcurate.io.score_tables import InputSet, resolve_inputs
 from vlcurate.io.staged_dir import check_out_dir, commit, make_staging
 from vlcurate.ops.base import DROPPED_BY, REASON, REASONS, SOURCE
 from vlcurate.ops.engine_local import LocalEngine
 from vlcurate.ops.exact_cut import histogram, quantiles_from_hist
 from vlcurate.ops.recipe import Recipe, SinkSpec, SourceSpec, Step
-from vlcurate.ops.report import Histogram, ReportData, write_report
 from vlcurate.ops.score_filter_config import FilterConfig, FilterResult, RuleSettings
 from vlcurate.ops.score_ops import TopFraction
 

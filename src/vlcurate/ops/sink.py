@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlcurate.io.fields import sniff_image_ext
+from vlcurate.base.atomic import commit_file, write_parquet_atomic
+from vlcurate.base.images import sniff_image_ext
 from vlcurate.io.shard_writer import ShardWriter
 from vlcurate.io.subset import PairSpool, uid_pairs
 from vlcurate.ops.base import KEEP, REASON, keep_mask
 from vlcurate.ops.recipe import SinkSpec
-from vlcurate.pipeline.run_dir import write_parquet_atomic
 
 BULKY = ("image", "extra_images")  # left out of decisions
 
@@ -34,7 +34,7 @@ class InstructSink:
     `dropped.jsonl` with uid and reason."""
 
     def __init__(self, out: Path, fmt: str) -> None:
-        from vlcurate.instruct.writer import InstructWriter
+        from vlcurate.io.instruct.writer import InstructWriter
 
         self.writer = InstructWriter(out, fmt)
         self._dropped_path = out / "dropped.jsonl"
@@ -43,8 +43,8 @@ class InstructSink:
         self.kept = self.cot = self.dropped = 0
 
     def add_table(self, table: pa.Table) -> None:
-        from vlcurate.instruct.columns import MESSAGES_COT
-        from vlcurate.instruct.writer import COT_SUFFIX, sample_from_row
+        from vlcurate.io.instruct.columns import MESSAGES_COT
+        from vlcurate.io.instruct.writer import COT_SUFFIX, sample_from_row
 
         has_cot = MESSAGES_COT in table.column_names
         wanted = ("uid", "key", "image", "extra_images", "image_paths", "messages", "meta", KEEP, REASON)
@@ -66,7 +66,7 @@ class InstructSink:
     def close(self) -> dict[str, Any]:
         path = self.writer.close()
         self._dropped.close()
-        self._dropped_tmp.replace(self._dropped_path)
+        commit_file(self._dropped_tmp, self._dropped_path)
         return {"path": str(path), "kept": self.kept, "cot": self.cot, "dropped": self.dropped}
 
 

@@ -17,10 +17,15 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from vlcurate.instruct import columns as C
-from vlcurate.instruct.model import ASSISTANT, IMAGE_TOKEN, USER, Message
-from vlcurate.models.vlm import VLMRequest, VLMResult, VLMSettings, run_many
-from vlcurate.models.vlm_prompts import (
+from vlcurate.io.instruct import columns as C
+from vlcurate.io.instruct.model import ASSISTANT, IMAGE_TOKEN, USER, Message
+from vlcurate.ops.base import Operator, OpParams, keep_mask, mark, set_column
+from vlcurate.ops.fingerprint import model_identity
+from vlcurate.ops.instruct_ops import chosen_letter
+from vlcurate.ops.pair_ops import quiet_loading
+from vlcurate.ops.registry import register
+from vlcurate.vlm.client import VLMRequest, VLMResult, VLMSettings, run_many
+from vlcurate.vlm.prompts import (
     ANSWER_LINE,
     COT_SCHEMA,
     SHORT_ANSWER_SUFFIX,
@@ -29,11 +34,6 @@ from vlcurate.models.vlm_prompts import (
     normalize_answer,
     question_prompt,
 )
-from vlcurate.ops.base import Operator, OpParams, keep_mask, mark, set_column
-from vlcurate.ops.fingerprint import model_identity
-from vlcurate.ops.instruct_ops import chosen_letter
-from vlcurate.ops.pair_ops import quiet_loading
-from vlcurate.ops.registry import register
 
 _OPTION = re.compile(r"^\s*[A-J]\.\s+\S")
 _INLINE_OPTIONS = re.compile(r"\s+A\.\s+\S.*$", re.DOTALL)
@@ -107,7 +107,7 @@ class _ScorerOp(Operator):
         return {"model": model_identity(self.params.model)}  # type: ignore[attr-defined]
 
     def setup(self) -> None:
-        from vlcurate.models.clip import load_scorer
+        from vlcurate.models.loader import load_scorer
         from vlcurate.recaption.scoring import CaptionScorer
 
         p = self.params

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from vlcurate.models.vlm import VLMRequest, VLMResult
-from vlcurate.models.vlm_prompts import caption_prompt, fuse_prompt, rewrite_prompt
 from vlcurate.recaption.config import RecaptionConfig
+from vlcurate.vlm.client import VLMRequest, VLMResult
+from vlcurate.vlm.prompts import caption_prompt, fuse_prompt, rewrite_prompt
 
 Origin = Literal["original", "sample", "fuse", "rewrite"]
 _LEADING_LABEL = re.compile(r"^\s*(caption|new caption|improved caption|merged caption)\s*:\s*", re.I)

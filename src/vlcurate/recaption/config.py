@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlcurate.models.vlm import VLMSettings
+from vlcurate.vlm.client import VLMSettings
 
 
 class RecaptionConfig(BaseModel):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlcurate.models.vlm import VLMRequest, VLMResult
 from vlcurate.recaption.candidates import (
     Candidate,
     Origin,
@@ -29,6 +28,7 @@ from vlcurate.recaption.choose import best_candidate, choose
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.mentions import MentionExtractor, leave_one_out
 from vlcurate.recaption.scoring import CaptionScorer
+from vlcurate.vlm.client import VLMRequest, VLMResult
 
 Send = Callable[[list[VLMRequest]], list[VLMResult]]
 # Statuses that a re-run should try again (the shard gets no completion marker while any remain).

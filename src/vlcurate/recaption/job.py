@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlcurate.base.atomic import write_json_atomic, write_parquet_atomic
+from vlcurate.base.progress import ScoreProgress
+from vlcurate.base.records import Sample, Status
 from vlcurate.io.fetch import resolve_images
 from vlcurate.io.shards import ShardReadError, ShardRef
 from vlcurate.io.sources import open_source
-from vlcurate.pipeline.progress import ScoreProgress
-from vlcurate.pipeline.run_dir import write_json_atomic, write_parquet_atomic
-from vlcurate.pipeline.synth_check import SynthWorldCheck
+from vlcurate.models.tiny_synth_check import SynthWorldCheck
 from vlcurate.recaption.config import RecaptionConfig
 from vlcurate.recaption.iterate import Budget, PairOutcome, Recaptioner, Send
 from vlcurate.recaption.report import merge, run_problems, shard_stats, write_recaption_report
 from vlcurate.recaption.scoring import CaptionScorer
 from vlcurate.recaption.table import outcomes_table
-from vlcurate.records import Sample, Status
 
 
 class RecaptionMismatchError(RuntimeError):
@@ -152,9 +152,9 @@ def recaption_dataset(
     `send` replaces the VLM transport (default: `run_many` with `cfg.vlm`); tests and embedders use it.
     `source_options` go to `open_source` (kind, column names, ...: the `@data_options` flags).
     """
-    from vlcurate.models.clip import load_scorer
-    from vlcurate.models.vlm import run_many
+    from vlcurate.models.loader import load_scorer
     from vlcurate.recaption.mentions import get_extractor
+    from vlcurate.vlm.client import run_many
 
     started = time.perf_counter()
     source = open_source(input_spec, **(source_options or {}))

@@ -22,13 +22,10 @@ MentionExtractor = Callable[[str], list[str]]
 NEUTRAL_TEXT = "a picture"
 
 
-def _synth_mentions(text: str) -> list[str]:
-    from vlcurate.synth.parse import mentioned_phrases
-
-    return [p.text for p in mentioned_phrases(text)]
-
-
-_EXTRACTORS: dict[str, MentionExtractor] = {"synth": _synth_mentions}
+# Extractors by name, as `module:function` imported on first use: `synth`, the synthetic world's
+# vocabulary, is a plugin like any other (the world is not imported by this layer).
+_BUILTIN = {"synth": "vlcurate.synth.parse:mentioned_texts"}
+_EXTRACTORS: dict[str, MentionExtractor] = {}
 
 
 def register_extractor(name: str, fn: MentionExtractor) -> None:
@@ -40,6 +37,7 @@ def get_extractor(name: str) -> MentionExtractor:
     """A registered extractor, or `module:function` imported on demand; ValueError when neither."""
     if name in _EXTRACTORS:
         return _EXTRACTORS[name]
+    name = _BUILTIN.get(name, name)
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -49,7 +47,7 @@ def get_extractor(name: str) -> MentionExtractor:
         if not callable(fn):
             raise ValueError(f"mention extractor {name!r} is not callable")
         return fn
-    known = ", ".join(sorted(_EXTRACTORS))
+    known = ", ".join(sorted({*_EXTRACTORS, *_BUILTIN}))
     raise ValueError(f"unknown mention extractor {name!r}; expected one of {known} or module:function")
 
 

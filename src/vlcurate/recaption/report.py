@@ -1,6 +1,6 @@
 """Run summary of a recaption run: merged per-shard markers and the score distributions before and
 after, as summary.json fields and a report (report.md, report.html and the before/after plot) by
-the shared writer in `vlcurate.ops.report`."""
+the shared writer in `vlcurate.base.report`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.ops.report import Histogram, ReportData, write_report
-from vlcurate.pipeline.score_stats import HIST_BINS, score_histogram
+from vlcurate.base.report import Histogram, ReportData, write_report
 from vlcurate.recaption.iterate import RETRY_STATUSES
+from vlcurate.score.stats import HIST_BINS, score_histogram
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 # Final outcomes of a pair: a chosen caption, or a model that answered but had nothing usable.

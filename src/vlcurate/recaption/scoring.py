@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlcurate.models.clip import ClipScorer
-from vlcurate.pipeline.decode import decode_image
+from vlcurate.base.images import decode_image
+from vlcurate.models.scorer import ClipScorer
 
 
 @dataclass(frozen=True)

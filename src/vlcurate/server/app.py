@@ -22,9 +22,9 @@ from starlette.types import Receive, Scope, Send
 
 from vlcurate import __version__
 from vlcurate.server import dashboard, db, leasing, replies
-from vlcurate.server.context import Platform
 from vlcurate.server.cycle_route import CycleRoute
 from vlcurate.server.migrate import upgrade
+from vlcurate.server.platform import Platform
 from vlcurate.server.routers import ROUTERS, leases
 from vlcurate.server.settings import ServerSettings
 from vlcurate.server.tokens import hash_token, new_token

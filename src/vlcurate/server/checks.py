@@ -22,7 +22,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db
-from vlcurate.server.context import Platform, TaskInfo
+from vlcurate.server.platform import Platform, TaskInfo
 
 Known = dict[int, tuple[float | None, str]]  # item id -> (score, status)
 

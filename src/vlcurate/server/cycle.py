@@ -32,8 +32,8 @@ from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import checks, db, leasing, links, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, caller_from_row
-from vlcurate.server.context import Platform
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
+from vlcurate.server.platform import Platform
 from vlcurate.server.submissions import DETAIL, Rejected, place_results
 from vlcurate.server.verify import credit_reason, judge
 

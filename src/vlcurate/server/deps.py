@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from vlcurate.server import queries
 from vlcurate.server.auth import Caller, agent_for_token, bearer
-from vlcurate.server.context import Platform
 from vlcurate.server.errors import Forbidden, PlatformError, TooMany
+from vlcurate.server.platform import Platform
 from vlcurate.server.settings import ServerSettings
 from vlcurate.server.tokens import hash_token, same
 

@@ -15,9 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from vlcurate import __version__
-from vlcurate.pipeline.run_dir import RunDir, write_json_atomic, write_parquet_atomic
-from vlcurate.pipeline.score_stats import merge_markers, score_histogram
-from vlcurate.records import SCORE_SCHEMA
+from vlcurate.base.atomic import write_json_atomic, write_parquet_atomic
+from vlcurate.base.records import SCORE_SCHEMA
+from vlcurate.score.run_dir import RunDir
+from vlcurate.score.stats import merge_markers, score_histogram
 from vlcurate.server import db
 from vlcurate.server.errors import NotFound
 

@@ -16,9 +16,9 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from vlcurate.base.records import Sample, Status
 from vlcurate.io.fetch import resolve_images
 from vlcurate.io.sources import open_source
-from vlcurate.records import Sample, Status
 from vlcurate.server import db, schemas
 from vlcurate.server.errors import BadRequest, Conflict, NotFound
 from vlcurate.server.tokens import hash_token, new_token
@@ -124,7 +124,7 @@ def _read_status(s: Sample) -> tuple[str, str | None]:
 
 def create_task(engine: Engine, req: schemas.TaskCreate) -> schemas.TaskOut:
     """Pin the model (its fingerprint and preprocessing), cut the dataset into units, prepare gold."""
-    from vlcurate.models.clip import load_scorer
+    from vlcurate.models.loader import load_scorer
 
     with engine.connect() as conn:
         ds = conn.execute(select(db.datasets).where(db.datasets.c.name == req.dataset)).first()
@@ -228,7 +228,7 @@ def _gold_rows(
     scored here with the pinned model. At most `gold.self_score` pairs are scored here, taken as
     every unit's first check, then every unit's second, ... in a random unit order, so a cap that
     is too small thins every unit's checks alike and leaves no unit known to be unguarded."""
-    from vlcurate.pipeline.score_memory import score_pairs
+    from vlcurate.score.memory import score_pairs
 
     if not any(per_unit):
         return []

@@ -28,8 +28,8 @@ from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db, links, schemas
 from vlcurate.server.auth import Caller
-from vlcurate.server.context import Platform, UnitPairs
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
+from vlcurate.server.platform import Platform, UnitPairs
 from vlcurate.server.unit_view import ViewItem, replica_view
 
 HEARTBEAT_FRACTION = 3  # agents renew every lease_seconds / 3

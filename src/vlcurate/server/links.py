@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db
-from vlcurate.server.context import Platform
+from vlcurate.server.platform import Platform
 
 
 def origin_key(secret: bytes, address: str) -> str:

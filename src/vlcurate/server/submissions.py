@@ -12,10 +12,10 @@ from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import checks, db, reputation, schemas
 from vlcurate.server.auth import Caller
-from vlcurate.server.context import Platform
 from vlcurate.server.errors import BadRequest, Conflict, Forbidden, NotFound
 from vlcurate.server.leasing import is_trusted
 from vlcurate.server.ledger import credited_points
+from vlcurate.server.platform import Platform
 from vlcurate.server.unit_view import ViewItem, replica_view
 from vlcurate.server.verify import evaluate_unit
 

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from vlcurate.server import db, ledger, links, reputation
-from vlcurate.server.context import Platform, TaskInfo
+from vlcurate.server.platform import Platform, TaskInfo
 
 
 def agree(a: np.ndarray, b: np.ndarray, tolerance: float, fraction: float) -> bool:

@@ -1,6 +1,6 @@
 """Image statistics for the image operators: decodability, size, bytes per pixel, blur, exposure, phash.
 
-Decoding goes through `vlcurate.pipeline.decode.decode_image`, the same code the scorer uses,
+Decoding goes through `vlcurate.base.images.decode_image`, the same code the scorer uses,
 so an image gets the same status everywhere: "ok", "missing_image" (None), "decode_error"
 (empty, not an image, corrupt, truncated) or "too_large" (more pixels than the limit: a
 decompression bomb). Size comes from the header alone (Pillow opens lazily), so the size,
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vlcurate.pipeline.decode import DEFAULT_MAX_PIXELS, decode_image
+from vlcurate.base.images import DEFAULT_MAX_PIXELS, decode_image, phash
 
 ANALYSIS_SIZE = 256
 """Side of the square that blur, exposure and phash are measured on (smaller images: their own side)."""
@@ -161,30 +161,6 @@ def exposure(gray: np.ndarray, dark_level: int = DARK_LEVEL, bright_level: int =
         dark_fraction=float(np.count_nonzero(g < dark_level) / g.size),
         bright_fraction=float(np.count_nonzero(g >= bright_level) / g.size),
     )
-
-
-def phash(image: Image.Image | np.ndarray) -> int:
-    """imagehash's 64-bit DCT perceptual hash packed into an int in [0, 2**64) (fits uint64).
-
-    Bit order is imagehash's (row-major, first bit most significant), so `f"{h:016x}"` equals
-    `str(imagehash.phash(image))`. Near-duplicates are within a few bits (Hamming distance).
-    """
-    import imagehash
-
-    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
-    bits = np.asarray(imagehash.phash(img).hash, dtype=bool).reshape(-1)
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def hamming_distance(a: int, b: int) -> int:
-    """Number of differing bits between two 64-bit hashes, in [0, 64]."""
-    return (int(a) ^ int(b)).bit_count()
-
-
-def hamming_distances(hashes: np.ndarray, query: int) -> np.ndarray:
-    """Hamming distance from `query` to every hash of a uint64 array (vectorised popcount)."""
-    x = np.bitwise_xor(np.ascontiguousarray(hashes, dtype=np.uint64), np.uint64(query))
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

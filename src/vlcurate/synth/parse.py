@@ -133,3 +133,8 @@ def mentioned_background(text: str) -> str | None:
         return m.group(1).lower()
     m = re.search(rf"\bbackground is ({_alt(BACKGROUND_NAMES)})\b", text or "", re.IGNORECASE)
     return m.group(1).lower() if m else None
+
+
+def mentioned_texts(text: str) -> list[str]:
+    """The object phrases a text names, as strings: the `synth` mention extractor of `recaption`."""
+    return [p.text for p in mentioned_phrases(text)]

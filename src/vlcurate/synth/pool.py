@@ -11,16 +11,15 @@ measured against.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from vlcurate.base.atomic import write_parquet_atomic
+from vlcurate.base.records import derive_uid
 from vlcurate.io.shard_writer import ShardWriter
-from vlcurate.records import derive_uid
 from vlcurate.synth.corrupt import KINDS, corrupt
 from vlcurate.synth.scene import scene_from_seed
 
@@ -40,9 +39,7 @@ _IMAGE_FORMATS = ("jpg", "png")
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomic(path, table, compression="snappy")
 
 
 def plan_corruptions(n: int, corrupt_fraction: float, seed: int) -> list[str | None]:

@@ -16,8 +16,8 @@ from fastapi.responses import Response
 
 from vlcurate.server import cycle, leasing, schemas
 from vlcurate.server.auth import bearer
-from vlcurate.server.context import Platform
 from vlcurate.server.deps import Agent, Origin, PlatformDep, Token, as_json, caller_for, header, limit
+from vlcurate.server.platform import Platform
 from vlcurate.server.tokens import hash_token
 
 router = APIRouter(prefix="/api/v1/leases", tags=["agents"])

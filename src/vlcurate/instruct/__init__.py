@@ -1,2 +1,0 @@
-"""Instruction data (Data Metabolism): trainer formats, the canonical sample, batch column helpers,
-and synthetic instruction data with planted faults."""
