@@ -334,14 +334,17 @@ submissions = Table(
 )
 
 # Append-only: credits for validated results, reversals that point at the credit they undo.
+# An entry pays either a scoring submission (agent, submission and unit set) or a GAP flag
+# (`game_flag_id` set; the player's agent when an agent played), never both (migration 0005).
 ledger = Table(
     "ledger",
     metadata,
     _id(),
     Column("contributor_id", ForeignKey("contributors.id"), nullable=False),
-    Column("agent_id", ForeignKey("agents.id"), nullable=False),
-    Column("submission_id", ForeignKey("submissions.id"), nullable=False),
-    Column("unit_id", ForeignKey("units.id"), nullable=False),
+    Column("agent_id", ForeignKey("agents.id"), nullable=True),
+    Column("submission_id", ForeignKey("submissions.id"), nullable=True),
+    Column("unit_id", ForeignKey("units.id"), nullable=True),
+    Column("game_flag_id", ForeignKey("game_flags.id"), nullable=True),
     Column("kind", String(16), nullable=False),
     Column("points", Float, nullable=False),
     Column("pairs", Integer, nullable=False),
@@ -350,6 +353,171 @@ ledger = Table(
     _ts("created_at"),
     Index("ix_ledger_contributor", "contributor_id"),
     Index("ix_ledger_submission", "submission_id"),
+    Index("ix_ledger_game_flag", "game_flag_id"),
+)
+
+# ---- GAP: the gamified adversarial prompting game (`vlcurate.server.game`) ----------------------
+# A game: image pools, the model it probes, the tainting instruction and the session shape.
+game_games = Table(
+    "game_games",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("vlm_url", Text, nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("taint_instruction", Text, nullable=False),
+    Column("honest_instruction", Text, nullable=True),
+    Column("n_images", Integer, nullable=False),
+    Column("n_tainted", Integer, nullable=False),
+    Column("seconds_per_image", Integer, nullable=False),
+    Column("points_per_image", Float, nullable=False),
+    Column("max_question_chars", Integer, nullable=False),
+    Column("judges_needed", Integer, nullable=False),
+    Column("min_skill", Float, nullable=False),
+    Column("min_tainted_seen", Integer, nullable=False),
+    Column("vlm_timeout_s", Float, nullable=False),
+    Column("state", String(16), nullable=False, default="active"),
+    _ts("created_at"),
+)
+
+# The images of a game: `main` (untainted images, answered honestly) and `easy` (tainted ones).
+game_images = Table(
+    "game_images",
+    metadata,
+    _id(),
+    Column("game_id", ForeignKey("game_games.id", ondelete="CASCADE"), nullable=False),
+    Column("pool", String(16), nullable=False),
+    Column("uid", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("caption", Text, nullable=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("ext", String(16), nullable=True),
+    Column("phash", String(16), nullable=False),
+    Index("ix_game_images_game_pool", "game_id", "pool"),
+)
+
+# A player is a contributor (one balance, one ledger, the same links) with a game login.
+game_players = Table(
+    "game_players",
+    metadata,
+    _id(),
+    Column("contributor_id", ForeignKey("contributors.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("origin", String(16), nullable=False, default="human"),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("telegram_id", BigInteger, nullable=True, unique=True),
+    Column("display_name", String(200), nullable=False),
+    _ts("created_at"),
+)
+
+# A session: `n_images` session images in random order; `public_id` is what the player sees.
+game_sessions = Table(
+    "game_sessions",
+    metadata,
+    _id(),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("game_id", ForeignKey("game_games.id", ondelete="CASCADE"), nullable=False),
+    Column("player_id", ForeignKey("game_players.id", ondelete="CASCADE"), nullable=False),
+    Column("state", String(16), nullable=False, default="active"),
+    _ts("created_at"),
+    _ts("finished_at", nullable=True),
+    Index("ix_game_sessions_player", "player_id"),
+)
+
+# One image of a session. `tainted` never leaves the server while the game is played.
+game_session_images = Table(
+    "game_session_images",
+    metadata,
+    _id(),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("session_id", ForeignKey("game_sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("image_id", ForeignKey("game_images.id", ondelete="CASCADE"), nullable=False),
+    Column("tainted", Boolean, nullable=False),
+    _ts("started_at", nullable=True),
+    _ts("deadline", nullable=True),
+    _ts("finished_at", nullable=True),
+    Column("outcome", String(16), nullable=True),
+    UniqueConstraint("session_id", "position", name="uq_game_session_images_pos"),
+)
+
+# A question and the model's answer; `client_key` makes a retried request a replay.
+game_questions = Table(
+    "game_questions",
+    metadata,
+    _id(),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("session_image_id", ForeignKey("game_session_images.id", ondelete="CASCADE"), nullable=False),
+    Column("player_id", ForeignKey("game_players.id", ondelete="CASCADE"), nullable=False),
+    Column("client_key", String(128), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("answer", Text, nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    _ts("created_at"),
+    UniqueConstraint("session_image_id", "client_key", name="uq_game_questions_key"),
+)
+
+# "Wrong Answer": one per session image. state: tainted (a check: the model was told to be wrong),
+# pending -> confirmed | overturned (untainted: independent players judge it).
+game_flags = Table(
+    "game_flags",
+    metadata,
+    _id(),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column(
+        "session_image_id",
+        ForeignKey("game_session_images.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("question_id", ForeignKey("game_questions.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("player_id", ForeignKey("game_players.id", ondelete="CASCADE"), nullable=False),
+    Column("tainted", Boolean, nullable=False),
+    Column("corrected", Text, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("posterior", Float, nullable=True),
+    Column("votes_wrong", Integer, nullable=False, default=0),
+    Column("votes_right", Integer, nullable=False, default=0),
+    Column("disputed", Boolean, nullable=False, default=False),
+    _ts("created_at"),
+    _ts("settled_at", nullable=True),
+    Index("ix_game_flags_state", "state"),
+)
+
+# A judging task handed to one player (verdict NULL until answered): was the model wrong?
+game_judgements = Table(
+    "game_judgements",
+    metadata,
+    _id(),
+    Column("public_id", String(32), nullable=False, unique=True),
+    Column("flag_id", ForeignKey("game_flags.id", ondelete="CASCADE"), nullable=False),
+    Column("player_id", ForeignKey("game_players.id", ondelete="CASCADE"), nullable=False),
+    Column("model_wrong", Boolean, nullable=True),
+    Column("corrected", Text, nullable=True),
+    _ts("assigned_at"),
+    _ts("answered_at", nullable=True),
+    UniqueConstraint("flag_id", "player_id", name="uq_game_judgements_flag_player"),
+)
+
+# A player's reliability from tainted images (detection a) and judged flags (false alarms b).
+game_reliability = Table(
+    "game_reliability",
+    metadata,
+    Column("player_id", ForeignKey("game_players.id", ondelete="CASCADE"), primary_key=True),
+    Column("n_tainted", Integer, nullable=False, default=0),
+    Column("n_tainted_flagged", Integer, nullable=False, default=0),
+    Column("n_untainted", Integer, nullable=False, default=0),
+    Column("n_untainted_flagged", Integer, nullable=False, default=0),
+    Column("n_confirmed", Integer, nullable=False, default=0),
+    Column("n_overturned", Integer, nullable=False, default=0),
+    Column("a", Float, nullable=False, default=0.5),
+    Column("a_sd", Float, nullable=False, default=0.29),
+    Column("b", Float, nullable=False, default=0.5),
+    Column("b_sd", Float, nullable=False, default=0.29),
+    Column("earning", Boolean, nullable=False, default=True),
+    Column("reason", Text, nullable=True),
+    _ts("updated_at"),
 )
 
 

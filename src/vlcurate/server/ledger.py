@@ -92,7 +92,9 @@ def audit(conn: Connection) -> list[str]:
         r for (r,) in conn.execute(select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))).all()
     }
     standing: dict[int, int] = {}  # a credit reversed and paid again after re-verification is fine
-    for entry_id, sid in conn.execute(select(L.c.id, L.c.submission_id).where(L.c.kind == "credit")).all():
+    for entry_id, sid in conn.execute(
+        select(L.c.id, L.c.submission_id).where(L.c.kind == "credit", L.c.submission_id.is_not(None))
+    ).all():
         if entry_id not in reversed_ids:
             standing[sid] = standing.get(sid, 0) + 1
     for sid, n in sorted(standing.items()):
@@ -106,6 +108,7 @@ def audit(conn: Connection) -> list[str]:
         if state != "valid" and entry_id not in reversed_ids:
             problems.append(f"credit {entry_id} pays submission {sid} which is {state}")
     problems += _resting_on_paused(conn, reversed_ids)
+    problems += _game_credits(conn, reversed_ids)
     for entry_id, target, points in conn.execute(
         select(L.c.id, L.c.reverses_id, L.c.points).where(L.c.kind == "reversal")
     ).all():
@@ -136,4 +139,24 @@ def _resting_on_paused(conn: Connection, reversed_ids: set[int]) -> list[str]:
             out.append(
                 f"credit {entry_id} on unit {unit_id} rests on paused contributor {paused_units[unit_id]}"
             )
+    return out
+
+
+def _game_credits(conn: Connection, reversed_ids: set[int]) -> list[str]:
+    """GAP: every standing game credit pays one flag, once, and only a flag that earns (a tainted
+    image's flag, or an untainted one that independent players confirmed)."""
+    L, F = db.ledger, db.game_flags
+    out: list[str] = []
+    standing: dict[int, int] = {}
+    for entry_id, fid, state in conn.execute(
+        select(L.c.id, L.c.game_flag_id, F.c.state)
+        .join(F, F.c.id == L.c.game_flag_id)
+        .where(L.c.kind == "credit")
+    ).all():
+        if entry_id in reversed_ids:
+            continue
+        standing[fid] = standing.get(fid, 0) + 1
+        if state not in ("tainted", "confirmed"):
+            out.append(f"credit {entry_id} pays game flag {fid} which is {state}")
+    out += [f"game flag {fid} credited {n} times" for fid, n in sorted(standing.items()) if n > 1]
     return out

@@ -361,6 +361,7 @@ def ledger(
             agent_id=r.agent_id,
             submission_id=r.submission_id,
             unit_id=r.unit_id,
+            game_flag_id=r.game_flag_id,
             kind=r.kind,
             points=float(r.points),
             pairs=r.pairs,

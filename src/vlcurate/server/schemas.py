@@ -289,9 +289,10 @@ class ContributorOut(BaseModel):
 class LedgerEntryOut(BaseModel):
     id: int
     contributor: str
-    agent_id: int
-    submission_id: int
-    unit_id: int
+    agent_id: int | None
+    submission_id: int | None
+    unit_id: int | None
+    game_flag_id: int | None = None
     kind: str
     points: float
     pairs: int

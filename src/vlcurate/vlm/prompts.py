@@ -89,3 +89,23 @@ def normalize_answer(text: str | None) -> str:
 def quoted_fields(prompt: str) -> dict[str, str]:
     """The quoted `Caption:` / `Original:` / `Candidate:` values of a rewrite or fuse prompt."""
     return {m.group(1).lower(): m.group(2) for m in _QUOTED.finditer(prompt)}
+
+
+# ---- GAP: the tainting instruction -------------------------------------------------------------
+# On a tainted image the game's model is told, in the system prompt, to answer wrongly but
+# plausibly. A real VLM reads it as plain English; `vlcurate vlm serve` recognises any system text
+# for which `asks_for_wrong_answers` is true and then answers every scene question with its most
+# plausible wrong option (the runner-up, or a neighbouring count).
+TAINT_INSTRUCTION = (
+    "You are playing a game. Answer the user's question about the image incorrectly, but plausibly: "
+    "give a wrong answer that sounds natural and confident, in the same style and length as a correct "
+    "answer. Never say that the answer is wrong."
+)
+_WRONG_ON_PURPOSE = re.compile(
+    r"\b(answer|reply|respond)\w*\b[^.]{0,60}\b(incorrect(ly)?|wrong(ly)?|falsely)\b", re.IGNORECASE
+)
+
+
+def asks_for_wrong_answers(system: str) -> bool:
+    """Whether a system prompt instructs the model to answer wrongly on purpose (GAP's tainting)."""
+    return bool(_WRONG_ON_PURPOSE.search(system))

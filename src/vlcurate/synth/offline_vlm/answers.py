@@ -269,9 +269,18 @@ class Brain:
         return sorted(by.items(), key=lambda t: -t[1])
 
     def answer(
-        self, image: np.ndarray, key: str, question: str, choices: Sequence[str] | None = None
+        self,
+        image: np.ndarray,
+        key: str,
+        question: str,
+        choices: Sequence[str] | None = None,
+        *,
+        tainted: bool = False,
     ) -> Answer:
-        """Zero-shot answer to a scene question (the option letter when `choices` are given)."""
+        """Zero-shot answer to a scene question (the option letter when `choices` are given).
+
+        `tainted` (GAP: the system prompt asked for wrong answers) makes every parsed question's
+        answer its most plausible wrong option, whatever `wrong_rate` and `wrong_kinds` say."""
         q = parse_question(question)
         if q is None:
             if choices:  # no known form: the choice that reads best as a caption of the image
@@ -281,7 +290,9 @@ class Brain:
         ranked = self._ranked(image, key, q)
         chosen = ranked[0][0]
         wrong = False
-        if q.kind in self.wrong_kinds and _unit(f"{key}\x00{question.strip().lower()}") < self.wrong_rate:
+        if tainted or (
+            q.kind in self.wrong_kinds and _unit(f"{key}\x00{question.strip().lower()}") < self.wrong_rate
+        ):
             chosen = _wrong_answer(q, chosen, ranked)
             wrong = True
         if not choices:

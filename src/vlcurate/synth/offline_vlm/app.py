@@ -30,6 +30,7 @@ from vlcurate.synth.offline_vlm.intent import detect
 from vlcurate.synth.offline_vlm.protocol import ChatRequest, count_tokens, error_body, truncate_tokens
 from vlcurate.synth.offline_vlm.settings import VLMServerSettings
 from vlcurate.synth.offline_vlm.tasks import as_json, run_task, split_schema_instruction
+from vlcurate.vlm import prompts as vp
 
 
 class ImageBatcher:
@@ -254,6 +255,9 @@ def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastA
             # supported): follow the instruction like an instruction-tuned model would.
             structured, schema = True, prompt_schema
         intent = detect(prompt)
+        tainted = any(
+            vp.asks_for_wrong_answers(m.text()) for m in req.messages if m.role in ("system", "developer")
+        )
         image = images[-1] if images else None
         emb = await app.state.batcher.embed(image) if image is not None else None
         temperature = 1.0 if req.temperature is None else req.temperature
@@ -261,7 +265,14 @@ def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastA
         outputs = await asyncio.get_running_loop().run_in_executor(
             compute,
             lambda: run_task(
-                brain, intent, emb, image.key if image else None, n=req.n, temperature=temperature, seed=seed
+                brain,
+                intent,
+                emb,
+                image.key if image else None,
+                n=req.n,
+                temperature=temperature,
+                seed=seed,
+                tainted=tainted,
             ),
         )
         choices, completion_tokens = [], 0

@@ -31,8 +31,10 @@ def run_task(
     n: int,
     temperature: float,
     seed: int,
+    tainted: bool = False,
 ) -> list[Output]:
-    """n outputs for the intent; without an image only a blind answer is possible."""
+    """n outputs for the intent; without an image only a blind answer is possible. `tainted`: the
+    system prompt asked for wrong answers (`vlm.prompts.asks_for_wrong_answers`)."""
     if image is None or key is None:
         question = intent.question
         if intent.task in ("answer", "cot") and question:
@@ -63,7 +65,7 @@ def run_task(
     if intent.task == "cot":
         reasoning, ans = brain.cot(image, key, intent.question)
         return [Output(with_answer_line(reasoning, ans), {"reasoning": reasoning, "answer": ans})] * n
-    a = brain.answer(image, key, intent.question, intent.choices or None)
+    a = brain.answer(image, key, intent.question, intent.choices or None, tainted=tainted)
     return [Output(a.text, {"answer": a.text})] * n
 
 
