@@ -6,6 +6,8 @@ import importlib
 
 import typer
 
+from vlcurate.cli.examples import add_examples
+
 app = typer.Typer(
     name="vlcurate",
     help="Score, filter and reshard image-caption data; build verified vision-language datasets.",
@@ -62,6 +64,8 @@ def version() -> None:
 
     typer.echo(__version__)
 
+
+add_examples(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

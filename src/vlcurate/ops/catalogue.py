@@ -69,7 +69,7 @@ def catalogue_markdown(entries: list[dict[str, Any]] | None = None) -> str:
         "|---|---|---|",
     ]
     lines += [
-        f"| [`{e['name']}`](#{e['name'].replace('_', '-')}) | {e['kind']} | {_cell(e['doc'])} |"
+        f"| [`{e['name']}`](#{e['name']}) | {e['kind']} | {_cell(e['doc'])} |"
         for e in entries
     ]
     for e in entries:
