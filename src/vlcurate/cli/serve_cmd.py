@@ -46,6 +46,13 @@ def register(app: typer.Typer) -> None:
         link_loopback: Annotated[
             bool, typer.Option(help="Link by loopback addresses too (tests, the simulation).")
         ] = False,
+        telegram_bot_token: Annotated[
+            str | None,
+            typer.Option(
+                envvar="VLCURATE_TELEGRAM_BOT_TOKEN",
+                help="GAP: the Telegram bot token that signs Mini App initData (enables Telegram login).",
+            ),
+        ] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Run the platform: JSON API (docs at /docs), live dashboard at /, lease sweeper."""
@@ -68,6 +75,7 @@ def register(app: typer.Typer) -> None:
                 image_rate_per_minute=image_rate_per_minute,
                 link_origins=link_origins,
                 link_loopback=link_loopback,
+                telegram_bot_token=telegram_bot_token,
             )
             if workers > 1 and not normalize_url(db).startswith("postgresql"):
                 raise ValueError("--workers > 1 needs PostgreSQL (SQLite serialises writes anyway)")

@@ -51,6 +51,7 @@ def reverse(conn: Connection, credit_row: Any, reason: str) -> int:
             agent_id=credit_row.agent_id,
             submission_id=credit_row.submission_id,
             unit_id=credit_row.unit_id,
+            game_flag_id=credit_row.game_flag_id,
             kind="reversal",
             points=-credit_row.points,
             pairs=-credit_row.pairs,

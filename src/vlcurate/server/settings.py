@@ -40,6 +40,13 @@ class ServerSettings(BaseModel):
         description="Also link by loopback addresses (127.0.0.0/8, ::1). Off by default: agents on the "
         "server's own machine are a local setup; tests and the simulation turn it on.",
     )
+    telegram_bot_token: str | None = Field(
+        default=None,
+        description="GAP: the bot token that signs Telegram Mini App initData (login off if unset).",
+    )
+    telegram_max_age_s: int = Field(
+        default=86_400, ge=60, description="GAP: oldest Telegram initData (auth_date) accepted, in seconds."
+    )
     sweep_seconds: float = Field(default=1.0, gt=0, description="How often expired leases are requeued.")
     migrate: bool = Field(default=True, description="Run Alembic migrations at start-up.")
     pool_size: int = Field(default=10, ge=1)

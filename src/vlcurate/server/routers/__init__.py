@@ -1,11 +1,23 @@
 """The platform's HTTP API, one router per resource: operators' `datasets`, `tasks`, `agents`,
-`contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads. Their
-dependencies (the platform, who is calling) are `deps`; the HTML dashboard is `dashboard`."""
+`contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads; `game`, the
+GAP game's API. Their dependencies (the platform, who is calling) are `deps`; the HTML dashboard
+is `dashboard`."""
 
 from fastapi import APIRouter
 
 from vlcurate.server import dashboard
-from vlcurate.server.routers import agents, checks, contributors, datasets, images, leases, me, public, tasks
+from vlcurate.server.routers import (
+    agents,
+    checks,
+    contributors,
+    datasets,
+    game,
+    images,
+    leases,
+    me,
+    public,
+    tasks,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     datasets.router,
@@ -17,5 +29,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     leases.router,
     images.router,
     public.router,
+    game.router,
     dashboard.router,
 )

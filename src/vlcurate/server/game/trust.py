@@ -1,0 +1,96 @@
+"""The database side of reliability: a player's counts, the model's error rate across the crowd,
+the refreshed estimate (after every session and every settled flag) and whether the player earns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+
+from vlcurate.server import db
+from vlcurate.server.game import reliability as rel
+from vlcurate.server.game.views import ReliabilityOut
+
+
+def counts(row: Any) -> rel.Counts:
+    return rel.Counts(
+        row.n_tainted,
+        row.n_tainted_flagged,
+        row.n_untainted,
+        row.n_untainted_flagged,
+        row.n_confirmed,
+        row.n_overturned,
+    )
+
+
+def crowd_error_rate(conn: Connection) -> float:
+    """q over every player's untainted images and judged flags (`reliability.model_error_rate`)."""
+    R = db.game_reliability
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(R.c.n_untainted), 0),
+            func.coalesce(func.sum(R.c.n_untainted_flagged), 0),
+            func.coalesce(func.sum(R.c.n_confirmed), 0),
+            func.coalesce(func.sum(R.c.n_overturned), 0),
+            func.coalesce(func.sum(R.c.n_tainted), 0),
+            func.coalesce(func.sum(R.c.n_tainted_flagged), 0),
+        )
+    ).one()
+    n_u, f_u, conf, over, n_t, f_t = (int(x) for x in row)
+    a = (f_t + 1.0) / (n_t + 2.0)
+    return rel.model_error_rate(n_u, f_u, conf, over, a)
+
+
+def bar(conn: Connection) -> tuple[float, int]:
+    """The strictest earning bar any active game sets (reliability is per player, across games)."""
+    G = db.game_games
+    row = conn.execute(
+        select(func.max(G.c.min_skill), func.min(G.c.min_tainted_seen)).where(G.c.state == "active")
+    ).one()
+    return (0.4 if row[0] is None else float(row[0])), (5 if row[1] is None else int(row[1]))
+
+
+def refresh(conn: Connection, player_id: int, **add: int) -> tuple[rel.Reliability, bool, str]:
+    """Add `add` to the player's counts, re-estimate a and b, store them, and say if they earn."""
+    R = db.game_reliability
+    if add:
+        conn.execute(
+            update(R)
+            .where(R.c.player_id == player_id)
+            .values({k: getattr(R.c, k) + v for k, v in add.items()})
+        )
+    row = conn.execute(select(R).where(R.c.player_id == player_id)).one()
+    c = counts(row)
+    r = rel.estimate(c, crowd_error_rate(conn))
+    min_skill, min_seen = bar(conn)
+    ok, reason = rel.earning(r, c, min_skill=min_skill, min_tainted_seen=min_seen)
+    paused = conn.execute(
+        select(db.contributors.c.paused, db.contributors.c.pause_reason)
+        .join(db.game_players, db.game_players.c.contributor_id == db.contributors.c.id)
+        .where(db.game_players.c.id == player_id)
+    ).one()
+    if paused.paused:
+        ok, reason = False, f"not earning: this account is paused ({paused.pause_reason})"
+    conn.execute(
+        update(R)
+        .where(R.c.player_id == player_id)
+        .values(a=r.a, a_sd=r.a_sd, b=r.b, b_sd=r.b_sd, earning=ok, reason=reason, updated_at=db.utcnow())
+    )
+    return r, ok, reason
+
+
+def current(conn: Connection, player_id: int) -> Any:
+    return conn.execute(select(db.game_reliability).where(db.game_reliability.c.player_id == player_id)).one()
+
+
+def view(row: Any) -> ReliabilityOut:
+    return ReliabilityOut(
+        detection=round(row.a, 4),
+        detection_sd=round(row.a_sd, 4),
+        false_alarm=round(row.b, 4),
+        false_alarm_sd=round(row.b_sd, 4),
+        check_images=row.n_tainted,
+        earning=bool(row.earning),
+        reason=row.reason or "on probation: no session finished yet",
+    )
