@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
-
 from tests.platform_live import ADMIN
 from tests.vlm_live import VLMServer
+
 from vlcurate.server import db
 from vlcurate.synth.scene import Scene, generate_scene, scene_rng
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
-
 from tests.game.conftest import Game, Pools, make_game
 from tests.vlm_live import VLMServer
+
 from vlcurate.server import db, ledger
 
 
