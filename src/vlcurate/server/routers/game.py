@@ -18,7 +18,7 @@ from sqlalchemy import select
 from vlcurate.server import db, links
 from vlcurate.server.auth import bearer
 from vlcurate.server.deps import AdminDep, Origin, PlatformDep, Token, header
-from vlcurate.server.errors import Conflict, NotFound
+from vlcurate.server.errors import Conflict, NotFound, TooMany
 from vlcurate.server.game import asking, flags, judging, players, pools, scoring, sessions, telegram, trust
 from vlcurate.server.game.config import GameCreate, GameOut
 from vlcurate.server.game.players import Player
@@ -38,7 +38,6 @@ from vlcurate.server.routers.images import image_media_type
 
 router = APIRouter(prefix="/api/v1/game", tags=["game"])
 
-PLAYER_RATE_PER_MINUTE = 240
 PublicId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -85,16 +84,15 @@ class Judge(_In):
 
 
 def player(p: PlatformDep, token: Token, address: Origin) -> Player:
-    """The calling player (from a `vlp_` token), within its request rate; its address is noted for
-    account links."""
+    """The calling player (from a `vlp_` token), within the server's per-caller request rate
+    (`rate_per_minute`, a key space of its own); its address is noted for account links."""
     raw = bearer(header(token))
     with p.autocommit.connect() as conn:
         who = players.player_for_token(conn, raw)
-    wait = p.limiter.check(("game", who.id), PLAYER_RATE_PER_MINUTE)
+    rate = p.settings.rate_per_minute
+    wait = p.limiter.check(("game", who.id), rate)
     if wait > 0:
-        from vlcurate.server.errors import TooMany
-
-        raise TooMany(f"rate limit of {PLAYER_RATE_PER_MINUTE} requests/minute exceeded", wait)
+        raise TooMany(f"rate limit of {rate} requests/minute exceeded", wait)
     links.note(p, who.contributor_id, address)
     return who
 
