@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "vlcurate.cli.agent_cmd",
     "vlcurate.cli.serve_cmd",
     "vlcurate.cli.platform_cmd",
+    "vlcurate.cli.game_cmd",
     "vlcurate.cli.run_cmd",
     "vlcurate.cli.recaption_cmd",
     "vlcurate.cli.vlm_cmd",
