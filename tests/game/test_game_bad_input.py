@@ -6,6 +6,7 @@ nothing is counted twice, and nothing is stored that should not be."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ import pytest
 from sqlalchemy import func, select
 from tests.game.conftest import BOT_TOKEN, Game, Pools, make_game
 from tests.platform_live import ADMIN, free_port
-from tests.vlm_live import VLMServer
 
 from vlcurate.server import db
 from vlcurate.server.game import telegram
@@ -187,16 +187,21 @@ def test_telegram_login_checks_the_signature_and_freshness(game: Game) -> None:
 
 
 @pytest.fixture(scope="module")
-def hanging_vlm() -> Iterator[VLMServer]:
-    with VLMServer(["--faults", "timeout=1.0", "--hang-s", "5"]) as server:
-        yield server
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers: a hung model."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
 
 
 @pytest.mark.parametrize("where", ["closed port", "hangs"])
 def test_a_model_that_does_not_answer_is_a_502_and_nothing_is_stored(
-    where: str, tmp_path: Path, pools: Pools, hanging_vlm: VLMServer
+    where: str, tmp_path: Path, pools: Pools, silent_port: int
 ) -> None:
-    url = f"http://127.0.0.1:{free_port()}/v1" if where == "closed port" else hanging_vlm.base_url
+    port = free_port() if where == "closed port" else silent_port
+    url = f"http://127.0.0.1:{port}/v1"
 
     class _Url:
         base_url = url

@@ -10,6 +10,9 @@ was stored instead of asking again.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -22,7 +25,7 @@ from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
 from vlcurate.server.game.sessions import game_row, image_in_session, owned_session, require_open
 from vlcurate.server.game.views import QuestionOut
-from vlcurate.vlm.client import VLMRequest, VLMSettings, run_many
+from vlcurate.vlm.client import VLMClient, VLMRequest, VLMResult, VLMSettings
 
 MAX_ANSWER_CHARS = 4000
 
@@ -41,6 +44,47 @@ def clean_question(text: str, limit: int) -> str:
     return q
 
 
+class _SharedClients:
+    """One event loop in a daemon thread holding one `VLMClient` per model endpoint, so request
+    handlers (threads) share connections and the client's adaptive concurrency instead of building
+    a client and an event loop per question."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clients: dict[str, VLMClient] = {}  # touched only on the loop's thread
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="gap-vlm", daemon=True).start()
+            return self._loop
+
+    async def _complete(self, settings: VLMSettings, req: VLMRequest) -> VLMResult:
+        key = settings.model_dump_json()
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = await VLMClient(settings).__aenter__()
+        return await client.complete(req)
+
+    def complete(self, settings: VLMSettings, req: VLMRequest) -> VLMResult:
+        future = asyncio.run_coroutine_threadsafe(self._complete(settings, req), self._running_loop())
+        budget = (
+            settings.timeout_s * (settings.max_retries + 1) + settings.backoff_max_s * settings.max_retries
+        )
+        try:
+            return future.result(timeout=budget + 5.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ModelUnavailable(
+                f"the model did not answer within {budget:.0f} s; nothing was stored, ask again"
+            ) from None
+
+
+_SHARED = _SharedClients()
+
+
 def ask_model(game: Any, image: bytes, question: str, tainted: bool) -> tuple[str, float]:
     """The model's answer and its latency in ms, or a 502 that says why there is none."""
     settings = VLMSettings(
@@ -51,14 +95,14 @@ def ask_model(game: Any, image: bytes, question: str, tainted: bool) -> tuple[st
         max_answer_retries=0,
         backoff_base_s=0.2,
         backoff_max_s=1.0,
-        max_concurrency=1,
+        max_concurrency=64,
         cache_dir=None,
     )
     system = game.taint_instruction if tainted else game.honest_instruction
     req = VLMRequest(
         prompt=question, images=[image], system=system, max_tokens=200, temperature=0.0, use_cache=False
     )
-    result = run_many(settings, [req])[0]
+    result = _SHARED.complete(settings, req)
     text = (result.text or "").strip() if result.ok else ""
     if not text:
         why = result.error or "empty answer"
