@@ -32,6 +32,7 @@ EXAMPLES: dict[str, str] = {
     "platform export": "vlcurate platform export score-pool1 --out runs/pool1-verified",
     "platform audit": "vlcurate platform audit --db vlcurate.db",
     "vlm serve": "vlcurate vlm serve --port 8300",
+    "build": "vlcurate build '200 images each of cats and dogs for detection' --pool photos/ --out pets",
 }
 
 

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "vlcurate.cli.run_cmd",
     "vlcurate.cli.recaption_cmd",
     "vlcurate.cli.vlm_cmd",
+    "vlcurate.cli.build_cmd",
 )
 
 for _name in _COMMAND_MODULES:

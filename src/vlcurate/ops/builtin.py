@@ -1,6 +1,7 @@
 """Imports every built-in operator module so that each registers itself."""
 
 from vlcurate.ops import (  # noqa: F401
+    builder_ops,
     dedup_ops,
     embedding_ops,
     image_ops,

@@ -1,0 +1,550 @@
+"""`build`: request -> spec -> collection -> image tools -> labels -> supervision -> export.
+
+Resumable: stage results live in a work folder beside `--out` (`.NAME.build/`, keyed by a
+fingerprint of the spec, pools and options); a re-run after a failure or kill reuses the cleaned
+pool and every label already made. The export is staged and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlcurate.base.atomic import write_parquet_atomic
+from vlcurate.base.report import ReportData, write_report
+from vlcurate.builder.collect import (
+    PoolImage,
+    class_text_embeddings,
+    embed_images,
+    read_pool,
+    retrieve,
+)
+from vlcurate.builder.demand import analyse_with_vlm, parse_request
+from vlcurate.builder.export import DEFAULT_FORMATS, check_formats, dataset_card, export_all
+from vlcurate.builder.formats import (
+    Ann,
+    Dataset,
+    Item,
+    mask_to_rle,
+    read_dataset,
+    rle_to_mask,
+    write_json_atomic,
+    write_text_atomic,
+)
+from vlcurate.builder.label import Label, ZeroShot, box_masks, make_labeller, open_rgb
+from vlcurate.builder.spec import DatasetSpec, SpecError, Task, load_spec, spec_from_dict
+from vlcurate.builder.supervise import (
+    CropVerifier,
+    Verifier,
+    VlmVerifier,
+    class_balance,
+    ssim_stats,
+    supervise,
+)
+from vlcurate.builder.tools import ToolResult, clean_pool, drop_counts
+from vlcurate.dedup.reference import ReferenceIndex
+from vlcurate.io.staged_dir import check_out_dir, commit, make_staging
+from vlcurate.ops.builder_ops import EnhanceParams
+
+Progress = Callable[[str, str], None]
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = ""
+    pools: list[str] = Field(default_factory=list)
+    out: Path
+    task: Task | None = None
+    images_per_class: int | None = Field(None, ge=1)
+    expand: Path | None = None
+    spec_file: Path | None = None
+    formats: list[str] | None = None
+    scorer: str = "tiny-synth"
+    device: str = "cpu"
+    detector: str | None = None  # owlv2 | grounding-dino | a hub name; None: offline region proposals
+    verifier: Literal["crop", "vlm"] = "crop"
+    vlm_url: str | None = None  # demand analysis and the VLM verifier use it when set
+    vlm_model: str = "tiny-synth"
+    allow_download: bool = False
+    oversample: float = Field(2.0, ge=1.0)
+    max_rounds: int = Field(3, ge=1, le=10)
+    enhance: EnhanceParams | None = None
+    overwrite: bool = False
+    dry_run: bool = False
+
+
+def _quiet(stage: str, message: str) -> None:
+    return None
+
+
+def make_spec(cfg: BuildConfig, existing: Dataset | None) -> DatasetSpec:
+    """The spec from --spec, else the VLM (when a URL is given), else the offline parser."""
+    if cfg.spec_file is not None:
+        spec = load_spec(cfg.spec_file)
+        if cfg.task or cfg.images_per_class:
+            data = spec.model_dump()
+            data["task"] = cfg.task or spec.task
+            data["images_per_class"] = cfg.images_per_class or spec.images_per_class
+            spec = spec_from_dict(data, str(cfg.spec_file))
+        return spec
+    if not cfg.request.strip() and existing is not None:
+        request = f"{cfg.images_per_class or 100} images each of {', '.join(existing.classes)}"
+        return parse_request(request, task=cfg.task or "classify", images_per_class=cfg.images_per_class)
+    if cfg.vlm_url:
+        from vlcurate.vlm.client import VLMSettings
+
+        spec = analyse_with_vlm(
+            cfg.request, VLMSettings(base_url=cfg.vlm_url, model=cfg.vlm_model), task=cfg.task
+        )
+        if cfg.images_per_class:
+            spec = spec.model_copy(update={"images_per_class": cfg.images_per_class})
+        return spec
+    return parse_request(cfg.request, task=cfg.task, images_per_class=cfg.images_per_class)
+
+
+def _fingerprint(cfg: BuildConfig, spec: DatasetSpec) -> str:
+    data = {
+        "spec": spec.model_dump(mode="json"),
+        "pools": cfg.pools,
+        "expand": str(cfg.expand or ""),
+        "scorer": cfg.scorer,
+        "detector": cfg.detector,
+        "verifier": cfg.verifier,
+        "enhance": cfg.enhance.model_dump() if cfg.enhance else None,
+        "oversample": cfg.oversample,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def work_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}.build"
+
+
+# ----- checkpoints ------------------------------------------------------------------------------
+
+
+def _save_pool(path: Path, images: list[PoolImage]) -> None:
+    table = pa.table(
+        {
+            "uid": [im.uid for im in images],
+            "key": [im.key for im in images],
+            "data": pa.array([im.data for im in images], pa.binary()),
+            "source": [im.source for im in images],
+            "license": [im.license for im in images],
+            "caption": [im.caption for im in images],
+            "sha256": [im.sha256 for im in images],
+        }
+    )
+    write_parquet_atomic(path, table)
+
+
+def _load_pool(path: Path) -> list[PoolImage]:
+    t = pq.read_table(path).to_pylist()
+    return [
+        PoolImage(r["uid"], r["key"], r["data"], r["source"], r["license"], r["caption"], r["sha256"])
+        for r in t
+    ]
+
+
+def _label_to_json(lab: Label) -> dict[str, Any]:
+    d = lab.to_json()
+    d["probs"] = lab.probs
+    d["mask"] = mask_to_rle(lab.mask) if lab.mask is not None else None
+    return d
+
+
+def _label_from_json(d: dict[str, Any]) -> Label:
+    return Label(
+        d["class"],
+        d["confidence"],
+        d["model"],
+        tuple(d["box"]) if d["box"] else None,
+        rle_to_mask(d["mask"]) if d.get("mask") else None,
+        d["verified"],
+        d["verifier"],
+        d["verifier_confidence"],
+        d.get("probs"),
+    )
+
+
+# ----- the stages -------------------------------------------------------------------------------
+
+
+def _existing(cfg: BuildConfig) -> tuple[Dataset | None, ReferenceIndex | None]:
+    if cfg.expand is None:
+        return None, None
+    ds = read_dataset(cfg.expand, masks=False)
+    index = ReferenceIndex()
+    for it in ds.items:
+        index.add(f"{it.split}/{it.name}", it.read())
+    return ds, index
+
+
+def _collect(
+    cfg: BuildConfig, spec: DatasetSpec, work: Path, reference: ReferenceIndex | None, progress: Progress
+) -> tuple[list[PoolImage], dict[str, Any], bool]:
+    pool_file, info_file = work / "pool.parquet", work / "tools.json"
+    if pool_file.is_file() and info_file.is_file():
+        progress("collect", "resumed: cleaned pool from the last run")
+        return _load_pool(pool_file), json.loads(info_file.read_text()), True
+    t0 = time.perf_counter()
+    images, report = read_pool(cfg.pools, spec)
+    t_read = time.perf_counter() - t0
+    progress(
+        "collect",
+        f"{len(images)} images read ({report.unreadable} unreadable, "
+        f"{report.license_rejected} licence rejected, {report.duplicates_in_pool} byte duplicates)",
+    )
+    result: ToolResult = clean_pool(images, spec, reference=reference, enhance=cfg.enhance)
+    kept = [images[i] for i in result.kept]
+    progress(
+        "tools",
+        f"{len(kept)} of {len(images)} images pass the image tools: {json.dumps(drop_counts(result))}",
+    )
+    info = {
+        "pool": report.to_dict(),
+        "read_seconds": round(t_read, 3),
+        "steps": result.steps,
+        "dropped": drop_counts(result),
+        "ssim_to_original": result.ssim_to_original,
+        "copies_of_expanded": result.copy_of,
+        "drop_reasons": result.reasons,
+    }
+    _save_pool(pool_file, kept)
+    write_json_atomic(info_file, info)
+    return kept, info, False
+
+
+def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
+    if cfg.verifier == "vlm":
+        if not cfg.vlm_url:
+            raise ValueError("--verifier vlm needs --vlm-url")
+        from vlcurate.vlm.client import VLMSettings
+
+        return VlmVerifier(VLMSettings(base_url=cfg.vlm_url, model=cfg.vlm_model))
+    return CropVerifier(zs, spec.class_names)
+
+
+def _label_rounds(
+    cfg: BuildConfig, spec: DatasetSpec, pool: list[PoolImage], work: Path, progress: Progress
+) -> tuple[dict[str, list[Label]], list[dict[str, Any]], dict[str, float]]:
+    from vlcurate.models.loader import load_scorer
+
+    labels_file = work / "labels.json"
+    labelled: dict[str, list[Label]] = {}
+    if labels_file.is_file():
+        saved = json.loads(labels_file.read_text())
+        labelled = {u: [_label_from_json(d) for d in labs] for u, labs in saved.items()}
+        progress("label", f"resumed: {len(labelled)} images already labelled")
+    timings: dict[str, float] = dict.fromkeys(("embed", "retrieve", "label", "verify"), 0.0)
+    t0 = time.perf_counter()
+    scorer = load_scorer(cfg.scorer, device=cfg.device, allow_download=cfg.allow_download)
+    zs = ZeroShot(scorer, spec)
+    emb = embed_images(scorer, [im.data for im in pool])
+    text = class_text_embeddings(scorer, spec)
+    timings["embed"] += time.perf_counter() - t0
+    labeller = make_labeller(spec, scorer, detector=cfg.detector, allow_download=cfg.allow_download)
+    verifier = _verifier(cfg, zs, spec)
+    by_uid = {im.uid: i for i, im in enumerate(pool)}
+    rounds: list[dict[str, Any]] = []
+    need = spec.class_names
+    for r in range(cfg.max_rounds):
+        per_class = int(np.ceil(spec.images_per_class * cfg.oversample * (r + 1)))
+        t0 = time.perf_counter()
+        sub = np.array([spec.class_names.index(c) for c in need])
+        found = retrieve(emb, text[sub], per_class, exclude=lambda i: pool[i].uid in labelled)
+        timings["retrieve"] += time.perf_counter() - t0
+        todo = found.chosen
+        progress("label", f"round {r + 1}: {len(todo)} new candidates for {', '.join(need)}")
+        if todo:
+            datas = [pool[i].data for i in todo]
+            t0 = time.perf_counter()
+            labs = labeller.label(datas)
+            if spec.task == "segment":
+                box_masks(datas, labs)
+            timings["label"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            verifier.verify(datas, labs)
+            timings["verify"] += time.perf_counter() - t0
+            for i, lab in zip(todo, labs, strict=True):
+                labelled[pool[i].uid] = lab
+            write_json_atomic(
+                labels_file, {u: [_label_to_json(x) for x in v] for u, v in labelled.items()}, indent=None
+            )
+        decision = supervise(list(labelled.values()), spec.class_names, min_confidence=spec.min_confidence)
+        have = _per_class_images(list(labelled.values()), decision.kept, spec)
+        short = [c for c in spec.class_names if have[c] < spec.images_per_class]
+        unreliable = [
+            c
+            for c, m in decision.metrics["alr_per_class"].items()
+            if m["alr"] is not None and m["alr"] < spec.min_reliability
+        ]
+        rounds.append(
+            {
+                "round": r + 1,
+                "candidates": len(todo),
+                "usable_images_per_class": have,
+                "short": short,
+                "below_reliability": unreliable,
+            }
+        )
+        need = sorted(set(short) | set(unreliable), key=spec.class_names.index)
+        if not need or not todo or len(labelled) >= len(pool):
+            break
+        progress(
+            "supervise",
+            f"back to collection for {', '.join(need)} (short: {short}, unreliable: {unreliable})",
+        )
+    del by_uid
+    return labelled, rounds, dict(timings)
+
+
+def _per_class_images(
+    all_labels: list[list[Label]], kept: list[list[Label]], spec: DatasetSpec
+) -> dict[str, int]:
+    """Images usable per class: for classify the image's kept label; for detect, images whose every
+    label was kept."""
+    have = dict.fromkeys(spec.class_names, 0)
+    for labs, ok in zip(all_labels, kept, strict=True):
+        if not labs or len(ok) != len(labs):
+            continue
+        for c in {lab.cls for lab in ok}:
+            have[c] += 1
+    return have
+
+
+def _select(
+    spec: DatasetSpec, pool: list[PoolImage], labelled: dict[str, list[Label]]
+) -> tuple[list[str], list[tuple[str, Label, str]], dict[str, Any]]:
+    """The images to export (balanced to images_per_class) and the review queue."""
+    uids = list(labelled)
+    decision = supervise([labelled[u] for u in uids], spec.class_names, min_confidence=spec.min_confidence)
+    queue: list[tuple[str, Label, str]] = [(uids[i], lab, why) for i, lab, why in decision.queued]
+    usable = [
+        u for u, ok in zip(uids, decision.kept, strict=True) if labelled[u] and len(ok) == len(labelled[u])
+    ]
+    for u, ok in zip(uids, decision.kept, strict=True):  # an image with any doubtful label waits as a whole
+        if labelled[u] and 0 < len(ok) < len(labelled[u]):
+            queue.extend((u, lab, "image held back: another label in it is doubtful") for lab in ok)
+    score = {u: float(np.mean([lab.confidence for lab in labelled[u]])) for u in usable}
+    usable.sort(key=lambda u: (-score[u], u))
+    chosen: list[str] = []
+    count = dict.fromkeys(spec.class_names, 0)
+    for u in usable:
+        classes = {lab.cls for lab in labelled[u]}
+        wanted = any(count[c] < spec.images_per_class for c in classes)
+        # an image with several classes may overshoot a class that is already full, a little
+        fits = spec.task == "classify" or all(count[c] < spec.images_per_class * 1.25 for c in classes)
+        if wanted and fits:
+            chosen.append(u)
+            for c in classes:
+                count[c] += 1
+    return chosen, queue, decision.metrics
+
+
+def _assign_splits(spec: DatasetSpec, chosen: list[str], labelled: dict[str, list[Label]]) -> dict[str, str]:
+    """Stratified by each image's first class, in a fixed order (sha1 of the uid)."""
+    by_class: dict[str, list[str]] = {}
+    for u in chosen:
+        by_class.setdefault(labelled[u][0].cls, []).append(u)
+    out: dict[str, str] = {}
+    s = spec.splits
+    for members in by_class.values():
+        members.sort(key=lambda u: hashlib.sha1(u.encode()).hexdigest())
+        n = len(members)
+        n_train = round(n * s.train)
+        n_val = round(n * s.val) if s.test > 0 else n - n_train
+        for i, u in enumerate(members):
+            out[u] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    return out
+
+
+def _ext(data: bytes) -> str:
+    from vlcurate.base.images import sniff_image_ext
+
+    return sniff_image_ext(data) or "png"
+
+
+def plan(cfg: BuildConfig) -> dict[str, Any]:
+    """--dry-run: the spec and what the build would do and cost, without reading image bytes twice."""
+    existing = read_dataset(cfg.expand, masks=False) if cfg.expand else None
+    spec = make_spec(cfg, existing)
+    from vlcurate.io.sources import open_source
+
+    n = 0
+    for p in cfg.pools:
+        src = open_source(p)
+        n += sum(1 for sh in src.shards() for _ in src.iter_samples(sh))
+    k = len(spec.classes)
+    candidates = min(n, int(spec.images_per_class * cfg.oversample * k))
+    calls = {
+        "image_embeddings": n,
+        "labeller_calls": candidates,
+        "verifier_calls": candidates,
+        "vlm_calls": candidates if cfg.verifier == "vlm" else 0,
+    }
+    # rates measured on a 2-core CPU with tiny-synth (benchmarks/builder.py), per 1,000 images
+    seconds = n / 1000 * 6.0 + candidates / 1000 * 4.0
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "pool_images": n,
+        "formats": cfg.formats or list(DEFAULT_FORMATS[spec.task]),
+        "stages": ["demand", "collect", "tools", "retrieve", "label", "supervise", "export"],
+        "model_calls": calls,
+        "estimated_seconds": round(seconds, 1),
+        "out": str(cfg.out),
+    }
+
+
+def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
+    """Run every stage; returns the summary also written as build.json."""
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.overwrite)
+    if not cfg.pools:
+        raise ValueError("no pool given: pass --pool with folders, shards, Parquet files or manifests")
+    t_start = time.perf_counter()
+    existing, reference = _existing(cfg)
+    spec = make_spec(cfg, existing)
+    formats = cfg.formats or list(DEFAULT_FORMATS[spec.task])
+    check_formats(spec.task, formats)
+    progress(
+        "demand", f"{spec.task}: {', '.join(spec.class_names)}, {spec.images_per_class} images per class"
+    )
+    work = work_dir_for(out)
+    fp = _fingerprint(cfg, spec)
+    if work.exists() and (work / "fingerprint").is_file() and (work / "fingerprint").read_text() != fp:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "fingerprint", fp)
+    write_text_atomic(work / "spec.yaml", spec.to_yaml())
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pool, tools_info, resumed_pool = _collect(cfg, spec, work, reference, progress)
+    timings["collect+tools"] = time.perf_counter() - t0
+    labelled, rounds, label_timings = _label_rounds(cfg, spec, pool, work, progress)
+    timings.update(label_timings)
+    t0 = time.perf_counter()
+    chosen, queue, metrics = _select(spec, pool, labelled)
+    by_uid = {im.uid: im for im in pool}
+    splits = _assign_splits(spec, chosen, labelled)
+    items = []
+    for u in chosen:
+        im = by_uid[u]
+        w, h = open_rgb(im.data).size
+        anns = [Ann(lab.cls, lab.box, lab.mask if spec.task == "segment" else None) for lab in labelled[u]]
+        items.append(Item(f"{u[:20]}.{_ext(im.data)}", splits[u], w, h, anns, data=im.data))
+    ds = Dataset(spec.class_names, items)
+    counts = ds.counts()
+    balance_counts = (
+        counts["per_class"] if spec.task != "classify" else Counter(a.cls for it in items for a in it.anns)
+    )
+    metrics["balance"] = class_balance({c: int(balance_counts.get(c, 0)) for c in spec.class_names})
+    metrics["ssim_to_original"] = ssim_stats(tools_info["ssim_to_original"])
+    metrics["removed"] = tools_info["dropped"]
+    short = {
+        c: n for c, n in counts["per_class"].items() if spec.task == "classify" and n < spec.images_per_class
+    }
+    progress(
+        "supervise",
+        f"ALR {metrics['alr']['alr']} {metrics['alr']['ci95']}, CBI {metrics['balance']['cbi']}, "
+        f"{len(queue)} labels queued for review",
+    )
+    staging = make_staging(out)
+    try:
+        exported = export_all(ds, formats, staging)
+        pool_by = {im.uid: im for im in pool}
+        lines = []
+        for it, u in zip(items, chosen, strict=True):
+            im = pool_by[u]
+            lines.append(
+                json.dumps(
+                    {
+                        "file": it.name,
+                        "split": it.split,
+                        "uid": u,
+                        "source": im.source,
+                        "license": im.license,
+                        "sha256": im.sha256,
+                        "labels": [lab.to_json() for lab in labelled[u]],
+                    }
+                )
+            )
+        write_text_atomic(staging / "labels.jsonl", "".join(x + "\n" for x in lines))
+        write_text_atomic(
+            staging / "review" / "queue.jsonl",
+            "".join(
+                json.dumps({"uid": u, "source": pool_by[u].source, "reason": why, "label": lab.to_json()})
+                + "\n"
+                for u, lab, why in queue
+            ),
+        )
+        write_text_atomic(staging / "spec.yaml", spec.to_yaml())
+        licenses = Counter(pool_by[u].license for u in chosen)
+        provenance = {
+            "pools": cfg.pools,
+            "licenses": dict(licenses),
+            "expand": str(cfg.expand) if cfg.expand else None,
+            "labellers": sorted({lab.model for u in chosen for lab in labelled[u]}),
+            "verifiers": sorted({str(lab.verifier) for u in chosen for lab in labelled[u]}),
+        }
+        write_text_atomic(staging / "README.md", dataset_card(spec, counts, metrics, provenance, exported))
+        timings["select+export"] = time.perf_counter() - t0
+        n_pool = max(1, tools_info["pool"]["read"])
+        summary = {
+            "spec": spec.model_dump(mode="json"),
+            "formats": exported,
+            "counts": counts,
+            "metrics": metrics,
+            "short_classes": short,
+            "rounds": rounds,
+            "pool": tools_info["pool"],
+            "tools": tools_info["steps"],
+            "copies_of_expanded_removed": len(tools_info["copies_of_expanded"]),
+            "queued_for_review": len(queue),
+            "resumed": {"pool": resumed_pool},
+            "provenance": provenance,
+            "seconds": {k: round(v, 3) for k, v in timings.items()},
+            "seconds_per_1000_pool_images": {k: round(v / n_pool * 1000, 3) for k, v in timings.items()},
+            "total_seconds": round(time.perf_counter() - t_start, 3),
+        }
+        write_json_atomic(staging / "build.json", summary)
+        report = ReportData(
+            title=f"vlcurate build: {', '.join(spec.class_names)}",
+            command="build",
+            inputs=cfg.pools,
+            rows=tools_info["pool"]["read"],
+            kept=len(chosen),
+            steps=tools_info["steps"],
+            reasons=Counter(tools_info["dropped"]),
+            counts={"per_class": counts["per_class"], "per_split": counts["per_split"]},
+            notes=[
+                f"ALR {metrics['alr']['alr']} (95% CI {metrics['alr']['ci95']})",
+                f"CBI {metrics['balance']['cbi']}, min/max ratio {metrics['balance']['min_max_ratio']}",
+                f"{len(queue)} labels queued for review in review/queue.jsonl",
+            ],
+        )
+        write_report(staging / "report", report, formats=("json", "md"))
+        commit(staging, out, cfg.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    progress(
+        "export", f"{counts['images']} images, {counts['annotations']} labels -> {out} ({', '.join(formats)})"
+    )
+    return summary
+
+
+__all__ = ["BuildConfig", "SpecError", "build", "make_spec", "plan", "work_dir_for"]
