@@ -122,4 +122,7 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Run a contributor agent, or register one.", no_args_is_help=True)
     group.command("run")(run)
     group.command("register")(register_agent)
+    from vlcurate.cli.game_cmd import play  # GAP: an agent that plays the game (`vlcurate game play`)
+
+    group.command("play")(play)
     app.add_typer(group, name="agent")

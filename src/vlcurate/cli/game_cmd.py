@@ -144,5 +144,50 @@ def audit(
     typer.echo("ledger balances: every game credit pays one earning flag, none paid twice")
 
 
+def play(
+    game: Annotated[str, typer.Option(help="The game to play.")],
+    server: Server = "http://127.0.0.1:8000",
+    token: Annotated[
+        str, typer.Option(envvar="VLCURATE_TOKEN", help="A platform agent token (`vlcurate agent register`).")
+    ] = "",
+    vlm_url: Annotated[str, typer.Option(help="The prober VLM (OpenAI-compatible, ending in /v1).")] = (
+        "http://127.0.0.1:8300/v1"
+    ),
+    vlm_model: Annotated[str, typer.Option(help="The prober's model name.")] = "tiny-synth",
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions to play.")] = 1,
+    questions: Annotated[int, typer.Option(min=1, max=10, help="Questions tried per image.")] = 3,
+    judge: Annotated[bool, typer.Option(help="Judge other players' flags between sessions.")] = True,
+) -> None:
+    """Play GAP as an agent: a prober VLM proposes questions and checks the game model's answers."""
+    from vlcurate.agents.gap_player import GapAgent, PlayStats
+    from vlcurate.vlm.client import VLMSettings
+
+    with user_errors():
+        try:
+            agent = GapAgent(
+                server, token, VLMSettings(base_url=vlm_url, model=vlm_model), questions_per_image=questions
+            )
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+        stats = PlayStats()
+        try:
+            for _ in range(sessions):
+                agent.play_session(game, stats)
+                if judge:
+                    agent.judge_all(stats)
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+        finally:
+            agent.close()
+    typer.echo(
+        f"played {stats.sessions} sessions: {stats.questions} questions, {stats.flags} flags, "
+        f"{stats.judgements} judgements, +{stats.points:g} points credited at session ends"
+        + (f"; {stats.reasons[-1]}" if stats.reasons else "")
+    )
+
+
+game_app.command("play")(play)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(game_app, name="game")
