@@ -78,7 +78,7 @@ class Sim:
     player_id: int = 0
 
 
-def write_pool(root: Path, n: int, n_objects: int, seed: int) -> dict[bytes, int]:
+def write_pool(root: Path, n: int, n_objects: int | None, seed: int) -> dict[bytes, int]:
     root.mkdir(parents=True)
     truth = {}
     for i in range(n):
@@ -90,12 +90,69 @@ def write_pool(root: Path, n: int, n_objects: int, seed: int) -> dict[bytes, int
     return truth
 
 
+def distinguishability(engine: Any) -> dict[str, Any]:
+    """Can tainted images be told from untainted ones? 5-fold cross-validated accuracy of a logistic
+    regression on (1) image features (per-channel mean and spread of a 16x16 thumbnail, byte size),
+    (2) the model's answer text (length, numeric or not, the number), (3) answer latency. Chance is
+    the share of the larger class (0.5 here)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    Q, SI, Im = db.game_questions, db.game_session_images, db.game_images
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Q.c.answer, Q.c.latency_ms, SI.c.tainted, Im.c.data)
+            .join(SI, SI.c.id == Q.c.session_image_id)
+            .join(Im, Im.c.id == SI.c.image_id)
+        ).all()
+    y = np.array([r.tainted for r in rows], dtype=int)
+    thumbs = {}
+    img_x, txt_x, lat_x = [], [], []
+    for r in rows:
+        if r.data not in thumbs:
+            a = np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB").resize((16, 16)), dtype=np.float32)
+            thumbs[r.data] = [*a.mean(axis=(0, 1)), *a.std(axis=(0, 1)), len(r.data)]
+        img_x.append(thumbs[r.data])
+        t = r.answer.strip()
+        txt_x.append([len(t), float(t.isdigit()), float(t) if t.isdigit() else -1.0])
+        lat_x.append([r.latency_ms])
+
+    def acc(x: list[list[float]]) -> float:
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        return round(float(cross_val_score(model, np.array(x), y, cv=5).mean()), 3)
+
+    tainted_ms = [r.latency_ms for r in rows if r.tainted]
+    honest_ms = [r.latency_ms for r in rows if not r.tainted]
+    return {
+        "answers": len(rows),
+        "chance": round(max(y.mean(), 1 - y.mean()), 3),
+        "accuracy_image_features": acc(img_x),
+        "accuracy_answer_text": acc(txt_x),
+        "accuracy_latency": acc(lat_x),
+        "median_latency_ms_tainted_untainted": [
+            round(statistics.median(tainted_ms), 1),
+            round(statistics.median(honest_ms), 1),
+        ],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=5)
     ap.add_argument("--pool", type=int, default=120, help="images per pool")
     ap.add_argument("--wrong-rate", type=float, default=0.15, help="the model's own error rate (count)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--same-pool",
+        action="store_true",
+        help="tainted images from the main pool too (default, as in the paper: an easy pool, one object)",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -105,15 +162,17 @@ def main() -> None:
         VLMServer(["--wrong-rate", str(args.wrong_rate), "--wrong-kinds", "count"]) as vlm,
     ):
         root = Path(tmp)
-        truth = write_pool(root / "easy", args.pool, 1, 101)
-        truth |= write_pool(root / "main", args.pool, 3, 102)
+        truth = write_pool(root / "main", args.pool, None, 102)
+        if not args.same_pool:
+            truth |= write_pool(root / "easy", args.pool, 1, 101)
+        easy = root / ("main" if args.same_pool else "easy")
         app = create_app(ServerSettings(db=str(root / "gap.db"), admin_token=ADMIN, rate_per_minute=100_000))
         engine = app.state.engine
         admin = TestClient(app, client=("198.51.100.1", 1))
         r = admin.post(
             "/api/v1/game/games",
             headers={"Authorization": f"Bearer {ADMIN}"},
-            json={"name": "sim", "pool": str(root / "main"), "easy_pool": str(root / "easy")}
+            json={"name": "sim", "pool": str(root / "main"), "easy_pool": str(easy)}
             | {"vlm_url": vlm.base_url, "model": "tiny-synth"},
         )
         assert r.status_code == 201, r.text
@@ -259,6 +318,7 @@ def main() -> None:
             "players": {k: v for k, v in POPULATION.items()} | {"colluder": 4},
             "sessions_per_player": args.sessions,
             "model_wrong_rate_untainted": args.wrong_rate,
+            "tainted_pool": "main" if args.same_pool else "easy (one object; main: 1-4 objects)",
             "asks": asks,
             "seconds": round(time.perf_counter() - t0, 1),
             "reliability": {
@@ -293,6 +353,7 @@ def main() -> None:
             ),
             "points_standing_total": float(sum(standing.values())),
             "ledger_problems": problems,
+            "tainted_vs_untainted": distinguishability(engine),
         }
         engine.dispose()
     emit(

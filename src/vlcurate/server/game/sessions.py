@@ -73,11 +73,15 @@ def require_open(si: Any, now: dt.datetime) -> None:
         )
 
 
-def _pick(conn: Connection, game_id: int, pool: str, n: int, player_id: int) -> list[int]:
+def _pick(
+    conn: Connection, game_id: int, pool: str, n: int, player_id: int, exclude_uids: set[str] | None = None
+) -> list[int]:
+    """`n` random images of a pool, those the player has not seen first; never an image whose uid
+    is in `exclude_uids` (a pool given as both the easy and the main pool must not show one image
+    twice in a session, once tainted and once not)."""
     Im, SI, S = db.game_images, db.game_session_images, db.game_sessions
-    ids = [
-        i for (i,) in conn.execute(select(Im.c.id).where(Im.c.game_id == game_id, Im.c.pool == pool)).all()
-    ]
+    rows = conn.execute(select(Im.c.id, Im.c.uid).where(Im.c.game_id == game_id, Im.c.pool == pool)).all()
+    ids = [i for i, uid in rows if uid not in (exclude_uids or set())]
     seen = {
         i
         for (i,) in conn.execute(
@@ -85,12 +89,9 @@ def _pick(conn: Connection, game_id: int, pool: str, n: int, player_id: int) -> 
         ).all()
     }
     fresh = [i for i in ids if i not in seen]
-    chosen = (
-        _RNG.sample(fresh, n)
-        if len(fresh) >= n
-        else fresh + _RNG.sample([i for i in ids if i in seen], n - len(fresh))
-    )
-    return chosen
+    if len(fresh) >= n:
+        return _RNG.sample(fresh, n)
+    return fresh + _RNG.sample([i for i in ids if i in seen], min(n - len(fresh), len(ids) - len(fresh)))
 
 
 def start(engine: Engine, player: Player, game_name: str) -> SessionOut:
@@ -107,7 +108,15 @@ def start(engine: Engine, player: Player, game_name: str) -> SessionOut:
             .values(state="abandoned", finished_at=now)
         )
         tainted = _pick(conn, game.id, "easy", game.n_tainted, player.id)
-        untainted = _pick(conn, game.id, "main", game.n_images - game.n_tainted, player.id)
+        uids = {
+            u
+            for (u,) in conn.execute(
+                select(db.game_images.c.uid).where(db.game_images.c.id.in_(tainted))
+            ).all()
+        }
+        untainted = _pick(conn, game.id, "main", game.n_images - game.n_tainted, player.id, uids)
+        if len(untainted) < game.n_images - game.n_tainted:
+            raise Conflict("the main pool has too few images besides this session's tainted ones")
         order = [(i, True) for i in tainted] + [(i, False) for i in untainted]
         _RNG.shuffle(order)
         sid = conn.execute(
