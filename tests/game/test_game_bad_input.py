@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from tests.game.conftest import BOT_TOKEN, Game, Pools, make_game
 from tests.platform_live import ADMIN, free_port
+from tests.vlm_live import VLMServer
 
 from vlcurate.server import db
 from vlcurate.server.game import telegram
@@ -216,3 +217,42 @@ def test_a_model_that_does_not_answer_is_a_502_and_nothing_is_stored(
     assert _count(g, db.game_questions) == 0
     g.engine.dispose()
     assert ADMIN
+
+
+def test_a_new_session_abandons_the_old_one_which_then_accepts_nothing(game: Game) -> None:
+    c = game.guest()
+    old = _start(game, c)
+    sid, iid = old["session_id"], old["image"]["image_id"]
+    q = game.ask(c, sid, iid, "How many objects are there?").json()
+    _start(game, c)
+    assert c.get(f"/api/v1/game/sessions/{sid}").json()["state"] == "abandoned"
+    r = game.ask(c, sid, iid, "What colour is the background?")
+    assert r.status_code == 409 and "abandoned" in r.json()["detail"]
+    f = c.post(f"/api/v1/game/sessions/{sid}/images/{iid}/flag", json={"question_id": q["question_id"]})
+    assert f.status_code == 409 and "abandoned" in f.json()["detail"]
+    assert c.get(f"/api/v1/game/sessions/{sid}/summary").status_code == 409
+    assert _count(game, db.game_questions) == 1 and _count(game, db.game_flags) == 0
+
+
+def test_one_input_as_both_pools_never_shows_an_image_twice_in_a_session(
+    tmp_path: Path, pools: Pools, vlm: VLMServer
+) -> None:
+    from tests.game.conftest import Game as _Game
+
+    from vlcurate.server.app import create_app
+    from vlcurate.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(db=str(tmp_path / "same.db"), admin_token=ADMIN))
+    g = _Game(app, Pools(pools.main, pools.main, pools.scenes), vlm.base_url, n_images=14, n_tainted=7)
+    for _ in range(3):
+        c = g.guest()
+        _start(g, c)
+        with g.engine.connect() as conn:
+            uids = conn.execute(
+                select(db.game_images.c.uid)
+                .join(db.game_session_images, db.game_session_images.c.image_id == db.game_images.c.id)
+                .join(db.game_sessions, db.game_sessions.c.id == db.game_session_images.c.session_id)
+                .where(db.game_sessions.c.player_id == c.player_id)  # type: ignore[attr-defined]
+            ).all()
+        assert len(uids) == 14 and len(set(uids)) == 14
+    g.engine.dispose()

@@ -133,6 +133,8 @@ def ask(
         if first is not None:
             return _out(first, True)
         game = game_row(conn, s.game_id)
+        if s.state != "active":
+            raise Conflict(f"this session is {s.state}; nothing was stored")
         require_open(si, db.utcnow())
         text = clean_question(question, game.max_question_chars)
         image = conn.execute(
