@@ -256,3 +256,16 @@ def test_one_input_as_both_pools_never_shows_an_image_twice_in_a_session(
             ).all()
         assert len(uids) == 14 and len(set(uids)) == 14
     g.engine.dispose()
+
+
+def test_guest_accounts_are_rate_limited_per_address_and_players_do_not_see_the_model_address(
+    game: Game,
+) -> None:
+    c = game.client("192.0.2.200")
+    codes = [c.post("/api/v1/game/login/guest", json={}).status_code for _ in range(12)]
+    assert codes[0] == 200 and codes[-1] == 429
+    player = game.guest()
+    assert player.get("/api/v1/game/games").json()[0]["vlm_url"] == ""
+    assert game.admin.get("/api/v1/game/games", headers={"Authorization": f"Bearer {ADMIN}"}).json()[0][
+        "vlm_url"
+    ]

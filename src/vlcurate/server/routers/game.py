@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from vlcurate.server import db, links
 from vlcurate.server.auth import bearer
-from vlcurate.server.deps import AdminDep, Origin, PlatformDep, Token, header
+from vlcurate.server.deps import AdminDep, OperatorView, Origin, PlatformDep, Token, header
 from vlcurate.server.errors import Conflict, NotFound, TooMany
 from vlcurate.server.game import asking, flags, judging, players, pools, scoring, sessions, telegram, trust
 from vlcurate.server.game.config import GameCreate, GameOut
@@ -38,6 +38,7 @@ from vlcurate.server.routers.images import image_media_type
 
 router = APIRouter(prefix="/api/v1/game", tags=["game"])
 
+GUEST_LOGINS_PER_MINUTE = 60
 PublicId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -110,6 +111,10 @@ def _login(p: Platform, who: Player, token: str, address: str | None) -> LoginOu
 
 @router.post("/login/guest", response_model=LoginOut)
 def login_guest(body: GuestLogin, p: PlatformDep, address: Origin) -> LoginOut:
+    """A new guest account (at most `GUEST_LOGINS_PER_MINUTE` a minute from one address)."""
+    wait = p.limiter.check(("game-guest", address), GUEST_LOGINS_PER_MINUTE)
+    if wait > 0:
+        raise TooMany(f"at most {GUEST_LOGINS_PER_MINUTE} guest logins a minute from one address", wait)
     who, token = players.guest_login(p.engine, body.name)
     return _login(p, who, token, address)
 
@@ -151,9 +156,11 @@ def create_game(body: GameCreate, p: PlatformDep, _: AdminDep) -> GameOut:
 
 
 @router.get("/games", response_model=list[GameOut])
-def list_games(p: PlatformDep) -> list[GameOut]:
+def list_games(p: PlatformDep, operator: OperatorView) -> list[GameOut]:
+    """The games; the model's address is shown to the operator only."""
     with p.engine.connect() as conn:
-        return pools.list_games(conn)
+        games = pools.list_games(conn)
+    return games if operator else [g.model_copy(update={"vlm_url": ""}) for g in games]
 
 
 # ---- playing ------------------------------------------------------------------------------------
