@@ -9,6 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from tests.game.conftest import Game
+from tests.platform_live import ADMIN
 
 from vlcurate.server import db, ledger
 from vlcurate.server.game import judging
@@ -101,6 +102,12 @@ def test_three_independent_judges_confirm_a_flag_and_the_author_is_paid_once(gam
     with game.engine.connect() as conn:
         assert ledger.audit(conn) == []
         assert conn.execute(select(db.ledger).where(db.ledger.c.game_flag_id == f.id)).all()[0].points == 20.0
+    # the operator sees the disagreement; players may not look
+    seen = game.admin.get(
+        "/api/v1/game/flags?disputed=true", headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()
+    assert [(x["state"], x["votes_wrong"], x["votes_right"]) for x in seen] == [("confirmed", 3, 1)]
+    assert author.get("/api/v1/game/flags").status_code == 403
 
 
 def test_overturned_flags_earn_nothing_and_count_as_false_alarms(game: Game) -> None:

@@ -27,7 +27,7 @@ from vlcurate.server.errors import Conflict, Forbidden, NotFound
 from vlcurate.server.game import scoring, trust
 from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
-from vlcurate.server.game.views import JudgeResultOut, JudgeTaskOut
+from vlcurate.server.game.views import FlagAdminOut, JudgeResultOut, JudgeTaskOut
 
 _RNG = random.SystemRandom()
 JUDGE_IMAGE_URL = "/api/v1/game/judgements/{}/image"
@@ -282,3 +282,42 @@ def open_tasks(conn: Connection, flag_id: int) -> int:
             select(func.count()).select_from(J).where(J.c.flag_id == flag_id, J.c.model_wrong.is_(None))
         ).scalar_one()
     )
+
+
+def flags_for_operator(
+    conn: Connection, *, state: str | None, disputed: bool | None, limit: int, before_id: str | None = None
+) -> list[FlagAdminOut]:
+    """Flags newest first, optionally by state or disputed; every vote count kept."""
+    F, Q, P = db.game_flags, db.game_questions, db.game_players
+    q = (
+        select(F, Q.c.text, Q.c.answer, P.c.display_name, P.c.origin)
+        .join(Q, Q.c.id == F.c.question_id)
+        .join(P, P.c.id == F.c.player_id)
+        .order_by(F.c.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        q = q.where(F.c.state == state)
+    if disputed is not None:
+        q = q.where(F.c.disputed.is_(disputed))
+    if before_id is not None:
+        q = q.where(F.c.id < select(F.c.id).where(F.c.public_id == before_id).scalar_subquery())
+    return [
+        FlagAdminOut(
+            flag_id=r.public_id,
+            player=r.display_name,
+            origin=r.origin,
+            tainted=r.tainted,
+            state=r.state,
+            question=r.text,
+            answer=r.answer,
+            corrected=r.corrected,
+            posterior=r.posterior,
+            votes_wrong=r.votes_wrong,
+            votes_right=r.votes_right,
+            disputed=r.disputed,
+            created_at=db.aware(r.created_at),
+            settled_at=db.aware(r.settled_at) if r.settled_at is not None else None,
+        )
+        for r in conn.execute(q).all()
+    ]

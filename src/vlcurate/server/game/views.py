@@ -111,3 +111,22 @@ class MeOut(BaseModel):
     origin: str
     points: float
     reliability: ReliabilityOut
+
+
+class FlagAdminOut(BaseModel):
+    """A flag as the operator sees it: the model's answer, the votes, and whether they disagreed."""
+
+    flag_id: str
+    player: str
+    origin: str
+    tainted: bool
+    state: str
+    question: str
+    answer: str
+    corrected: str | None
+    posterior: float | None
+    votes_wrong: int
+    votes_right: int
+    disputed: bool
+    created_at: dt.datetime
+    settled_at: dt.datetime | None

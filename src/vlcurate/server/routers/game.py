@@ -23,6 +23,7 @@ from vlcurate.server.game import asking, flags, judging, players, pools, scoring
 from vlcurate.server.game.config import GameCreate, GameOut
 from vlcurate.server.game.players import Player
 from vlcurate.server.game.views import (
+    FlagAdminOut,
     FlagOut,
     JudgeResultOut,
     JudgeTaskOut,
@@ -255,6 +256,20 @@ def judgement_image(task_id: PublicId, p: PlatformDep, who: PlayerDep) -> Respon
     if row is None:
         raise NotFound("no such judging task for this player")
     return _image(row.data, row.ext)
+
+
+@router.get("/flags", response_model=list[FlagAdminOut])
+def operator_flags(
+    p: PlatformDep,
+    _: AdminDep,
+    state: Literal["tainted", "pending", "confirmed", "overturned"] | None = None,
+    disputed: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
+) -> list[FlagAdminOut]:
+    """The operator's view of flags, disagreements included (`disputed=true`)."""
+    with p.engine.connect() as conn:
+        return judging.flags_for_operator(conn, state=state, disputed=disputed, limit=limit, before_id=before)
 
 
 # ---- leaderboards -------------------------------------------------------------------------------
