@@ -128,27 +128,46 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 
 def polygons_to_mask(polys: list[list[float]], width: int, height: int) -> np.ndarray:
-    img = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(img)
+    """Pixels whose centre lies inside any polygon (flat [x1, y1, x2, y2, ...] in pixel-edge coordinates)."""
+    from matplotlib.path import Path as MplPath
+
+    mask = np.zeros((height, width), dtype=bool)
     for poly in polys:
-        if len(poly) >= 6:
-            draw.polygon([(poly[i], poly[i + 1]) for i in range(0, len(poly) - 1, 2)], fill=1)
-    return np.asarray(img, dtype=bool)
+        if len(poly) < 6:
+            continue
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        x0, y0 = (max(0, int(np.floor(v))) for v in pts.min(axis=0))
+        x1, y1 = min(width, int(np.ceil(pts[:, 0].max()))), min(height, int(np.ceil(pts[:, 1].max())))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
+        inside = MplPath(pts).contains_points(centres).reshape(y1 - y0, x1 - x0)
+        mask[y0:y1, x0:x1] |= inside
+    return mask
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of a mask (marching squares by contourpy), as flat [x1, y1, x2, y2, ...] lists."""
+    """Outlines of a mask along pixel edges, as flat [x1, y1, x2, y2, ...] lists (largest first).
+
+    Marching squares (contourpy) on the mask upsampled 2x runs along the pixels' edges, cutting
+    each corner by a quarter pixel, so `polygons_to_mask` gives the same pixels back."""
     import contourpy
 
-    padded = np.pad(np.asarray(mask, dtype=np.float64), 1)
-    lines = contourpy.contour_generator(z=padded).lines(0.5)
+    m = np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+        return []
+    y0, x0 = int(ys.min()), int(xs.min())
+    sub = m[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1].astype(np.float64)
+    up = np.pad(np.repeat(np.repeat(sub, 2, axis=0), 2, axis=1), 1)
     polys = []
-    for line in lines:
+    for line in contourpy.contour_generator(z=up).lines(0.5):
         arr = np.asarray(line)
         if len(arr) >= 3:
-            arr = arr - 1.0  # undo the padding
+            arr = (arr - 1.0 + 0.5) / 2.0 + np.array([x0, y0])  # upsampled index -> pixel-edge coordinates
             polys.append([round(float(v), 2) for v in arr.reshape(-1)])
-    return polys
+    return sorted(polys, key=len, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------

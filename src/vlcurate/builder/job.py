@@ -465,6 +465,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     try:
         exported = export_all(ds, formats, staging)
         pool_by = {im.uid: im for im in pool}
+        chosen_set = set(chosen)
         lines = []
         for it, u in zip(items, chosen, strict=True):
             im = pool_by[u]
@@ -488,6 +489,21 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
                 json.dumps({"uid": u, "source": pool_by[u].source, "reason": why, "label": lab.to_json()})
                 + "\n"
                 for u, lab, why in queue
+            ),
+        )
+        write_text_atomic(
+            staging / "review" / "candidates.jsonl",
+            "".join(
+                json.dumps(
+                    {
+                        "uid": u,
+                        "source": pool_by[u].source,
+                        "exported": u in chosen_set,
+                        "labels": [lab.to_json() for lab in labs],
+                    }
+                )
+                + "\n"
+                for u, labs in labelled.items()
             ),
         )
         write_text_atomic(staging / "spec.yaml", spec.to_yaml())
