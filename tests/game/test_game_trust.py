@@ -178,3 +178,19 @@ def test_the_estimator_recovers_known_rates_and_the_flag_posterior_matches_backg
     assert abs(p - a * q / (a * q + b * (1 - q))) < 1e-12
     ok, why = rel.earning(r, c, min_skill=0.4, min_tainted_seen=5)
     assert ok and "reliable" in why
+
+
+def test_a_flag_is_handed_to_no_more_judges_at_once_than_it_needs(game: Game) -> None:
+    judges = [game.guest(f"j{i}") for i in range(4)]
+    for j in judges:
+        game.play(j, careful)
+    _author_with_untainted_flag(game)
+    tasks = [j.post("/api/v1/game/judgements/next") for j in judges[:3]]
+    assert [t.status_code for t in tasks] == [200, 200, 200]
+    assert judges[3].post("/api/v1/game/judgements/next").status_code == 204  # three already at work
+    # a judge asking again gets the same open task, not a second one
+    assert judges[0].post("/api/v1/game/judgements/next").json()["task_id"] == tasks[0].json()["task_id"]
+    judges[0].post(f"/api/v1/game/judgements/{tasks[0].json()['task_id']}", json={"model_wrong": False})
+    judges[1].post(f"/api/v1/game/judgements/{tasks[1].json()['task_id']}", json={"model_wrong": True})
+    # one voice each way: three more "wrong" voices could be needed, two are at work or done
+    assert judges[3].post("/api/v1/game/judgements/next").status_code == 200

@@ -5,7 +5,9 @@ other players, judging the same image, question and answer, agree that the model
   shared client address); judges linked to each other are one voice. Both are checked when a task
   is handed out and again when it is answered.
 - Only players past probation who earn may judge; the server picks the flag at random among the
-  eligible ones (nobody chooses whose flag to judge), and a player has one open task at a time.
+  eligible ones (nobody chooses whose flag to judge), and a player has one open task at a time. A
+  flag is handed to no more judges at once than it still needs voices (an unanswered task holds its
+  place for `TASK_HOLD_S`).
 - A flag settles when `judges_needed` independent voices agree (confirmed: the author is paid;
   overturned: a false alarm); it stops as soon as one side gets there. Votes against the outcome
   are kept (`disputed`) for the operator. `settle` is re-run whenever the facts change (new links,
@@ -14,11 +16,12 @@ other players, judging the same image, question and answer, agree that the model
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +35,7 @@ from vlcurate.server.game.views import FlagAdminOut, JudgeResultOut, JudgeTaskOu
 _RNG = random.SystemRandom()
 JUDGE_IMAGE_URL = "/api/v1/game/judgements/{}/image"
 CANDIDATES = 200
+TASK_HOLD_S = 15 * 60  # an unanswered task holds its place this long
 
 
 def linked_to(conn: Connection, contributor_id: int) -> set[int]:
@@ -105,14 +109,29 @@ def next_task(engine: Engine, player: Player) -> JudgeTaskOut | None:
             return _task_out(conn, open_task)
         banned = linked_to(conn, player.contributor_id)
         mine = select(J.c.flag_id).where(J.c.player_id == player.id)
+        SI, S, G = db.game_session_images, db.game_sessions, db.game_games
+        fresh = db.utcnow() - dt.timedelta(seconds=TASK_HOLD_S)
+        open_tasks_q = (
+            select(func.count())
+            .select_from(J)
+            .where(J.c.flag_id == F.c.id, J.c.model_wrong.is_(None), J.c.assigned_at > fresh)
+            .scalar_subquery()
+        )
         candidates = conn.execute(
             select(F.c.id, P.c.contributor_id)
             .join(P, P.c.id == F.c.player_id)
+            .join(SI, SI.c.id == F.c.session_image_id)
+            .join(S, S.c.id == SI.c.session_id)
+            .join(G, G.c.id == S.c.game_id)
             .where(
                 F.c.state == "pending",
                 F.c.tainted.is_(False),
                 F.c.player_id != player.id,
                 F.c.id.not_in(mine),
+                # no more judges at work on a flag than it still needs voices
+                open_tasks_q
+                + case((F.c.votes_wrong > F.c.votes_right, F.c.votes_wrong), else_=F.c.votes_right)
+                < G.c.judges_needed,
             )
             .order_by(F.c.id)
             .limit(CANDIDATES * 4)
