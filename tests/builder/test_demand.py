@@ -21,13 +21,21 @@ def test_the_issue_requests_parse() -> None:
 
 
 def test_constraints_licences_exclusions_and_task_override() -> None:
-    s = parse_request("segmentation masks of crosses and stars, 20 per class, at least 48 px, cc-by-4.0 licensed")
+    s = parse_request(
+        "segmentation masks of crosses and stars, 20 per class, at least 48 px, cc-by-4.0 licensed"
+    )
     assert (s.task, s.images_per_class, s.class_names) == ("segment", 20, ["cross", "star"])
     assert s.constraints.min_side == 48 and s.licenses == ["cc-by-4.0"]
     assert s.accepts_license("CC-BY-4.0") and not s.accepts_license("unknown")
     s = parse_request("puppies but not wolves", task="classify", images_per_class=7)
     assert s.class_names == ["puppy"] and s.classes[0].negative == ["a wolf."] and s.images_per_class == 7
-    assert [singular(w) for w in ("boxes", "glasses", "mice", "berries", "bus")] == ["box", "glasses", "mouse", "berry", "bus"]
+    assert [singular(w) for w in ("boxes", "glasses", "mice", "berries", "bus")] == [
+        "box",
+        "glasses",
+        "mouse",
+        "berry",
+        "bus",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -41,7 +49,9 @@ def test_constraints_licences_exclusions_and_task_override() -> None:
         ("cats and cats", {}, None),  # repeats collapse
     ],
 )
-def test_bad_requests_give_one_clear_error(request_text: str, kwargs: dict[str, Any], message: str | None) -> None:
+def test_bad_requests_give_one_clear_error(
+    request_text: str, kwargs: dict[str, Any], message: str | None
+) -> None:
     if message is None:
         assert parse_request(request_text, **kwargs).class_names == ["cat"]
         return
@@ -76,8 +86,11 @@ def test_vlm_path_sends_the_spec_schema_and_validates_the_answer(monkeypatch: py
     from vlcurate.vlm.client import VLMResult, VLMSettings
 
     seen: list[Any] = []
-    answer: dict[str, Any] = {"task": "detect", "images_per_class": 12,
-                              "classes": [{"name": "Foxes", "definition": "a fox", "positive": ["a red fox."]}]}
+    answer: dict[str, Any] = {
+        "task": "detect",
+        "images_per_class": 12,
+        "classes": [{"name": "Foxes", "definition": "a fox", "positive": ["a red fox."]}],
+    }
 
     def fake_run_many(settings: Any, reqs: list[Any], **_: Any) -> list[VLMResult]:
         seen.extend(reqs)
@@ -85,7 +98,9 @@ def test_vlm_path_sends_the_spec_schema_and_validates_the_answer(monkeypatch: py
 
     monkeypatch.setattr(client, "run_many", fake_run_many)
     s = demand.analyse_with_vlm("a dozen fox pictures with boxes", VLMSettings())
-    assert s.class_names == ["foxes"] and s.task == "detect" and s.request == "a dozen fox pictures with boxes"
+    assert (
+        s.class_names == ["foxes"] and s.task == "detect" and s.request == "a dozen fox pictures with boxes"
+    )
     assert seen[0].json_schema == vlm_schema() and "classes" in seen[0].json_schema["properties"]
     answer = {"task": "detect", "classes": []}
     with pytest.raises(SpecError, match="VLM answer: classes"):

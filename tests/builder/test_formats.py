@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tests.builder.conftest import scene_of
+
 from vlcurate.builder.formats import (
     Ann,
     Dataset,
@@ -29,7 +29,9 @@ def _synthetic(n: int = 12) -> Dataset:
     for i in range(n):
         s = scene_of(str(i), single=False)
         anns = [Ann(SHAPES[o.label], o.bbox, s.masks[k]) for k, o in enumerate(s.objects)]
-        items.append(Item(f"{i:05d}.png", "test" if i % 4 == 0 else "train", 64, 64, anns, data=s.encode("png")))
+        items.append(
+            Item(f"{i:05d}.png", "test" if i % 4 == 0 else "train", 64, 64, anns, data=s.encode("png"))
+        )
     return Dataset(list(SHAPES), items)
 
 
@@ -57,7 +59,9 @@ def test_detection_formats_round_trip(tmp_path: Path, fmt: str) -> None:
 
 def test_imagefolder_round_trip_and_rle(tmp_path: Path) -> None:
     ds = _synthetic()
-    single = Dataset(ds.classes, [Item(it.name, it.split, 64, 64, [Ann(it.anns[0].cls)], data=it.data) for it in ds.items])
+    single = Dataset(
+        ds.classes, [Item(it.name, it.split, 64, 64, [Ann(it.anns[0].cls)], data=it.data) for it in ds.items]
+    )
     write_dataset(single, "imagefolder", tmp_path / "f")
     assert read_dataset(tmp_path / "f", "imagefolder").counts() == single.counts()
     with pytest.raises(FormatError, match="exactly one class per image"):

@@ -138,11 +138,17 @@ def embed_images(scorer: Any, datas: Sequence[bytes], batch: int = 256) -> np.nd
 
 def class_text_embeddings(scorer: Any, spec: DatasetSpec) -> np.ndarray:
     """One unit vector per class: its positive prompts' mean, pushed away from its negatives."""
+    texts: list[str] = []
+    spans = []
+    for c in spec.classes:  # one batch for every prompt of every class
+        spans.append((len(texts), len(c.prompts()), len(c.negative)))
+        texts += c.prompts() + c.negative
+    emb = scorer.encode_texts(texts).cpu().numpy()
     rows = []
-    for c in spec.classes:
-        pos = scorer.encode_texts(c.prompts()).cpu().numpy().mean(0)
-        if c.negative:
-            pos = pos - 0.3 * scorer.encode_texts(c.negative).cpu().numpy().mean(0)
+    for start, n_pos, n_neg in spans:
+        pos = emb[start : start + n_pos].mean(0)
+        if n_neg:
+            pos = pos - 0.3 * emb[start + n_pos : start + n_pos + n_neg].mean(0)
         rows.append(pos / max(float(np.linalg.norm(pos)), 1e-8))
     return np.stack(rows).astype(np.float32)
 

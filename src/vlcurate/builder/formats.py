@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vlcurate.base import atomic
 

@@ -100,7 +100,9 @@ def make_spec(cfg: BuildConfig, existing: Dataset | None) -> DatasetSpec:
             spec = spec_from_dict(data, str(cfg.spec_file))
         return spec
     if not cfg.request.strip() and existing is not None:
-        request = f"{cfg.images_per_class or 100} images each of {', '.join(existing.classes)}"
+        present = existing.counts()["per_class"]  # the classes the dataset uses, not every category listed
+        names = [c for c in existing.classes if present.get(c)] or existing.classes
+        request = f"{cfg.images_per_class or 100} images each of {', '.join(names)}"
         return parse_request(request, task=cfg.task or "classify", images_per_class=cfg.images_per_class)
     if cfg.vlm_url:
         from vlcurate.vlm.client import VLMSettings
@@ -251,17 +253,20 @@ def _label_rounds(
     timings: dict[str, float] = dict.fromkeys(("embed", "retrieve", "label", "verify"), 0.0)
     t0 = time.perf_counter()
     scorer = load_scorer(cfg.scorer, device=cfg.device, allow_download=cfg.allow_download)
-    zs = ZeroShot(scorer, spec)
-    emb = embed_images(scorer, [im.data for im in pool])
     text = class_text_embeddings(scorer, spec)
+    zs = ZeroShot(scorer, spec, text)
+    emb = embed_images(scorer, [im.data for im in pool])
     timings["embed"] += time.perf_counter() - t0
-    labeller = make_labeller(spec, scorer, detector=cfg.detector, allow_download=cfg.allow_download)
+    labeller = make_labeller(
+        spec, scorer, detector=cfg.detector, allow_download=cfg.allow_download, zero_shot=zs
+    )
     verifier = _verifier(cfg, zs, spec)
     by_uid = {im.uid: i for i, im in enumerate(pool)}
     rounds: list[dict[str, Any]] = []
     need = spec.class_names
     for r in range(cfg.max_rounds):
-        per_class = int(np.ceil(spec.images_per_class * cfg.oversample * (r + 1)))
+        # reach twice as far each round
+        per_class = int(np.ceil(spec.images_per_class * cfg.oversample * 2**r))
         t0 = time.perf_counter()
         sub = np.array([spec.class_names.index(c) for c in need])
         found = retrieve(emb, text[sub], per_class, exclude=lambda i: pool[i].uid in labelled)

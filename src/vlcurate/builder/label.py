@@ -82,13 +82,13 @@ def crop_canvas(a: np.ndarray, box: Box, size: int, side: float | None = None) -
 class ZeroShot:
     """A CLIP-style scorer as a zero-shot classifier over the spec's classes (probabilities per class)."""
 
-    def __init__(self, scorer: Any, spec: DatasetSpec) -> None:
+    def __init__(self, scorer: Any, spec: DatasetSpec, text: np.ndarray | None = None) -> None:
         from vlcurate.builder.collect import class_text_embeddings
 
         self.scorer = scorer
         self.model = f"zero-shot:{scorer.name}"
         self.size = int(scorer.preprocessing.image_size)
-        self.text = class_text_embeddings(scorer, spec)
+        self.text = class_text_embeddings(scorer, spec) if text is None else text
 
     def probs(self, arrays: list[np.ndarray]) -> np.ndarray:
         if not arrays:
@@ -211,12 +211,17 @@ def box_masks(datas: list[bytes], labels: list[list[Label]]) -> None:
 
 
 def make_labeller(
-    spec: DatasetSpec, scorer: Any, *, detector: str | None = None, allow_download: bool = False
+    spec: DatasetSpec,
+    scorer: Any,
+    *,
+    detector: str | None = None,
+    allow_download: bool = False,
+    zero_shot: ZeroShot | None = None,
 ) -> Labeller:
     """The labeller for the spec's task: zero-shot CLIP, or regions, or a transformers detector by name."""
     classes = spec.class_names
     if spec.task == "classify":
-        return ClipClassifier(ZeroShot(scorer, spec), classes)
+        return ClipClassifier(zero_shot or ZeroShot(scorer, spec), classes)
     if detector:
         return HfLabeller(detector, spec, segment=spec.task == "segment", allow_download=allow_download)
-    return RegionLabeller(ZeroShot(scorer, spec), classes, segment=spec.task == "segment")
+    return RegionLabeller(zero_shot or ZeroShot(scorer, spec), classes, segment=spec.task == "segment")
