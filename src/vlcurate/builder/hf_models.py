@@ -36,18 +36,23 @@ def how_to(model: str) -> str:
 
 def load_pretrained(model: str, kinds: tuple[str, str], *, allow_download: bool = False) -> tuple[Any, Any]:
     """(processor, model) by transformers class names, e.g. ("Owlv2Processor", "Owlv2ForObjectDetection")."""
+    from vlcurate.models.tv_compat import ensure_torchvision
+
+    ensure_torchvision()  # a CPU-only torch with PyPI's torchvision: transformers' image processors import it
     try:
         import transformers
     except ImportError as exc:
         raise ModelUnavailableError(
             f"{model} needs transformers: pip install 'vlcurate[hf]' ({exc})"
         ) from None
-    proc_cls, model_cls = (getattr(transformers, k) for k in kinds)
     try:
+        proc_cls, model_cls = (getattr(transformers, k) for k in kinds)
         processor = proc_cls.from_pretrained(model, local_files_only=not allow_download)
         net = model_cls.from_pretrained(model, local_files_only=not allow_download)
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{how_to(model)} ({type(exc).__name__})") from None
+    except (ImportError, RuntimeError, AttributeError) as exc:
+        raise ModelUnavailableError(f"{model} cannot load with this transformers install: {exc}") from None
     net.eval()
     return processor, net
 
