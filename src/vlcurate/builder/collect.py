@@ -75,9 +75,14 @@ def _bytes_of(image: bytes | None, ref: str | None) -> bytes | None:
 
 
 def read_pool(
-    pools: Sequence[str], spec: DatasetSpec, *, limit: int | None = None
+    pools: Sequence[str], spec: DatasetSpec, *, limit: int | None = None, fetch_timeout: float = 10.0
 ) -> tuple[list[PoolImage], PoolReport]:
-    """Every readable image of the pools (exact byte duplicates once), licence-filtered by the spec."""
+    """Every readable image of the pools (exact byte duplicates once), licence-filtered by the spec.
+
+    Images given by URL (manifests, URL lists) are downloaded by `io.fetch` with a deadline per
+    attempt and retries; each failed URL is counted with its reason ("timeout after 10s", "HTTP 404")."""
+    from vlcurate.io.fetch import resolve_images
+
     if not pools:
         raise CollectError("no pool given: pass --pool with folders, shards, Parquet files or manifests")
     report = PoolReport()
@@ -91,6 +96,8 @@ def read_pool(
         for shard in source.shards():
             try:
                 samples = list(source.iter_samples(shard))
+                if any(s.image is None and s.image_ref and "://" in s.image_ref for s in samples):
+                    samples = resolve_images(samples, timeout=fetch_timeout, retries=1)
             except Exception as exc:  # a broken shard is counted, the rest still read
                 report.errors.append(f"{shard.name}: {type(exc).__name__}: {exc}")
                 continue
@@ -99,6 +106,8 @@ def read_pool(
                 data = _bytes_of(s.image, s.image_ref)
                 if not data:  # a missing caption is fine here; undecodable bytes are the tools' call
                     report.unreadable += 1
+                    if s.error and len(report.errors) < 50:
+                        report.errors.append(f"{s.image_ref or s.key}: {s.error}")
                     continue
                 digest = hashlib.sha256(data).hexdigest()
                 if digest in seen:
