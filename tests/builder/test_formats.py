@@ -35,7 +35,7 @@ def _synthetic(n: int = 12) -> Dataset:
     return Dataset(list(SHAPES), items)
 
 
-@pytest.mark.parametrize("fmt", ["coco", "yolo", "voc"])
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "voc", "hf"])
 def test_detection_formats_round_trip(tmp_path: Path, fmt: str) -> None:
     ds = _synthetic()
     write_dataset(ds, fmt, tmp_path / fmt)
@@ -49,7 +49,7 @@ def test_detection_formats_round_trip(tmp_path: Path, fmt: str) -> None:
         for a, b in zip(it.anns, got.anns, strict=True):
             assert a.cls == b.cls and b.box is not None and a.box is not None
             assert max(abs(x - y) for x, y in zip(a.box, b.box, strict=True)) <= 1
-            if fmt == "coco":
+            if fmt in ("coco", "hf"):
                 assert b.mask is not None and a.mask is not None and np.array_equal(a.mask, b.mask)
             if fmt == "yolo":
                 assert b.mask is not None and a.mask is not None

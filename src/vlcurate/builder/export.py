@@ -19,9 +19,9 @@ DEFAULT_FORMATS = {
     "segment": ("coco", "yolo"),
 }
 SUPPORTED = {
-    "classify": ("imagefolder",),
-    "detect": ("coco", "yolo", "voc"),
-    "segment": ("coco", "yolo", "voc"),
+    "classify": ("imagefolder", "hf"),
+    "detect": ("coco", "yolo", "voc", "hf"),
+    "segment": ("coco", "yolo", "voc", "hf"),
 }
 
 
@@ -48,7 +48,7 @@ def export_all(ds: Dataset, formats: list[str], staging: Path) -> dict[str, Any]
         except FormatError as exc:
             raise ExportError(f"{fmt} export does not read back: {exc}") from None
         want = dict(expected)
-        if fmt in ("yolo", "voc") or fmt == "imagefolder":
+        if fmt in ("yolo", "voc", "imagefolder"):
             want["masks"] = back["masks"]  # YOLO keeps polygons, VOC and ImageFolder no masks
         for key in ("images", "annotations", "per_split", "per_class"):
             if back[key] != want[key]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlcurate.base import atomic
 
-FORMATS = ("imagefolder", "coco", "yolo", "voc")
+FORMATS = ("imagefolder", "coco", "yolo", "voc", "hf")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 Box = tuple[int, int, int, int]
 
@@ -193,9 +193,8 @@ def write_dataset(ds: Dataset, fmt: str, out: Path) -> None:
     """Write `ds` in `fmt` under `out` (a fresh folder); every file through the atomic writer."""
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    {"imagefolder": _write_imagefolder, "coco": _write_coco, "yolo": _write_yolo, "voc": _write_voc}[fmt](
-        ds, out
-    )
+    writers = {"imagefolder": _write_imagefolder, "coco": _write_coco, "yolo": _write_yolo, "voc": _write_voc}
+    {**writers, "hf": _write_hf}[fmt](ds, out)
 
 
 def _write_imagefolder(ds: Dataset, out: Path) -> None:
@@ -302,11 +301,48 @@ def _write_voc(ds: Dataset, out: Path) -> None:
     write_text_atomic(out / "labels.txt", "".join(c + "\n" for c in ds.classes))
 
 
+def _write_hf(ds: Dataset, out: Path) -> None:
+    """Hugging Face datasets' Parquet layout (`data/SPLIT-00000-of-00001.parquet`): `image` as
+    {bytes, path}, `label` (class index) and `objects` {bbox as COCO [x, y, w, h], category, segmentation
+    RLE}; `datasets.load_dataset("parquet", data_dir=...)` or the Hub read it as it is."""
+    import pyarrow as pa
+
+    for split, items in sorted(ds.splits().items()):
+        rows = []
+        for it in items:
+            rows.append(
+                {
+                    "image": {"bytes": it.read(), "path": it.name},
+                    "width": it.width,
+                    "height": it.height,
+                    "label": ds.classes.index(it.anns[0].cls)
+                    if len(it.anns) == 1 and it.anns[0].box is None
+                    else None,
+                    "objects": {
+                        "bbox": [
+                            [a.box[0], a.box[1], a.box[2] - a.box[0], a.box[3] - a.box[1]] if a.box else None
+                            for a in it.anns
+                        ],
+                        "category": [ds.classes.index(a.cls) for a in it.anns],
+                        "segmentation": [
+                            json.dumps(mask_to_rle(a.mask)) if a.mask is not None else None for a in it.anns
+                        ],
+                    },
+                }
+            )
+        path = out / "data" / f"{split}-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_parquet_atomic(path, pa.Table.from_pylist(rows))
+    write_json_atomic(out / "classes.json", ds.classes)
+
+
 # ---------------------------------------------------------------------------------------------
 # readers
 
 
 def detect_format(path: Path) -> str:
+    if (path / "data").is_dir() and any((path / "data").glob("*.parquet")):
+        return "hf"
     if (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir():
         return "voc"
     if (path / "data.yaml").is_file() or ((path / "labels").is_dir() and (path / "images").is_dir()):
@@ -323,7 +359,13 @@ def read_dataset(path: str | Path, fmt: str | None = None, *, masks: bool = True
     if not p.is_dir():
         raise FormatError(f"dataset {p} does not exist or is not a folder")
     fmt = fmt or detect_format(p)
-    readers = {"imagefolder": _read_imagefolder, "coco": _read_coco, "yolo": _read_yolo, "voc": _read_voc}
+    readers = {
+        "imagefolder": _read_imagefolder,
+        "coco": _read_coco,
+        "yolo": _read_yolo,
+        "voc": _read_voc,
+        "hf": _read_hf,
+    }
     if fmt not in readers:
         raise FormatError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     problems: list[str] = []
@@ -526,4 +568,39 @@ def _read_voc(p: Path, problems: list[str], masks: bool) -> Dataset:
             v = [float(bb.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
             it.anns.append(Ann(cls, (int(v[0]) - 1, int(v[1]) - 1, int(v[2]), int(v[3]))))
         items.append(it)
+    return Dataset(classes, items)
+
+
+def _read_hf(p: Path, problems: list[str], masks: bool) -> Dataset:
+    import pyarrow.parquet as pq
+
+    classes = json.loads((p / "classes.json").read_text()) if (p / "classes.json").is_file() else []
+    items: list[Item] = []
+    for f in sorted((p / "data").glob("*.parquet")):
+        split = f.stem.split("-")[0]
+        for row in pq.read_table(f).to_pylist():
+            image = row.get("image") or {}
+            if not image.get("bytes"):
+                problems.append(f"{f.name}: a row without image bytes")
+                continue
+            objs = row.get("objects") or {"bbox": [], "category": [], "segmentation": []}
+            anns = []
+            for k, c in enumerate(objs["category"]):
+                if not 0 <= c < len(classes):
+                    problems.append(f"{f.name}: unknown class id {c}")
+                    continue
+                b = objs["bbox"][k]
+                seg = objs["segmentation"][k] if objs.get("segmentation") else None
+                box = (b[0], b[1], b[0] + b[2], b[1] + b[3]) if b else None
+                anns.append(Ann(classes[c], box, rle_to_mask(json.loads(seg)) if masks and seg else None))
+            items.append(
+                Item(
+                    image.get("path") or f"{len(items)}.png",
+                    split,
+                    row["width"],
+                    row["height"],
+                    anns,
+                    data=image["bytes"],
+                )
+            )
     return Dataset(classes, items)
