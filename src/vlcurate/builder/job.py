@@ -556,7 +556,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
                 f"{len(queue)} labels queued for review in review/queue.jsonl",
             ],
         )
-        write_report(staging / "report", report, formats=("json", "md"))
+        write_report(staging / "report", report)
         commit(staging, out, cfg.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
