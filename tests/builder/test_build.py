@@ -100,6 +100,23 @@ def test_detection_and_segmentation_against_the_truth(multi_pool: Path, tmp_path
     assert summary["metrics"]["balance"]["cbi"] < 0.05
 
 
+def test_a_subset_of_the_shapes_leaves_the_others_unlabelled(multi_pool: Path, tmp_path: Path) -> None:
+    request = "8 images each of circles, stars and crosses for detection, not squares or triangles"
+    summary = build(BuildConfig(request=request, pools=[str(multi_pool)], out=tmp_path / "sub"))
+    assert summary["spec"]["other"] == ["square", "triangle"]
+    right = n = 0
+    for r in _jsonl(tmp_path / "sub" / "labels.jsonl"):
+        scene = scene_of(r["source"], single=False)
+        for lab in r["labels"]:
+            best = max(range(scene.n_objects), key=lambda k: _box_iou(lab["box"], scene.objects[k].bbox))
+            n += 1
+            right += (
+                _box_iou(lab["box"], scene.objects[best].bbox) >= 0.5
+                and SHAPES[scene.objects[best].label] == lab["class"]
+            )
+    assert n >= 24 and right / n >= 0.95  # no square or triangle passed off as a class
+
+
 def _plant(pool: Path, photos: list[Path]) -> list[str]:
     names = []
     for k, f in enumerate(photos):

@@ -29,6 +29,9 @@ def test_constraints_licences_exclusions_and_task_override() -> None:
     assert s.accepts_license("CC-BY-4.0") and not s.accepts_license("unknown")
     s = parse_request("puppies but not wolves", task="classify", images_per_class=7)
     assert s.class_names == ["puppy"] and s.classes[0].negative == ["a wolf."] and s.images_per_class == 7
+    assert s.other == ["wolf"]
+    s = parse_request("circles and stars, not squares or triangles")
+    assert s.class_names == ["circle", "star"] and s.other == ["square", "triangle"]
     assert [singular(w) for w in ("boxes", "glasses", "mice", "berries", "bus")] == [
         "box",
         "glasses",

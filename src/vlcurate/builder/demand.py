@@ -136,7 +136,12 @@ def parse_request(
     licenses = [re.sub(r"\s+", "-", x) for x in _LICENSE.findall(rest)]
     rest = _LICENSE.sub(" ", rest)
     rest = re.sub(r"\b(?:licen[cs]ed?|licen[cs]es?|under|only)\b", " ", rest)
-    negatives = [singular(x.strip()) for x in _NEG.findall(rest) if x.strip()]
+    negatives = [
+        singular(part.strip())
+        for chunk in _NEG.findall(rest)
+        for part in re.split(r",|\band\b|\bor\b|&|/", chunk)
+        if part.strip()
+    ]
     rest = _NEG.sub(" ", rest)
     for word in sorted(_TASK_WORDS, key=len, reverse=True):
         rest = re.sub(rf"\b{word}\b", " ", rest)
@@ -166,6 +171,7 @@ def parse_request(
             for n in dict.fromkeys(names)
         ],
         "images_per_class": count or 100,
+        "other": list(dict.fromkeys(negatives)),
         "licenses": licenses or ["any"],
     }
     constraints: dict[str, Any] = {}

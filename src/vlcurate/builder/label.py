@@ -89,15 +89,27 @@ class ZeroShot:
         self.model = f"zero-shot:{scorer.name}"
         self.size = int(scorer.preprocessing.image_size)
         self.text = class_text_embeddings(scorer, spec) if text is None else text
+        # the spec's `other` things compete with the classes, so a region that is one is left alone
+        self.other = (
+            scorer.encode_texts([f"a {o}." for o in spec.other]).cpu().numpy() if spec.other else None
+        )
 
     def probs(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Probabilities over the classes (renormalised without the `other` things)."""
+        return self.probs_open(arrays)[0]
+
+    def probs_open(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities over the classes, whether an `other` thing scored above every class)."""
+        k = len(self.text)
         if not arrays:
-            return np.zeros((0, len(self.text)), dtype=np.float32)
-        out = []
+            return np.zeros((0, k), dtype=np.float32), np.zeros(0, dtype=bool)
+        text = self.text if self.other is None else np.concatenate([self.text, self.other])
+        logits = []
         for start in range(0, len(arrays), 512):
             emb = self.scorer.encode_images(np.stack(arrays[start : start + 512])).cpu().numpy()
-            out.append(softmax(TEMPERATURE * emb @ self.text.T))
-        return np.concatenate(out).astype(np.float32)
+            logits.append(TEMPERATURE * emb @ text.T)
+        z = np.concatenate(logits)
+        return softmax(z[:, :k]).astype(np.float32), np.asarray(z.argmax(1) >= k)
 
     def image_arrays(self, datas: list[bytes]) -> list[np.ndarray]:
         from vlcurate.base.images import decode_image
@@ -124,9 +136,10 @@ class ClipClassifier:
         self.zs, self.classes, self.model = zero_shot, classes, zero_shot.model
 
     def label(self, datas: list[bytes]) -> list[list[Label]]:
-        p = self.zs.probs(self.zs.image_arrays(datas))
+        p, other = self.zs.probs_open(self.zs.image_arrays(datas))
         return [
-            [Label(self.classes[int(r.argmax())], float(r.max()), self.model, probs=r.tolist())] for r in p
+            [] if o else [Label(self.classes[int(r.argmax())], float(r.max()), self.model, probs=r.tolist())]
+            for r, o in zip(p, other, strict=True)
         ]
 
 
@@ -153,9 +166,11 @@ class RegionLabeller:
             for box, mask in propose_regions(a, min_pixels=self.min_pixels):
                 regions.append((i, box, mask))
                 crops.append(crop_canvas(a, box, self.zs.size))
-        probs = self.zs.probs(crops)
+        probs, other = self.zs.probs_open(crops)
         out: list[list[Label]] = [[] for _ in datas]
-        for (i, box, mask), r in zip(regions, probs, strict=True):
+        for (i, box, mask), r, o in zip(regions, probs, other, strict=True):
+            if o:  # one of the spec's `other` things: background for this dataset
+                continue
             out[i].append(
                 Label(
                     self.classes[int(r.argmax())],

@@ -90,6 +90,10 @@ class DatasetSpec(BaseModel):
     images_per_class: int = Field(100, ge=1, le=10_000_000)
     splits: Splits = Field(default_factory=Splits)
     constraints: ImageConstraints = Field(default_factory=ImageConstraints)
+    other: list[str] = Field(
+        default_factory=list,
+        description="Things in the pool that are none of the classes; what looks like one stays unlabelled.",
+    )
     licenses: list[str] = Field(
         default_factory=lambda: ["any"], description="Licences accepted ('any', or names such as cc-by-4.0)."
     )

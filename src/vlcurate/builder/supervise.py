@@ -61,10 +61,10 @@ class CropVerifier:
                 side = max(box[2] - box[0], box[3] - box[1]) * self.zs.size / max(a.shape[:2])
                 views.append(crop_canvas(a, box, self.zs.size, side=_other_side(side, self.zs.size)))
                 owners.append(lab)
-        probs = self.zs.probs(views)
-        for lab, p in zip(owners, probs, strict=True):
+        probs, other = self.zs.probs_open(views)
+        for lab, p, o in zip(owners, probs, other, strict=True):
             j = self.classes.index(lab.cls)
-            lab.verified = bool(int(p.argmax()) == j)
+            lab.verified = bool(int(p.argmax()) == j and not o)
             lab.verifier = self.model
             lab.verifier_confidence = float(p[j])
             lab.probs = p.tolist()
