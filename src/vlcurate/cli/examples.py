@@ -32,6 +32,12 @@ EXAMPLES: dict[str, str] = {
     "platform export": "vlcurate platform export score-pool1 --out runs/pool1-verified",
     "platform audit": "vlcurate platform audit --db vlcurate.db",
     "vlm serve": "vlcurate vlm serve --port 8300",
+    "agent play": "vlcurate agent play --game g1 --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN",
+    "game create": "vlcurate game create g1 --pool main/ --easy-pool easy/ --vlm-url http://127.0.0.1:8300/v1",
+    "game list": "vlcurate game list --server http://127.0.0.1:8000",
+    "game export": "vlcurate game export g1 --db vlcurate.db --out gap-data",
+    "game audit": "vlcurate game audit --db vlcurate.db",
+    "game play": "vlcurate game play --game g1 --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN",
     "build": "vlcurate build '200 images each of cats and dogs for detection' --pool photos/ --out pets",
 }
 
