@@ -1,6 +1,7 @@
 """MkDocs hooks: the pages that are generated from the code, so the site can never drift from it.
 
-- `<!-- generated: operators -->`: the operator catalogue from the registry (`vlcurate ops --format markdown`);
+- `<!-- generated: operators -->`: the operator catalogue from the registry
+  (`vlcurate ops --format markdown`);
 - `<!-- generated: openapi -->`: the platform's HTTP API from its OpenAPI schema;
 - `<!-- include: FILE -->`: a file at the repository root (ARCHITECTURE.md, CHANGELOG.md), its first
   heading dropped (the page has its own).
@@ -29,8 +30,12 @@ def _openapi() -> str:
     from vlcurate.server.settings import ServerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
-        schema = create_app(ServerSettings(db=str(Path(tmp) / "schema.db"), admin_token="docs")).openapi()
-    lines = [f"Version {schema['info']['version']}. Every route, generated from the server's OpenAPI schema.", ""]
+        settings = ServerSettings(db=str(Path(tmp) / "schema.db"), admin_token="docs")
+        schema = create_app(settings).openapi()
+    lines = [
+        f"Version {schema['info']['version']}. Every route, generated from the server's OpenAPI schema.",
+        "",
+    ]
     lines += ["| method | path | what it does |", "|---|---|---|"]
     for path, ops in sorted(schema.get("paths", {}).items()):
         for method, op in ops.items():

@@ -68,10 +68,7 @@ def catalogue_markdown(entries: list[dict[str, Any]] | None = None) -> str:
         "| operator | kind | what it does |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| [`{e['name']}`](#{e['name']}) | {e['kind']} | {_cell(e['doc'])} |"
-        for e in entries
-    ]
+    lines += [f"| [`{e['name']}`](#{e['name']}) | {e['kind']} | {_cell(e['doc'])} |" for e in entries]
     for e in entries:
         lines += [
             "",
