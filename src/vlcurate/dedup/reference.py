@@ -24,6 +24,7 @@ from vlcurate.base.ssim import ssim_gray, to_gray
 CROP_SCALES = (0.95, 0.9, 0.85, 0.8)
 _SIDE = 64  # views compared at this size
 _BLUR = 2.0
+_KEEP_SIDE = 256
 
 
 def crop_windows(w: int, h: int) -> list[tuple[float, float, float, float]]:
@@ -80,8 +81,10 @@ class ReferenceIndex:
     min_ssim: float = 0.7  # and their SSIM must reach this
     sha: dict[str, str] = field(default_factory=dict)
     hashes: list[int] = field(default_factory=list)
-    owners: list[str] = field(default_factory=list)
-    thumbs: list[np.ndarray] = field(default_factory=list, repr=False)  # blurred 64 px grey per view
+    view_of: list[tuple[int, int]] = field(default_factory=list)  # (reference number, window number)
+    refs: list[str] = field(default_factory=list)
+    smalls: list[Image.Image] = field(default_factory=list, repr=False)  # each reference at <= 256 px
+    _thumbs: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # views compared so far
     _array: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -93,10 +96,22 @@ class ReferenceIndex:
             img = _open(data)
         except Exception:
             return
-        for view in crop_views(img):
+        small = img.copy()
+        small.thumbnail((_KEEP_SIDE, _KEEP_SIDE), Image.Resampling.BILINEAR)  # pHash looks at 32 px anyway
+        r = len(self.refs)
+        self.refs.append(ref_id)
+        self.smalls.append(small)
+        for j, view in enumerate(crop_views(small)):
             self.hashes.append(phash(view))
-            self.owners.append(ref_id)
-            self.thumbs.append(thumbnail(view))
+            self.view_of.append((r, j))
+
+    def _thumb(self, i: int) -> np.ndarray:
+        """The blurred view behind hash i, made the first time a candidate needs it."""
+        if i not in self._thumbs:
+            r, j = self.view_of[i]
+            small = self.smalls[r]
+            self._thumbs[i] = thumbnail(_cut(small, crop_windows(*small.size)[j]))
+        return self._thumbs[i]
 
     def add_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         for ref_id, data in items:
@@ -119,12 +134,12 @@ class ReferenceIndex:
         close = np.flatnonzero(d <= self.max_hamming)
         thumb = thumbnail(img)
         for i in close[np.argsort(d[close], kind="stable")][:16]:
-            view = self.thumbs[int(i)]
+            view = self._thumb(int(i))
             if block_difference(thumb, view) > self.max_block_diff:
                 continue
             s = ssim_gray(to_gray(thumb), to_gray(view))
             if s >= self.min_ssim:
-                return Match("near", self.owners[int(i)], int(d[int(i)]), round(s, 4))
+                return Match("near", self.refs[self.view_of[int(i)][0]], int(d[int(i)]), round(s, 4))
         return None
 
 
