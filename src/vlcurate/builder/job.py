@@ -400,8 +400,9 @@ def plan(cfg: BuildConfig) -> dict[str, Any]:
         "verifier_calls": candidates,
         "vlm_calls": candidates if cfg.verifier == "vlm" else 0,
     }
-    # rates measured on a 2-core CPU with tiny-synth (benchmarks/builder.py), per 1,000 images
-    seconds = n / 1000 * 6.0 + candidates / 1000 * 4.0
+    # benchmarks/builder.py on 2 shared cores with tiny-synth: ~16 s per 1,000 pool images (read, tools,
+    # dedup, embed) and ~8 s per 1,000 candidates (label, check, export); real models are far slower
+    seconds = n / 1000 * 16.0 + candidates / 1000 * 8.0
     return {
         "spec": spec.model_dump(mode="json"),
         "pool_images": n,
