@@ -1,11 +1,11 @@
 """The platform's HTTP API, one router per resource: operators' `datasets`, `tasks`, `agents`,
 `contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads; `game`, the
 GAP game's API. Their dependencies (the platform, who is calling) are `deps`; the HTML dashboard
-is `dashboard`."""
+is `dashboard`, the game's page `play`."""
 
 from fastapi import APIRouter
 
-from vlcurate.server import dashboard
+from vlcurate.server import dashboard, play
 from vlcurate.server.routers import (
     agents,
     checks,
@@ -31,4 +31,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     public.router,
     game.router,
     dashboard.router,
+    play.router,
 )
