@@ -178,7 +178,10 @@ async def fetch_all(
 
 
 def resolve_images(samples: list[Sample], **opts: Any) -> list[Sample]:
-    """Synchronous `fetch_all`; works from plain code and from inside a running event loop."""
+    """Synchronous `fetch_all`; works from plain code and from inside a running event loop. A batch
+    with nothing to fetch (every image present, or no reference) comes back as it is, at no cost."""
+    if not any(s.image is None and s.image_ref and s.status is Status.OK for s in samples):
+        return samples
     try:
         asyncio.get_running_loop()
     except RuntimeError:

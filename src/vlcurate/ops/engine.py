@@ -132,7 +132,7 @@ def load_batches(source: Any, shard: Any, fetch: FetchSpec | None) -> Iterator[p
 
 
 def _resolve(samples: list[Sample], fetch: FetchSpec | None) -> list[Sample]:
-    if fetch is None or not any(s.image is None and s.image_ref and s.status is Status.OK for s in samples):
+    if fetch is None:
         return samples
     from vlcurate.io.fetch import resolve_images
 

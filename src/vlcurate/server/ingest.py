@@ -81,8 +81,7 @@ def create_dataset(engine: Engine, req: schemas.DatasetCreate) -> schemas.Datase
                 samples = list(source.iter_samples(shard))
             except Exception as exc:
                 raise BadRequest(f"cannot read shard {shard.name}: {exc}") from exc
-            if any(s.image is None and s.image_ref for s in samples):
-                samples = resolve_images(samples)
+            samples = resolve_images(samples)
             for s in samples:
                 w, h = _size(s.image)
                 status, error = _read_status(s)

@@ -50,8 +50,7 @@ def read_pool(spec: str, kind: str | None, limit: int) -> tuple[list[PoolImage],
             samples = list(source.iter_samples(shard))
         except Exception as exc:
             raise BadRequest(f"cannot read shard {shard.name} of pool {spec!r}: {exc}") from exc
-        if any(s.image is None and s.image_ref for s in samples):
-            samples = resolve_images(samples)
+        samples = resolve_images(samples)
         for s in samples:
             if s.status != Status.OK or not s.image:
                 skipped += 1
