@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from vlcurate.base.intervals import wilson
 from vlcurate.builder.hf_models import (
     GROUNDING_DINO,
     OWLV2,
@@ -24,7 +25,6 @@ from vlcurate.builder.supervise import (
     label_issues,
     reliability,
     supervise,
-    wilson,
 )
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from vlcurate.base.intervals import wilson
 from vlcurate.builder.label import Label, ZeroShot, crop_canvas, open_rgb
 from vlcurate.builder.regions import propose_regions
 
@@ -111,17 +112,6 @@ class VlmVerifier:
             lab.verified = bool(parsed and parsed.get("answer") == "yes")
             if parsed and isinstance(parsed.get("confidence"), (int, float)):
                 lab.verifier_confidence = float(parsed["confidence"])
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def reliability(labels: Sequence[Label]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Immutable, content-addressed dataset versions with per-sample lineage (`vlcurate version`)."""
