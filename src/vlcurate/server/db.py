@@ -125,6 +125,8 @@ tasks = Table(
     Column("min_audit_rate", Float, nullable=False),
     Column("state", String(16), nullable=False, default="active"),
     _ts("created_at"),
+    # A `label` task's classes and check rule (`vlcurate.server.labels`); NULL for scoring (0006).
+    Column("label_spec", JSON, nullable=True),
 )
 
 # A unit covers items first_item..last_item of its dataset. `target` replicas are wanted (quorum,
