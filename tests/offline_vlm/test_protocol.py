@@ -93,7 +93,7 @@ def test_json_schema_and_json_object(vlm_server: VLMServer) -> None:
         (body("hi", n=0), "invalid_request"),
         (body("hi", temperature=5), "invalid_request"),
         (body("hi", max_tokens=0), "invalid_request"),
-        (body("hi", stream=True), "unsupported_parameter"),
+        (body("hi", stream=True, n=2), "unsupported_parameter"),
         (body("hi", response_format={"type": "xml"}), "invalid_request"),
         (body("hi", response_format={"type": "json_schema"}), "invalid_request"),
         (

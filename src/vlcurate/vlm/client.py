@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -39,11 +39,14 @@ from vlcurate.vlm.cache import ResponseCache
 from vlcurate.vlm.usage import AdaptiveLimiter, UsageCounter, UsageStats
 from vlcurate.vlm.wire import (
     SCHEMA_INSTRUCTION,
+    STREAM_DONE,
     Attempt,
     ChatBody,
+    ChatMessage,
     Choice,
     ImageInputError,
     PreparedImage,
+    StreamChunk,
     TokenUsage,
     check_answer,
     extract_json_object,
@@ -52,11 +55,13 @@ from vlcurate.vlm.wire import (
     retry_after_s,
     schema_validator,
     server_message,
+    sse_data,
 )
 
 __all__ = [
     "SCHEMA_INSTRUCTION",
     "ImageInputError",
+    "StreamEvent",
     "UsageStats",
     "VLMClient",
     "VLMRequest",
@@ -126,6 +131,16 @@ class VLMRequest(BaseModel):
     json_schema: dict[str, Any] | None = None
     schema_name: str = "answer"
     use_cache: bool = True  # False: always ask (the answer is still stored)
+
+
+@dataclass
+class StreamEvent:
+    """One step of `VLMClient.stream`: text to append, a restart (drop what was shown: a broken
+    stream is asked again), or, last, the result (the whole answer or why there is none)."""
+
+    delta: str = ""
+    restart: bool = False
+    result: VLMResult | None = None
 
 
 @dataclass
@@ -219,6 +234,7 @@ class VLMClient:
             None if self.settings.structured_output == "auto" else self.settings.structured_output
         )
         self._server_down = False  # set when a request ran out of retries on connection errors
+        self._streams: bool | None = None  # False once the server refused `stream: true`
         self._openai: openai.AsyncOpenAI | None = None
         self._http: httpx.AsyncClient | None = None
 
@@ -298,7 +314,291 @@ class VLMClient:
             await asyncio.gather(*(worker() for _ in range(n_workers)))
         return [r if r is not None else VLMResult(error="internal error: not run") for r in results]
 
+    async def stream(self, req: VLMRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Answer one request as it is generated: events with text deltas, then one with the result.
+
+        The same retries, timeout per attempt, concurrency and accounting as `complete`. A stream
+        that breaks (cut short, timed out, an error event) is an error, never a shorter answer: it is
+        asked again within the retry budget, after an event with `restart=True` when deltas were
+        already given, else the result holds the error. Where the server does not stream (it
+        rejects `stream`, or answers with one JSON body) the whole answer comes as one delta.
+        Streaming takes `n=1` and no `json_schema`."""
+        t0 = time.monotonic()
+        res: VLMResult | None = None
+        try:
+            async with contextlib.aclosing(self._stream(req)) as events:
+                async for ev in events:
+                    if ev.result is not None:
+                        res = ev.result
+                        break
+                    yield ev
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not lose the sample: record it
+            log.exception("VLM stream failed unexpectedly")
+            res = VLMResult(error=f"internal error: {type(exc).__name__}: {exc}")
+        if res is None:
+            res = VLMResult(error="internal error: the stream ended without a result")
+        res.latency_s = time.monotonic() - t0
+        c = self._counter
+        c.results += 1
+        c.ok += res.ok
+        c.failed += not res.ok
+        c.cache_hits += res.cached
+        yield StreamEvent(result=res)
+
     # internals -------------------------------------------------------------
+    async def _stream(self, req: VLMRequest) -> AsyncGenerator[StreamEvent, None]:
+        s, c = self.settings, self._counter
+        if req.n != 1 or req.json_schema is not None:
+            c.errors["bad_input"] += 1
+            yield StreamEvent(result=VLMResult(error="streaming takes n=1 and no json_schema; use complete"))
+            return
+        try:
+            images = [prepare_image(im, i, s.image_transport) for i, im in enumerate(req.images)]
+        except ValueError as exc:
+            c.errors["bad_input"] += 1
+            yield StreamEvent(result=VLMResult(error=str(exc)))
+            return
+        key = cache_key(s.model, req, [im.key for im in images], s.extra_body)
+        if self._cache is not None and req.use_cache:
+            hit = self._cache.get(key)
+            if hit is not None and hit.get("texts"):
+                yield StreamEvent(delta=str(hit["texts"][0]))
+                yield StreamEvent(
+                    result=VLMResult(
+                        texts=[str(hit["texts"][0])],
+                        finish_reasons=list(hit.get("finish_reasons") or [None]),
+                        parsed=[None],
+                        cached=True,
+                    )
+                )
+                return
+        try:
+            images = await self._resolve(images)
+        except ImageInputError as exc:
+            c.errors["bad_input"] += 1
+            yield StreamEvent(result=VLMResult(error=str(exc)))
+            return
+        res: VLMResult | None = None
+        if self._streams is not False:
+            async with contextlib.aclosing(self._ask_stream(req, images)) as events:
+                async for ev in events:
+                    if ev.result is not None:
+                        res = ev.result
+                        break
+                    yield ev
+        if res is None:  # this server does not stream: the whole answer as one delta
+            res = await self._ask(req, images)
+            if res.ok:
+                yield StreamEvent(delta=res.text)
+        if res.ok and self._cache is not None:
+            self._cache.put(
+                key,
+                {
+                    "texts": res.texts,
+                    "finish_reasons": res.finish_reasons,
+                    "parsed": res.parsed,
+                    "prompt_tokens": res.prompt_tokens,
+                    "completion_tokens": res.completion_tokens,
+                },
+            )
+        yield StreamEvent(result=res)
+
+    async def _ask_stream(
+        self, req: VLMRequest, images: list[PreparedImage]
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """`_ask`'s retry loop over streamed attempts; ends without a result where the server
+        refuses to stream (the caller then asks for the whole answer)."""
+        s, c = self.settings, self._counter
+        urls = [im.url or "" for im in images]
+        attempts = transport_retries = answer_retries = 0
+        p_tok = c_tok = 0
+        while True:
+            attempts += 1
+            c.requests += 1
+            if attempts > 1:
+                c.retries += 1
+            shown: list[str] = []
+            a: Attempt | None = None
+            epoch = await self.limiter.acquire()
+            outcome = "neutral"
+            try:
+                async with contextlib.aclosing(self._send_stream(req, urls, images)) as parts:
+                    async for part in parts:
+                        if isinstance(part, Attempt):
+                            a = part
+                            break
+                        shown.append(part)
+                        yield StreamEvent(delta=part)
+                assert a is not None
+                outcome = "overload" if a.overload else "ok" if a.body is not None else "neutral"
+            finally:
+                await self.limiter.release(epoch, outcome)
+
+            if a.body is None:
+                c.errors[a.kind] += 1
+                if a.status == 400 and "stream" in a.message.lower() and not shown:
+                    self._streams = False  # the server refuses to stream: ask for whole answers
+                    return
+                final = not a.retryable or transport_retries >= s.max_retries
+                if a.kind == "connection" and self._server_down:
+                    final = True
+                if final:
+                    if a.kind == "connection" and a.retryable:
+                        self._server_down = True
+                    note = f" (after {attempts} attempts)" if attempts > 1 else ""
+                    yield StreamEvent(result=self._failed(a.message + note, attempts, p_tok, c_tok))
+                    return
+                transport_retries += 1
+                if shown:
+                    yield StreamEvent(restart=True)
+                await asyncio.sleep(self._backoff(transport_retries, a.retry_after))
+                continue
+
+            self._server_down = False
+            usage = a.body.usage or TokenUsage()
+            p_tok += usage.prompt_tokens or 0
+            c_tok += usage.completion_tokens or 0
+            choice = a.body.choices[0]
+            text = choice.content()
+            if not shown and text:
+                yield StreamEvent(delta=text)  # a server that ignored `stream` and sent one body
+            if not text.strip():
+                c.errors["empty"] += 1
+                if answer_retries >= s.max_answer_retries:
+                    why = f"empty answer (after {attempts} attempts)"
+                    yield StreamEvent(result=self._failed(why, attempts, p_tok, c_tok))
+                    return
+                answer_retries += 1
+                if text:
+                    yield StreamEvent(restart=True)
+                continue
+            yield StreamEvent(result=self._succeeded([text], [choice], [None], attempts, p_tok, c_tok))
+            return
+
+    async def _send_stream(
+        self, req: VLMRequest, urls: list[str], images: list[PreparedImage]
+    ) -> AsyncGenerator[str | Attempt, None]:
+        """One streamed HTTP attempt: text deltas, then an `Attempt` (the whole answer, or why not).
+        The attempt's timeout covers the whole stream, not each read."""
+        s = self.settings
+        body: dict[str, Any] = {
+            "model": s.model,
+            "messages": build_messages(req, urls, schema_in_prompt=False),
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **s.extra_body,
+        }
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        headers = {"Authorization": f"Bearer {s.resolved_api_key()}", "Accept": "text/event-stream"}
+        url = s.base_url.rstrip("/") + "/chat/completions"
+        deadline = time.monotonic() + s.timeout_s
+        timed_out = Attempt(
+            kind="timeout", message=f"timed out after {s.timeout_s:g}s", retryable=True, overload=True
+        )
+        parts: list[str] = []
+
+        def cut(why: str) -> Attempt:
+            got = sum(len(p) for p in parts)
+            return Attempt(kind="malformed", message=f"stream cut short after {got} characters: {why}",
+                           retryable=True)  # fmt: skip
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    resp = await asyncio.wait_for(
+                        stack.enter_async_context(
+                            self._http.stream("POST", url, json=body, headers=headers, timeout=s.timeout_s)
+                        ),
+                        timeout=s.timeout_s,
+                    )
+                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    yield timed_out
+                    return
+                if resp.status_code != 200:
+                    raw = await resp.aread()
+                    try:
+                        err: Any = json.loads(raw)
+                    except ValueError:
+                        err = raw.decode("utf-8", "replace")
+                    msg = server_message(err, f"HTTP {resp.status_code}")
+                    yield self._status_attempt(resp.status_code, msg, resp.headers, images)
+                    return
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raw = await resp.aread()  # the server ignored `stream`: one whole body
+                    try:
+                        yield Attempt(body=ChatBody.model_validate_json(raw))
+                    except ValidationError:
+                        yield Attempt(kind="malformed", message=f"malformed response body: {raw[:120]!r}",
+                                      retryable=True)  # fmt: skip
+                    return
+                finish: str | None = None
+                usage: TokenUsage | None = None
+                done = False
+                lines = resp.aiter_lines()
+                while not done:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        yield timed_out
+                        return
+                    try:
+                        line = await asyncio.wait_for(lines.__anext__(), timeout=left)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.TimeoutError:
+                        yield timed_out
+                        return
+                    data = sse_data(line)
+                    if data is None or not data:
+                        continue
+                    if data == STREAM_DONE:
+                        done = True
+                        break
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        yield cut(f"an event that is not JSON: {data[:120]!r}")
+                        return
+                    if isinstance(obj, dict) and "error" in obj:
+                        msg = server_message(obj, "an error event")
+                        yield Attempt(kind="stream_error", message=f"the server broke off the answer: {msg}",
+                                      retryable=True, overload=True)  # fmt: skip
+                        return
+                    try:
+                        chunk = StreamChunk.model_validate(obj)
+                    except ValidationError:
+                        yield cut(f"an event that is not a chunk: {data[:120]!r}")
+                        return
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for ch in chunk.choices:
+                        if ch.delta is not None and ch.delta.content:
+                            parts.append(ch.delta.content)
+                            yield ch.delta.content
+                        if ch.finish_reason is not None:
+                            finish = ch.finish_reason
+                if finish is None:
+                    yield cut("no finish_reason" + ("" if done else " and no [DONE]"))
+                    return
+        except httpx.TimeoutException:
+            yield timed_out
+            return
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            why = f"cannot reach {s.base_url}: {type(exc).__name__}: {exc}"
+            yield Attempt(kind="connection", message=why, retryable=True)
+            return
+        except (httpx.HTTPError, OSError) as exc:
+            yield cut(f"{type(exc).__name__}: {exc}")
+            return
+        whole = Choice(message=ChatMessage(content="".join(parts)), finish_reason=finish)
+        yield Attempt(body=ChatBody(choices=[whole], usage=usage))
+
     async def _complete(self, req: VLMRequest) -> VLMResult:
         s = self.settings
         try:
@@ -523,15 +823,18 @@ class VLMClient:
         return Attempt(body=body)
 
     def _status_failure(self, exc: openai.APIStatusError, images: list[PreparedImage]) -> Attempt:
-        status = exc.status_code
-        msg = server_message(exc.body, str(exc))
+        return self._status_attempt(
+            exc.status_code, server_message(exc.body, str(exc)), exc.response.headers, images
+        )
+
+    def _status_attempt(self, status: int, msg: str, headers: Any, images: list[PreparedImage]) -> Attempt:
         kind = str(status)
         if status == 429:
-            ra = retry_after_s(exc.response.headers)
+            ra = retry_after_s(headers)
             return Attempt(kind=kind, message=f"rate limited (HTTP 429): {msg}", status=status,
                             retryable=True, overload=True, retry_after=ra)  # fmt: skip
         if status >= 500 or status == 408:
-            ra = retry_after_s(exc.response.headers)
+            ra = retry_after_s(headers)
             return Attempt(kind=kind, message=f"server error (HTTP {status}): {msg}", status=status,
                             retryable=True, overload=True, retry_after=ra)  # fmt: skip
         if status == 409:

@@ -183,6 +183,33 @@ class ChatBody(BaseModel):
     usage: TokenUsage | None = None
 
 
+class Delta(BaseModel):
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta | None = None
+    finish_reason: str | None = None
+
+
+class StreamChunk(BaseModel):
+    """One `chat.completion.chunk` of a streamed answer (`stream: true`)."""
+
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: TokenUsage | None = None
+
+
+STREAM_DONE = "[DONE]"
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line; None for comments, blank lines and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
 @dataclass
 class Attempt:
     """What one HTTP attempt gave: a body, or a failure with its kind and whether to retry."""

@@ -19,7 +19,7 @@ import httpx
 import jsonschema
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,7 +27,14 @@ from vlcurate.synth.offline_vlm.answers import Brain
 from vlcurate.synth.offline_vlm.faults import FaultPlan
 from vlcurate.synth.offline_vlm.images import BadRequest, LoadedImage, data_url_bytes, decode, fetch_url
 from vlcurate.synth.offline_vlm.intent import detect
-from vlcurate.synth.offline_vlm.protocol import ChatRequest, count_tokens, error_body, truncate_tokens
+from vlcurate.synth.offline_vlm.protocol import (
+    ChatRequest,
+    count_tokens,
+    error_body,
+    sse,
+    stream_pieces,
+    truncate_tokens,
+)
 from vlcurate.synth.offline_vlm.settings import VLMServerSettings
 from vlcurate.synth.offline_vlm.tasks import as_json, run_task, split_schema_instruction
 from vlcurate.vlm import prompts as vp
@@ -85,6 +92,33 @@ def _error(status: int, message: str, type_: str, code: str | None = None, **hea
 
 def _bad(message: str, code: str = "invalid_request") -> JSONResponse:
     return _error(400, message, "invalid_request_error", code)
+
+
+async def _stream(
+    head: dict[str, Any], choice: dict[str, Any], usage: dict[str, int] | None, *, cut: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI's chat.completion.chunk events for one choice: the role, one delta a word, the finish
+    reason, usage when asked for (`stream_options.include_usage`), then `[DONE]`. `cut` (the
+    "malformed" fault) ends the stream half way, as a dropped connection would."""
+    base = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+        c = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "choices": [c]} | ({"usage": None} if usage is not None else {}))
+
+    yield chunk({"role": "assistant", "content": ""})
+    pieces = stream_pieces(choice["message"]["content"])
+    for i, piece in enumerate(pieces):
+        if cut and i >= len(pieces) // 2:
+            return
+        yield chunk({"content": piece})
+        await asyncio.sleep(0)  # each word leaves as its own chunk
+    if cut:
+        return
+    yield chunk({}, choice["finish_reason"])
+    if usage is not None:
+        yield sse({**base, "choices": [], "usage": usage})
+    yield sse("[DONE]")
 
 
 def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastAPI:
@@ -199,10 +233,8 @@ def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastA
             return _error(
                 404, f"The model `{req.model}` does not exist.", "invalid_request_error", "model_not_found"
             )
-        if req.stream:
-            return _bad(
-                "streaming is not supported by this server; send stream=false", "unsupported_parameter"
-            )
+        if req.stream and req.n > 1:
+            return _bad("stream=true takes n=1 on this server", "unsupported_parameter")
         schema: dict[str, Any] | None = None
         fmt = req.response_format
         structured = fmt is not None and fmt.type in ("json_object", "json_schema")
@@ -293,19 +325,25 @@ def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastA
         prompt_tokens = sum(count_tokens(m.text()) for m in req.messages) + settings.image_tokens * sum(
             len(m.image_urls()) for m in req.messages
         )
-        payload = {
+        head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
             "created": int(time.time()),
             "model": req.model,
             "system_fingerprint": f"tiny-synth-{brain.scorer.fingerprint[:12]}",
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
         }
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if req.stream:
+            with_usage = req.stream_options is not None and req.stream_options.include_usage
+            return StreamingResponse(
+                _stream(head, choices[0], usage if with_usage else None, cut=fault == "malformed"),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        payload = {**head, "object": "chat.completion", "choices": choices, "usage": usage}
         text = json.dumps(payload)
         if fault == "malformed":
             text = text[: len(text) // 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -50,6 +51,11 @@ class ResponseFormat(BaseModel):
     json_schema: JSONSchemaFormat | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     """The fields we read; others (top_p, stop, user, ...) are accepted and ignored."""
 
@@ -63,6 +69,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     stream: bool | None = False
+    stream_options: StreamOptions | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -85,6 +92,21 @@ def truncate_tokens(text: str, limit: int | None) -> tuple[str, bool]:
     if len(words) <= limit:
         return text, False
     return text[: words[limit - 1].end()], True
+
+
+def stream_pieces(text: str) -> list[str]:
+    """The text as streamed deltas: one word each with the whitespace before it; they join to `text`."""
+    pieces = re.findall(r"\s*\S+", text)
+    tail = text[sum(len(p) for p in pieces) :]
+    if tail:
+        pieces.append(tail)
+    return pieces
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    """One server-sent event as OpenAI streams them: `data: {json}` and a blank line."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
