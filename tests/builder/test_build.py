@@ -72,6 +72,43 @@ def test_classification_labels_match_the_truth_and_alr_tracks_accuracy(
     assert not work_dir_for(out).exists()
 
 
+def test_the_report_puts_each_stage_cost_beside_what_it_removed(
+    classify_run: tuple[Path, dict[str, Any]],
+) -> None:
+    import re
+
+    out, summary = classify_run
+    rep = json.loads((out / "report" / "report.json").read_text())
+    stages = {s["stage"]: s for s in rep["stages"]}
+    assert list(stages) == [
+        "demand", "collect", "tools", "embed", "retrieve", "label", "verify", "supervise", "export"
+    ]  # fmt: skip
+    cands = _jsonl(out / "review" / "candidates.jsonl")
+    n_labels = sum(len(r["labels"]) for r in cands)
+    # real calls, counted where they happen: every cleaned pool image embedded once, every candidate
+    # classified once, every label looked at again once by the crop check
+    assert stages["embed"]["calls"]["images_encoded"] == stages["tools"]["kept"] == stages["embed"]["saw"]
+    assert stages["label"]["calls"]["images_encoded"] == len(cands) == stages["label"]["saw"]
+    assert stages["verify"]["calls"]["images_encoded"] == n_labels
+    assert stages["label"]["calls"]["image_encode_batches"] >= 1 and "vlm_requests" not in rep["model_calls"]
+    assert rep["model_calls"]["images_encoded"] == sum(
+        s["calls"].get("images_encoded", 0) for s in rep["stages"]
+    )
+    assert all(s["seconds"] >= 0 for s in rep["stages"]) and not any(s["resumed"] for s in rep["stages"])
+    # what was removed, with why: the tools' drops and the labels held back for review
+    held = {q["uid"] for q in _jsonl(out / "review" / "queue.jsonl")}
+    assert stages["supervise"]["removed"] == len(held) > 0
+    assert stages["export"]["kept"] == sum(summary["counts"]["per_class"].values())
+    assert summary["stages"] == rep["stages"]
+    html = (out / "report" / "report.html").read_text()
+    thumbs = re.findall(r"src='(thumbs/[0-9a-f]+\.png)'", html)
+    assert len(thumbs) >= min(len(held), 36) and all((out / "report" / t).is_file() for t in thumbs)
+    assert "Doubtful labels held back for review" in html and "Cost and effect per stage" in html
+    for png in ("plots/per_class_counts.png", "plots/per_class_reliability.png"):
+        assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG" and png in html
+    assert "Cost and effect per stage" in (out / "report" / "report.md").read_text()
+
+
 def test_detection_and_segmentation_against_the_truth(multi_pool: Path, tmp_path: Path) -> None:
     cfg = BuildConfig(
         request=f"segmentation of {ALL_SHAPES}, 10 each", pools=[str(multi_pool)], out=tmp_path / "seg"
@@ -197,10 +234,24 @@ def test_resume_after_a_failed_export_and_the_bad_inputs(
     assert not out.exists() and work_dir_for(out).is_dir()  # nothing half-written, progress kept
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     monkeypatch.undo()
+    first = json.loads((work_dir_for(out) / "costs.json").read_text())["stages"]
     stages: list[str] = []
     summary = build(cfg, progress=lambda s, m: stages.append(m))
     assert summary["resumed"]["pool"] and any("already labelled" in m for m in stages)
     assert summary["counts"]["per_class"] == {"circle": 5, "square": 5}
+    # reused stages report what the first run recorded; labelling counts every label made in both
+    costs = {s["stage"]: s for s in summary["stages"]}
+    for name in ("collect", "tools"):
+        assert costs[name]["resumed"] and costs[name]["calls"] == first[name]["calls"]
+        assert costs[name]["kept"] == first[name]["kept"] and costs[name]["removed"] == len(
+            first[name]["removed"]
+        ) + sum(first[name]["removed_unseen"].values())
+    n_cands = len(_jsonl(out / "review" / "candidates.jsonl"))
+    assert costs["label"]["resumed"] and costs["label"]["calls"]["images_encoded"] == n_cands
+    assert costs["label"]["calls"]["images_encoded"] >= first["label"]["calls"]["images_encoded"]
+    assert (
+        not costs["embed"]["resumed"] and costs["embed"]["calls"]["images_encoded"] == costs["tools"]["kept"]
+    )
     runner = CliRunner()
     r = runner.invoke(
         app, ["build", "circles and squares, 5 each", "--pool", str(single_pool), "--out", str(out)]

@@ -307,7 +307,8 @@ class ReportData:
     counts (pairs by status); `notes` one-line facts for the summary; `plot_paths` place a
     histogram's PNG elsewhere than plots/<name>.png (relative to the report); `failure_info` adds
     keys under `failures` (the number of shards); `cuts` draw a vertical line on a histogram (a
-    threshold); `extra` adds command-specific keys to report.json.
+    threshold); `extra` adds command-specific keys to report.json; `tables`, `figures` and
+    `galleries` (thumbnails) are rendered in report.md and report.html after the counts.
     """
 
     title: str
@@ -328,6 +329,12 @@ class ReportData:
     plot_paths: dict[str, str] = field(default_factory=dict)
     cuts: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Tables beyond the fixed ones: title -> (column names, rows of cell texts).
+    tables: dict[str, tuple[list[str], list[list[str]]]] = field(default_factory=dict)
+    # Plots made by the command itself: (caption, PNG path relative to the report).
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    # Thumbnail galleries: title -> [(image path relative to the report, caption)].
+    galleries: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def dropped(self) -> int | None:
@@ -493,6 +500,14 @@ def render_markdown(r: ReportData, data: Mapping[str, Any]) -> str:
     for title, table in r.counts.items():
         lines += ["", f"## {_md(title)}", "", "| | pairs |", "|---|---:|"]
         lines += [f"| {_md(k)} | {int(v):,} |" for k, v in table.items()]
+    for title, (head, rows) in r.tables.items():
+        lines += ["", f"## {_md(title)}", "", "| " + " | ".join(_md(h) for h in head) + " |"]
+        lines += ["|" + "---|" * len(head)] + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    for caption, path in r.figures:
+        lines += ["", f"![{_md(caption)}]({path})"]
+    for title, thumbs in r.galleries.items():
+        lines += ["", f"## {_md(title)}", ""]
+        lines += [f"![{_md(caption)}]({path}) {_md(caption)}  " for path, caption in thumbs] or ["none"]
     if data["drop_reasons"]:
         lines += ["", "## Why pairs were dropped", "", "| reason | pairs |", "|---|---:|"]
         lines += [f"| {_md(k)} | {v:,} |" for k, v in data["drop_reasons"].items()]
@@ -551,6 +566,22 @@ def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
     for title, counts in r.counts.items():
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(table(["", "pairs"], ([e(str(k)), f"{int(v):,}"] for k, v in counts.items())))
+    for title, (head, rows) in r.tables.items():
+        parts.append(f"<h2>{e(title)}</h2>")
+        parts.append(table(head, ([e(c) for c in row] for row in rows)))
+    parts += [
+        f"<figure><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'>"
+        f"<figcaption>{e(caption)}</figcaption></figure>"
+        for caption, path in r.figures
+    ]
+    for title, thumbs in r.galleries.items():
+        parts.append(f"<h2>{e(title)}</h2><div class='gallery'>")
+        parts += [
+            f"<figure class='thumb'><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'>"
+            f"<figcaption>{e(caption)}</figcaption></figure>"
+            for path, caption in thumbs
+        ] or ["<p>none</p>"]
+        parts.append("</div>")
     if r.failed_shards or r.failed_pairs:
         parts.append(
             f"<h2>Failures</h2><p>{r.failed_pairs:,} pairs failed; "
@@ -579,7 +610,9 @@ def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}
-figure{{display:inline-block;margin:8px}}img{{max-width:520px}}</style></head><body>
+figure{{display:inline-block;margin:8px}}img{{max-width:520px}}
+figure.thumb{{width:140px;vertical-align:top;font-size:11px}}
+figure.thumb img{{width:96px;image-rendering:pixelated}}</style></head><body>
 {body}
 </body></html>
 """

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.atomic import write_parquet_atomic
-from vlcurate.base.report import ReportData, write_report
+from vlcurate.builder.build_report import thumbnail, write_build_report
 from vlcurate.builder.collect import (
     PoolImage,
     class_text_embeddings,
@@ -30,6 +30,7 @@ from vlcurate.builder.collect import (
     read_pool,
     retrieve,
 )
+from vlcurate.builder.costs import CountingScorer, Removed, StageLog
 from vlcurate.builder.demand import analyse_with_vlm, parse_request
 from vlcurate.builder.export import DEFAULT_FORMATS, check_formats, dataset_card, export_all
 from vlcurate.builder.formats import (
@@ -195,22 +196,46 @@ def _existing(cfg: BuildConfig) -> tuple[Dataset | None, ReferenceIndex | None]:
 
 
 def _collect(
-    cfg: BuildConfig, spec: DatasetSpec, work: Path, reference: ReferenceIndex | None, progress: Progress
+    cfg: BuildConfig,
+    spec: DatasetSpec,
+    work: Path,
+    reference: ReferenceIndex | None,
+    progress: Progress,
+    log: StageLog,
 ) -> tuple[list[PoolImage], dict[str, Any], bool]:
     pool_file, info_file = work / "pool.parquet", work / "tools.json"
-    if pool_file.is_file() and info_file.is_file():
+    if pool_file.is_file() and info_file.is_file() and "tools" in log.stages:
         progress("collect", "resumed: cleaned pool from the last run")
+        log.mark_resumed("collect", "tools")
         return _load_pool(pool_file), json.loads(info_file.read_text()), True
+    log.reset("collect", "tools")
     t0 = time.perf_counter()
-    images, report = read_pool(cfg.pools, spec)
+    with log.stage("collect") as st:
+        images, report = read_pool(cfg.pools, spec)
+        st.saw, st.kept = report.read, len(images)
+        st.removed_unseen = {
+            k: v
+            for k, v in (
+                ("unreadable", report.unreadable),
+                ("licence not accepted", report.license_rejected),
+                ("byte duplicate in the pool", report.duplicates_in_pool),
+            )
+            if v
+        }
     t_read = time.perf_counter() - t0
     progress(
         "collect",
         f"{len(images)} images read ({report.unreadable} unreadable, "
         f"{report.license_rejected} licence rejected, {report.duplicates_in_pool} byte duplicates)",
     )
-    result: ToolResult = clean_pool(images, spec, reference=reference, enhance=cfg.enhance)
-    kept = [images[i] for i in result.kept]
+    by_uid = {im.uid: im for im in images}
+    with log.stage("tools") as st:
+        # thumbnails of what the tools remove, taken before enhancement can change the bytes
+        result: ToolResult = clean_pool(images, spec, reference=reference, enhance=cfg.enhance)
+        kept = [images[i] for i in result.kept]
+        st.saw, st.kept = len(images), len(kept)
+        st.removed = [Removed(uid=u, reason=r, source=by_uid[u].source) for u, r in result.reasons.items()]
+    _save_removed_thumbs(work / "removed.parquet", [by_uid[u] for u in result.reasons])
     progress(
         "tools",
         f"{len(kept)} of {len(images)} images pass the image tools: {json.dumps(drop_counts(result))}",
@@ -226,7 +251,29 @@ def _collect(
     }
     _save_pool(pool_file, kept)
     write_json_atomic(info_file, info)
+    log.save(work / "costs.json")
     return kept, info, False
+
+
+def _save_removed_thumbs(path: Path, images: list[PoolImage]) -> None:
+    """Small PNGs of the removed images (the report shows them; the pool keeps only what passed)."""
+    from vlcurate.builder.build_report import PER_REASON
+
+    thumbs = [(im.uid, thumbnail(im.data)) for im in images[: 40 * PER_REASON]]
+    table = pa.table(
+        {
+            "uid": [u for u, t in thumbs if t is not None],
+            "thumb": pa.array([t for _, t in thumbs if t is not None], pa.binary()),
+        }
+    )
+    write_parquet_atomic(path, table)
+
+
+def _load_removed_thumbs(path: Path) -> dict[str, bytes]:
+    if not path.is_file():
+        return {}
+    t = pq.read_table(path).to_pydict()
+    return dict(zip(t["uid"], t["thumb"], strict=True))
 
 
 def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
@@ -240,22 +287,35 @@ def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
 
 
 def _label_rounds(
-    cfg: BuildConfig, spec: DatasetSpec, pool: list[PoolImage], work: Path, progress: Progress
+    cfg: BuildConfig,
+    spec: DatasetSpec,
+    pool: list[PoolImage],
+    work: Path,
+    progress: Progress,
+    log: StageLog,
 ) -> tuple[dict[str, list[Label]], list[dict[str, Any]], dict[str, float]]:
     from vlcurate.models.loader import load_scorer
 
     labels_file = work / "labels.json"
     labelled: dict[str, list[Label]] = {}
-    if labels_file.is_file():
+    if labels_file.is_file() and "label" in log.stages:
         saved = json.loads(labels_file.read_text())
         labelled = {u: [_label_from_json(d) for d in labs] for u, labs in saved.items()}
         progress("label", f"resumed: {len(labelled)} images already labelled")
+        log.mark_resumed("label", "verify")
+    else:
+        log.reset("label", "verify")
+    log.reset("embed", "retrieve")  # done again on every run
     timings: dict[str, float] = dict.fromkeys(("embed", "retrieve", "label", "verify"), 0.0)
     t0 = time.perf_counter()
-    scorer = load_scorer(cfg.scorer, device=cfg.device, allow_download=cfg.allow_download)
-    text = class_text_embeddings(scorer, spec)
-    zs = ZeroShot(scorer, spec, text)
-    emb = embed_images(scorer, [im.data for im in pool])
+    with log.stage("embed") as st:
+        scorer = CountingScorer(
+            load_scorer(cfg.scorer, device=cfg.device, allow_download=cfg.allow_download), log
+        )
+        text = class_text_embeddings(scorer, spec)
+        zs = ZeroShot(scorer, spec, text)
+        emb = embed_images(scorer, [im.data for im in pool])
+        st.saw = st.kept = len(pool)
     timings["embed"] += time.perf_counter() - t0
     labeller = make_labeller(
         spec, scorer, detector=cfg.detector, allow_download=cfg.allow_download, zero_shot=zs
@@ -268,26 +328,43 @@ def _label_rounds(
         # reach twice as far each round
         per_class = int(np.ceil(spec.images_per_class * cfg.oversample * 2**r))
         t0 = time.perf_counter()
-        sub = np.array([spec.class_names.index(c) for c in need])
-        found = retrieve(emb, text[sub], per_class, exclude=lambda i: pool[i].uid in labelled)
+        with log.stage("retrieve") as st:
+            sub = np.array([spec.class_names.index(c) for c in need])
+            found = retrieve(emb, text[sub], per_class, exclude=lambda i: pool[i].uid in labelled)
+            st.saw += len(pool)
+            st.kept += len(found.chosen)
         timings["retrieve"] += time.perf_counter() - t0
         todo = found.chosen
         progress("label", f"round {r + 1}: {len(todo)} new candidates for {', '.join(need)}")
         if todo:
             datas = [pool[i].data for i in todo]
             t0 = time.perf_counter()
-            labs = labeller.label(datas)
-            if spec.task == "segment":
-                box_masks(datas, labs)
+            with log.stage("label") as st:
+                labs = labeller.label(datas)
+                if cfg.detector:  # one detector call per image (and one SAM call per image with boxes)
+                    log.count(detector_calls=len(datas))
+                    if spec.task == "segment":
+                        log.count(sam_calls=sum(1 for x in labs if x))
+                if spec.task == "segment":
+                    box_masks(datas, labs)
+                st.saw += len(datas)
+                st.kept += sum(1 for x in labs if x)
+                log.count(labels_made=sum(len(x) for x in labs))
             timings["label"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            verifier.verify(datas, labs)
+            with log.stage("verify") as st:
+                verifier.verify(datas, labs)
+                if cfg.verifier == "vlm":
+                    log.count(vlm_requests=sum(len(x) for x in labs))
+                st.saw += sum(len(x) for x in labs)
+                st.kept += sum(1 for x in labs for lab in x if lab.verified)
             timings["verify"] += time.perf_counter() - t0
             for i, lab in zip(todo, labs, strict=True):
                 labelled[pool[i].uid] = lab
             write_json_atomic(
                 labels_file, {u: [_label_to_json(x) for x in v] for u, v in labelled.items()}, indent=None
             )
+            log.save(work / "costs.json")
         decision = supervise(list(labelled.values()), spec.class_names, min_confidence=spec.min_confidence)
         have = _per_class_images(list(labelled.values()), decision.kept, spec)
         short = [c for c in spec.class_names if have[c] < spec.images_per_class]
@@ -421,8 +498,12 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     if not cfg.pools:
         raise ValueError("no pool given: pass --pool with folders, shards, Parquet files or manifests")
     t_start = time.perf_counter()
-    existing, reference = _existing(cfg)
-    spec = make_spec(cfg, existing)
+    log = StageLog()
+    with log.stage("demand"):
+        existing, reference = _existing(cfg)
+        spec = make_spec(cfg, existing)
+        if cfg.vlm_url and cfg.spec_file is None and (existing is None or cfg.request.strip()):
+            log.count(vlm_requests=1)
     formats = cfg.formats or list(DEFAULT_FORMATS[spec.task])
     check_formats(spec.task, formats)
     progress(
@@ -433,16 +514,27 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     if work.exists() and (work / "fingerprint").is_file() and (work / "fingerprint").read_text() != fp:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    earlier = StageLog.load(work / "costs.json")
+    for name, st in earlier.stages.items():
+        if name != "demand":
+            log.stages[name] = st
     write_text_atomic(work / "fingerprint", fp)
     write_text_atomic(work / "spec.yaml", spec.to_yaml())
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    pool, tools_info, resumed_pool = _collect(cfg, spec, work, reference, progress)
+    pool, tools_info, resumed_pool = _collect(cfg, spec, work, reference, progress, log)
     timings["collect+tools"] = time.perf_counter() - t0
-    labelled, rounds, label_timings = _label_rounds(cfg, spec, pool, work, progress)
+    resumed_labels = (work / "labels.json").is_file() and "label" in log.stages
+    labelled, rounds, label_timings = _label_rounds(cfg, spec, pool, work, progress, log)
     timings.update(label_timings)
     t0 = time.perf_counter()
-    chosen, queue, metrics = _select(spec, pool, labelled)
+    log.reset("supervise", "export")
+    with log.stage("supervise") as st:
+        chosen, queue, metrics = _select(spec, pool, labelled)
+        st.saw, st.kept = len(labelled), len(chosen)
+        src = {im.uid: im.source for im in pool}
+        held = {u: why for u, _, why in queue}
+        st.removed = [Removed(uid=u, reason=why, source=src[u]) for u, why in held.items()]
     by_uid = {im.uid: im for im in pool}
     splits = _assign_splits(spec, chosen, labelled)
     items = []
@@ -468,6 +560,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
         f"{len(queue)} labels queued for review",
     )
     staging = make_staging(out)
+    t_export = time.perf_counter()
     try:
         exported = export_all(ds, formats, staging)
         pool_by = {im.uid: im for im in pool}
@@ -524,6 +617,9 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
         write_text_atomic(staging / "README.md", dataset_card(spec, counts, metrics, provenance, exported))
         timings["select+export"] = time.perf_counter() - t0
         n_pool = max(1, tools_info["pool"]["read"])
+        ex = log.get("export")
+        ex.saw, ex.kept, ex.runs = len(items), counts["images"], 1
+        ex.seconds = time.perf_counter() - t_export
         summary = {
             "spec": spec.model_dump(mode="json"),
             "formats": exported,
@@ -535,29 +631,40 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             "tools": tools_info["steps"],
             "copies_of_expanded_removed": len(tools_info["copies_of_expanded"]),
             "queued_for_review": len(queue),
-            "resumed": {"pool": resumed_pool},
+            "resumed": {"pool": resumed_pool, "labels": resumed_labels},
+            "stages": log.summary(),
+            "model_calls": log.totals(),
             "provenance": provenance,
             "seconds": {k: round(v, 3) for k, v in timings.items()},
             "seconds_per_1000_pool_images": {k: round(v / n_pool * 1000, 3) for k, v in timings.items()},
             "total_seconds": round(time.perf_counter() - t_start, 3),
         }
         write_json_atomic(staging / "build.json", summary)
-        report = ReportData(
+        images = _load_removed_thumbs(work / "removed.parquet")
+        images.update({u: pool_by[u].data for u in held})
+        write_build_report(
+            staging / "report",
             title=f"vlcurate build: {', '.join(spec.class_names)}",
-            command="build",
             inputs=cfg.pools,
+            log=log,
             rows=tools_info["pool"]["read"],
             kept=len(chosen),
-            steps=tools_info["steps"],
-            reasons=Counter(tools_info["dropped"]),
             counts={"per_class": counts["per_class"], "per_split": counts["per_split"]},
             notes=[
                 f"ALR {metrics['alr']['alr']} (95% CI {metrics['alr']['ci95']})",
                 f"CBI {metrics['balance']['cbi']}, min/max ratio {metrics['balance']['min_max_ratio']}",
                 f"{len(queue)} labels queued for review in review/queue.jsonl",
+                f"model calls: {', '.join(f'{k} {v:,}' for k, v in sorted(log.totals().items())) or 'none'}",
             ],
+            tool_steps=tools_info["steps"],
+            images=images,
+            doubtful=list(held.items()),
+            classes=spec.class_names,
+            target=spec.images_per_class,
+            alr_per_class=metrics["alr_per_class"],
+            reliability_bar=spec.min_reliability,
+            extra={"metrics": metrics},
         )
-        write_report(staging / "report", report)
         commit(staging, out, cfg.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
