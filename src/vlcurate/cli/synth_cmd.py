@@ -110,6 +110,52 @@ def instruct(
     Console().print(f"truth: {out / 'truth.jsonl'}")
 
 
+@synth_app.command("bench")
+def bench(
+    out: OutArg,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of benchmark questions.")] = 300,
+    seed: SeedOpt = 0,
+    categories: Annotated[
+        str, typer.Option(help="Comma-separated: count, exists, colour, shape, background, caption.")
+    ] = "count,exists,colour,shape,background,caption",
+    train: Annotated[
+        int, typer.Option(min=0, help="Also write this many training samples to OUT/train (instruct format).")
+    ] = 0,
+    focus: Annotated[
+        str,
+        typer.Option(
+            help='Training samples only about this, e.g. "colour=red", "shape=circle", "category=count".'
+        ),
+    ] = "",
+    fmt: Annotated[
+        str, typer.Option("--format", help="Training data format: llava, sharegpt, openai or hf.")
+    ] = "llava",
+) -> None:
+    """Write a benchmark with known answers (bench.jsonl + images) for `vlcurate eval`, and training data."""
+    from vlcurate.cli.errors import user_errors
+    from vlcurate.synth.bench import make_benchmark, make_training_samples
+
+    with user_errors():
+        cats = tuple(c.strip() for c in categories.split(",") if c.strip())
+        wanted: dict[str, str] = {}
+        for part in (p.strip() for p in focus.split(",") if p.strip()):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"--focus: expected KEY=VALUE, got {part!r}")
+            wanted[key.strip()] = value.strip()
+        path = make_benchmark(out, n, seed, cats)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        summary = Table(title=f"synthetic benchmark -> {path}")
+        summary.add_column("category")
+        summary.add_column("questions", justify="right")
+        for cat, count in sorted(Counter(r["category"] for r in rows).items()):
+            summary.add_row(cat, str(count))
+        Console().print(summary)
+        if train:
+            data = make_training_samples(out / "train", train, seed, wanted or None, fmt=fmt)
+            Console().print(f"training samples: {train} -> {data}" + (f" (focus {focus})" if wanted else ""))
+
+
 def register(app: typer.Typer) -> None:
     """Add the `synth` command group to the main app."""
     app.add_typer(synth_app, name="synth")

@@ -54,6 +54,23 @@ def register(app: typer.Typer) -> None:
         max_image_bytes: Annotated[int, typer.Option(help="Largest accepted image (bytes).")] = 10
         * 1024
         * 1024,
+        weakness: Annotated[
+            str,
+            typer.Option(
+                help="Planted weaknesses, comma separated: blind-colour=COLOUR, confuse-shapes=A:B, "
+                "refuse=KIND, garble=KIND (KIND: count, exists, colour, shape)."
+            ),
+        ] = "",
+        memory: Annotated[
+            str | None,
+            typer.Option(
+                help="Training samples (instruction file or folder) the server remembers; a weakness is "
+                "cured on items whose attribute it covers (also POST /admin/memory)."
+            ),
+        ] = None,
+        memory_min: Annotated[
+            int, typer.Option(min=1, help="Memory samples about an attribute that cure its weakness.")
+        ] = 20,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Serve tiny-synth as an OpenAI-compatible VLM at http://HOST:PORT/v1 (offline, CPU)."""
@@ -63,7 +80,7 @@ def register(app: typer.Typer) -> None:
         from vlcurate.synth.offline_vlm.app import create_app
         from vlcurate.synth.offline_vlm.settings import VLMServerSettings
 
-        with user_errors(WeightsNotFoundError):
+        with user_errors(WeightsNotFoundError, OSError):
             settings = VLMServerSettings(
                 host=host,
                 port=port,
@@ -82,6 +99,9 @@ def register(app: typer.Typer) -> None:
                 hang_s=hang_s,
                 max_images=max_images,
                 max_image_bytes=max_image_bytes,
+                weakness=weakness,
+                memory=memory,
+                memory_min=memory_min,
             )
             app_ = create_app(settings)
         names = ", ".join(settings.model_names)

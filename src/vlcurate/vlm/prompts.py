@@ -109,3 +109,45 @@ _WRONG_ON_PURPOSE = re.compile(
 def asks_for_wrong_answers(system: str) -> bool:
     """Whether a system prompt instructs the model to answer wrongly on purpose (GAP's tainting)."""
     return bool(_WRONG_ON_PURPOSE.search(system))
+
+
+# ---- evaluation and diagnosis (issue 19) --------------------------------------------------------
+# `vlcurate eval` asks benchmark questions with `question_prompt`; its diagnosis modes ask for a
+# description first and then answer from that text alone (perception vs reasoning), and its judge
+# asks a second model whether an answer matches the reference. `vlcurate vlm serve` recognises all
+# three by their fixed first line.
+DESCRIBE_PROMPT = "Describe the image in detail: every object with its colour and shape, and the background."
+FROM_DESCRIPTION_PREFIX = "Answer the question using only this description of an image."
+JUDGE_PREFIX = "Judge whether the model's answer matches the reference answer."
+REFUSAL_RE = re.compile(
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist|answer|provide|determine)|"
+    r"I am (?:not able|unable)|I'?m (?:not able|unable)|As an AI|Unfortunately, I can)",
+    re.IGNORECASE,
+)
+
+
+def from_description_prompt(description: str, question: str, choices: list[str] | None = None) -> str:
+    """A text-only question: answer from `description` (no image is sent)."""
+    text = question_prompt(question, choices)
+    return f'{FROM_DESCRIPTION_PREFIX}\nDescription: "{description.strip()}"\n{text}'
+
+
+def judge_prompt(question: str, reference: str, answer: str) -> str:
+    """Ask a judge model (with `JUDGE_SCHEMA` as structured output) whether `answer` matches `reference`."""
+    return (
+        f"{JUDGE_PREFIX} Ignore case, articles, punctuation and wording; numbers may be written as words.\n"
+        f"Question: {question.strip()}\nReference: {reference.strip()}\nAnswer: {answer.strip()}"
+    )
+
+
+JUDGE_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {"correct": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["correct", "reason"],
+    "additionalProperties": False,
+}
+
+
+def is_refusal(text: str) -> bool:
+    """Whether an answer declines to answer ("I'm sorry, but I can't help with that.")."""
+    return bool(REFUSAL_RE.search(text or ""))

@@ -22,6 +22,7 @@ from vlcurate.synth.caption import TEMPLATES, Caption, Phrase
 from vlcurate.synth.offline_vlm import search
 from vlcurate.synth.offline_vlm.questions import Question, parse_question
 from vlcurate.synth.offline_vlm.search import Phrases
+from vlcurate.synth.offline_vlm.weakness import Weaknesses
 from vlcurate.synth.parse import mentioned_phrases, parse_caption
 from vlcurate.synth.vocab import BACKGROUND_NAMES, COLOUR_NAMES, MAX_COUNT, MAX_OBJECTS, PLURALS, SHAPES
 from vlcurate.vlm import prompts as vlm_prompts
@@ -78,6 +79,7 @@ class Brain:
         self._images = _LRU(image_cache)
         self._texts = _LRU(text_cache)
         self._best: OrderedDict[str, Phrases] = OrderedDict()
+        self.weakness: Weaknesses | None = None  # planted weaknesses (`vlm serve --weakness`), set by the app
 
     # ---- model calls (cached) -------------------------------------------------------------
     def embed_images(self, arrays: Sequence[np.ndarray], keys: Sequence[str]) -> list[np.ndarray]:
@@ -124,6 +126,10 @@ class Brain:
                 self._best.popitem(last=False)
         return phrases
 
+    def _seen(self, phrases: Phrases) -> Phrases:
+        """The phrases as a weakened model reports them (unchanged without weaknesses)."""
+        return self.weakness.seen(phrases) if self.weakness is not None else phrases
+
     def background(self, image: np.ndarray, phrases: Phrases) -> str:
         """The background colour whose template-1 caption scores best."""
         caps = [Caption(phrases, _BG_TEMPLATE, bg) for bg in BACKGROUND_NAMES]
@@ -164,7 +170,7 @@ class Brain:
         seed: int = 0,
     ) -> list[str]:
         """n captions; the first is the best one, the others (temperature > 0) are sampled variants."""
-        best = self.best_phrases(image, key)
+        best = self._seen(self.best_phrases(image, key))
         out = [self._finish(image, best, style, None, max_words).text]
         rng = np.random.default_rng([seed, int(key[:8], 16)])
         for i in range(1, n):
@@ -172,6 +178,7 @@ class Brain:
                 out.append(out[0])
                 continue
             phrases, _ = search.build(self._scorer_for(image), rng=rng, temperature=temperature)
+            phrases = self._seen(phrases)
             templates = (_BG_TEMPLATE,) if style == "detailed" else _SHORT_TEMPLATES
             template = int(templates[int(rng.integers(len(templates)))]) if i % 2 else None
             perm = tuple(phrases[int(j)] for j in rng.permutation(len(phrases)))
@@ -290,6 +297,12 @@ class Brain:
         ranked = self._ranked(image, key, q)
         chosen = ranked[0][0]
         wrong = False
+        if self.weakness is not None:
+            o = self.weakness.adjust(q, chosen, ranked, lambda other: self._ranked(image, key, other))
+            if o is not None and o.text is not None:
+                return Answer(o.text, q.kind, tuple(ranked), True)
+            if o is not None and o.option is not None:
+                chosen, wrong = o.option, True
         if tainted or (
             q.kind in self.wrong_kinds and _unit(f"{key}\x00{question.strip().lower()}") < self.wrong_rate
         ):
@@ -298,7 +311,8 @@ class Brain:
         if not choices:
             return Answer(chosen, q.kind, tuple(ranked), wrong)
         norm = [vlm_prompts.normalize_answer(c) for c in choices]
-        order = [chosen] + [o for o, _ in ranked if o != chosen]
+        honest = ranked[0][0]
+        order = [chosen] + [o for o, _ in ranked if o != chosen and not (wrong and o == honest)] + [honest]
         for option in order:
             if option in norm:
                 return Answer(_letter(norm.index(option)), q.kind, tuple(ranked), wrong)
@@ -321,7 +335,7 @@ class Brain:
 
     def describe(self, image: np.ndarray, key: str) -> str:
         """What the model sees, as a sentence: 'two red circles and a blue star on a gray background'."""
-        best = self.best_phrases(image, key)
+        best = self._seen(self.best_phrases(image, key))
         return Caption(best, _BG_TEMPLATE, self.background(image, best)).text
 
     def cot(self, image: np.ndarray, key: str, question: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vlcurate.synth.offline_vlm.admin import install_weaknesses
 from vlcurate.synth.offline_vlm.answers import Brain
 from vlcurate.synth.offline_vlm.faults import FaultPlan
 from vlcurate.synth.offline_vlm.images import BadRequest, LoadedImage, data_url_bytes, decode, fetch_url
@@ -152,6 +153,7 @@ def create_app(settings: VLMServerSettings, brain: Brain | None = None) -> FastA
     app.state.settings = settings
     app.state.brain = brain
     app.state.faults = faults
+    install_weaknesses(app, brain, settings)  # --weakness, --memory, /admin/memory (weakness.py)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,12 +8,15 @@ from typing import Literal
 
 from vlcurate.vlm import prompts as vp
 
-Task = Literal["caption", "rewrite", "fuse", "cot", "answer"]
+Task = Literal["caption", "rewrite", "fuse", "cot", "answer", "describe", "from_description", "judge"]
 _STYLE = re.compile(r"\bStyle:\s*(short|detailed)\b", re.IGNORECASE)
 _MAX_WORDS = re.compile(r"\bat most (\d+) words\b", re.IGNORECASE)
 _FEEDBACK = re.compile(r"^Feedback:\s*(.*)$", re.MULTILINE)
 _QUESTION = re.compile(r"^Question:\s*(.*)$", re.MULTILINE)
 _SHORT = re.compile(r"^Short answer:\s*(.*)$", re.MULTILINE)
+_DESCRIPTION = re.compile(r'^Description:\s*"(.*)"\s*$', re.MULTILINE)
+_REFERENCE = re.compile(r"^Reference:\s*(.*)$", re.MULTILINE)
+_ANSWER = re.compile(r"^Answer:\s*(.*)$", re.MULTILINE)
 _CHOICE = re.compile(r"^([A-J])\.\s+(.+?)\s*$")
 _LETTER_SUFFIX = "Answer with the option's letter."
 
@@ -37,6 +40,26 @@ class Intent:
 
 def detect(text: str) -> Intent:
     t = text.strip()
+    if t.startswith(vp.DESCRIBE_PROMPT):
+        return Intent("describe", style="detailed")
+    if t.startswith(vp.FROM_DESCRIPTION_PREFIX):
+        d = _DESCRIPTION.search(t)
+        rest = t[d.end() :] if d else t[len(vp.FROM_DESCRIPTION_PREFIX) :]
+        inner = detect(rest)
+        return Intent(
+            "from_description",
+            caption=d.group(1) if d else "",
+            question=inner.question,
+            choices=inner.choices,
+        )
+    if t.startswith(vp.JUDGE_PREFIX):
+        q, r, a = _QUESTION.search(t), _REFERENCE.search(t), _ANSWER.search(t)
+        return Intent(
+            "judge",
+            question=q.group(1).strip() if q else "",
+            short_answer=r.group(1).strip() if r else "",
+            candidate=a.group(1).strip() if a else "",
+        )
     if t.startswith(vp.CAPTION_PREFIX):
         m = _STYLE.search(t)
         w = _MAX_WORDS.search(t)

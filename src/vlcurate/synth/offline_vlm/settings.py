@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from vlcurate.synth.offline_vlm.faults import parse_faults
+from vlcurate.synth.offline_vlm.weakness import DEFAULT_MIN_SAMPLES, parse_weaknesses
 
 WRONG_KIND_NAMES = ("count", "exists", "colour", "shape")
 
@@ -32,6 +33,17 @@ class VLMServerSettings(BaseModel):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(default=10.0, gt=0.0, description="Timeout for http(s) image URLs.")
     image_tokens: int = Field(default=64, ge=0, description="Prompt tokens counted per image.")
+    weakness: str = Field(default="", description="Planted weaknesses, e.g. 'blind-colour=red,refuse=count'.")
+    memory: str | None = Field(default=None, description="Training samples that can cure the weaknesses.")
+    memory_min: int = Field(
+        default=DEFAULT_MIN_SAMPLES, ge=1, description="Memory samples about an attribute that cure it."
+    )
+
+    @field_validator("weakness")
+    @classmethod
+    def _weakness(cls, v: str) -> str:
+        parse_weaknesses(v)  # raises ValueError naming the bad part
+        return v
 
     @field_validator("wrong_kinds", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ import numpy as np
 
 from vlcurate.synth.offline_vlm.answers import Brain, with_answer_line
 from vlcurate.synth.offline_vlm.intent import Intent
+from vlcurate.synth.offline_vlm.reading import answer_from_description, judge
 from vlcurate.vlm import prompts as vp
 from vlcurate.vlm.wire import SCHEMA_INSTRUCTION
 
@@ -34,7 +35,15 @@ def run_task(
     tainted: bool = False,
 ) -> list[Output]:
     """n outputs for the intent; without an image only a blind answer is possible. `tainted`: the
-    system prompt asked for wrong answers (`vlm.prompts.asks_for_wrong_answers`)."""
+    system prompt asked for wrong answers (`vlm.prompts.asks_for_wrong_answers`). Answering from a
+    description and judging read text only, with or without an image."""
+    if intent.task == "from_description":
+        ans = answer_from_description(intent.caption, intent.question, intent.choices or None, brain.weakness)
+        return [Output(ans, {"answer": ans})] * n
+    if intent.task == "judge":
+        ok, reason = judge(intent.question, intent.short_answer, intent.candidate)
+        text = f"{'correct' if ok else 'incorrect'}: {reason}"
+        return [Output(text, {"correct": ok, "reason": reason, "answer": "yes" if ok else "no"})] * n
     if image is None or key is None:
         question = intent.question
         if intent.task in ("answer", "cot") and question:
@@ -45,6 +54,10 @@ def run_task(
             reasoning = "There is no image, so I can only read the question."
             return [Output(with_answer_line(reasoning, ans), {"reasoning": reasoning, "answer": ans})] * n
         return [Output(ans, {"answer": ans, "caption": ans})] * n
+    if intent.task == "describe":
+        d = brain.describe(image, key)
+        d = d[0].upper() + d[1:] + "."
+        return [Output(d, {"caption": d, "description": d})] * n
     if intent.task == "caption":
         caps = brain.caption(
             image,
