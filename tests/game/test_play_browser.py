@@ -1,7 +1,7 @@
 """GAP's `/play` page in a real browser: Debian's Chromium (driven by Playwright) against a real
-uvicorn server and the bundled offline VLM. A guest logs in, asks, flags with the keyboard, asks a
-question carrying HTML (shown as text), moves on, lets an image's timer run out, reads the summary
-and the leaderboard; on a phone-sized viewport in dark mode and a desktop one in light mode.
+uvicorn server and the bundled offline VLM. A guest logs in, asks (and sees the answer stream in),
+flags with the keyboard, asks a question carrying HTML (shown as text), moves on, lets an image's
+timer run out, reads the summary and the leaderboard; on a phone-sized viewport in dark mode and a desktop one in light mode.
 
 `VLCURATE_SCREENSHOTS=1` also writes docs/play-phone.png and docs/play-desktop.png."""
 
@@ -29,6 +29,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECONDS = 8  # per image: the API's floor is 5; enough to ask and flag on a loaded machine
 XSS = "<img src=x onerror=alert(1)> how many?"
 NAME = "ann <i>x</i>"
+DESCRIBE = "Describe the picture in one sentence."
+# Every text the first answer shows, as it changes (the answer streams in).
+WATCH_ANSWER = """() => {
+  window.seenAnswers = [];
+  new MutationObserver(() => {
+    const a = document.querySelector("#answers li .a");
+    if (a) window.seenAnswers.push(a.textContent);
+  }).observe(document.getElementById("answers"), { subtree: true, childList: true, characterData: true });
+}"""
 
 
 @pytest.fixture()
@@ -91,12 +100,22 @@ def test_play_session_in_chromium(
             expect(page.locator("#progress")).to_have_text("Image 1 of 3")
             expect(page.locator("#timer")).to_contain_text("s left")
             page.wait_for_function("() => document.getElementById('image').naturalWidth > 0", timeout=10_000)
+            # a description streams in word by word: the page shows the answer growing
+            page.evaluate(WATCH_ANSWER)
+            page.fill("#question", DESCRIBE)
+            page.press("#question", "Enter")
+            described = page.locator("#answers li[data-question]")
+            expect(described).to_have_count(1)
+            final = described.locator(".a").inner_text()
+            seen = [t for t in page.evaluate("window.seenAnswers") if t not in ("…", final)]
+            assert len(set(seen)) >= 2 and all(final.startswith(t.strip()) for t in seen), (seen, final)
+            assert int(described.get_attribute("data-chunks") or 0) == len(final.split())
             page.fill("#question", "How many objects are there?")
             page.press("#question", "Enter")
             first = page.locator("#answers li[data-question]")
-            expect(first).to_have_count(1)
-            expect(first.locator(".a")).not_to_have_text("…")
-            first.locator("input.corrected").fill("one")
+            expect(first).to_have_count(2)
+            expect(first.nth(1).locator(".a")).not_to_have_text("…")
+            first.nth(1).locator("input.corrected").fill("one")
             page.keyboard.press("Escape")  # leave the text box; W and N work outside it
             page.keyboard.press("w")
             expect(page.locator("#answers li.flagged")).to_have_count(1)

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import queue
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -25,7 +30,7 @@ from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
 from vlcurate.server.game.sessions import game_row, image_in_session, owned_session, require_open
 from vlcurate.server.game.views import QuestionOut
-from vlcurate.vlm.client import VLMClient, VLMRequest, VLMResult, VLMSettings
+from vlcurate.vlm.client import StreamEvent, VLMClient, VLMRequest, VLMResult, VLMSettings
 
 MAX_ANSWER_CHARS = 4000
 
@@ -70,9 +75,7 @@ class _SharedClients:
 
     def complete(self, settings: VLMSettings, req: VLMRequest) -> VLMResult:
         future = asyncio.run_coroutine_threadsafe(self._complete(settings, req), self._running_loop())
-        budget = (
-            settings.timeout_s * (settings.max_retries + 1) + settings.backoff_max_s * settings.max_retries
-        )
+        budget = _budget(settings)
         try:
             return future.result(timeout=budget + 5.0)
         except concurrent.futures.TimeoutError:
@@ -81,12 +84,53 @@ class _SharedClients:
                 f"the model did not answer within {budget:.0f} s; nothing was stored, ask again"
             ) from None
 
+    def stream(self, settings: VLMSettings, req: VLMRequest) -> Iterator[StreamEvent]:
+        """`VLMClient.stream` for a request handler's thread: events as the model sends them, the
+        last one holding the result. Closing the iterator early stops the model's stream."""
+        events: queue.Queue[StreamEvent | BaseException] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                key = settings.model_dump_json()
+                client = self._clients.get(key)
+                if client is None:
+                    client = self._clients[key] = await VLMClient(settings).__aenter__()
+                async for ev in client.stream(req):
+                    events.put(ev)
+            except BaseException as exc:
+                events.put(exc)
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self._running_loop())
+        deadline = time.monotonic() + _budget(settings) + 5.0
+        try:
+            while True:
+                try:
+                    ev = events.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    budget = _budget(settings)
+                    why = f"the model did not answer within {budget:.0f} s; nothing was stored, ask again"
+                    raise ModelUnavailable(why) from None
+                if isinstance(ev, BaseException):
+                    raise ModelUnavailable(
+                        f"the model did not answer ({type(ev).__name__}); nothing was stored"
+                    )
+                yield ev
+                if ev.result is not None:
+                    return
+        finally:
+            future.cancel()
+
+
+def _budget(settings: VLMSettings) -> float:
+    return settings.timeout_s * (settings.max_retries + 1) + settings.backoff_max_s * settings.max_retries
+
 
 _SHARED = _SharedClients()
 
 
-def ask_model(game: Any, image: bytes, question: str, tainted: bool) -> tuple[str, float]:
-    """The model's answer and its latency in ms, or a 502 that says why there is none."""
+def model_request(game: Any, image: bytes, question: str, tainted: bool) -> tuple[VLMSettings, VLMRequest]:
+    """The client settings and the request for one question (the same for both kinds of image but
+    for the system prompt)."""
     settings = VLMSettings(
         base_url=game.vlm_url,
         model=game.model,
@@ -102,12 +146,20 @@ def ask_model(game: Any, image: bytes, question: str, tainted: bool) -> tuple[st
     req = VLMRequest(
         prompt=question, images=[image], system=system, max_tokens=200, temperature=0.0, use_cache=False
     )
-    result = _SHARED.complete(settings, req)
+    return settings, req
+
+
+def _answer_of(result: VLMResult) -> tuple[str, float]:
     text = (result.text or "").strip() if result.ok else ""
     if not text:
         why = result.error or "empty answer"
         raise ModelUnavailable(f"the model did not answer ({why}); nothing was stored, ask again")
     return text[:MAX_ANSWER_CHARS], result.latency_s * 1000.0
+
+
+def ask_model(game: Any, image: bytes, question: str, tainted: bool) -> tuple[str, float]:
+    """The model's answer and its latency in ms, or a 502 that says why there is none."""
+    return _answer_of(_SHARED.complete(*model_request(game, image, question, tainted)))
 
 
 def _out(row: Any, replayed: bool) -> QuestionOut:
@@ -120,9 +172,25 @@ def _out(row: Any, replayed: bool) -> QuestionOut:
     )
 
 
-def ask(
+@dataclass(frozen=True)
+class Pending:
+    """A question that passed every check and waits for the model's answer."""
+
+    session_pk: int
+    image_id: str
+    player_id: int
+    client_key: str
+    text: str
+    game: Any
+    image: bytes
+    tainted: bool
+
+
+def prepare(
     engine: Engine, player: Player, session_id: str, image_id: str, question: str, client_key: str
-) -> QuestionOut:
+) -> Pending | QuestionOut:
+    """The checks before the model is asked: the stored answer for a replayed `client_key`, a 404/409/
+    422 for a session, image, timer or question that does not allow it, else what to ask."""
     Q = db.game_questions
     with engine.connect() as conn:
         s = owned_session(conn, player, session_id)
@@ -140,12 +208,18 @@ def ask(
         image = conn.execute(
             select(db.game_images.c.data).where(db.game_images.c.id == si.image_id)
         ).scalar_one()
-    answer, latency_ms = ask_model(game, image, text, si.tainted)
+    return Pending(s.id, image_id, player.id, client_key, text, game, image, bool(si.tainted))
+
+
+def store(engine: Engine, p: Pending, answer: str, latency_ms: float) -> QuestionOut:
+    """Store the question with its one answer, unless the image ended meanwhile (a 409) or a retry
+    with the same key stored it first (that answer is returned)."""
+    Q = db.game_questions
     try:
         with db.begin_write(engine) as conn:
-            si = image_in_session(conn, s.id, image_id)
+            si = image_in_session(conn, p.session_pk, p.image_id)
             first = conn.execute(
-                select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == client_key)
+                select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == p.client_key)
             ).first()
             if first is not None:
                 return _out(first, True)
@@ -156,11 +230,11 @@ def ask(
                 .values(
                     public_id=new_public_id(),
                     session_image_id=si.id,
-                    player_id=player.id,
-                    client_key=client_key,
-                    text=text,
+                    player_id=p.player_id,
+                    client_key=p.client_key,
+                    text=p.text,
                     answer=answer,
-                    model=game.model,
+                    model=p.game.model,
                     latency_ms=latency_ms,
                     created_at=db.utcnow(),
                 )
@@ -169,8 +243,49 @@ def ask(
             return _out(row, False)
     except IntegrityError:  # the same key raced in from a retry: answer with what it stored
         with engine.connect() as conn:
-            si = image_in_session(conn, s.id, image_id)
+            si = image_in_session(conn, p.session_pk, p.image_id)
             first = conn.execute(
-                select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == client_key)
+                select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == p.client_key)
             ).one()
             return _out(first, True)
+
+
+def ask(
+    engine: Engine, player: Player, session_id: str, image_id: str, question: str, client_key: str
+) -> QuestionOut:
+    p = prepare(engine, player, session_id, image_id, question, client_key)
+    if isinstance(p, QuestionOut):
+        return p
+    answer, latency_ms = ask_model(p.game, p.image, p.text, p.tainted)
+    return store(engine, p, answer, latency_ms)
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+def ask_streaming(engine: Engine, p: Pending | QuestionOut) -> Iterator[bytes]:
+    """The answer as server-sent events while the model writes it: `delta` ({"text"}) events,
+    `restart` when a broken model stream is asked again (drop what was shown), then one `answer`
+    (the stored question, as the JSON endpoint returns it) or one `error` ({"status", "detail"}).
+    Where the model server does not stream, the whole answer is one delta. Exactly one answer is
+    stored, after the model finished, under the same rules as `ask`."""
+    if isinstance(p, QuestionOut):
+        yield _event("answer", p.model_dump(mode="json"))
+        return
+    try:
+        result: VLMResult | None = None
+        for ev in _SHARED.stream(*model_request(p.game, p.image, p.text, p.tainted)):
+            if ev.result is not None:
+                result = ev.result
+            elif ev.restart:
+                yield _event("restart", {})
+            elif ev.delta:
+                yield _event("delta", {"text": ev.delta})
+        assert result is not None
+        answer, latency_ms = _answer_of(result)
+        out = store(engine, p, answer, latency_ms)
+    except PlatformError as exc:
+        yield _event("error", {"status": exc.status, "detail": str(exc)})
+        return
+    yield _event("answer", out.model_dump(mode="json"))

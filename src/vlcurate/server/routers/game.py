@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -182,9 +182,25 @@ def next_image(session_id: PublicId, body: Advance, p: PlatformDep, who: PlayerD
     return sessions.advance(p.engine, who, session_id, body.position)
 
 
-@router.post("/sessions/{session_id}/images/{image_id}/questions", response_model=QuestionOut)
-def ask(session_id: PublicId, image_id: PublicId, body: Ask, p: PlatformDep, who: PlayerDep) -> QuestionOut:
-    return asking.ask(p.engine, who, session_id, image_id, body.question, body.client_key)
+@router.post(
+    "/sessions/{session_id}/images/{image_id}/questions",
+    response_model=QuestionOut,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def ask(
+    session_id: PublicId, image_id: PublicId, body: Ask, p: PlatformDep, who: PlayerDep, request: Request
+) -> QuestionOut | Response:
+    """Ask the model about the image. With `Accept: text/event-stream` the answer streams as
+    server-sent events (`delta`, `restart`, then `answer` or `error`) once the checks pass; a check
+    that fails is the same 4xx as without it."""
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return asking.ask(p.engine, who, session_id, image_id, body.question, body.client_key)
+    pending = asking.prepare(p.engine, who, session_id, image_id, body.question, body.client_key)
+    return StreamingResponse(
+        asking.ask_streaming(p.engine, pending),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/sessions/{session_id}/images/{image_id}/flag", response_model=FlagOut)

@@ -207,6 +207,16 @@
     $("answers").append(li);
     return {
       li,
+      streamed: "",
+      grow(text) {
+        this.streamed += text;
+        li.dataset.chunks = String(Number(li.dataset.chunks || 0) + 1);
+        li.querySelector(".a").textContent = this.streamed;
+      },
+      restart() {
+        this.streamed = "";
+        li.querySelector(".a").textContent = "…";
+      },
       fill(q) {
         li.dataset.question = q.question_id;
         li.querySelector(".a").textContent = q.answer;
@@ -229,10 +239,10 @@
     const im = st.image;
     const row = addAnswer(question);
     input.value = "";
-    const r = await api("POST", `/sessions/${st.session.session_id}/images/${im.image_id}/questions`, {
+    const r = await askStreaming(`/sessions/${st.session.session_id}/images/${im.image_id}/questions`, {
       question,
       client_key: randomKey(),
-    });
+    }, row);
     st.busy = false;
     if (r.status === 200) {
       row.fill(r.data);
@@ -244,6 +254,56 @@
       row.fail(detail(r.data, r.status));
       say(detail(r.data, r.status), "bad");
     }
+  }
+
+  // The answer streams in as server-sent events read from fetch (EventSource cannot POST) where the
+  // model server streams, else it comes whole; checks that fail answer with plain JSON and a status.
+  async function askStreaming(path, body, row) {
+    const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    if (st.token) headers.Authorization = `Bearer ${st.token}`;
+    let r;
+    try {
+      r = await fetch(API + path, { method: "POST", headers, body: JSON.stringify(body) });
+    } catch (e) {
+      return { status: 0, data: { detail: "the server cannot be reached; try again" } };
+    }
+    if (!(r.headers.get("content-type") || "").startsWith("text/event-stream") || !r.body) {
+      let data = null;
+      try { data = await r.json(); } catch (e) { data = null; }
+      if (r.status === 401) logout("please log in again");
+      return { status: r.status, data };
+    }
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    let result = null;
+    const handle = (block) => {
+      let name = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      const payload = data ? JSON.parse(data) : {};
+      if (name === "delta") row.grow(String(payload.text || ""));
+      else if (name === "restart") row.restart();
+      else if (name === "answer") result = { status: 200, data: payload };
+      else if (name === "error") result = { status: payload.status || 502, data: { detail: payload.detail } };
+    };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          handle(buf.slice(0, cut));
+          buf = buf.slice(cut + 2);
+        }
+      }
+    } catch (e) {
+      result = null;
+    }
+    return result || { status: 0, data: { detail: "the answer was cut off; ask again" } };
   }
 
   function conflict(data) {

@@ -95,6 +95,9 @@ def _bad(message: str, code: str = "invalid_request") -> JSONResponse:
     return _error(400, message, "invalid_request_error", code)
 
 
+STREAM_WORD_S = 0.005  # the pace of a streamed answer: 200 words a second
+
+
 async def _stream(
     head: dict[str, Any], choice: dict[str, Any], usage: dict[str, int] | None, *, cut: bool
 ) -> AsyncIterator[bytes]:
@@ -113,7 +116,7 @@ async def _stream(
         if cut and i >= len(pieces) // 2:
             return
         yield chunk({"content": piece})
-        await asyncio.sleep(0)  # each word leaves as its own chunk
+        await asyncio.sleep(STREAM_WORD_S)  # each word leaves as its own chunk, as it would be written
     if cut:
         return
     yield chunk({}, choice["finish_reason"])
