@@ -1,0 +1,106 @@
+"""Re-ask failed items to tell perception from reasoning (the paper's Figure 3A decomposition).
+
+For each wrong answer the model is asked to describe the image, then to answer the question from
+that description alone, and to answer it without the image at all:
+- its own description lets it answer right: it saw what mattered and failed at answering (reasoning);
+- its description does not: it did not see it (perception);
+- right without the image: the question is answerable from language alone (recorded as evidence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlcurate.evals.results import SampleResult
+from vlcurate.metabolism.diagnosis import Probe
+from vlcurate.metabolism.slices import chosen_text
+from vlcurate.ops.instruct_ops import answers_agree
+from vlcurate.vlm.client import VLMRequest, VLMResult, VLMSettings, run_many
+from vlcurate.vlm.prompts import caption_prompt, normalize_answer, question_prompt
+
+DESCRIPTION_PREFIX = "Answer from this description of an image, without seeing the image."
+
+
+def description_prompt() -> str:
+    """Ask for a description detailed enough to answer questions from (every object, the background)."""
+    return caption_prompt("detailed")
+
+
+def from_description_prompt(description: str, question: str, choices: list[str] | None) -> str:
+    return f'{DESCRIPTION_PREFIX}\nDescription: "{description.strip()}"\n{question_prompt(question, choices)}'
+
+
+def is_correct(row: SampleResult, text: str | None) -> bool:
+    """Whether a free answer states the row's reference (a sentence, an option letter or its text)."""
+    if not text or row.answer is None:
+        return False
+    ref = row.answer
+    if answers_agree(text, ref, row.choices):
+        return True
+    if row.choices:
+        want = normalize_answer(ref)
+        if len(want) == 1 and want.isalpha():  # the reference is a letter: compare the option's text
+            i = ord(want.upper()) - ord("A")
+            want = normalize_answer(row.choices[i]) if 0 <= i < len(row.choices) else want
+        return chosen_text(row, text) == want or answers_agree(text, want)
+    return False
+
+
+def probe_failures(
+    rows: Sequence[SampleResult],
+    images: Sequence[str | None],
+    settings: VLMSettings,
+    *,
+    progress: bool = True,
+) -> list[Probe]:
+    """One Probe per row: three requests each (describe, answer from it, answer blind)."""
+    first: list[VLMRequest] = []
+    for r, img in zip(rows, images, strict=True):
+        first.append(VLMRequest(prompt=description_prompt(), images=[img] if img else [], max_tokens=256))
+        first.append(VLMRequest(prompt=question_prompt(r.question, r.choices), max_tokens=64))
+    res1 = run_many(settings, first, progress="probing" if progress else False)
+    second: list[VLMRequest] = []
+    for k, r in enumerate(rows):
+        desc = res1[2 * k]
+        text = desc.text.strip() if desc.ok else ""
+        second.append(VLMRequest(prompt=from_description_prompt(text or "(none)", r.question, r.choices)))
+    res2 = run_many(settings, second, progress="answering from descriptions" if progress else False)
+    return [_probe(r, res1[2 * k], res1[2 * k + 1], res2[k]) for k, r in enumerate(rows)]
+
+
+def _probe(row: SampleResult, desc: VLMResult, blind: VLMResult, from_desc: VLMResult) -> Probe:
+    errors = [
+        f"{what}: {res.error or 'empty answer'}"
+        for what, res in (("describe", desc), ("blind", blind), ("from description", from_desc))
+        if not res.ok or not res.text.strip()
+    ]
+    d_text = desc.text.strip() if desc.ok and desc.text.strip() else None
+    fd = from_desc.text.strip() if from_desc.ok and from_desc.text.strip() and d_text else None
+    bl = blind.text.strip() if blind.ok and blind.text.strip() else None
+    return Probe(
+        description=d_text,
+        from_description=fd,
+        from_description_correct=is_correct(row, fd) if fd is not None else None,
+        blind=bl,
+        blind_correct=is_correct(row, bl) if bl is not None else None,
+        error="; ".join(errors) or None,
+    )
+
+
+def resolve_image(ref: str | None, run_dir: Path, bench: str | None) -> str | None:
+    """The image of a run's row as a readable path or URL (paths are relative to the benchmark file)."""
+    if not ref:
+        return None
+    if ref.startswith(("http://", "https://", "data:")):
+        return ref
+    p = Path(ref)
+    tries = [p] if p.is_absolute() else []
+    if bench:
+        b = Path(bench)
+        tries.append((b if b.is_dir() else b.parent) / ref)
+    tries += [run_dir / ref, Path.cwd() / ref]
+    for t in tries:
+        if t.is_file():
+            return str(t.resolve())
+    return None

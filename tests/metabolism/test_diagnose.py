@@ -1,0 +1,106 @@
+"""`diagnose` on hand-made runs: the planted weakness is ranked first, failures are attributed,
+training coverage and wrong labels are found, and bad runs fail with one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.metabolism.runs import Item, blind_to, write_run, wrong_for
+from typer.testing import CliRunner
+
+from vlcurate.cli.main import app
+from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose
+from vlcurate.metabolism.diagnosis import DiagnosisError, load_diagnosis
+from vlcurate.metabolism.trainpool import items_from_rows
+
+NO_EMBED = DiagnoseOptions(scorer=None, progress=False)
+
+
+def test_blind_colour_ranked_first_with_its_failures(tmp_path: Path) -> None:
+    run = write_run(tmp_path, 96, 0, blind_to("red"))
+    d = diagnose(run, tmp_path / "diag", DiagnoseOptions(progress=False))
+    top = d.weaknesses[0]
+    assert top.attribute == {"colour": "red"} and top.category is None
+    planted = {
+        json.loads(line)["id"]
+        for line in (tmp_path / "bench" / "bench.jsonl").read_text().splitlines()
+        if json.loads(line)["meta"]["colour"] == "red"
+    }
+    assert set(top.failing_ids) == planted and top.failures == len(planted) == d.failures
+    assert top.failure_rate == 1.0 and top.rest_failure_rate == 0.0
+    # no endpoint: wrong answers are not re-asked, and the diagnosis says so
+    assert d.attribution == {"wrong": len(planted)} and not d.probed
+    assert any("not re-asked" in w for w in d.warnings)
+    # clusters from the bundled scorer's embeddings hold every failure once
+    assert sum(c.size for c in d.clusters) == d.failures
+    # the report shows the failures' images and the plots
+    html = (tmp_path / "diag" / "report.html").read_text()
+    assert "figures/categories.png" in html and "figures/weaknesses.png" in html
+    assert html.count('<img src="images/') >= min(8, len(planted))
+    assert load_diagnosis(tmp_path / "diag").weaknesses[0].id == "w01"
+
+
+def test_refusals_and_confusions(tmp_path: Path) -> None:
+    def rule(item: Item) -> tuple[str, str | None] | None:
+        if item["category"] == "count":
+            return ("refused", None)
+        if item["category"] == "shape" and item["answer"] in ("circle", "square"):
+            return ("ok", "square" if item["answer"] == "circle" else "circle")
+        return None
+
+    d = diagnose(write_run(tmp_path, 120, 1, rule), tmp_path / "diag", NO_EMBED)
+    first, second = d.weaknesses[0], d.weaknesses[1]
+    assert (first.kind, first.category, first.attribute) == ("refusal", "count", {})
+    assert second.attribute == {"shape": "circle|square"} and second.category == "shape"
+    assert set(second.confusions) <= {"circle->square", "square->circle"} and second.confusions
+    assert d.attribution["refusal"] == first.failures
+
+
+def test_training_coverage_and_wrong_labels(tmp_path: Path) -> None:
+    run = write_run(tmp_path, 96, 0, blind_to("red"))
+    bench = [json.loads(line) for line in (tmp_path / "bench" / "bench.jsonl").read_text().splitlines()]
+    rows = []
+    for k, item in enumerate(bench):
+        if item["meta"]["colour"] == "red" and k % 3:
+            continue  # the pool is thin on red
+        wrong = item["meta"]["colour"] == "red"  # and what it has about red is mislabelled
+        rows.append(
+            {
+                "id": f"t{k}",
+                "question": item["question"],
+                "answer": wrong_for(item) if wrong else item["answer"],
+                "short_answer": item["answer"],
+                "image": str(tmp_path / "bench" / item["image"]),
+            }
+        )
+    train = items_from_rows(rows)
+    d = diagnose(run, tmp_path / "diag", DiagnoseOptions(train=train, progress=False))
+    top = d.weaknesses[0]
+    assert top.attribute == {"colour": "red"} and top.coverage is not None and top.coverage.thin
+    noise = [w for w in d.weaknesses if w.kind == "label_noise"]
+    assert noise and noise[0].attribute == {"colour": "red"}
+    wrong_ids = {r["id"] for r in rows if r["answer"] != r["short_answer"]}
+    assert {s.id for s in noise[0].implicated} == wrong_ids
+    assert d.train is not None and d.train.wrong_labels == len(wrong_ids)
+
+
+def test_no_failures_means_no_weakness(tmp_path: Path) -> None:
+    d = diagnose(write_run(tmp_path, 24, 0), tmp_path / "diag", NO_EMBED)
+    assert d.failures == 0 and d.weaknesses == [] and d.accuracy == 1.0
+    assert "No weakness" in (tmp_path / "diag" / "report.html").read_text()
+
+
+def test_bad_runs(tmp_path: Path) -> None:
+    with pytest.raises(DiagnosisError, match="not an evaluation run"):
+        diagnose(tmp_path, tmp_path / "d")
+    (tmp_path / "samples.jsonl").write_text("")
+    with pytest.raises(DiagnosisError, match="no answers"):
+        diagnose(tmp_path, tmp_path / "d")
+    (tmp_path / "samples.jsonl").write_text('{"id": "a", "question": "q", "status": "error"}\n')
+    with pytest.raises(DiagnosisError, match="no scored answers"):
+        diagnose(tmp_path, tmp_path / "d")
+    res = CliRunner().invoke(app, ["diagnose", str(tmp_path / "nope"), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "not an evaluation run" in res.output
+    assert not (tmp_path / "d").exists()
