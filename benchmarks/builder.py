@@ -119,6 +119,21 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x]
 
 
+def per_stage(stages: list[dict[str, Any]], n_pool: int) -> dict[str, dict[str, Any]]:
+    """Each stage's time per 1,000 images it handled and per 1,000 pool images, and its model calls."""
+    out = {}
+    for s in stages:
+        seen = s["saw"] or n_pool
+        out[s["stage"]] = {
+            "seconds": s["seconds"],
+            "images_in": s["saw"],
+            "seconds_per_1000_images_in": round(s["seconds"] / max(1, seen) * 1000, 3),
+            "seconds_per_1000_pool_images": round(s["seconds"] / n_pool * 1000, 3),
+            "model_calls": s["calls"],
+        }
+    return out
+
+
 def run(task: str, root: Path, n: int, per_class: int) -> dict[str, Any]:
     single = task == "classify"
     test_ids = list(range(n, n + 20))  # scenes only the existing dataset has
@@ -149,6 +164,8 @@ def run(task: str, root: Path, n: int, per_class: int) -> dict[str, Any]:
         "queued_for_review": summary["queued_for_review"],
         "seconds_total": round(seconds, 2),
         "seconds_per_1000_pool_images": summary["seconds_per_1000_pool_images"],
+        "models": summary["models"],
+        "per_stage": per_stage(summary["stages"], len(origin)),
     }
 
     def correct(r: dict[str, Any]) -> list[bool]:
@@ -200,11 +217,17 @@ def main() -> None:
     root.mkdir(parents=True)
     out = {
         "machine": machine_info(),
-        "scorer": "tiny-synth (cpu, fp32)",
+        "scorer": "tiny-synth, bundled (device and precision per run under models.scorer)",
         "classify": run("classify", root, args.n, args.per_class),
         "segment": run("segment", root, args.n, args.per_class),
     }
     c, s = out["classify"], out["segment"]
+    out["time_per_1000_images"] = {
+        "cpu": out["machine"]["cpu_model"],
+        "precision": c["models"]["scorer"],
+        "classify": {k: v["seconds_per_1000_images_in"] for k, v in c["per_stage"].items()},
+        "segment": {k: v["seconds_per_1000_images_in"] for k, v in s["per_stage"].items()},
+    }
     summary = (
         f"classify acc {c['label_accuracy_exported']} ALR-acc {c['alr_minus_true_accuracy']} CBI {c['cbi']}; "
         f"segment mAP50 {s['box_map50_exported']} mask IoU {s['mask_iou_mean']}; test copies left "

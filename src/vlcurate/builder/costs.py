@@ -51,6 +51,7 @@ class StageLog(BaseModel):
     """Every stage's cost in the order the stages first ran."""
 
     stages: dict[str, StageCost] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)  # role -> model, device and precision
     current: str | None = None
 
     def get(self, name: str) -> StageCost:

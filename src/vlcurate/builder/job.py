@@ -316,11 +316,13 @@ def _label_rounds(
         zs = ZeroShot(scorer, spec, text)
         emb = embed_images(scorer, [im.data for im in pool])
         st.saw = st.kept = len(pool)
+    log.models["scorer"] = f"{scorer.name} ({scorer.device}, {scorer.precision})"
     timings["embed"] += time.perf_counter() - t0
     labeller = make_labeller(
         spec, scorer, detector=cfg.detector, allow_download=cfg.allow_download, zero_shot=zs
     )
     verifier = _verifier(cfg, zs, spec)
+    log.models.update(labeller=labeller.model, verifier=verifier.model)
     by_uid = {im.uid: i for i, im in enumerate(pool)}
     rounds: list[dict[str, Any]] = []
     need = spec.class_names
@@ -634,6 +636,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             "resumed": {"pool": resumed_pool, "labels": resumed_labels},
             "stages": log.summary(),
             "model_calls": log.totals(),
+            "models": log.models,
             "provenance": provenance,
             "seconds": {k: round(v, 3) for k, v in timings.items()},
             "seconds_per_1000_pool_images": {k: round(v / n_pool * 1000, 3) for k, v in timings.items()},
@@ -654,6 +657,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
                 f"ALR {metrics['alr']['alr']} (95% CI {metrics['alr']['ci95']})",
                 f"CBI {metrics['balance']['cbi']}, min/max ratio {metrics['balance']['min_max_ratio']}",
                 f"{len(queue)} labels queued for review in review/queue.jsonl",
+                "models: " + "; ".join(f"{k} {v}" for k, v in log.models.items()),
                 f"model calls: {', '.join(f'{k} {v:,}' for k, v in sorted(log.totals().items())) or 'none'}",
             ],
             tool_steps=tools_info["steps"],
