@@ -23,7 +23,7 @@ EXAMPLES: dict[str, str] = {
     "version diff": "vlcurate version diff 4d0f 2713 --store vstore",
     "version lineage": "vlcurate version lineage synth-0-0000001 --store vstore",
     "version export": "vlcurate version export main --store vstore --format llava --out exports/v2",
-    "version validate": "vlcurate version validate main --store vstore --base-run runs/base --new-run runs/new",
+    "version validate": "vlcurate version validate main --store vs --base-run runs/base --new-run runs/new",
     "diagnose": "vlcurate diagnose runs/eval --out runs/diag --train train/data.json",
     "models list": "vlcurate models list",
     "models download": "vlcurate models download dfn-b16",

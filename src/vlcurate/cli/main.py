@@ -61,14 +61,6 @@ def main(
     """Score, filter and reshard image-caption data; build verified vision-language datasets."""
 
 
-@app.command()
-def version() -> None:
-    """Print the installed vlcurate version (the same as `vlcurate --version`)."""
-    from vlcurate import __version__
-
-    typer.echo(__version__)
-
-
 add_examples(app)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,7 +81,7 @@ def _abs_image(ref: str | None, base_dir: Path) -> str | None:
     return str((base_dir / ref).resolve())
 
 
-def _image_store(root: Path, data: bytes) -> str:
+def store_image(root: Path, data: bytes) -> str:
     """Embedded image bytes as a content-addressed file in the store; its absolute path."""
     import hashlib
 
@@ -100,7 +100,7 @@ def sample_dict(item: InstructSample, base_dir: Path, store_root: Path) -> tuple
     problem: str | None = None
     for i, img in enumerate(item.images):
         if img.data is not None:
-            images.append(_image_store(store_root, img.data))
+            images.append(store_image(store_root, img.data))
             continue
         ref = _abs_image(img.path, base_dir) or ""
         if ref.startswith("/") and not os.path.exists(ref):

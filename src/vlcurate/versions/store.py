@@ -145,9 +145,21 @@ class VersionStore:
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and len(p.name) == ID_HEX)
 
     def resolve(self, ref: str) -> str:
-        """A full version id from an id, a unique prefix (4+ hex chars) or a ref name."""
+        """A full version id from an id, a unique prefix (4+ hex chars), a ref name, or any of them
+        followed by `~N` (the N-th ancestor)."""
         self._check_store()
         ref = ref.strip()
+        if "~" in ref:  # REF~N: the N-th ancestor (first parents), as in git
+            base, _, n = ref.rpartition("~")
+            if not n.isdigit():
+                raise UnknownVersionError(f"{ref!r}: write REF~N with N a number of generations")
+            vid = self.resolve(base)
+            for _ in range(int(n)):
+                parent = self.get(vid).parent
+                if parent is None:
+                    raise UnknownVersionError(f"{ref!r}: version {vid[:12]} has no parent")
+                vid = parent
+            return vid
         if _NAME.match(ref) and (self.root / "refs" / ref).is_file():
             return (self.root / "refs" / ref).read_text().strip()
         low = ref.lower()
