@@ -103,10 +103,14 @@ class _Indexed:
         self.key = key
         self.mins: list[str] = []
         self.maxs: list[str] = []
+        self.groups: list[int] = []
         for g in range(meta.num_row_groups):
+            if meta.row_group(g).num_rows == 0:
+                continue
             st = meta.row_group(g).column(col).statistics
             if st is None or not st.has_min_max:
                 raise CorruptVersionError(f"{path}: row group {g} has no statistics for {key!r}")
+            self.groups.append(g)
             self.mins.append(st.min)
             self.maxs.append(st.max)
 
@@ -114,10 +118,10 @@ class _Indexed:
         """Rows whose key equals `value` (any number, across group boundaries)."""
         first = bisect.bisect_left(self.maxs, value)
         parts: list[pa.Table] = []
-        for g in range(first, len(self.mins)):
-            if self.mins[g] > value:
+        for k in range(first, len(self.mins)):
+            if self.mins[k] > value:
                 break
-            rg = self.file.read_row_group(g, columns=columns)
+            rg = self.file.read_row_group(self.groups[k], columns=columns)
             parts.append(rg.filter(pc.equal(rg.column(self.key), value)))
         if not parts:
             return pa.table({c: pa.array([], self.file.schema_arrow.field(c).type) for c in columns})

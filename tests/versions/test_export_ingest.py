@@ -1,0 +1,87 @@
+"""Inputs read as versions (instruction files, run folders) and versions written in trainer formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from tests.versions.conftest import sample
+
+from vlcurate.io.instruct.formats import parse_record
+from vlcurate.io.instruct.hf import iter_hf_rows
+from vlcurate.versions.errors import MissingDataError, VersionError
+from vlcurate.versions.ingest import read_instruct
+from vlcurate.versions.store import VersionStore
+
+
+def test_instruct_file_becomes_a_version_with_drops_explained(tmp_path: Path, llava_file: Path) -> None:
+    store = VersionStore(tmp_path / "vs")
+    ing = read_instruct([llava_file], store.root)
+    assert sorted(s["id"] for s in ing.samples) == ["q0", "q1", "q2", "q3", "q4"] and ing.dropped == 2
+    first = next(s for s in ing.samples if s["id"] == "q0")
+    assert first["images"] == [str(llava_file.parent / "images" / "a.png")] and first["kind"] == "colour"
+    info = store.commit(ing.samples, parent=None, message="raw", events=ing.events)
+    gone = store.lineage("gone", info.id).history[0].events[0]
+    assert gone.dropped and gone.reason == "image:missing image 0 (images/nope.png)"
+    broken = [e for e in store.events(info.id).to_pylist() if e["sample_id"].endswith("#row=6")]
+    assert (
+        broken
+        and broken[0]["reason"].startswith("invalid:")
+        and "'conversations' must be" in broken[0]["reason"]
+    )
+    with pytest.raises(VersionError, match="no such file"):
+        read_instruct([tmp_path / "absent.json"], store.root)
+    (tmp_path / "bad.json").write_text('[{"id": 1, "conversations": [')
+    with pytest.raises(VersionError, match="not a valid JSON array"):
+        read_instruct([tmp_path / "bad.json"], store.root)
+
+
+@pytest.mark.parametrize("fmt", ["llava", "sharegpt", "openai", "hf", "jsonl"])
+def test_export_round_trips_in_every_trainer_format(tmp_path: Path, llava_file: Path, fmt: str) -> None:
+    store = VersionStore(tmp_path / "vs")
+    ing = read_instruct([llava_file], store.root)
+    vid = store.commit(ing.samples, parent=None, message="raw").id
+    res = store.export(vid, fmt, tmp_path / "out")
+    out = tmp_path / "out"
+    assert res["samples"] == 5 and json.loads((out / "version.json").read_text())["version"] == vid
+    if fmt == "hf":
+        rows = [s for _, s in iter_hf_rows(str(out / "data.parquet"))]
+        assert pq.read_metadata(out / "data.parquet").num_rows == 5
+        assert all(not isinstance(r, Exception) and r.images[0].data for r in rows)
+    elif fmt == "jsonl":
+        lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        assert [x["id"] for x in lines] == ["q0", "q1", "q2", "q3", "q4"]
+    else:
+        recs = json.loads((out / "data.json").read_text())
+        parsed = [parse_record(r, fmt=fmt) for r in recs]
+        assert [p.id for p in parsed] == ["q0", "q1", "q2", "q3", "q4"]
+        assert parsed[1].messages[1].content == "Blue." and parsed[0].meta["kind"] == "colour"
+        for p in parsed:  # images were copied beside the JSON
+            assert (out / str(p.images[0].path)).is_file()
+
+
+def test_export_stops_on_deleted_images_unless_told_to_skip(tmp_path: Path, images: dict[str, str]) -> None:
+    store = VersionStore(tmp_path / "vs")
+    vid = store.commit(
+        [sample(1, images["red"]), sample(2, images["blue"]), {"id": "qa", "question": "Q?", "answer": "A"}],
+        parent=None,
+        message="v",
+    ).id
+    Path(images["blue"]).unlink()
+    with pytest.raises(
+        MissingDataError, match=r"references deleted data: sample 's002': image 0 .* is missing"
+    ):
+        store.export(vid, "llava", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.export-*"))
+    res = store.export(vid, "llava", tmp_path / "out", missing="skip")
+    assert res["samples"] == 2 and res["skipped_missing"] == 1
+    assert json.loads((tmp_path / "out" / "missing.jsonl").read_text())["id"] == "s002"
+    recs = json.loads((tmp_path / "out" / "data.json").read_text())
+    qa = next(r for r in recs if r["id"] == "qa")
+    assert [t["value"] for t in qa["conversations"]] == ["Q?", "A"]
+    with pytest.raises(VersionError, match="already exists and is not empty"):
+        store.export(vid, "llava", tmp_path / "out")
+    with pytest.raises(VersionError, match="unknown export format"):
+        store.export(vid, "yaml", tmp_path / "other")
