@@ -32,8 +32,10 @@ _COMMAND_MODULES = (
     "vlcurate.cli.recaption_cmd",
     "vlcurate.cli.vlm_cmd",
     "vlcurate.cli.build_cmd",
+    "vlcurate.cli.eval_cmd",
     "vlcurate.cli.version_cmd",  # `vlcurate version` alone still prints the installed version
     "vlcurate.cli.diagnose_cmd",
+    "vlcurate.cli.plan_cmd",
 )
 
 for _name in _COMMAND_MODULES:

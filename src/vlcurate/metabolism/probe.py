@@ -17,18 +17,7 @@ from vlcurate.metabolism.diagnosis import Probe
 from vlcurate.metabolism.slices import chosen_text
 from vlcurate.ops.instruct_ops import answers_agree
 from vlcurate.vlm.client import VLMRequest, VLMResult, VLMSettings, run_many
-from vlcurate.vlm.prompts import caption_prompt, normalize_answer, question_prompt
-
-DESCRIPTION_PREFIX = "Answer from this description of an image, without seeing the image."
-
-
-def description_prompt() -> str:
-    """Ask for a description detailed enough to answer questions from (every object, the background)."""
-    return caption_prompt("detailed")
-
-
-def from_description_prompt(description: str, question: str, choices: list[str] | None) -> str:
-    return f'{DESCRIPTION_PREFIX}\nDescription: "{description.strip()}"\n{question_prompt(question, choices)}'
+from vlcurate.vlm.prompts import DESCRIBE_PROMPT, from_description_prompt, normalize_answer, question_prompt
 
 
 def is_correct(row: SampleResult, text: str | None) -> bool:
@@ -57,7 +46,7 @@ def probe_failures(
     """One Probe per row: three requests each (describe, answer from it, answer blind)."""
     first: list[VLMRequest] = []
     for r, img in zip(rows, images, strict=True):
-        first.append(VLMRequest(prompt=description_prompt(), images=[img] if img else [], max_tokens=256))
+        first.append(VLMRequest(prompt=DESCRIBE_PROMPT, images=[img] if img else [], max_tokens=256))
         first.append(VLMRequest(prompt=question_prompt(r.question, r.choices), max_tokens=64))
     res1 = run_many(settings, first, progress="probing" if progress else False)
     second: list[VLMRequest] = []

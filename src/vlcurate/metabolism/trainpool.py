@@ -20,6 +20,7 @@ from vlcurate.ops.instruct_ops import answers_agree
 from vlcurate.vlm.prompts import SHORT_ANSWER_SUFFIX
 
 INSTRUCT_SUFFIXES = (".json", ".jsonl", ".parquet")
+_NOT_META = ("id", "image", "images", "messages", "conversations", "question", "answer", "meta")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainItem:
 
     @property
     def text(self) -> str:
-        return f"{self.question} {self.answer}".lower()
+        return f"{self.question} {self.answer} {self.short_answer or ''}".lower()
 
 
 def clean_question(text: str) -> str:
@@ -100,9 +101,10 @@ def items_from_rows(rows: Iterable[Mapping[str, Any]], image_root: Path | None =
         meta = row.get("meta") or {}
         if isinstance(meta, str):
             meta = json.loads(meta) if meta.strip() else {}
-        meta = {**{k: row[k] for k in (SHORT_ANSWER, CHOICES) if row.get(k) is not None}, **meta}
+        flat = {k: v for k, v in row.items() if k not in _NOT_META}  # a stored version keeps meta flat
+        meta = {**flat, **meta}
         turns = _turns(row)
-        img = row.get("image")
+        img = row.get("image") or row.get("images")
         if isinstance(img, list):
             img = img[0] if img else None
         if isinstance(img, str) and image_root is not None and not Path(img).is_absolute():
