@@ -120,7 +120,7 @@ DESCRIBE_PROMPT = "Describe the image in detail: every object with its colour an
 FROM_DESCRIPTION_PREFIX = "Answer the question using only this description of an image."
 JUDGE_PREFIX = "Judge whether the model's answer matches the reference answer."
 REFUSAL_RE = re.compile(
-    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist|answer|provide|determine)|"
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist|answer|provide|determine|tell)|"
     r"I am (?:not able|unable)|I'?m (?:not able|unable)|As an AI|Unfortunately, I can)",
     re.IGNORECASE,
 )

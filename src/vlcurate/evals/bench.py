@@ -1,0 +1,359 @@
+"""Benchmark files as `BenchItem`s: JSONL, JSON, CSV/TSV and Parquet, plus the instruction formats.
+
+One record per question. Field names are matched loosely, so common layouts read as they are:
+
+    id        id | question_id | index                      (default: the line or row number)
+    question  question | prompt | query                      (caption items may leave it out)
+    choices   choices | options (list, or {"A": .., "B": ..}), or columns A, B, C, ... (MMBench TSV)
+    answer    answer | label | gt_answer | ground_truth | answers | captions | references (a list:
+              several accepted answers, or caption references)
+    type      mc | short | yesno | caption (default: mc with choices, yesno for yes/no answers,
+              caption when captions are given, else short)
+    category  category | kind | task                         (default "all")
+    image     image | image_path | img | file_name: a path (relative to the benchmark file), an
+              http(s)/data URL, or embedded bytes ({bytes, path} in HF Parquet)
+    description  a text description of the image (for `image_mode=description`, `description_from=bench`)
+    meta      an object; every other field is added to it
+
+Records in an instruction format (LLaVA `conversations`, OpenAI `messages`, as written by
+`vlcurate.io.instruct`) become items too: the first user turn is the question (a trailing option
+list or "answer with a single word" instruction is taken back off), the `short_answer` meta or the
+first assistant turn the answer, `choices` meta the options.
+
+A file that cannot be read as a benchmark (bad JSON, a record that is not an object, no question,
+repeated ids) raises `BenchFileError` naming the file and line (row for Parquet) of the first
+problems. A missing answer or image is not a file error: the item is kept and the run marks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlcurate.evals.extract import LETTERS, normalize
+from vlcurate.evals.results import QuestionType
+from vlcurate.io.instruct.formats import SampleError, parse_record
+from vlcurate.io.instruct.model import USER, strip_placeholders
+from vlcurate.io.jsonscan import JsonScanError, array_elements
+from vlcurate.vlm import prompts as vp
+
+BENCH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+_ID = ("id", "question_id", "index")
+_QUESTION = ("question", "prompt", "query")
+_CHOICES = ("choices", "options")
+_ANSWER = ("answer", "label", "gt_answer", "ground_truth")
+_ANSWERS = ("answers", "captions", "references")
+_CATEGORY = ("category", "kind", "task")
+_IMAGE = ("image", "image_path", "img", "file_name")
+_KNOWN = {
+    *_ID,
+    *_QUESTION,
+    *_CHOICES,
+    *_ANSWER,
+    *_ANSWERS,
+    *_CATEGORY,
+    *_IMAGE,
+    "type",
+    "meta",
+    "description",
+}
+_MAX_LISTED = 5
+NEWLINE = b"\n"
+
+
+class BenchFileError(ValueError):
+    """A benchmark file that cannot be read; the message names the file and the lines at fault."""
+
+
+class BenchItem(BaseModel):
+    """One benchmark question, with its image as given and resolved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str
+    type: QuestionType
+    choices: list[str] | None = None
+    answers: list[str] = Field(default_factory=list)  # accepted answers / caption references; [] = missing
+    category: str = "all"
+    image: str | None = None  # as written (for the run log)
+    image_ref: str | None = None  # local path resolved against the file, or a URL
+    image_bytes: bytes | None = Field(default=None, repr=False)
+    description: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    where: str = ""  # file:line, for messages
+
+    @property
+    def answer(self) -> str | None:
+        return self.answers[0] if self.answers else None
+
+
+def _first(rec: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for n in names:
+        if n in rec and rec[n] is not None and rec[n] != "":
+            return rec[n]
+    return None
+
+
+def _text(value: Any) -> str:
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value)
+        if isinstance(value, dict | list)
+        else str(value)
+    )
+
+
+def _choices(rec: dict[str, Any], where: str) -> list[str] | None:
+    value = _first(rec, _CHOICES)
+    if value is None:
+        cols = [rec.get(k) for k in LETTERS]
+        found = [str(c) for c in cols if c is not None and str(c).strip() not in ("", "nan", "None")]
+        return found or None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BenchFileError(f"{where}: choices must be a list, got the text {value[:60]!r}") from None
+    if isinstance(value, dict):
+        return [str(value[k]) for k in sorted(value)]
+    if isinstance(value, list) and value:
+        return [str(v) for v in value]
+    raise BenchFileError(f"{where}: choices must be a non-empty list or an object of lettered options")
+
+
+def _answers(rec: dict[str, Any]) -> list[str]:
+    value = _first(rec, _ANSWER)
+    if value is None:
+        value = _first(rec, _ANSWERS)
+    if value is None:
+        return []
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    items = value if isinstance(value, list) else [value]
+    return [str(v).strip() for v in items if v is not None and str(v).strip()]
+
+
+def _image(value: Any, base: Path) -> tuple[str | None, str | None, bytes | None]:
+    """(as written, resolved path or URL, embedded bytes)."""
+    if value is None:
+        return None, None, None
+    if isinstance(value, bytes):
+        return "<embedded>", None, value
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data:
+            return str(path or "<embedded>"), None, bytes(data)
+        value = path
+        if not value:
+            return None, None, None
+    ref = str(value).strip()
+    if ref.startswith(("http://", "https://", "data:")) or Path(ref).is_absolute():
+        return ref, ref, None
+    return ref, str(base / ref), None
+
+
+def _infer_type(
+    rec_type: Any, choices: list[str] | None, answers: list[str], rec: dict[str, Any], where: str
+) -> str:
+    if rec_type is not None:
+        t = str(rec_type).strip().lower()
+        aliases = {"multiple_choice": "mc", "multiple-choice": "mc", "yes_no": "yesno", "yes/no": "yesno"}
+        t = aliases.get(t, t)
+        if t not in ("mc", "short", "yesno", "caption"):
+            raise BenchFileError(f"{where}: type must be mc, short, yesno or caption, got {rec_type!r}")
+        if t == "mc" and not choices:
+            raise BenchFileError(f"{where}: a multiple-choice item needs choices")
+        return t
+    if choices:
+        return "mc"
+    if _first(rec, ("captions", "references")) is not None:
+        return "caption"
+    if answers and all(normalize(a) in ("yes", "no") for a in answers):
+        return "yesno"
+    return "short"
+
+
+def _split_prompt(text: str) -> tuple[str, list[str] | None]:
+    """A question prompt made by `vlm.prompts.question_prompt`, taken back apart."""
+    t = text.strip()
+    if t.endswith(vp.SHORT_ANSWER_SUFFIX):
+        return t[: -len(vp.SHORT_ANSWER_SUFFIX)].strip(), None
+    suffix = "Answer with the option's letter."
+    if t.endswith(suffix):
+        lines = t[: -len(suffix)].rstrip().splitlines()
+        choices: list[str] = []
+        while lines and len(lines[-1]) > 3 and lines[-1][0] in LETTERS and lines[-1][1:3] == ". ":
+            choices.insert(0, lines.pop()[3:].strip())
+        return "\n".join(lines).strip(), choices or None
+    return t, None
+
+
+def _from_instruct(rec: dict[str, Any], where: str, index: int) -> dict[str, Any]:
+    """An instruction-format record as a plain benchmark record."""
+    try:
+        sample = parse_record(rec, source=where, index=index)
+    except SampleError as exc:
+        raise BenchFileError(str(exc)) from None
+    users = [m for m in sample.messages if m.role == USER]
+    answers = [m.content for m in sample.messages if m.role != USER and m.role != "system"]
+    question, choices = _split_prompt(strip_placeholders(users[0].content)) if users else ("", None)
+    meta = dict(sample.meta)
+    choices = meta.pop("choices", None) or choices
+    short = meta.pop("short_answer", None)
+    kind = meta.get("category") or meta.get("kind")
+    out: dict[str, Any] = {
+        "id": sample.id,
+        "question": question,
+        "choices": choices,
+        "answer": short if short is not None else (answers[0] if answers else None),
+        "category": kind or "all",
+        "meta": meta,
+    }
+    if kind == "description":
+        out["type"] = "caption"
+    if sample.images:
+        img = sample.images[0]
+        out["image"] = {"bytes": img.data, "path": img.path} if img.data else img.path
+    return out
+
+
+def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
+    """One record as an item; raises `BenchFileError` naming `where` when it is no benchmark item."""
+    if not isinstance(rec, dict):
+        raise BenchFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "conversations" in rec or "messages" in rec:
+        rec = _from_instruct(rec, where, index)
+    choices = _choices(rec, where)
+    answers = _answers(rec)
+    type_ = _infer_type(rec.get("type"), choices, answers, rec, where)
+    question = _first(rec, _QUESTION)
+    if question is None:
+        if type_ != "caption":
+            raise BenchFileError(f"{where}: no question (expected one of {', '.join(_QUESTION)})")
+        question = vp.caption_prompt("detailed")
+    rid = _first(rec, _ID)
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    extra = {k: v for k, v in rec.items() if k not in _KNOWN and not (len(k) == 1 and k in LETTERS)}
+    written, ref, data = _image(_first(rec, _IMAGE), base)
+    desc = rec.get("description")
+    return BenchItem(
+        id=str(rid) if rid is not None else str(index),
+        question=_text(question),
+        type=type_,
+        choices=choices if type_ == "mc" else None,
+        answers=answers,
+        category=str(_first(rec, _CATEGORY) or "all"),
+        image=written,
+        image_ref=ref,
+        image_bytes=data,
+        description=str(desc) if desc else None,
+        meta={**{k: _plain(v) for k, v in extra.items()}, **meta},
+        where=where,
+    )
+
+
+def _plain(v: Any) -> Any:
+    return v.hex() if isinstance(v, bytes) else v
+
+
+def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """(where, index, record) for every record; decoding errors are yielded as BenchFileError."""
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        with path.open("rb") as fh:
+            index = 0
+            for no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{no}"
+                try:
+                    yield where, index, json.loads(line)
+                except ValueError as exc:
+                    yield where, index, BenchFileError(f"{where}: invalid JSON: {exc}")
+                index += 1
+        return
+    if name.endswith(".json"):
+        buf = path.read_bytes()
+        try:
+            spans = list(array_elements(buf))
+        except JsonScanError as exc:
+            raise BenchFileError(f"{path}: not a JSON array of items: {exc}") from None
+        for index, (s, e) in enumerate(spans):
+            where = f"{path}:{buf.count(NEWLINE, 0, s) + 1}"
+            try:
+                yield where, index, json.loads(buf[s:e])
+            except ValueError as exc:
+                yield where, index, BenchFileError(f"{where}: invalid JSON: {exc}")
+        return
+    if name.endswith((".csv", ".tsv")):
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if name.endswith(".tsv") else ",")
+            for index, row in enumerate(reader):
+                where = f"{path}:{reader.line_num}"
+                yield where, index, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+        return
+    if name.endswith(".parquet"):
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise BenchFileError(f"{path}: not a readable Parquet file: {exc}") from None
+        for index, row in enumerate(table.to_pylist()):
+            yield f"{path} row {index}", index, row
+        return
+    raise BenchFileError(f"{path}: unknown benchmark format; expected one of {', '.join(BENCH_SUFFIXES)}")
+
+
+def bench_file(path: str | Path) -> Path:
+    """The benchmark file: `path` itself, or the one bench.* file inside a folder."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(
+            q for q in p.iterdir() if q.name.startswith("bench") and q.suffix.lower() in BENCH_SUFFIXES
+        )
+        if len(found) != 1:
+            raise BenchFileError(
+                f"{p}: a benchmark folder needs exactly one bench.jsonl/json/csv/tsv/parquet file"
+            )
+        return found[0]
+    if not p.is_file():
+        raise FileNotFoundError(f"benchmark not found: {p}")
+    return p
+
+
+def read_benchmark(path: str | Path) -> list[BenchItem]:
+    """Every item of a benchmark file; `BenchFileError` lists the first bad lines (and how many)."""
+    file = bench_file(path)
+    base = file.resolve().parent
+    items: list[BenchItem] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for where, index, rec in _records(file):
+        try:
+            if isinstance(rec, BenchFileError):
+                raise rec
+            item = parse_item(rec, base=base, where=where, index=index)
+        except BenchFileError as exc:
+            problems.append(str(exc))
+            continue
+        if item.id in seen:
+            problems.append(f"{where}: id {item.id!r} repeats the item at {seen[item.id]}")
+            continue
+        seen[item.id] = where
+        items.append(item)
+    if problems:
+        more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
+        head = "; ".join(problems[:_MAX_LISTED])
+        raise BenchFileError(f"{len(problems)} bad benchmark record(s): {head}{more}")
+    if not items:
+        raise BenchFileError(f"{file}: the benchmark holds no items")
+    return items
