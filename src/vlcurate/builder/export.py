@@ -85,8 +85,7 @@ def dataset_card(
         "",
         "## Quality",
         "",
-        f"- Annotation Label Reliability (share of labels an independent check confirmed): {alr.get('alr')} "
-        f"(95% Wilson interval {alr.get('ci95')}, {alr.get('checked')} labels checked)",
+        _alr_line(alr),
         f"- Class Balance Index (1 - H/log K, 0 = balanced): {bal.get('cbi')}; "
         f"min/max class ratio {bal.get('min_max_ratio')}",
         f"- label issues flagged: {metrics.get('label_issues')}",
@@ -119,3 +118,21 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _alr_line(alr: dict[str, Any]) -> str:
+    """The card's ALR line: corrected for the verifier's measured error, or the raw confirmed share."""
+    if alr.get("calibrated"):
+        cal, raw = alr["calibration"], alr["raw"]
+        return (
+            f"- Annotation Label Reliability (estimated share of correct labels): {alr['alr']:.4f} "
+            f"(95% interval {alr['ci95']}); the check confirmed {raw['alr']:.4f} of "
+            f"{alr['checked']} labels, corrected for its error measured on {cal['images']} trusted "
+            f"images of {cal['source']} (confirms {cal['sensitivity']} of correct labels and "
+            f"{cal['false_confirm_rate']} of wrong ones)"
+        )
+    why = f"; uncalibrated: {alr['why_not']}" if alr.get("why_not") else ""
+    return (
+        f"- Annotation Label Reliability (share of labels an independent check confirmed): {alr.get('alr')} "
+        f"(95% Wilson interval {alr.get('ci95')}, {alr.get('checked')} labels checked{why})"
+    )

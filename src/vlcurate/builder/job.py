@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.atomic import write_parquet_atomic
 from vlcurate.builder.build_report import thumbnail, write_build_report
+from vlcurate.builder.calibrate import Calibration, corrected_alr, measure, trusted_sample
 from vlcurate.builder.collect import (
     PoolImage,
     class_text_embeddings,
@@ -70,6 +71,7 @@ class BuildConfig(BaseModel):
     task: Task | None = None
     images_per_class: int | None = Field(None, ge=1)
     expand: Path | None = None
+    calibrate: Path | None = None  # trusted labels to measure the verifier on (default: --expand's)
     spec_file: Path | None = None
     formats: list[str] | None = None
     scorer: str = "tiny-synth"
@@ -122,6 +124,7 @@ def _fingerprint(cfg: BuildConfig, spec: DatasetSpec) -> str:
         "spec": spec.model_dump(mode="json"),
         "pools": cfg.pools,
         "expand": str(cfg.expand or ""),
+        "calibrate": str(cfg.calibrate or ""),
         "scorer": cfg.scorer,
         "detector": cfg.detector,
         "verifier": cfg.verifier,
@@ -183,6 +186,15 @@ def _label_from_json(d: dict[str, Any]) -> Label:
 
 
 # ----- the stages -------------------------------------------------------------------------------
+
+
+def _trusted(cfg: BuildConfig, existing: Dataset | None) -> tuple[str, Dataset] | None:
+    """The labels the verifier is measured on: --calibrate, else the dataset being expanded."""
+    if cfg.calibrate is not None:
+        return str(cfg.calibrate), read_dataset(cfg.calibrate, masks=False)
+    if existing is not None and cfg.expand is not None:
+        return str(cfg.expand), existing
+    return None
 
 
 def _existing(cfg: BuildConfig) -> tuple[Dataset | None, ReferenceIndex | None]:
@@ -286,6 +298,71 @@ def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
     return CropVerifier(zs, spec.class_names)
 
 
+def _calibrate(
+    trusted: tuple[str, Dataset] | None,
+    spec: DatasetSpec,
+    labeller: Any,
+    verifier: Verifier,
+    work: Path,
+    progress: Progress,
+    log: StageLog,
+) -> Calibration | None:
+    """Label and check a trusted sample exactly as the pool is, to measure the verifier's error."""
+    if trusted is None:
+        return None
+    saved = work / "calibration.json"
+    if saved.is_file() and "calibrate" in log.stages:
+        log.mark_resumed("calibrate")
+        return Calibration.from_dict(json.loads(saved.read_text()))
+    log.reset("calibrate")
+    source, ds = trusted
+    picked = trusted_sample(ds, spec.class_names, spec.task)
+    if not picked:
+        progress("calibrate", f"{source}: no image whose labels are all in the spec's classes")
+        return None
+    with log.stage("calibrate") as st:
+        datas = [ds.items[i].read() for i in picked]
+        labs = labeller.label(datas)
+        if spec.task == "segment":
+            box_masks(datas, labs)
+        verifier.verify(datas, labs)
+        if getattr(verifier, "model", "").startswith("vlm:"):
+            log.count(vlm_requests=sum(len(x) for x in labs))
+        cal = measure(source, [ds.items[i].anns for i in picked], labs)
+        st.saw = st.kept = len(picked)
+    progress(
+        "calibrate",
+        f"verifier on {cal.images} trusted images: confirms {cal.correct_confirmed}/{cal.correct} "
+        f"correct and {cal.wrong_confirmed}/{cal.wrong} wrong labels",
+    )
+    write_json_atomic(saved, cal.saved())
+    log.save(work / "costs.json")
+    return cal
+
+
+def _alr(raw: dict[str, Any], cal: Calibration | None, has_trusted: bool) -> dict[str, Any]:
+    """The ALR to report: corrected for the verifier's measured error when a trusted sample allows."""
+    if cal is None:
+        why = (
+            "the trusted dataset has no image in the spec's classes"
+            if has_trusted
+            else "no trusted labels to measure the verifier on (pass --expand or --calibrate)"
+        )
+        return raw | {"calibrated": False, "why_not": why}
+    fixed = corrected_alr(raw["confirmed"], raw["checked"], cal)
+    if fixed["alr"] is None:
+        return raw | {"calibrated": False, "why_not": fixed["why_not"], "calibration": fixed["calibration"]}
+    return {
+        "alr": fixed["alr"],
+        "ci95": fixed["ci95"],
+        "checked": raw["checked"],
+        "confirmed": raw["confirmed"],
+        "calibrated": True,
+        "raw": {"alr": raw["alr"], "ci95": raw["ci95"]},
+        "calibration": fixed["calibration"],
+    }
+
+
 def _label_rounds(
     cfg: BuildConfig,
     spec: DatasetSpec,
@@ -293,7 +370,8 @@ def _label_rounds(
     work: Path,
     progress: Progress,
     log: StageLog,
-) -> tuple[dict[str, list[Label]], list[dict[str, Any]], dict[str, float]]:
+    trusted: tuple[str, Dataset] | None = None,
+) -> tuple[dict[str, list[Label]], list[dict[str, Any]], dict[str, float], Calibration | None]:
     from vlcurate.models.loader import load_scorer
 
     labels_file = work / "labels.json"
@@ -323,6 +401,7 @@ def _label_rounds(
     )
     verifier = _verifier(cfg, zs, spec)
     log.models.update(labeller=labeller.model, verifier=verifier.model)
+    calibration = _calibrate(trusted, spec, labeller, verifier, work, progress, log)
     by_uid = {im.uid: i for i, im in enumerate(pool)}
     rounds: list[dict[str, Any]] = []
     need = spec.class_names
@@ -392,7 +471,7 @@ def _label_rounds(
             f"back to collection for {', '.join(need)} (short: {short}, unreliable: {unreliable})",
         )
     del by_uid
-    return labelled, rounds, dict(timings)
+    return labelled, rounds, dict(timings), calibration
 
 
 def _per_class_images(
@@ -503,6 +582,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     log = StageLog()
     with log.stage("demand"):
         existing, reference = _existing(cfg)
+        trusted = _trusted(cfg, existing)
         spec = make_spec(cfg, existing)
         if cfg.vlm_url and cfg.spec_file is None and (existing is None or cfg.request.strip()):
             log.count(vlm_requests=1)
@@ -527,12 +607,15 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     pool, tools_info, resumed_pool = _collect(cfg, spec, work, reference, progress, log)
     timings["collect+tools"] = time.perf_counter() - t0
     resumed_labels = (work / "labels.json").is_file() and "label" in log.stages
-    labelled, rounds, label_timings = _label_rounds(cfg, spec, pool, work, progress, log)
+    labelled, rounds, label_timings, calibration = _label_rounds(
+        cfg, spec, pool, work, progress, log, trusted
+    )
     timings.update(label_timings)
     t0 = time.perf_counter()
     log.reset("supervise", "export")
     with log.stage("supervise") as st:
         chosen, queue, metrics = _select(spec, pool, labelled)
+        metrics["alr"] = _alr(metrics["alr"], calibration, trusted is not None)
         st.saw, st.kept = len(labelled), len(chosen)
         src = {im.uid: im.source for im in pool}
         held = {u: why for u, _, why in queue}

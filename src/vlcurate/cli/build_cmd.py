@@ -44,6 +44,13 @@ def build(
             "none of its images nor their copies enter"
         ),
     ] = None,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            help="labelled dataset whose labels you trust: the verifier's error is measured on it "
+            "and ALR corrected for it (default: the --expand dataset)"
+        ),
+    ] = None,
     spec: Annotated[
         Path | None, typer.Option("--spec", help="start from this spec YAML instead of the request")
     ] = None,
@@ -114,6 +121,7 @@ def build(
             task=task,
             images_per_class=per_class,
             expand=expand,
+            calibrate=calibrate,
             spec_file=spec,
             formats=fmt or None,
             scorer=scorer,
@@ -138,10 +146,12 @@ def build(
     t = Table(title="vlcurate build", show_header=False)
     t.add_row("images", f"{summary['counts']['images']:,}  {json.dumps(summary['counts']['per_split'])}")
     t.add_row("per class", json.dumps(summary["counts"]["per_class"]))
-    t.add_row("ALR", f"{m['alr']['alr']}  95% CI {m['alr']['ci95']}")
+    how = "corrected for the verifier's measured error" if m["alr"].get("calibrated") else "uncalibrated"
+    t.add_row("ALR", f"{m['alr']['alr']}  95% CI {m['alr']['ci95']}  ({how})")
+    t.add_row("model calls", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["model_calls"].items())))
     t.add_row("CBI", f"{m['balance']['cbi']}  min/max {m['balance']['min_max_ratio']}")
     t.add_row("queued", f"{summary['queued_for_review']} labels in review/queue.jsonl")
-    t.add_row("formats", ", ".join(summary["formats"]))
+    t.add_row("formats", ", ".join(summary["formats"]) + f"; report in {out}/report/report.html")
     t.add_row("seconds", f"{summary['total_seconds']}")
     console.print(t)
     if summary["short_classes"]:
