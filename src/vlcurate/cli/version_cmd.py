@@ -165,6 +165,7 @@ def register(app: typer.Typer) -> None:
             f"({info.new_samples:,} new content), {info.n_events:,} lineage events, "
             f"{ing.dropped:,} not stored (reasons in lineage); parent {_short(info.parent)}; {moved}",
             highlight=False,
+            soft_wrap=True,
         )
 
     @group.command("list")
@@ -183,18 +184,15 @@ def register(app: typer.Typer) -> None:
         by_id: dict[str, list[str]] = {}
         for name, vid in refs.items():
             by_id.setdefault(vid, []).append(name)
-        table = Table("version", "created", "samples", "parent", "refs", "attachments", "message")
         for i in infos:
-            table.add_row(
-                _short(i.id),
-                i.created,
-                f"{i.n_samples:,}",
-                _short(i.parent),
-                ",".join(by_id.get(i.id, [])),
-                ",".join(atts[i.id]),
-                i.message,
+            names = ",".join(by_id.get(i.id, []))
+            extra = (f" [{names}]" if names else "") + (
+                f" attachments: {','.join(atts[i.id])}" if atts[i.id] else ""
             )
-        console.print(table)
+            typer.echo(
+                f"{_short(i.id)}  {i.created.replace('+00:00', 'Z')}  {i.n_samples:>10,} samples  "
+                f"parent {_short(i.parent):12}  {i.message}{extra}"
+            )
 
     @group.command("show")
     def show_command(
@@ -220,15 +218,19 @@ def register(app: typer.Typer) -> None:
                 }
             )
         elif info is not None:
-            console.print(f"version [bold]{info.id}[/]", highlight=False)
+            console.print(f"version [bold]{info.id}[/]", highlight=False, soft_wrap=True)
             for k in ("parent", "message", "plan_id", "created", "n_samples", "new_samples", "n_events"):
-                console.print(f"  {k:12} {getattr(info, k)}", highlight=False)
-            console.print(f"  {'packs':12} {len(info.packs)}", highlight=False)
+                console.print(f"  {k:12} {getattr(info, k)}", highlight=False, soft_wrap=True)
+            console.print(f"  {'packs':12} {len(info.packs)}", highlight=False, soft_wrap=True)
             for name, att in atts.items():
                 summary = att.payload.get("accepted")
                 extra = f" (accepted={summary})" if summary is not None else ""
-                console.print(f"  attachment   {name}{extra} {att.created}", highlight=False)
-            console.print(f"  verified     {report.checked_files} files, all hashes match", highlight=False)
+                console.print(f"  attachment   {name}{extra} {att.created}", highlight=False, soft_wrap=True)
+            console.print(
+                f"  verified     {report.checked_files} files, all hashes match",
+                highlight=False,
+                soft_wrap=True,
+            )
         if not report.ok:
             raise fail(f"version {vid[:12]} is damaged: " + "; ".join(report.problems))
 
@@ -251,6 +253,7 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"[bold]{_short(i.id)}[/] {i.created} {i.n_samples:,} samples{plan}  {i.message}",
                 highlight=False,
+                soft_wrap=True,
             )
 
     @group.command("diff")
@@ -280,6 +283,7 @@ def register(app: typer.Typer) -> None:
             f"{_short(d.a)} -> {_short(d.b)}: +{d.added:,} added, -{d.removed:,} removed, "
             f"~{d.changed:,} changed, {d.unchanged:,} unchanged",
             highlight=False,
+            soft_wrap=True,
         )
         table = Table("change", "op", "reason", "samples")
         for r in d.by_reason:
@@ -308,14 +312,20 @@ def register(app: typer.Typer) -> None:
             raise fail(f"sample {sample_id!r} never appears in the history of version {h.version[:12]}")
         for e in h.history:
             plan = f" plan={e.plan_id}" if e.plan_id else ""
-            console.print(f"[bold]{_short(e.version)}[/] {e.presence}{plan}  {e.message}", highlight=False)
+            console.print(
+                f"[bold]{_short(e.version)}[/] {e.presence}{plan}  {e.message}",
+                highlight=False,
+                soft_wrap=True,
+            )
             for ev in e.events:
                 why = f": {ev.reason}" if ev.reason else ""
                 drop = " [red]dropped[/]" if ev.dropped else ""
                 scores = " " + json.dumps(ev.scores, default=str) if ev.scores else ""
-                console.print(f"    {ev.op}{drop}{why}{scores}", highlight=False)
+                console.print(f"    {ev.op}{drop}{why}{scores}", highlight=False, soft_wrap=True)
         if h.sample is not None:
-            console.print(json.dumps(h.sample, ensure_ascii=False)[:400], highlight=False, markup=False)
+            console.print(
+                json.dumps(h.sample, ensure_ascii=False)[:400], highlight=False, soft_wrap=True, markup=False
+            )
 
     @group.command("export")
     def export_command(
@@ -343,6 +353,7 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"exported {_short(res['version'])}: {n} samples as {fmt} -> {res['path']}{skipped}",
             highlight=False,
+            soft_wrap=True,
         )
 
     @group.command("validate")
@@ -407,7 +418,9 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"{word} ({decision.method}, alpha={decision.alpha}): " + "; ".join(decision.reasons)
             )
-            console.print(f"stored as attachment {att.name!r} of version {vid[:12]}", highlight=False)
+            console.print(
+                f"stored as attachment {att.name!r} of version {vid[:12]}", highlight=False, soft_wrap=True
+            )
         if fail_on_reject and not decision.accepted:
             raise typer.Exit(EXIT_REJECTED)
 

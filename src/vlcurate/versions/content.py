@@ -42,9 +42,17 @@ def canonical(sample: Mapping[str, Any]) -> tuple[str, str]:
         sid = str(sid)
     if not isinstance(sid, str) or not sid:
         raise SampleFormatError(f"every sample needs a non-empty string 'id'; got {sample.get('id')!r}")
-    body = _clean({**sample, "id": sid})
+    body = {**sample, "id": sid}
+    try:  # the common case, fast; NaN, infinities and odd types take the slow path
+        return sid, json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError):
+        pass
     try:
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(
+            _clean(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
         raise SampleFormatError(f"sample {sid!r} is not JSON-serialisable: {exc}") from None
     return sid, text

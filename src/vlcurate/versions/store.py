@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -486,7 +486,7 @@ class VersionStore:
         parent: str | None,
         message: str,
         plan_id: str | None = None,
-        events: Sequence[LineageEvent | dict[str, Any]] | None = None,
+        events: Iterable[LineageEvent | dict[str, Any]] | None = None,
         ref: str | None = None,
         lock_timeout: float = 60.0,
     ) -> VersionInfo:
@@ -540,7 +540,7 @@ class VersionStore:
         parent_id: str | None,
         message: str,
         plan_id: str | None,
-        events: Sequence[LineageEvent | dict[str, Any]],
+        events: Iterable[LineageEvent | dict[str, Any]],
     ) -> tuple[VersionInfo, tuple[Path, str] | None]:
         ids_parts: list[pa.Array] = []
         hash_parts: list[pa.Array] = []
@@ -625,7 +625,7 @@ class VersionStore:
             {"id": sorted_ids, "hash": hashes_arr, "pack": pack_col, "row": row_col}, schema=MANIFEST_SCHEMA
         )
         write_table(stage / "manifest.parquet", manifest)
-        ev = events_table(list(events))
+        ev = events_table(events)
         write_table(stage / "events.parquet", ev)
         info = VersionInfo(
             id="",

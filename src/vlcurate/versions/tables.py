@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,25 +55,24 @@ def write_table(path: Path, table: pa.Table, row_group: int = ROW_GROUP) -> None
     )
 
 
-def events_table(events: Sequence[LineageEvent | dict[str, Any]]) -> pa.Table:
-    """Events as a table sorted by sample id, keeping the given order within a sample (`seq`)."""
-    parsed = [e if isinstance(e, LineageEvent) else LineageEvent.model_validate(e) for e in events]
+def events_table(events: Iterable[LineageEvent | dict[str, Any]]) -> pa.Table:
+    """Events as a table sorted by sample id, keeping the given order within a sample (`seq`).
+    Streams: each event is validated and turned into column values, never kept as an object."""
 
     def js(d: dict[str, Any]) -> str | None:
         return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str) if d else None
 
-    table = pa.table(
-        {
-            "sample_id": [e.sample_id for e in parsed],
-            "seq": list(range(len(parsed))),
-            "op": [e.op for e in parsed],
-            "reason": [e.reason for e in parsed],
-            "dropped": [e.dropped for e in parsed],
-            "params": [js(e.params) for e in parsed],
-            "scores": [js(e.scores) for e in parsed],
-        },
-        schema=EVENTS_SCHEMA,
-    )
+    cols: dict[str, list[Any]] = {name: [] for name in EVENTS_SCHEMA.names}
+    for seq, raw in enumerate(events):
+        e = raw if isinstance(raw, LineageEvent) else LineageEvent.model_validate(raw)
+        cols["sample_id"].append(e.sample_id)
+        cols["seq"].append(seq)
+        cols["op"].append(e.op)
+        cols["reason"].append(e.reason)
+        cols["dropped"].append(e.dropped)
+        cols["params"].append(js(e.params))
+        cols["scores"].append(js(e.scores))
+    table = pa.table(cols, schema=EVENTS_SCHEMA)
     return table.sort_by([("sample_id", "ascending"), ("seq", "ascending")])
 
 
