@@ -52,6 +52,15 @@ def pools(tmp_path_factory: pytest.TempPathFactory) -> Pools:
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_gold_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging tasks on tainted flags (known truth) are drawn at random; tests that count tasks
+    have none (a test about them sets `judging.GOLD_SHARE` itself)."""
+    from vlcurate.server.game import judging
+
+    monkeypatch.setattr(judging, "GOLD_SHARE", 0.0)
+
+
 @pytest.fixture(scope="session")
 def vlm() -> Iterator[VLMServer]:
     with VLMServer() as server:

@@ -26,6 +26,7 @@ EXAMPLES: dict[str, str] = {
     "version validate": "vlcurate version validate main --store vs --base-run runs/base --new-run runs/new",
     "diagnose": "vlcurate diagnose runs/eval --out runs/diag --train train/data.json",
     "plan": "vlcurate plan runs/diag --out runs/plan",
+    "loop": "vlcurate loop bench/bench.jsonl --store vstore --train train/data.json --out runs/loop --rounds 2",
     "models list": "vlcurate models list",
     "models download": "vlcurate models download dfn-b16",
     "synth pool": "vlcurate synth pool pool --n 2000 --corrupt-fraction 0.3",
@@ -44,7 +45,8 @@ EXAMPLES: dict[str, str] = {
     "platform audit": "vlcurate platform audit --db vlcurate.db",
     "vlm serve": "vlcurate vlm serve --port 8300 --weakness blind-colour=red --memory train/",
     "agent play": "vlcurate agent play --game g1 --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN",
-    "game create": "vlcurate game create g1 --pool main/ --easy-pool easy/ --vlm-url http://127.0.0.1:8300/v1",
+    "game create": "vlcurate game create g1 --pool main/ --easy-pool easy/ --vlm-url http://127.0.0.1:8300/v1"
+    " --vlm-judge tiny-synth@http://127.0.0.1:8300/v1",
     "game list": "vlcurate game list --server http://127.0.0.1:8000",
     "game export": "vlcurate game export g1 --db vlcurate.db --out gap-data",
     "game audit": "vlcurate game audit --db vlcurate.db",

@@ -34,6 +34,13 @@ def create(
     ] = 20.0,
     judges: Annotated[int, typer.Option(min=1, help="Agreeing independent judges that settle a flag.")] = 3,
     min_skill: Annotated[float, typer.Option(help="Earning bar on detection minus false-alarm rate.")] = 0.4,
+    vlm_judge: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A VLM judge of the panel, MODEL@URL (repeat for more); together they are one voice "
+            "on each flag."
+        ),
+    ] = None,
     server: Server = "http://127.0.0.1:8000",
     admin_token: AdminToken = "",
     as_json: JsonOut = False,
@@ -54,15 +61,26 @@ def create(
     }
     if taint_instruction:
         body["taint_instruction"] = taint_instruction
+    if vlm_judge:
+        body["vlm_judges"] = [_judge(i, spec) for i, spec in enumerate(vlm_judge)]
     g = _call(server, admin_token, "POST", "/api/v1/game/games", body)
+    panel = ", ".join(f"{j['name']} ({j['model']})" for j in g.get("vlm_judges") or [])
     _print(
         g,
         f"game {g['name']!r} (id {g['id']}): {g['images_main']} untainted and "
         f"{g['images_easy']} easy images, "
         f"model {g['model']} at {g['vlm_url']}; sessions of {g['n_images']} ({g['n_tainted']} tainted), "
-        f"{g['seconds_per_image']} s an image",
+        f"{g['seconds_per_image']} s an image" + (f"; VLM judges: {panel}" if panel else ""),
         as_json,
     )
+
+
+def _judge(i: int, spec: str) -> dict[str, str]:
+    """`MODEL@URL` -> a judge of the panel named after its place and model."""
+    model, sep, url = spec.rpartition("@")
+    if not sep or not model or not url.startswith(("http://", "https://")):
+        raise fail(f"--vlm-judge {spec!r}: expected MODEL@URL, e.g. tiny-synth@http://127.0.0.1:8300/v1")
+    return {"name": f"judge{i + 1}-{model}"[:100].replace("/", "_"), "model": model, "vlm_url": url}
 
 
 @game_app.command("list")
@@ -112,29 +130,55 @@ def export(
 def audit(
     db: Annotated[str, typer.Option(help="The server's database.")] = "vlcurate.db",
     fix: Annotated[
-        bool, typer.Option(help="Re-settle every judged flag first (new links, judges who stopped earning).")
+        bool,
+        typer.Option(
+            help="First ask VLM judges for missing verdicts and re-settle every judged flag (new links, "
+            "judges who stopped earning or lost their voice)."
+        ),
     ] = False,
 ) -> None:
-    """Check the ledger (game credits included), list disputed flags; exit 1 on a problem."""
+    """Check the ledger (game credits included), list disputed flags and flags the VLM judges split
+    on, with every judge's verdict; exit 1 on a problem."""
     from sqlalchemy import func, select
 
     from vlcurate.server import db as tables
     from vlcurate.server.db import make_engine
-    from vlcurate.server.game.judging import reconsider_all
+    from vlcurate.server.game.judging import model_verdicts, reconsider_all
+    from vlcurate.server.game.panel import judge_missing
     from vlcurate.server.ledger import audit as run_audit
 
     engine = make_engine(db)
     if fix:
+        judged = judge_missing(engine)
+        if judged:
+            typer.echo(f"VLM judges: {judged} missing verdicts asked for")
         changed = reconsider_all(engine)
         typer.echo("re-settled: " + (", ".join(f"{k} {v}" for k, v in changed.items()) or "no change"))
-    F = tables.game_flags
+    F, V = tables.game_flags, tables.game_model_verdicts
     with engine.connect() as conn:
         problems = run_audit(conn)
-        for r in conn.execute(select(F).where(F.c.disputed.is_(True)).order_by(F.c.id)).all():
+        split = {
+            fid
+            for (fid,) in conn.execute(
+                select(V.c.flag_id)
+                .where(V.c.model_wrong.is_not(None))
+                .group_by(V.c.flag_id)
+                .having(func.count(func.distinct(V.c.model_wrong)) > 1)
+            ).all()
+        }
+        shown = conn.execute(
+            select(F).where(F.c.disputed.is_(True) | F.c.id.in_(split)).order_by(F.c.id)
+        ).all()
+        panel = model_verdicts(conn, [r.id for r in shown])
+        for r in shown:
+            what = "disputed flag" if r.disputed else "flag"
             typer.echo(
-                f"disputed flag {r.public_id}: {r.state}, {r.votes_wrong} say the model was wrong, "
+                f"{what} {r.public_id}: {r.state}, {r.votes_wrong} say the model was wrong, "
                 f"{r.votes_right} say it was right"
             )
+            for v in panel[r.id]:
+                said = "no verdict" if v["model_wrong"] is None else "wrong" if v["model_wrong"] else "right"
+                typer.echo(f"  VLM judge {v['judge']}: {said}" + (f" ({v['error']})" if v["error"] else ""))
         counts: dict[str, int] = dict(conn.execute(select(F.c.state, func.count()).group_by(F.c.state)).all())
     typer.echo("flags: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     if problems:

@@ -378,6 +378,7 @@ game_games = Table(
     Column("min_skill", Float, nullable=False),
     Column("min_tainted_seen", Integer, nullable=False),
     Column("vlm_timeout_s", Float, nullable=False),
+    Column("vlm_judges", JSON, nullable=True),  # the optional panel: [{name, vlm_url, model, timeout_s}]
     Column("state", String(16), nullable=False, default="active"),
     _ts("created_at"),
 )
@@ -500,6 +501,22 @@ game_judgements = Table(
     _ts("assigned_at"),
     _ts("answered_at", nullable=True),
     UniqueConstraint("flag_id", "player_id", name="uq_game_judgements_flag_player"),
+)
+
+# A verdict of one VLM judge of the game's panel on a flag (NULL verdict: the judge gave none, `error`).
+game_model_verdicts = Table(
+    "game_model_verdicts",
+    metadata,
+    _id(),
+    Column("flag_id", ForeignKey("game_flags.id", ondelete="CASCADE"), nullable=False),
+    Column("judge", String(100), nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("own_answer", Text, nullable=True),
+    Column("model_wrong", Boolean, nullable=True),
+    Column("correction_ok", Boolean, nullable=True),
+    Column("error", Text, nullable=True),
+    _ts("created_at"),
+    UniqueConstraint("flag_id", "judge", name="uq_game_model_verdicts_flag_judge"),
 )
 
 # A player's reliability from tainted images (detection a) and judged flags (false alarms b).

@@ -14,6 +14,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vlcurate.vlm.prompts import TAINT_INSTRUCTION
 
 
+class VLMJudge(BaseModel):
+    """One model of the optional judging panel (`server.game.panel`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@:-]+$")
+    vlm_url: str = Field(min_length=1, description="An OpenAI-compatible base URL ending in /v1.")
+    model: str = Field(min_length=1, max_length=300)
+    timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+
+
+class VLMJudgeOut(BaseModel):
+    name: str
+    model: str
+
+
 class GameCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,11 +51,19 @@ class GameCreate(BaseModel):
     min_tainted_seen: int = Field(default=5, ge=0, le=1000)
     vlm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     max_images_per_pool: int = Field(default=10_000, ge=1, le=1_000_000)
+    vlm_judges: list[VLMJudge] = Field(
+        default_factory=list,
+        max_length=7,
+        description="Optional panel of VLM judges; together they are one voice on each flag.",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> GameCreate:
         if self.n_tainted > self.n_images:
             raise ValueError(f"n_tainted ({self.n_tainted}) exceeds n_images ({self.n_images})")
+        names = [j.name for j in self.vlm_judges]
+        if len(set(names)) != len(names):
+            raise ValueError("vlm_judges: two judges have the same name")
         return self
 
 
@@ -58,3 +82,4 @@ class GameOut(BaseModel):
     state: str
     images_main: int
     images_easy: int
+    vlm_judges: list[VLMJudgeOut] = Field(default_factory=list)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from vlcurate.base.images import hamming
 from vlcurate.io.instruct.model import ImageData, InstructSample, Message
 from vlcurate.io.instruct.writer import InstructWriter
 from vlcurate.server import db
+from vlcurate.server.game import judging
 from vlcurate.server.game.pools import game_by_name
 
 FORMATS = ("llava", "sharegpt", "openai")
@@ -65,6 +66,7 @@ class Example:
     votes_wrong: int
     votes_right: int
     question_type: str
+    vlm_verdicts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def collect(conn: Connection, game_id: int) -> list[Example]:
@@ -106,6 +108,7 @@ def collect(conn: Connection, game_id: int) -> list[Example]:
         .order_by(F.c.id)
     ).all()
     out = []
+    panel_verdicts = judging.model_verdicts(conn, [r.id for r in rows])
     for r in rows:
         corrected = r.corrected
         if not corrected:  # the judges' most common correction, when the author gave none
@@ -135,6 +138,7 @@ def collect(conn: Connection, game_id: int) -> list[Example]:
                 votes_wrong=r.votes_wrong,
                 votes_right=r.votes_right,
                 question_type=question_type(r.text),
+                vlm_verdicts=panel_verdicts[r.id],
             )
         )
     return out
@@ -178,6 +182,9 @@ def split(
     return out
 
 
+_VERDICT_KEYS = ("judge", "model", "model_wrong", "correction_ok", "error")
+
+
 def _meta(e: Example) -> dict[str, Any]:
     return {
         "rejected": e.wrong_answer,
@@ -187,6 +194,7 @@ def _meta(e: Example) -> dict[str, Any]:
         "reliability": {"detection": round(e.detection, 4), "false_alarm": round(e.false_alarm, 4)},
         "posterior_model_wrong": None if e.posterior is None else round(e.posterior, 4),
         "validations": {"model_wrong": e.votes_wrong, "model_right": e.votes_right},
+        "vlm_judges": [{k: v[k] for k in _VERDICT_KEYS} for v in e.vlm_verdicts],
         "image_uid": e.image_uid,
     }
 
@@ -305,7 +313,8 @@ Origin of the examples: {origins}.
 - `llava/`, `sharegpt/`, `openai/`: `train.json` and `eval.json` with `images/`; each record holds the
   question and the corrected answer, and `rejected` (the model's wrong answer), `origin` (human or
   agent), `reliability` (the author's detection and false-alarm rates), `posterior_model_wrong` and
-  `validations` (independent votes).
+  `validations` (independent votes; the VLM panel, when the game has one, is one of them) and
+  `vlm_judges` (each VLM judge's verdict on the model's answer and on the correction).
 - `dpo/`: LLaMA-Factory's ShareGPT preference layout (`chosen` = corrected, `rejected` = the model's).
 """
 

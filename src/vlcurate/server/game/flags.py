@@ -11,11 +11,11 @@ from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db
 from vlcurate.server.errors import BadRequest, Conflict, NotFound
+from vlcurate.server.game import panel, trust
 from vlcurate.server.game import reliability as rel
-from vlcurate.server.game import trust
 from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
-from vlcurate.server.game.sessions import image_in_session, owned_session, require_open
+from vlcurate.server.game.sessions import game_row, image_in_session, owned_session, require_open
 from vlcurate.server.game.views import FlagOut
 
 MAX_CORRECTED_CHARS = 1000
@@ -62,8 +62,9 @@ def flag(
                     rel.Reliability(r.a, r.a_sd, r.b, r.b_sd), trust.crowd_error_rate(conn)
                 )
             pid = new_public_id()
-            conn.execute(
-                insert(F).values(
+            fid = conn.execute(
+                insert(F)
+                .values(
                     public_id=pid,
                     session_image_id=si.id,
                     question_id=q.id,
@@ -77,8 +78,13 @@ def flag(
                     disputed=False,
                     created_at=now,
                 )
-            )
+                .returning(F.c.id)
+            ).scalar_one()
             conn.execute(update(SI).where(SI.c.id == si.id).values(finished_at=now, outcome="flagged"))
-            return FlagOut(flag_id=pid, question_id=q.public_id, corrected=fixed)
+            judges = not si.tainted and bool(game_row(conn, s.game_id).vlm_judges)
+            out = FlagOut(flag_id=pid, question_id=q.public_id, corrected=fixed)
     except IntegrityError as exc:  # a concurrent flag of the same image won
         raise Conflict("this image is already flagged (one flag per image)") from exc
+    if judges:  # after the commit: the VLM panel votes in the background
+        panel.schedule(engine, int(fid))
+    return out

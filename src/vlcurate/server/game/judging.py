@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -30,9 +31,45 @@ from vlcurate.server.errors import Conflict, Forbidden, NotFound
 from vlcurate.server.game import scoring, trust
 from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
-from vlcurate.server.game.views import FlagAdminOut, JudgeResultOut, JudgeTaskOut
+from vlcurate.server.game.views import FlagAdminOut, JudgeResultOut, JudgeTaskOut, VLMVerdictOut
 
 _RNG = random.SystemRandom()
+JUDGE_MIN_SCORED = 4  # verdicts on flags of known truth, of each kind, before a judge can lose its voice
+JUDGE_MIN_SKILL = 0.3  # sensitivity + specificity - 1 below which a judge's votes do not count
+GOLD_SHARE = 0.25  # share of judging tasks drawn from tainted flags (known truth: the model was wrong)
+
+
+@dataclass(frozen=True)
+class JudgeSkill:
+    """A judge's verdicts on flags of known truth: how many said "wrong" of those where the model was
+    wrong (sensitivity), "right" of those where it was right (specificity); Beta(1, 1) posteriors."""
+
+    n_wrong: int = 0
+    said_wrong: int = 0
+    n_right: int = 0
+    said_right: int = 0
+
+    @property
+    def sensitivity(self) -> float:
+        return (1.0 + self.said_wrong) / (2.0 + self.n_wrong)
+
+    @property
+    def specificity(self) -> float:
+        return (1.0 + self.said_right) / (2.0 + self.n_right)
+
+    @property
+    def skill(self) -> float:
+        return self.sensitivity + self.specificity - 1.0
+
+    @property
+    def has_voice(self) -> bool:
+        """On probation until both kinds of truth are seen `JUDGE_MIN_SCORED` times; then only a
+        judge that tells the two apart keeps its voice."""
+        if min(self.n_wrong, self.n_right) < JUDGE_MIN_SCORED:
+            return True
+        return self.skill >= JUDGE_MIN_SKILL
+
+
 JUDGE_IMAGE_URL = "/api/v1/game/judgements/{}/image"
 CANDIDATES = 200
 TASK_HOLD_S = 15 * 60  # an unanswered task holds its place this long
@@ -97,9 +134,60 @@ def _task_out(conn: Connection, task: Any) -> JudgeTaskOut:
     )
 
 
+def _eligible(conn: Connection, player: Player, banned: set[int], mine: Any, *, gold: bool) -> list[int]:
+    """Flags this player may judge: pending untainted ones still short of voices, or (`gold`)
+    tainted ones judged fewer than `judges_needed` times; never the player's own or a linked
+    author's."""
+    J, F, P, SI, S, G = (
+        db.game_judgements,
+        db.game_flags,
+        db.game_players,
+        db.game_session_images,
+        db.game_sessions,
+        db.game_games,
+    )
+    fresh = db.utcnow() - dt.timedelta(seconds=TASK_HOLD_S)
+    if gold:
+        busy = (
+            select(func.count()).select_from(J).where(J.c.flag_id == F.c.id).scalar_subquery()
+        ) < G.c.judges_needed
+        where = [F.c.state == "tainted", busy]
+    else:
+        open_tasks_q = (
+            select(func.count())
+            .select_from(J)
+            .where(J.c.flag_id == F.c.id, J.c.model_wrong.is_(None), J.c.assigned_at > fresh)
+            .scalar_subquery()
+        )
+        # no more judges at work on a flag than it still needs voices
+        short = (
+            open_tasks_q + case((F.c.votes_wrong > F.c.votes_right, F.c.votes_wrong), else_=F.c.votes_right)
+            < G.c.judges_needed
+        )
+        where = [F.c.state == "pending", F.c.tainted.is_(False), short]
+    candidates = conn.execute(
+        select(F.c.id, P.c.contributor_id)
+        .join(P, P.c.id == F.c.player_id)
+        .join(SI, SI.c.id == F.c.session_image_id)
+        .join(S, S.c.id == SI.c.session_id)
+        .join(G, G.c.id == S.c.game_id)
+        .where(F.c.player_id != player.id, F.c.id.not_in(mine), *where)
+        .order_by(F.c.id)
+        .limit(CANDIDATES * 4)
+    ).all()
+    eligible = []
+    for fid, author in candidates:
+        if author in banned or player.contributor_id in linked_to(conn, author):
+            continue
+        eligible.append(fid)
+        if len(eligible) >= CANDIDATES:
+            break
+    return eligible
+
+
 def next_task(engine: Engine, player: Player) -> JudgeTaskOut | None:
     """The player's open task, else a new one on a random eligible flag, else None."""
-    J, F, P = db.game_judgements, db.game_flags, db.game_players
+    J = db.game_judgements
     with db.begin_write(engine) as conn:
         _may_judge(conn, player)
         open_task = conn.execute(
@@ -109,40 +197,10 @@ def next_task(engine: Engine, player: Player) -> JudgeTaskOut | None:
             return _task_out(conn, open_task)
         banned = linked_to(conn, player.contributor_id)
         mine = select(J.c.flag_id).where(J.c.player_id == player.id)
-        SI, S, G = db.game_session_images, db.game_sessions, db.game_games
-        fresh = db.utcnow() - dt.timedelta(seconds=TASK_HOLD_S)
-        open_tasks_q = (
-            select(func.count())
-            .select_from(J)
-            .where(J.c.flag_id == F.c.id, J.c.model_wrong.is_(None), J.c.assigned_at > fresh)
-            .scalar_subquery()
-        )
-        candidates = conn.execute(
-            select(F.c.id, P.c.contributor_id)
-            .join(P, P.c.id == F.c.player_id)
-            .join(SI, SI.c.id == F.c.session_image_id)
-            .join(S, S.c.id == SI.c.session_id)
-            .join(G, G.c.id == S.c.game_id)
-            .where(
-                F.c.state == "pending",
-                F.c.tainted.is_(False),
-                F.c.player_id != player.id,
-                F.c.id.not_in(mine),
-                # no more judges at work on a flag than it still needs voices
-                open_tasks_q
-                + case((F.c.votes_wrong > F.c.votes_right, F.c.votes_wrong), else_=F.c.votes_right)
-                < G.c.judges_needed,
-            )
-            .order_by(F.c.id)
-            .limit(CANDIDATES * 4)
-        ).all()
-        eligible = []
-        for fid, author in candidates:
-            if author in banned or player.contributor_id in linked_to(conn, author):
-                continue
-            eligible.append(fid)
-            if len(eligible) >= CANDIDATES:
-                break
+        # Now and then a tainted flag, whose truth is known (the model was told to be wrong), so
+        # that every judge's record has checks it cannot tell from real tasks (`JudgeSkill`).
+        eligible = _eligible(conn, player, banned, mine, gold=True) if _RNG.random() < GOLD_SHARE else []
+        eligible = eligible or _eligible(conn, player, banned, mine, gold=False)
         if not eligible:
             return None
         fid = _RNG.choice(eligible)
@@ -196,11 +254,55 @@ def judge(
         return JudgeResultOut(task_id=task_id, recorded=True)
 
 
+def panel_voice(conn: Connection, flag_id: int) -> bool | None:
+    """The VLM panel's one voice on a flag (`panel`): True (the model was wrong), False, or None
+    (a tie, or no verdict)."""
+    V = db.game_model_verdicts
+    rows = conn.execute(select(V.c.model_wrong).where(V.c.flag_id == flag_id)).all()
+    c = Counter(bool(w) for (w,) in rows if w is not None)
+    if c[True] == c[False]:
+        return None
+    return c[True] > c[False]
+
+
+def judge_skill(
+    conn: Connection, player_ids: list[int], exclude_flag: int | None = None
+) -> dict[int, JudgeSkill]:
+    """Each judge's record against known truth: flags whose outcome is settled (confirmed or tainted:
+    the model was wrong; overturned: it was right), this flag left out."""
+    J, F = db.game_judgements, db.game_flags
+    truth_wrong = F.c.state.in_(("confirmed", "tainted"))
+    q = (
+        select(
+            J.c.player_id,
+            func.sum(case((truth_wrong, 1), else_=0)),
+            func.sum(case((and_(truth_wrong, J.c.model_wrong.is_(True)), 1), else_=0)),
+            func.sum(case((F.c.state == "overturned", 1), else_=0)),
+            func.sum(case((and_(F.c.state == "overturned", J.c.model_wrong.is_(False)), 1), else_=0)),
+        )
+        .join(F, F.c.id == J.c.flag_id)
+        .where(
+            J.c.player_id.in_(player_ids),
+            J.c.model_wrong.is_not(None),
+            F.c.state.in_(("confirmed", "tainted", "overturned")),
+        )
+        .group_by(J.c.player_id)
+    )
+    if exclude_flag is not None:
+        q = q.where(J.c.flag_id != exclude_flag)
+    out = {pid: JudgeSkill() for pid in player_ids}
+    for pid, n_w, hit_w, n_r, hit_r in conn.execute(q).all():
+        out[pid] = JudgeSkill(int(n_w or 0), int(hit_w or 0), int(n_r or 0), int(hit_r or 0))
+    return out
+
+
 def tally(conn: Connection, flag_id: int, author_cid: int) -> tuple[int, int]:
-    """(voices saying the model was wrong, voices saying it was right) among eligible judges."""
+    """(voices saying the model was wrong, voices saying it was right) among eligible judges, the
+    VLM panel (when the game has one) being one more voice. Judges whose record says they cannot
+    tell wrong answers from right ones (`JudgeSkill.has_voice`) are not counted."""
     J, P, R = db.game_judgements, db.game_players, db.game_reliability
     votes = conn.execute(
-        select(P.c.contributor_id, J.c.model_wrong, R.c.earning, db.contributors.c.paused)
+        select(J.c.player_id, P.c.contributor_id, J.c.model_wrong, R.c.earning, db.contributors.c.paused)
         .join(P, P.c.id == J.c.player_id)
         .join(R, R.c.player_id == J.c.player_id)
         .join(db.contributors, db.contributors.c.id == P.c.contributor_id)
@@ -208,11 +310,13 @@ def tally(conn: Connection, flag_id: int, author_cid: int) -> tuple[int, int]:
         .order_by(J.c.id)
     ).all()
     banned = linked_to(conn, author_cid)
+    skill = judge_skill(conn, [v.player_id for v in votes], exclude_flag=flag_id) if votes else {}
     kept = [
         (v.contributor_id, bool(v.model_wrong))
         for v in votes
         if v.earning
         and not v.paused
+        and skill[v.player_id].has_voice
         and v.contributor_id not in banned
         and author_cid not in linked_to(conn, v.contributor_id)
     ]
@@ -224,6 +328,10 @@ def tally(conn: Connection, flag_id: int, author_cid: int) -> tuple[int, int]:
             wrong += 1
         elif c[False] > c[True]:
             right += 1
+    panel = panel_voice(conn, flag_id)
+    if panel is not None:
+        wrong += panel
+        right += not panel
     return wrong, right
 
 
@@ -303,6 +411,26 @@ def open_tasks(conn: Connection, flag_id: int) -> int:
     )
 
 
+def model_verdicts(conn: Connection, flag_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Every judge's verdict on these flags, for the operator and the export."""
+    V = db.game_model_verdicts
+    out: dict[int, list[dict[str, Any]]] = {f: [] for f in flag_ids}
+    if not flag_ids:
+        return out
+    for r in conn.execute(select(V).where(V.c.flag_id.in_(flag_ids)).order_by(V.c.id)).all():
+        out[r.flag_id].append(
+            {
+                "judge": r.judge,
+                "model": r.model,
+                "own_answer": r.own_answer,
+                "model_wrong": r.model_wrong,
+                "correction_ok": r.correction_ok,
+                "error": r.error,
+            }
+        )
+    return out
+
+
 def flags_for_operator(
     conn: Connection, *, state: str | None, disputed: bool | None, limit: int, before_id: str | None = None
 ) -> list[FlagAdminOut]:
@@ -321,6 +449,8 @@ def flags_for_operator(
         q = q.where(F.c.disputed.is_(disputed))
     if before_id is not None:
         q = q.where(F.c.id < select(F.c.id).where(F.c.public_id == before_id).scalar_subquery())
+    rows = conn.execute(q).all()
+    panel_verdicts = model_verdicts(conn, [r.id for r in rows])
     return [
         FlagAdminOut(
             flag_id=r.public_id,
@@ -337,6 +467,7 @@ def flags_for_operator(
             disputed=r.disputed,
             created_at=db.aware(r.created_at),
             settled_at=db.aware(r.settled_at) if r.settled_at is not None else None,
+            vlm_verdicts=[VLMVerdictOut(**v) for v in panel_verdicts[r.id]],
         )
-        for r in conn.execute(q).all()
+        for r in rows
     ]

@@ -21,7 +21,7 @@ from vlcurate.io.fetch import resolve_images
 from vlcurate.io.sources import open_source
 from vlcurate.server import db
 from vlcurate.server.errors import BadRequest, Conflict, NotFound
-from vlcurate.server.game.config import GameCreate, GameOut
+from vlcurate.server.game.config import GameCreate, GameOut, VLMJudgeOut
 
 POOLS = ("main", "easy")
 
@@ -82,6 +82,7 @@ def create_game(engine: Engine, req: GameCreate) -> GameOut:
             f"easy pool {req.easy_pool!r} has {len(easy)} readable images; a session needs {req.n_tainted}"
         )
     fields: dict[str, Any] = req.model_dump(exclude={"pool", "easy_pool", "kind", "max_images_per_pool"})
+    fields["vlm_judges"] = fields["vlm_judges"] or None
     with db.begin_write(engine) as conn:
         if conn.execute(select(db.game_games.c.id).where(db.game_games.c.name == req.name)).first():
             raise Conflict(f"game {req.name!r} already exists")
@@ -132,6 +133,7 @@ def game_out(conn: Connection, game_id: int) -> GameOut:
         state=row.state,
         images_main=int(counts.get("main", 0)),
         images_easy=int(counts.get("easy", 0)),
+        vlm_judges=[VLMJudgeOut(name=j["name"], model=j["model"]) for j in row.vlm_judges or []],
     )
 
 

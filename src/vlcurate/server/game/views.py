@@ -113,6 +113,18 @@ class MeOut(BaseModel):
     reliability: ReliabilityOut
 
 
+class VLMVerdictOut(BaseModel):
+    """One VLM judge's verdict: its own answer, whether the model's answer was wrong and whether the
+    player's correction was right by it (None: no verdict; `error` says why)."""
+
+    judge: str
+    model: str
+    own_answer: str | None
+    model_wrong: bool | None
+    correction_ok: bool | None
+    error: str | None
+
+
 class FlagAdminOut(BaseModel):
     """A flag as the operator sees it: the model's answer, the votes, and whether they disagreed."""
 
@@ -130,3 +142,4 @@ class FlagAdminOut(BaseModel):
     disputed: bool
     created_at: dt.datetime
     settled_at: dt.datetime | None
+    vlm_verdicts: list[VLMVerdictOut] = []
