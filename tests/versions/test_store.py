@@ -179,3 +179,23 @@ def test_damage_is_detected_and_named(tmp_path: Path, images: dict[str, str]) ->
     (vdir / v1 / "version.json").write_text(json.dumps(meta))
     with pytest.raises(CorruptVersionError, match="does not hash to the id"):
         store.get(v1)
+
+
+def test_a_table_commits_like_its_dicts_and_refs_move_by_compare_and_swap(
+    tmp_path: Path, images: dict[str, str]
+) -> None:
+    import pyarrow as pa
+
+    from vlcurate.versions.errors import ConcurrentUpdateError
+
+    rows = [sample(i, images["red"], score=0.5 + i) for i in range(5)]
+    store = VersionStore(tmp_path / "vs")
+    a = store.commit(rows, parent=None, message="m")
+    b = store.commit(pa.Table.from_pylist(list(reversed(rows))), parent=None, message="m")
+    assert a.id == b.id  # order and container do not matter: the same content is the same version
+    c = store.commit(rows[:3], parent=a.id, message="fewer")
+    assert store.set_ref("main", a.id, expect=None) == a.id
+    assert store.set_ref("main", c.id[:8], expect=a.id) == c.id and store.head("main") == c.id
+    with pytest.raises(ConcurrentUpdateError, match="another writer moved it"):
+        store.set_ref("main", a.id, expect=a.id)
+    assert store.head("main") == c.id and store.refs() == {"main": c.id}

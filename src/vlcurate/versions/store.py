@@ -187,6 +187,23 @@ class VersionStore:
         self._check_store()
         return {p.name: p.read_text().strip() for p in sorted((self.root / "refs").glob("*")) if p.is_file()}
 
+    def set_ref(self, name: str, ref: str, *, expect: str | None, lock_timeout: float = 60.0) -> str:
+        """Point ref `name` at version `ref` if it still points at `expect` (None: does not exist yet);
+        else `ConcurrentUpdateError` and nothing changes. Returns the full id. (An accepted increment
+        moves `main` this way, so two loops never overwrite each other's decision.)"""
+        if not _NAME.match(name):
+            raise VersionError(f"ref name {name!r}: use letters, digits, '.', '_' and '-'")
+        vid = self.get(ref).id
+        with store_lock(self.root / "lock", lock_timeout):
+            current = self.head(name)
+            if current != expect:
+                raise ConcurrentUpdateError(
+                    f"ref {name!r} points at {current[:12] if current else 'nothing'}, not at "
+                    f"{expect[:12] if expect else 'nothing'}: another writer moved it; nothing was changed"
+                )
+            write_text_atomic(self.root / "refs" / name, vid + "\n")
+        return vid
+
     def head(self, ref: str = "main") -> str | None:
         path = self.root / "refs" / ref
         return path.read_text().strip() if path.is_file() else None
