@@ -243,6 +243,11 @@ class PlatformClient:
         resp = self._request("GET", f"{API}/ledger?{httpx.QueryParams(params)}", retry=retry)
         return [schemas.LedgerEntryOut.model_validate(e) for e in resp.json()]
 
+    def tasks(self, *, retry: RetryPolicy | None = None) -> list[schemas.TaskOut]:
+        """Every task on the server (label tasks are leased only by asking for them by id)."""
+        resp = self._request("GET", f"{API}/tasks", retry=retry)
+        return [schemas.TaskOut.model_validate(t) for t in resp.json()]
+
     def image(self, url_path: str, *, retry: RetryPolicy | None = None) -> bytes:
         """The encoded bytes of a lease item's image (`UnitItem.image_url`, a path on this server)."""
         return self._request("GET", self._same_server(url_path), retry=retry).content

@@ -122,6 +122,12 @@ def dataset_card(
 
 def _alr_line(alr: dict[str, Any]) -> str:
     """The card's ALR line: corrected for the verifier's measured error, or the raw confirmed share."""
+    if alr.get("source") == "platform":
+        return (
+            f"- Annotation Label Reliability (share of labels the crowd's verified labels agree with, "
+            f"platform quorum with hidden checks): {alr.get('alr')} (95% Wilson interval {alr.get('ci95')}, "
+            f"{alr.get('checked')} labels verified by the crowd)"
+        )
     if alr.get("calibrated"):
         cal, raw = alr["calibration"], alr["raw"]
         return (

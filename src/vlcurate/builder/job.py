@@ -32,6 +32,7 @@ from vlcurate.builder.collect import (
     retrieve,
 )
 from vlcurate.builder.costs import CountingScorer, Removed, StageLog
+from vlcurate.builder.crowd import CrowdClient, CrowdConfig, agreement, pick_checks
 from vlcurate.builder.demand import analyse_with_vlm, parse_request
 from vlcurate.builder.export import DEFAULT_FORMATS, check_formats, dataset_card, export_all
 from vlcurate.builder.formats import (
@@ -86,6 +87,7 @@ class BuildConfig(BaseModel):
     enhance: EnhanceParams | None = None
     overwrite: bool = False
     dry_run: bool = False
+    platform: CrowdConfig | None = None  # label verification by the crowd (`builder.crowd`)
 
 
 def _quiet(stage: str, message: str) -> None:
@@ -130,6 +132,7 @@ def _fingerprint(cfg: BuildConfig, spec: DatasetSpec) -> str:
         "verifier": cfg.verifier,
         "enhance": cfg.enhance.model_dump() if cfg.enhance else None,
         "oversample": cfg.oversample,
+        "platform": cfg.platform.url if cfg.platform else None,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -474,6 +477,86 @@ def _label_rounds(
     return labelled, rounds, dict(timings), calibration
 
 
+def _crowd(
+    cfg: BuildConfig,
+    spec: DatasetSpec,
+    pool: list[PoolImage],
+    labelled: dict[str, list[Label]],
+    trusted: tuple[str, Dataset] | None,
+    work: Path,
+    fingerprint: str,
+    progress: Progress,
+    log: StageLog,
+) -> dict[str, Any]:
+    """Publish the labels as a platform label task, wait for the crowd, and take its verified labels
+    as the second check (a label the crowd's verified label contradicts is not confirmed)."""
+    assert cfg.platform is not None
+    classes = spec.class_names
+    data = {im.uid: im.data for im in pool}
+    uids = [u for u, labs in labelled.items() if labs]
+    ids = {f"p{k}": u for k, u in enumerate(uids)}  # the server's uid pattern; pool uids are free text
+    mine = {i: classes.index(labelled[u][0].cls) for i, u in ids.items()}
+    confirmed = {i: k for i, k in mine.items() if labelled[ids[i]][0].verified}
+    images = {i: data[u] for i, u in ids.items()}
+    checks: dict[str, tuple[int, str]] = {}
+    if trusted is not None:  # an expanded dataset's labels: extra images, each a check
+        _, ds = trusted
+        for j in trusted_sample(ds, classes, "classify", limit=max(1, len(uids) // 4)):
+            it = ds.items[j]
+            images[f"d{j}"] = it.read()
+            checks[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
+    c = cfg.platform
+    picked = pick_checks(list(mine), confirmed, len(images), c.unit_size, c.check_share)
+    checks.update({u: (k, "builder") for u, k in picked.items()})
+    state_file = work / "platform.json"
+    client = CrowdClient(c)
+    try:
+        with log.stage("platform") as st:
+            if state_file.is_file():
+                task_id = int(json.loads(state_file.read_text())["task_id"])
+                progress("platform", f"resumed: waiting on label task {task_id} at {c.url}")
+                log.mark_resumed("platform")
+            else:
+                task_id = client.publish(
+                    f"build-{fingerprint}-{len(images)}",
+                    list(zip(classes, [cl.definition for cl in spec.classes], strict=True)),
+                    images,
+                    checks,
+                )
+                write_json_atomic(state_file, {"task_id": task_id, "url": c.url})
+                log.save(work / "costs.json")
+                st.add_calls(platform_items_published=len(images), platform_checks=len(checks))
+                progress(
+                    "platform",
+                    f"label task {task_id}: {len(images)} images ({len(checks)} hidden checks) at {c.url}",
+                )
+            state, timed_out = client.wait(task_id, lambda m: progress("platform", m))
+            st.saw = len(uids)
+            verdict = {v.uid: v for v in state.labels}
+            for i, u in ids.items():
+                v = verdict.get(i)
+                if v is None or v.state != "verified" or v.label is None:
+                    continue
+                lab = labelled[u][0]
+                lab.verified = v.label == mine[i]
+                lab.verifier = f"platform:{c.url}#task{task_id}"
+                lab.verifier_confidence = None
+            st.kept = sum(1 for i, u in ids.items() if labelled[u][0].verified)
+    finally:
+        client.close()
+    alr = agreement(mine, state)
+    return {
+        "alr": alr,
+        "task_id": task_id,
+        "url": c.url,
+        "units": state.units,
+        "units_verified": state.units_verified,
+        "units_inconclusive": state.units_inconclusive,
+        "timed_out": timed_out,
+        "checks": {"builder": len(picked), "dataset": len(checks) - len(picked)},
+    }
+
+
 def _per_class_images(
     all_labels: list[list[Label]], kept: list[list[Label]], spec: DatasetSpec
 ) -> dict[str, int]:
@@ -588,6 +671,8 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             log.count(vlm_requests=1)
     formats = cfg.formats or list(DEFAULT_FORMATS[spec.task])
     check_formats(spec.task, formats)
+    if cfg.platform is not None and spec.task != "classify":
+        raise SpecError(f"--platform verifies classification labels only; this spec is a {spec.task} task")
     progress(
         "demand", f"{spec.task}: {', '.join(spec.class_names)}, {spec.images_per_class} images per class"
     )
@@ -610,12 +695,16 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     labelled, rounds, label_timings, calibration = _label_rounds(
         cfg, spec, pool, work, progress, log, trusted
     )
+    crowd = _crowd(cfg, spec, pool, labelled, trusted, work, fp, progress, log) if cfg.platform else None
     timings.update(label_timings)
     t0 = time.perf_counter()
     log.reset("supervise", "export")
     with log.stage("supervise") as st:
         chosen, queue, metrics = _select(spec, pool, labelled)
         metrics["alr"] = _alr(metrics["alr"], calibration, trusted is not None)
+        if crowd is not None:  # ALR from the crowd's verified agreement; the local check beside it
+            metrics["alr"] = crowd["alr"] | {"local": metrics["alr"]}
+            metrics["platform"] = {k: v for k, v in crowd.items() if k != "alr"}
         st.saw, st.kept = len(labelled), len(chosen)
         src = {im.uid: im.source for im in pool}
         held = {u: why for u, _, why in queue}

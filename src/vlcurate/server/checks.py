@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from vlcurate.server import db
+from vlcurate.server import db, labels
 from vlcurate.server.platform import Platform, TaskInfo
 
 Known = dict[int, tuple[float | None, str]]  # item id -> (score, status)
@@ -86,7 +86,8 @@ def grade(
         worst = max(worst, err)
         if err > task.tolerance:
             failed.append(item)
-    return GoldOutcome(not failed, len(checks), len(failed), worst if checks else None, tuple(failed))
+    ok = labels.grade_ok(task, len(checks), len(failed))
+    return GoldOutcome(ok, len(checks), len(failed), worst if checks else None, tuple(failed))
 
 
 def check_submission(

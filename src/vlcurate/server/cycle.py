@@ -116,8 +116,8 @@ def fast(
     if dt.datetime.fromisoformat(rep["deadline"]) < now:
         return None
     task = p.task(rep["task_id"])
-    if body.model_fingerprint != task.model_fingerprint:
-        return None
+    if body.model_fingerprint != task.model_fingerprint or task.kind == "label":
+        return None  # a label task (`labels`) always takes the general path
     pairs = p.unit_pairs(unit["first_item"], unit["last_item"])
     view = p.replica_view(lease_id, rep["seed"], pairs.item_ids, rep["gold_items"])
     try:

@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, case, func, insert, literal_column, select, te
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import db, links, schemas
+from vlcurate.server import db, labels, links, schemas
 from vlcurate.server.auth import Caller
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.platform import Platform, UnitPairs
@@ -294,6 +294,7 @@ def _lease_response(
             model=task.model,
             model_fingerprint=task.model_fingerprint,
             preprocessing=task.preprocessing,
+            classes=labels.task_classes(task),
         ),
         deadline=deadline,
         heartbeat_seconds=max(1, task.lease_seconds // HEARTBEAT_FRACTION),

@@ -42,6 +42,7 @@ class TaskInfo:
     trust_after: int
     min_audit_rate: float
     state: str
+    label_spec: dict[str, Any] | None = None  # a `label` task's classes and check rule (`labels`)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ class Platform:
         if hit is not None and time.monotonic() - hit[0] < self.TASK_TTL:
             return hit[1]
         with self.engine.connect() as conn:
-            ids = [r[0] for r in conn.execute(select(db.tasks.c.id).where(db.tasks.c.state == "active"))]
+            # label tasks are leased only by agents that ask for them by id (`vlcurate.server.labels`)
+            active = select(db.tasks.c.id).where(db.tasks.c.state == "active", db.tasks.c.kind != "label")
+            ids = [r[0] for r in conn.execute(active)]
         if ids:  # a new task shows up at once; an empty list is not cached
             self._tasks.put("active", (time.monotonic(), ids))
         return ids

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictFloat,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
     field_validator,
@@ -161,6 +162,78 @@ class RetiredCheckOut(BaseModel):
     retired_reason: str | None
 
 
+# ---- label tasks (`vlcurate build --platform`) ------------------------------------------------
+
+MAX_CLASSES = 1000
+Uid = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class LabelClass(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=500, description="What counts as this class.")
+
+
+class LabelImage(Strict):
+    uid: Uid
+    image: str = Field(min_length=4, max_length=12_000_000, description="The image file, base64.")
+
+
+class LabelCheck(Strict):
+    """A hidden check's answer: a label the operator trusts (never a crowd answer)."""
+
+    uid: Uid
+    label: StrictInt = Field(ge=0, le=MAX_CLASSES - 1)
+    source: Literal["builder", "dataset"] = Field(
+        description="`builder`: confirmed by two independent models; `dataset`: an existing dataset's label."
+    )
+
+
+class LabelTaskCreate(Strict):
+    name: str = Field(pattern=NAME)
+    classes: list[LabelClass] = Field(min_length=2, max_length=MAX_CLASSES)
+    images: list[LabelImage] = Field(min_length=1, max_length=20_000)
+    checks: list[LabelCheck] = Field(min_length=1, max_length=20_000)
+    quorum: int = Field(default=2, ge=1, le=10)
+    max_replicas: int = Field(default=4, ge=1, le=20)
+    agree_fraction: float = Field(
+        default=0.8, gt=0, le=1, description="Share of a unit's labels two replicas must share to agree."
+    )
+    check_pass_fraction: float = Field(
+        default=0.8, gt=0, le=1, description="Share of its hidden checks a submission must get right."
+    )
+    unit_size: int = Field(default=32, ge=2, le=1000)
+    points_per_item: float = Field(default=1.0, gt=0, le=1000)
+    lease_seconds: int = Field(default=300, ge=5, le=86_400)
+    trust_after: int = Field(default=10, ge=1, le=10_000)
+    min_audit_rate: float = Field(default=0.1, gt=0, le=1)
+
+
+class LabelTaskOut(BaseModel):
+    id: int
+    name: str
+    dataset_id: int
+    n_items: int
+    n_units: int
+    n_checks: int
+    classes: list[LabelClass]
+
+
+class VerifiedLabel(BaseModel):
+    uid: str
+    label: int | None = Field(description="The label a quorum of independent replicas agreed on.")
+    state: Literal["verified", "disputed", "inconclusive", "open", "unreadable"]
+    check: bool = Field(description="Whether the operator's trusted label for it was a hidden check.")
+
+
+class LabelsOut(BaseModel):
+    task_id: int
+    units: int
+    units_verified: int
+    units_inconclusive: int
+    done: bool = Field(description="Every unit is verified or set aside.")
+    labels: list[VerifiedLabel]
+
+
 # ---- agents ----------------------------------------------------------------------------------
 
 
@@ -184,6 +257,9 @@ class TaskSpec(BaseModel):
     model: str
     model_fingerprint: str
     preprocessing: dict[str, Any]
+    classes: list[LabelClass] | None = Field(
+        default=None, description="A `label` task's classes: answer each item with an index into them."
+    )
 
 
 class UnitItem(BaseModel):
@@ -221,6 +297,9 @@ class ItemResult(Strict):
         default=None, description="Cosine score in [-1, 1]; null when status is not ok."
     )
     status: ItemStatus = "ok"
+    label: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_CLASSES - 1, description="`label` tasks: the class index; null otherwise."
+    )
 
     @field_validator("score")
     @classmethod

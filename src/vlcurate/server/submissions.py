@@ -10,12 +10,12 @@ import numpy as np
 from sqlalchemy import JSON, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import checks, db, reputation, schemas
+from vlcurate.server import checks, db, labels, reputation, schemas
 from vlcurate.server.auth import Caller
 from vlcurate.server.errors import BadRequest, Conflict, Forbidden, NotFound
 from vlcurate.server.leasing import is_trusted
 from vlcurate.server.ledger import credited_points
-from vlcurate.server.platform import Platform
+from vlcurate.server.platform import Platform, TaskInfo
 from vlcurate.server.unit_view import ViewItem, replica_view
 from vlcurate.server.verify import evaluate_unit
 
@@ -93,7 +93,7 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
         if deadline < now:
             raise Conflict(f"lease {lease_id} expired at {deadline.isoformat()}")
         task = p.task(rep.task_id)
-        if body.model_fingerprint != task.model_fingerprint:
+        if body.model_fingerprint != task.model_fingerprint and not labels.is_label(task):
             raise Rejected(
                 f"model fingerprint {body.model_fingerprint[:12]}... is not the task's pinned model "
                 f"{task.model} ({task.model_fingerprint[:12]}...)"
@@ -106,13 +106,14 @@ def _submit(p: Platform, caller: Caller, lease_id: int, body: schemas.Submission
             p.unit_pairs(unit.first_item, unit.last_item).item_ids,
             rep.gold_items,
         )
-        scores, statuses = place_results(view, body.results)
+        scores, statuses = place_results(view, body.results, task)
         gold, _, on_checks = checks.check_submission(
             conn, task, unit.first_item, unit.n_items, rep.gold_items, scores, statuses
         )
         # a trusted contributor failed: does the server still stand by those answers?
         if (
             not gold.ok
+            and not labels.is_label(task)  # the operator's labels stand: there is no model to re-ask
             and is_trusted(caller.valid_streak, task.trust_after)
             and checks.dispute(
                 conn, p, task, caller.contributor_id, gold.failed_items, on_checks, scores, statuses
@@ -195,9 +196,10 @@ _SAVE_RESPONSE = (
 
 
 def place_results(
-    view: list[ViewItem], results: list[schemas.ItemResult]
+    view: list[ViewItem], results: list[schemas.ItemResult], task: TaskInfo | None = None
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Put each result at its stored position; every item exactly once, nothing else."""
+    """Put each result (a score, or a label task's class index) at its stored position; every item
+    exactly once, nothing else."""
     where = {v.public_id: v.position for v in view}
     scores = np.full(len(view), np.nan, dtype=np.float32)
     statuses: dict[int, str] = {}
@@ -211,12 +213,17 @@ def place_results(
         if r.item_id in seen:
             raise Rejected(f"item {r.item_id} appears twice")
         seen.add(r.item_id)
+        try:
+            value = r.score if task is None else labels.result_value(task, r)
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
+        what = "a label" if task is not None and labels.is_label(task) else "a score"
         if r.status == "ok":
-            if r.score is None:
-                raise Rejected(f"item {r.item_id}: status ok needs a score")
-            scores[pos] = r.score
+            if value is None:
+                raise Rejected(f"item {r.item_id}: status ok needs {what}")
+            scores[pos] = value
         else:
-            if r.score is not None:
+            if value is not None:
                 raise Rejected(f"item {r.item_id}: status {r.status} must not carry a score")
             statuses[pos] = r.status
     if unknown:

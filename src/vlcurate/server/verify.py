@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from vlcurate.server import db, ledger, links, reputation
+from vlcurate.server import db, labels, ledger, links, reputation
 from vlcurate.server.platform import Platform, TaskInfo
 
 
@@ -122,7 +122,7 @@ def judge(
     stacked = np.stack([vectors[i] for i in group])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a pair nobody could score stays NaN
-        verified = np.nanmean(stacked, axis=0)
+        verified = labels.majority(stacked) if labels.is_label(task) else np.nanmean(stacked, axis=0)
     status: dict[str, str] = {}
     for pos in np.flatnonzero(np.isnan(verified)):
         votes = Counter(subs[i].statuses.get(str(pos), "decode_error") for i in group)

@@ -1,5 +1,5 @@
-"""The platform's HTTP API, one router per resource: operators' `datasets`, `tasks`, `agents`,
-`contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads; `game`, the
+"""The platform's HTTP API, one router per resource: operators' `datasets`, `tasks`, `label_tasks`,
+`agents`, `contributors` and `checks`; agents' `me`, `leases` and `images`; the `public` reads; `game`, the
 GAP game's API. Their dependencies (the platform, who is calling) are `deps`; the HTML dashboard
 is `dashboard`, the game's page `play`."""
 
@@ -13,6 +13,7 @@ from vlcurate.server.routers import (
     datasets,
     game,
     images,
+    label_tasks,
     leases,
     me,
     public,
@@ -22,6 +23,7 @@ from vlcurate.server.routers import (
 ROUTERS: tuple[APIRouter, ...] = (
     datasets.router,
     tasks.router,
+    label_tasks.router,
     agents.router,
     contributors.router,
     checks.router,

@@ -1,0 +1,174 @@
+"""`vlcurate build --platform URL`: labelling verified by the crowd, through the platform's label tasks.
+
+The builder is a client over HTTP (it sits below the server in the layers and never imports it):
+it uploads the candidate images with the spec's classes, and as hidden checks the labels it
+trusts: its own labels that both of its models agree on, and an expanded dataset's labels (sent
+as extra images). Contributors' agents (and people) label the units; the server grades them on the
+checks, forms a quorum of independent replicas, pays through the ledger and pauses cheats. The
+builder waits (with a deadline and progress), reads the verified labels back, and its ALR becomes
+the share of its labels the crowd's verified labels agree with.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlcurate.base.intervals import wilson
+
+API = "/api/v1/label-tasks"
+
+
+class CrowdError(RuntimeError):
+    """The platform refused or could not be reached; the message is the server's detail."""
+
+
+class CrowdConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://")
+    token: str = Field(min_length=1, description="The platform's operator (admin) token.")
+    timeout_s: float = Field(600.0, gt=0, description="How long to wait for verified labels.")
+    poll_s: float = Field(1.0, gt=0)
+    unit_size: int = Field(16, ge=2, le=1000)
+    quorum: int = Field(2, ge=1, le=10)
+    check_share: float = Field(0.25, gt=0, le=1, description="Share of each unit that is hidden checks.")
+    check_pass_fraction: float = Field(0.75, gt=0, le=1)
+    agree_fraction: float = Field(0.8, gt=0, le=1)
+    points_per_item: float = Field(1.0, gt=0)
+
+
+class VerifiedLabel(BaseModel):
+    uid: str
+    label: int | None
+    state: str
+    check: bool
+
+
+class LabelsState(BaseModel):
+    """The server's `LabelsOut`, as the builder reads it."""
+
+    task_id: int
+    units: int
+    units_verified: int
+    units_inconclusive: int
+    done: bool
+    labels: list[VerifiedLabel]
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        d = resp.json().get("detail")
+    except ValueError:
+        d = None
+    return str(d) if d else resp.text[:200]
+
+
+class CrowdClient:
+    def __init__(self, cfg: CrowdConfig, client: httpx.Client | None = None) -> None:
+        self.cfg = cfg
+        self.http = client or httpx.Client(
+            base_url=cfg.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {cfg.token}"},
+            timeout=httpx.Timeout(120.0, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise CrowdError(f"platform {self.cfg.url} unreachable: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            raise CrowdError(f"platform {self.cfg.url} answered HTTP {resp.status_code}: {_detail(resp)}")
+        return resp.json()
+
+    def publish(
+        self,
+        name: str,
+        classes: list[tuple[str, str]],
+        images: dict[str, bytes],
+        checks: dict[str, tuple[int, str]],
+    ) -> int:
+        """A label task over `images`; `checks` maps uid -> (class index, 'builder' | 'dataset')."""
+        body = {
+            "name": name,
+            "classes": [{"name": n, "description": d[:500]} for n, d in classes],
+            "images": [{"uid": u, "image": base64.b64encode(b).decode()} for u, b in images.items()],
+            "checks": [{"uid": u, "label": k, "source": src} for u, (k, src) in checks.items()],
+            "quorum": self.cfg.quorum,
+            "max_replicas": max(self.cfg.quorum + 2, 4),
+            "agree_fraction": self.cfg.agree_fraction,
+            "check_pass_fraction": self.cfg.check_pass_fraction,
+            "unit_size": self.cfg.unit_size,
+            "points_per_item": self.cfg.points_per_item,
+        }
+        return int(self._call("POST", API, json=body)["id"])
+
+    def labels(self, task_id: int) -> LabelsState:
+        return LabelsState.model_validate(self._call("GET", f"{API}/{task_id}/labels"))
+
+    def wait(
+        self,
+        task_id: int,
+        progress: Callable[[str], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[LabelsState, bool]:
+        """Poll until every unit is verified or set aside, or the deadline; (state, timed out)."""
+        deadline = time.monotonic() + self.cfg.timeout_s
+        last = None
+        while True:
+            st = self.labels(task_id)
+            now = (st.units_verified, st.units_inconclusive)
+            if now != last:
+                progress(
+                    f"task {task_id}: {st.units_verified}/{st.units} units verified"
+                    + (f", {st.units_inconclusive} set aside" if st.units_inconclusive else "")
+                )
+                last = now
+            if st.done:
+                return st, False
+            if time.monotonic() >= deadline:
+                return st, True
+            sleep(self.cfg.poll_s)
+
+
+def pick_checks(
+    uids: list[str], trusted: dict[str, int], n_total: int, unit_size: int, share: float
+) -> dict[str, int]:
+    """Which trusted labels become hidden checks: `share` of every unit, at least one per unit."""
+    n_units = -(-n_total // unit_size)
+    want = max(n_units, round(n_total * share))
+    ordered = [u for u in uids if u in trusted]
+    if len(ordered) <= want:
+        return {u: trusted[u] for u in ordered}
+    step = len(ordered) / want
+    return {ordered[int(k * step)]: trusted[ordered[int(k * step)]] for k in range(want)}
+
+
+def agreement(builder: dict[str, int], crowd: LabelsState) -> dict[str, Any]:
+    """ALR from verified agreement: the share of the builder's labels the crowd's verified labels
+    match, with a Wilson interval; items the crowd left unverified are counted apart."""
+    verified = {v.uid: v.label for v in crowd.labels if v.state == "verified" and v.label is not None}
+    both = [u for u in builder if u in verified]
+    k = sum(1 for u in both if verified[u] == builder[u])
+    lo, hi = wilson(k, len(both))
+    states: dict[str, int] = {}
+    for v in crowd.labels:
+        if v.uid in builder:
+            states[v.state] = states.get(v.state, 0) + 1
+    return {
+        "alr": k / len(both) if both else None,
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "checked": len(both),
+        "confirmed": k,
+        "source": "platform",
+        "crowd_states": states,
+    }
