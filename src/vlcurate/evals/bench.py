@@ -288,6 +288,8 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
             spans = list(array_elements(buf))
         except JsonScanError as exc:
             raise BenchFileError(f"{path}: not a JSON array of items: {exc}") from None
+        if not buf.rstrip().endswith(b"]"):
+            raise BenchFileError(f"{path}: not a JSON array of items: it ends before its closing ']'")
         for index, (s, e) in enumerate(spans):
             where = f"{path}:{buf.count(NEWLINE, 0, s) + 1}"
             try:

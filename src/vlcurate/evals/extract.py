@@ -5,8 +5,9 @@
 - `yesno`: the first yes/no (true/false) word.
 - `short`: numbers when the reference is a number (digits or number words up to twenty, so "three
   red circles" scores as 3); otherwise the normalised reply (case, punctuation, articles, grey/gray)
-  equals the reference, or a short reply (<= 12 words) states it as a whole phrase. A list of
-  references (VQA style) accepts any of them.
+  equals the reference, or a short reply (<= 12 words) states it as a whole phrase; a reply of more
+  than 8 words that does not is `unparsed` (no short answer in it), a shorter one is wrong. A list
+  of references (VQA style) accepts any of them.
 - `caption`: token F1 (bag of lower-case words without articles and fillers, best over the
   references; CIDEr-free, no model), correct when >= `caption_threshold` (0.5 by default).
 
@@ -53,6 +54,7 @@ NUMBER_WORDS: dict[str, int] = {
 }
 NUMBER_WORDS["none"] = 0
 NUMBER_WORDS["no"] = 0  # "no red circles" -- only used when the reference is a number
+MAX_SHORT_WORDS = 8  # a longer short-answer reply that does not state the reference is unparsed
 SYNONYMS = {"grey": "gray", "colour": "color", "true": "yes", "false": "no"}
 _NUMBER = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?|" + "|".join(NUMBER_WORDS) + r")(?![\w])", re.IGNORECASE)
 _ONLY_LETTER = re.compile(r"^\(?([A-J])\)?[.:)]?$")
@@ -194,6 +196,8 @@ def _short(response: str, references: list[str]) -> Scored:
         for r in refs:
             if r and f" {' '.join(_TOKEN.findall(r))} " in padded:
                 return Scored("ok", r, True)
+    if len(words) > MAX_SHORT_WORDS:
+        return Scored("unparsed", None, False, error=f"no short answer in a reply of {len(words)} words")
     return Scored("ok", t, False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -38,6 +39,13 @@ class VLMServerSettings(BaseModel):
     memory_min: int = Field(
         default=DEFAULT_MIN_SAMPLES, ge=1, description="Memory samples about an attribute that cure it."
     )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"memory path not found: {v}")  # before the model is loaded
+        return v
 
     @field_validator("weakness")
     @classmethod

@@ -1,0 +1,112 @@
+"""Benchmark files in every layout `vlcurate eval` reads, and the errors that name the bad lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vlcurate.evals.bench import BenchFileError, read_benchmark
+from vlcurate.synth.bench import make_benchmark, make_training_samples
+from vlcurate.synth.scene import scene_from_seed
+
+
+def test_jsonl_from_the_synthetic_benchmark(tmp_path: Path) -> None:
+    path = make_benchmark(tmp_path, 12, seed=1)
+    items = read_benchmark(tmp_path)  # the folder finds bench.jsonl
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [i.id for i in items] == [r["id"] for r in rows]
+    for item, row in zip(items, rows, strict=True):
+        assert (
+            item.type == row["type"] and item.answers == [row["answer"]] and item.category == row["category"]
+        )
+        assert item.image_ref == str(tmp_path.resolve() / row["image"])  # relative to the file
+        assert item.description == row["description"] and item.meta["form"] == row["meta"]["form"]
+        assert (item.choices is not None) == (row["type"] == "mc")
+
+
+def test_csv_tsv_json_and_parquet_layouts(tmp_path: Path) -> None:
+    (tmp_path / "mm.tsv").write_text(
+        "index\tquestion\tA\tB\tC\tD\tanswer\tcategory\timage\n"
+        "7\tWhat colour is the star?\tred\tblue\tgreen\t\tA\tcolour\timg/x.png\n"
+    )
+    [mm] = read_benchmark(tmp_path / "mm.tsv")
+    assert (mm.id, mm.type, mm.choices, mm.answers, mm.category) == (
+        "7",
+        "mc",
+        ["red", "blue", "green"],
+        ["A"],
+        "colour",
+    )
+    assert mm.image_ref == str(tmp_path.resolve() / "img" / "x.png")
+
+    (tmp_path / "qa.csv").write_text('question,answer,options\n"Is it red?",yes,\n"How many?",3,\n')
+    yes, count = read_benchmark(tmp_path / "qa.csv")
+    assert (yes.id, yes.type, count.type) == ("0", "yesno", "short")
+
+    records = [
+        {"question_id": "c1", "captions": ["a red star", "one red star"], "image": "https://x.org/a.png"},
+        {"id": "m1", "question": "Pick", "options": {"A": "cat", "B": "dog"}, "label": "B", "extra": 5},
+    ]
+    (tmp_path / "b.json").write_text(json.dumps(records, indent=1))
+    cap, mc = read_benchmark(tmp_path / "b.json")
+    assert cap.type == "caption" and cap.answers == ["a red star", "one red star"]
+    assert cap.image_ref == "https://x.org/a.png" and cap.question.startswith("Write a caption")
+    assert mc.choices == ["cat", "dog"] and mc.meta == {"extra": 5}
+
+    png = scene_from_seed(0, 0).encode("png")
+    table = pa.table(
+        {
+            "id": ["p1"],
+            "question": ["How many objects are there?"],
+            "answer": ["2"],
+            "image": [{"bytes": png, "path": "s.png"}],
+        }
+    )
+    pq.write_table(table, tmp_path / "b.parquet")
+    [p] = read_benchmark(tmp_path / "b.parquet")
+    assert p.image_bytes == png and p.image == "s.png" and p.answers == ["2"]
+
+
+def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:
+    data = make_training_samples(tmp_path, 8, seed=2)
+    items = read_benchmark(data)
+    assert len(items) == 8
+    for it in items:
+        assert not it.question.endswith("single word or number.") and "Answer with" not in it.question
+        assert it.answers and it.image_ref and Path(it.image_ref).is_file()
+        if it.type == "mc":
+            assert it.choices and it.answers[0] in "ABCD"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("b.jsonl", '{"question": "q?", "answer": "a"}\n{"question": \n', "b.jsonl:2: invalid JSON"),
+        ("b.jsonl", '{"question": "q?", "answer": "a"}\n\n[1]\n', "b.jsonl:3: expected a JSON object"),
+        ("b.jsonl", '{"answer": "a"}\n', "b.jsonl:1: no question"),
+        ("b.jsonl", '{"id": 1, "question": "q"}\n{"id": 1, "question": "r"}\n', "b.jsonl:2: id '1' repeats"),
+        ("b.jsonl", '{"question": "q", "type": "essay"}\n', "type must be mc, short, yesno or caption"),
+        ("b.jsonl", '{"question": "q", "type": "mc"}\n', "b.jsonl:1: a multiple-choice item needs choices"),
+        ("b.json", '[\n {"question": "q"},\n {"answer": 2}\n]', "b.json:3: no question"),
+        ("b.json", '[{"question": "q"},', "not a JSON array"),
+        ("b.csv", "question,choices\nq,notalist\n", "b.csv:2: choices must be a list"),
+        ("b.xml", "<q/>", "unknown benchmark format"),
+        ("b.jsonl", "\n\n", "holds no items"),
+    ],
+)
+def test_bad_files_name_the_line(tmp_path: Path, name: str, text: str, expected: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(BenchFileError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        read_benchmark(tmp_path / name)
+
+
+def test_many_bad_lines_are_counted_and_missing_files_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "b.jsonl").write_text("oops\n" * 9)
+    with pytest.raises(BenchFileError, match=r"9 bad benchmark record\(s\).*b.jsonl:5.*\(and 4 more\)"):
+        read_benchmark(tmp_path / "b.jsonl")
+    with pytest.raises(FileNotFoundError, match="benchmark not found"):
+        read_benchmark(tmp_path / "missing.jsonl")

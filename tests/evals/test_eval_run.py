@@ -1,0 +1,196 @@
+"""`run_eval` against the real offline VLM server: scoring, resume after a kill, the cache, repeats,
+the diagnosis modes, and every kind of bad input (missing images and answers, empty and garbled
+replies, refusals, a judge that times out, an unreachable server, a changed configuration)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.evals.live import InThreadVLM
+from typer.testing import CliRunner
+
+from vlcurate.cli.main import app
+from vlcurate.evals.config import EvalConfig
+from vlcurate.evals.results import load_run
+from vlcurate.evals.runner import RunConfigMismatch, run_eval
+
+pytestmark = pytest.mark.slow
+
+
+def cfg(server: InThreadVLM | str, bench: Path, out: Path, **kw: Any) -> EvalConfig:
+    url = server if isinstance(server, str) else server.base_url
+    return EvalConfig(endpoint=url, bench=str(bench), out=out, concurrency=4, **kw)
+
+
+def answers(run: Path) -> dict[tuple[str, int], tuple[str | None, bool | None]]:
+    return {k: (s.response, s.correct) for k, s in load_run(run).by_key().items()}
+
+
+def test_run_scores_resumes_after_a_kill_and_hits_the_cache(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    s = run_eval(cfg(servers["plain"], bench, tmp_path / "a", cache_dir=cache), progress=False)
+    assert s.complete and s.answered == s.expected == 18
+    assert set(s.per_category) == {"count", "exists", "colour", "shape", "background", "caption"}
+    assert s.status_counts == {"ok": 18} and s.cache_hits == 0
+    assert s.overall.accuracy is not None and s.overall.accuracy >= 0.6  # tiny-synth is mostly right
+    lo, hi = s.overall.ci95
+    assert lo < s.overall.accuracy <= hi
+    for name in ("report.md", "report.html", "accuracy.png", "report.json", "config.json", "summary.json"):
+        assert (tmp_path / "a" / name).is_file(), name
+    first = answers(tmp_path / "a")
+
+    # A kill: 5 whole lines and half of the sixth are left. The re-run asks only the other 13.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(tmp_path / "a" / "config.json", killed / "config.json")
+    lines = (tmp_path / "a" / "samples.jsonl").read_bytes().split(b"\n")
+    (killed / "samples.jsonl").write_bytes(b"\n".join(lines[:5]) + b"\n" + lines[5][:40])
+    run_eval(cfg(servers["plain"], bench, killed, cache_dir=tmp_path / "cache2"), progress=False)
+    report = json.loads((killed / "report.json").read_text())
+    assert report["run"]["asked"] == 13 and report["summary"]["complete"]
+    assert answers(killed) == first
+    assert len((killed / "samples.jsonl").read_text().splitlines()) == 18  # the half line was cut
+
+    # Nothing left to ask: the same folder again asks nothing.
+    run_eval(cfg(servers["plain"], bench, tmp_path / "a", cache_dir=cache), progress=False)
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["run"]["asked"] == 0
+
+    # A fresh folder with the same cache: every answer comes from the cache, the same as before.
+    again = run_eval(cfg(servers["plain"], bench, tmp_path / "b", cache_dir=cache), progress=False)
+    assert again.cache_hits == 18 and answers(tmp_path / "b") == first
+
+    # A different configuration in the same folder is refused, nothing is written.
+    before = (tmp_path / "a" / "samples.jsonl").read_bytes()
+    with pytest.raises(RunConfigMismatch, match="temperature"):
+        run_eval(cfg(servers["plain"], bench, tmp_path / "a", temperature=0.7), progress=False)
+    assert (tmp_path / "a" / "samples.jsonl").read_bytes() == before
+
+
+def test_repeats_and_the_diagnosis_modes(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    plain = servers["plain"]
+    s = run_eval(cfg(plain, bench, tmp_path / "rep", repeats=2, temperature=0.7, limit=4), progress=False)
+    keys = set(load_run(tmp_path / "rep").by_key())
+    assert s.expected == 8 and len(keys) == 8 and {r for _, r in keys} == {0, 1}
+
+    # Without the image the model abstains (refused); from the bench's true description it reasons right.
+    blind = run_eval(cfg(plain, bench, tmp_path / "none", image_mode="none"), progress=False)
+    assert blind.status_counts.get("refused", 0) >= 12
+    told = run_eval(
+        cfg(plain, bench, tmp_path / "told", image_mode="description", description_from="bench"),
+        progress=False,
+    )
+    assert told.overall.accuracy is not None and told.overall.accuracy >= 0.9
+    own = run_eval(cfg(plain, bench, tmp_path / "own", image_mode="description"), progress=False)
+    rows = load_run(tmp_path / "own").samples
+    assert all(isinstance(r.model_extra and r.model_extra.get("description"), str) for r in rows)
+    assert own.overall.n == 18
+
+
+def test_weak_model_refuses_garbles_and_is_blind(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    s = run_eval(cfg(servers["weak"], bench, tmp_path / "w"), progress=False)
+    rows = load_run(tmp_path / "w").samples
+    by_cat: dict[str, list[Any]] = {}
+    for r in rows:
+        by_cat.setdefault(r.category, []).append(r)
+    assert {r.status for r in by_cat["count"]} == {"refused"}
+    assert {r.status for r in by_cat["shape"]} == {"unparsed"}
+    assert all(r.correct is False for r in by_cat["count"] + by_cat["shape"])  # scored as wrong
+    assert s.per_category["count"].accuracy == 0.0
+    red = [r for r in rows if r.meta.get("colour") == "red" and r.category in ("exists", "colour")]
+    assert red and not any(r.correct for r in red if r.meta.get("present", True))
+
+
+def test_missing_images_and_answers_are_marked_not_scored(
+    servers: dict[str, InThreadVLM], tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    from vlcurate.synth.scene import scene_from_seed
+
+    (src / "ok.png").write_bytes(scene_from_seed(1, 0).encode("png"))
+    (src / "broken.png").write_bytes(b"not a png")
+    rows = [
+        {"id": "ok", "image": "ok.png", "question": "How many objects are there?", "answer": "2"},
+        {"id": "gone", "image": "nowhere.png", "question": "How many objects are there?", "answer": "2"},
+        {"id": "broken", "image": "broken.png", "question": "Is there a red star?", "answer": "no"},
+        {"id": "noans", "image": "ok.png", "question": "Is there a red star?"},
+    ]
+    (src / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = run_eval(cfg(servers["plain"], src / "b.jsonl", tmp_path / "r"), progress=False)
+    got = {r.id: r for r in load_run(tmp_path / "r").samples}
+    assert got["ok"].status == "ok" and got["ok"].correct is not None
+    assert got["gone"].status == "missing_image" and "nowhere.png" in (got["gone"].error or "")
+    assert got["broken"].status == "missing_image" and "unreadable" in (got["broken"].error or "")
+    assert got["noans"].status == "missing_answer" and got["noans"].correct is None
+    assert s.complete and s.overall.n == 1 and s.overall.unscored == 3
+
+
+def test_empty_replies_are_no_answer(servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path) -> None:
+    s = run_eval(cfg(servers["empty"], bench, tmp_path / "e", limit=3), progress=False)
+    rows = load_run(tmp_path / "e").samples
+    assert {r.status for r in rows} == {"no_answer"} and all(r.correct is False for r in rows)
+    assert s.overall.n == 3 and s.overall.correct == 0
+
+
+def test_judge_decides_and_a_judge_timeout_marks_error(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    plain = servers["plain"]
+    judged = run_eval(
+        cfg(
+            plain,
+            bench,
+            tmp_path / "j",
+            judge_endpoint=plain.base_url,
+            judge_model="tiny-synth",
+            judge_mode="always",
+        ),
+        progress=False,
+    )
+    rows = load_run(tmp_path / "j").samples
+    questions = [r for r in rows if r.type != "caption"]
+    assert all(
+        r.judge == "tiny-synth" and r.model_extra and r.model_extra.get("judge_reason") for r in questions
+    )
+    exact = answers(tmp_path / "j")
+    assert judged.status_counts.get("error", 0) == 0 and len(exact) == 18
+
+    slow = cfg(plain, bench, tmp_path / "t", judge_endpoint=servers["hang"].base_url, judge_mode="always",
+               judge_timeout_s=0.3, limit=7)  # fmt: skip
+    s = run_eval(slow, progress=False)
+    rows = load_run(tmp_path / "t").samples
+    errors = [r for r in rows if r.status == "error"]
+    assert len(errors) == sum(r.type != "caption" for r in rows) >= 5
+    assert all((r.error or "").startswith("judge: timed out") and r.response for r in errors)
+    assert s.complete and s.overall.unscored == len(errors)  # the run went on; the caption was scored
+
+
+def test_unreachable_server_and_bad_files_from_the_cli(bench: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    from tests.platform_live import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    r = runner.invoke(app, ["eval", dead, str(bench), "--out", str(tmp_path / "d"), "--limit", "2",
+                            "--max-retries", "0", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 3, r.output
+    rows = load_run(tmp_path / "d").samples
+    assert {x.status for x in rows} == {"error"} and all("cannot reach" in (x.error or "") for x in rows)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "question": "q?", "answer": "a"}\n{"id": "2", "question": \n[1, 2]\n')
+    r = runner.invoke(app, ["eval", dead, str(bad), "--out", str(tmp_path / "x"), "--no-progress"])
+    assert r.exit_code == 2
+    assert "bad.jsonl:2: invalid JSON" in r.output and "bad.jsonl:3: expected a JSON object" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, ["eval", "ftp://nowhere", str(bench), "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "endpoint must be an http(s) URL" in r.output
