@@ -98,8 +98,8 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 categories=_csv(category),
                 ids=_csv(ids),
-                image_mode=image_mode,  # type: ignore[arg-type]
-                description_from=description_from,  # type: ignore[arg-type]
+                image_mode=image_mode,
+                description_from=description_from,
                 prompt_prefix=prompt_prefix,
                 system=system,
                 max_tokens=max_tokens,
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
                 cache_dir=cache,
                 judge_endpoint=judge_endpoint,
                 judge_model=judge_model,
-                judge_mode=judge_mode,  # type: ignore[arg-type]
+                judge_mode=judge_mode,
                 judge_timeout_s=judge_timeout,
                 caption_threshold=caption_threshold,
             )
