@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from tests.builder.conftest import ALL_SHAPES, true_class, write_scene_pool
 from tests.platform_live import ADMIN, InThreadServer, admin_headers
@@ -39,6 +40,7 @@ def _shared(answer: Answer) -> Answer:
     return call
 
 
+@pytest.mark.parametrize("platform_db", ["sqlite"], indirect=True)  # PG: tests/server/test_label_tasks.py
 def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_path: Path) -> None:
     from vlcurate.models.loader import load_scorer
 

@@ -90,6 +90,10 @@ class CrowdClient:
             raise CrowdError(f"platform {self.cfg.url} answered HTTP {resp.status_code}: {_detail(resp)}")
         return resp.json()
 
+    def ping(self) -> None:
+        """Fail early (before any labelling) when the platform cannot be reached."""
+        self._call("GET", "/api/v1/tasks")
+
     def publish(
         self,
         name: str,

@@ -673,6 +673,12 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     check_formats(spec.task, formats)
     if cfg.platform is not None and spec.task != "classify":
         raise SpecError(f"--platform verifies classification labels only; this spec is a {spec.task} task")
+    if cfg.platform is not None:
+        ping = CrowdClient(cfg.platform)
+        try:
+            ping.ping()
+        finally:
+            ping.close()
     progress(
         "demand", f"{spec.task}: {', '.join(spec.class_names)}, {spec.images_per_class} images per class"
     )

@@ -125,4 +125,7 @@ def register(app: typer.Typer) -> None:
     from vlcurate.cli.game_cmd import play  # GAP: an agent that plays the game (`vlcurate game play`)
 
     group.command("play")(play)
+    from vlcurate.cli.label_agent_cmd import label  # label tasks (`vlcurate build --platform`)
+
+    group.command("label")(label)
     app.add_typer(group, name="agent")

@@ -82,12 +82,26 @@ def build(
     ] = None,
     allow_download: Annotated[bool, typer.Option(help="let model weights download")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            help="platform URL (`vlcurate serve`): contributors' agents label and verify the images "
+            "as a label task; ALR then comes from their verified agreement (classification)"
+        ),
+    ] = None,
+    platform_token: Annotated[
+        str | None, typer.Option(envvar="VLCURATE_ADMIN_TOKEN", help="the platform's operator token")
+    ] = None,
+    platform_timeout: Annotated[
+        float, typer.Option(min=1, help="seconds to wait for the crowd's verified labels")
+    ] = 600.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the spec and the plan with its cost; build nothing")
     ] = False,
 ) -> None:
     """Build a labelled dataset: spec -> collect -> image tools -> label -> supervise -> export."""
     from vlcurate.builder.collect import CollectError
+    from vlcurate.builder.crowd import CrowdConfig, CrowdError
     from vlcurate.builder.export import ExportError
     from vlcurate.builder.formats import FormatError
     from vlcurate.builder.hf_models import ModelUnavailableError
@@ -106,9 +120,12 @@ def build(
         OutputDirError,
         ExportError,
         WeightsNotFoundError,
+        CrowdError,
     ):
         if out is None:
             raise ValueError("--out is required")
+        if platform is not None and not platform_token:
+            raise ValueError("--platform needs the operator token: --platform-token or VLCURATE_ADMIN_TOKEN")
         enhance = (
             EnhanceParams(denoise=denoise, contrast=contrast, max_side=max_side)
             if (denoise or contrast or max_side)
@@ -134,6 +151,9 @@ def build(
             allow_download=allow_download,
             overwrite=overwrite,
             dry_run=dry_run,
+            platform=None
+            if platform is None
+            else CrowdConfig(url=platform, token=platform_token or "", timeout_s=platform_timeout),
         )
         if dry_run:
             p = plan(cfg)
