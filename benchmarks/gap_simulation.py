@@ -47,6 +47,7 @@ from tests.vlm_live import VLMServer  # noqa: E402
 from _common import emit, log, machine_info  # noqa: E402
 from vlcurate.server import db, ledger  # noqa: E402
 from vlcurate.server.app import create_app  # noqa: E402
+from vlcurate.server.game import judging  # noqa: E402
 from vlcurate.server.settings import ServerSettings  # noqa: E402
 from vlcurate.synth.scene import generate_scene, scene_rng  # noqa: E402
 
@@ -288,8 +289,18 @@ def main() -> None:
                 .join(Im, Im.c.id == SI.c.image_id)
             ).all()
             n_judgements = conn.execute(
-                select(func.count()).select_from(J).where(J.c.model_wrong.is_not(None))
+                select(func.count())
+                .select_from(J)
+                .join(F, F.c.id == J.c.flag_id)
+                .where(J.c.model_wrong.is_not(None), F.c.tainted.is_(False))
             ).scalar_one()
+            n_checks = conn.execute(
+                select(func.count())
+                .select_from(J)
+                .join(F, F.c.id == J.c.flag_id)
+                .where(J.c.model_wrong.is_not(None), F.c.tainted.is_(True))
+            ).scalar_one()
+            skills = judging.judge_skill(conn, [p.player_id for p in players])
             reversed_ids = select(L.c.reverses_id).where(L.c.reverses_id.is_not(None))
             standing = dict(
                 conn.execute(
@@ -303,13 +314,34 @@ def main() -> None:
         confirmed = [f for f in flags if f.state == "confirmed" and not f.tainted]
         false_confirmed = [f for f in confirmed if false_flag[f.id]]
         per_kind: dict[str, dict[str, list[float]]] = {}
+        realised_a, realised_b = [], []
         for p in players:
             k = KINDS[p.kind]
             r_ = rel[p.player_id]
-            d = per_kind.setdefault(p.kind, {"a_err": [], "b_err": [], "earning": []})
+            sk = skills[p.player_id]
+            d = per_kind.setdefault(
+                p.kind,
+                {
+                    "a_err": [],
+                    "b_err": [],
+                    "earning": [],
+                    "judge_skill": [],
+                    "judge_voice": [],
+                    "judge_known": [],
+                },
+            )
             d["a_err"].append(abs(r_.a - k.detect))
             d["b_err"].append(abs(r_.b - k.false_alarm))
             d["earning"].append(1.0 if r_.earning else 0.0)
+            if sk.n_wrong + sk.n_right:
+                d["judge_skill"].append(sk.skill)
+                d["judge_voice"].append(1.0 if sk.has_voice else 0.0)
+                d["judge_known"].append(float(sk.n_wrong + sk.n_right))
+            e = exposures[p.name]  # what the player did, as against its type's rates
+            if e[0]:
+                realised_a.append(abs(r_.a - e[1] / e[0]))
+            if e[2]:
+                realised_b.append(abs(r_.b - e[3] / e[2]))
         all_a = [e for d in per_kind.values() for e in d["a_err"]]
         all_b = [e for d in per_kind.values() for e in d["b_err"]]
         result: dict[str, Any] = {
@@ -326,6 +358,10 @@ def main() -> None:
                 "mean_abs_error_b": round(statistics.mean(all_b), 4),
                 "share_within_0.05_a": round(sum(e <= 0.05 for e in all_a) / len(all_a), 3),
                 "share_within_0.05_b": round(sum(e <= 0.05 for e in all_b) / len(all_b), 3),
+                "mean_abs_error_against_realised_rates": [
+                    round(statistics.mean(realised_a), 4),
+                    round(statistics.mean(realised_b), 4),
+                ],
                 "per_kind": {
                     kind: {
                         "mean_abs_error_a": round(statistics.mean(d["a_err"]), 4),
@@ -333,6 +369,18 @@ def main() -> None:
                         "earning_share": round(statistics.mean(d["earning"]), 3),
                     }
                     for kind, d in per_kind.items()
+                },
+            },
+            "judges": {
+                "checks_judged": n_checks,
+                "per_kind": {
+                    kind: {
+                        "judge_skill": round(statistics.mean(d["judge_skill"]), 3),
+                        "share_with_a_voice": round(statistics.mean(d["judge_voice"]), 3),
+                        "verdicts_of_known_truth": round(statistics.mean(d["judge_known"]), 1),
+                    }
+                    for kind, d in per_kind.items()
+                    if d["judge_skill"]
                 },
             },
             "flags": {

@@ -3,17 +3,25 @@
 The model (BACKGROUND.md, after the paper's player interaction model): a player flags a wrong answer
 with detection rate a = P(flag | model wrong) and a right one with false-alarm rate
 b = P(flag | model right). Tainted images, where the model was told to be wrong, measure a directly:
-a ~ Beta(1 + flagged, 1 + missed). False alarms are measured two ways and the larger is kept: flags
-that independent players overturned, and the moment estimate from the untainted flag rate r_U =
-a q + b (1 - q), so b = (r_U - a q) / (1 - q), with q the model's error rate on untainted images.
-Both give an effective count k of false alarms among n untainted images: b ~ Beta(1 + k, 1 + n - k).
-A flag on an untainted image is then a true model error with probability a q / (a q + b (1 - q)).
+flagged of seen. False alarms come from the untainted images by EM: settled flags are known
+(overturned: a false alarm; confirmed: a model error), a pending flag is a false alarm and an
+unflagged image a right answer with the probabilities that a, b and q (the model's error rate on
+untainted images) give; that yields expected false alarms k among expected right answers n.
+
+Estimates are posteriors. With a crowd (`MIN_CROWD` players or more), the prior is the crowd's own
+distribution of rates, fitted by nonparametric maximum likelihood on a grid (empirical Bayes,
+`fit_prior`): 25 check images pin a rate down to about ±0.06 alone, and the crowd's shape narrows
+that for everyone. Before that, flat Beta(1, 1) priors: a ~ Beta(1 + flagged, 1 + missed),
+b ~ Beta(1 + k, 1 + n - k). A flag on an untainted image is then a true model error with
+probability a q / (a q + b (1 - q)).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,109 @@ def beta_mean_sd(alpha: float, beta: float) -> tuple[float, float]:
     return alpha / n, math.sqrt(alpha * beta / (n * n * (n + 1.0)))
 
 
-def estimate(c: Counts, q: float) -> Reliability:
-    """The posterior means and standard deviations of a and b for a player's counts, given q."""
+GRID = np.linspace(0.0, 1.0, 101)
+MIN_CROWD = 10  # players with check images before the crowd's prior replaces the flat one
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The crowd's distribution of detection (a) and false-alarm (b) rates: weights on `GRID`,
+    fitted to every player's counts (`fit_prior`); a player's estimate is its posterior under it."""
+
+    a: np.ndarray
+    b: np.ndarray
+    players: int
+
+
+def _loglik(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """log P(k of n | rate) on the grid, players x grid (k, n may be fractional: expected counts)."""
+    g = np.clip(GRID, 1e-6, 1.0 - 1e-6)
+    return k[:, None] * np.log(g)[None, :] + (n - k)[:, None] * np.log1p(-g)[None, :]
+
+
+def npmle(k: np.ndarray, n: np.ndarray, iters: int = 300) -> np.ndarray:
+    """The nonparametric maximum-likelihood prior on `GRID` (EM over the grid's weights): the
+    empirical-Bayes prior that lets each player's few observations borrow strength from the crowd."""
+    ll = _loglik(k, n)
+    like = np.exp(ll - ll.max(axis=1, keepdims=True))
+    w = np.full(GRID.size, 1.0 / GRID.size)
+    for _ in range(iters):
+        post = like * w
+        post /= post.sum(axis=1, keepdims=True)
+        w = post.mean(axis=0)
+    return w
+
+
+def grid_posterior(k: float, n: float, w: np.ndarray) -> tuple[float, float]:
+    """Posterior mean and sd of a rate after k of n, under prior weights `w` on `GRID`."""
+    ll = _loglik(np.array([k]), np.array([n]))[0]
+    post = np.exp(ll - ll.max()) * w
+    post /= post.sum()
+    mean = float(post @ GRID)
+    return mean, math.sqrt(max(float(post @ GRID**2) - mean * mean, 0.0))
+
+
+def _a_counts(c: Counts) -> tuple[float, float]:
+    return float(c.n_tainted_flagged), float(c.n_tainted)
+
+
+def _b_counts(c: Counts, a: float, q: float) -> tuple[float, float]:
+    """Expected false alarms and expected right answers among a player's untainted images (EM).
+
+    Settled flags are known: confirmed ones were model errors, overturned ones false alarms. A
+    pending flag is a false alarm, and an unflagged image was a right answer, with the probability
+    the current (a, b, q) give; b is re-estimated from those expectations until it settles."""
+    n = c.n_untainted
+    pending = max(c.n_untainted_flagged - c.n_confirmed - c.n_overturned, 0)
+    unflagged = max(n - c.n_untainted_flagged, 0)
+    q = min(max(q, 0.001), 0.999)
+    a = min(max(a, 0.001), 0.999)
+    r_u = c.n_untainted_flagged / n
+    b = min(max((r_u - a * q) / (1.0 - q), 0.01), 0.99)
+    k = right = 0.0
+    for _ in range(50):
+        p_false = b * (1 - q) / (a * q + b * (1 - q))
+        p_right = (1 - b) * (1 - q) / ((1 - a) * q + (1 - b) * (1 - q))
+        k = c.n_overturned + pending * p_false
+        right = k + unflagged * p_right
+        nb = min(max((k + 0.5) / (right + 1.0), 0.001), 0.999)
+        if abs(nb - b) < 1e-6:
+            break
+        b = nb
+    return k, right
+
+
+def fit_prior(counts: list[Counts], q: float) -> Prior | None:
+    """The crowd's prior from every player's counts; None below `MIN_CROWD` players with checks."""
+    seen = [c for c in counts if c.n_tainted > 0]
+    if len(seen) < MIN_CROWD:
+        return None
+    ka = np.array([_a_counts(c) for c in seen])
+    wa = npmle(ka[:, 0], ka[:, 1])
+    withu = [c for c in seen if c.n_untainted > 0]
+    if len(withu) < MIN_CROWD:
+        return Prior(wa, np.full(GRID.size, 1.0 / GRID.size), len(seen))
+    kb = np.array([_b_counts(c, grid_posterior(*_a_counts(c), wa)[0], q) for c in withu])
+    return Prior(wa, npmle(kb[:, 0], kb[:, 1]), len(seen))
+
+
+def estimate(c: Counts, q: float, prior: Prior | None = None) -> Reliability:
+    """The posterior means and standard deviations of a and b for a player's counts, given q:
+    under the crowd's prior when there is one, else under flat Beta(1, 1) priors."""
+    if prior is not None:
+        a, a_sd = grid_posterior(*_a_counts(c), prior.a)
+        if c.n_untainted == 0:
+            b, b_sd = grid_posterior(0.0, float(c.n_overturned), prior.b)
+            return Reliability(a, a_sd, b, b_sd)
+        b, b_sd = grid_posterior(*_b_counts(c, a, q), prior.b)
+        return Reliability(a, a_sd, b, b_sd)
     a, a_sd = beta_mean_sd(1.0 + c.n_tainted_flagged, 1.0 + c.n_tainted - c.n_tainted_flagged)
     n = c.n_untainted
     if n == 0:
         b, b_sd = beta_mean_sd(1.0, 1.0 + c.n_overturned)
         return Reliability(a, a_sd, b, b_sd)
-    q = min(max(q, 0.0), 0.999)
-    r_u = c.n_untainted_flagged / n
-    b_moment = min(max((r_u - a * q) / (1.0 - q), 0.0), 1.0)
-    k = max(float(c.n_overturned), b_moment * n)
-    k = min(k, float(n))
-    b, b_sd = beta_mean_sd(1.0 + k, 1.0 + n - k)
+    k, right = _b_counts(c, a, q)
+    b, b_sd = beta_mean_sd(1.0 + k, 1.0 + max(right - k, 0.0))
     return Reliability(a, a_sd, b, b_sd)
 
 

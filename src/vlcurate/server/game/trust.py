@@ -3,6 +3,8 @@ the refreshed estimate (after every session and every settled flag) and whether 
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -42,6 +44,30 @@ def crowd_error_rate(conn: Connection) -> float:
     return rel.model_error_rate(n_u, f_u, conf, over, a)
 
 
+PRIOR_TTL_S = 30.0
+_PRIORS: dict[str, tuple[float, int, rel.Prior | None]] = {}
+_PRIORS_LOCK = threading.Lock()
+
+
+def crowd_prior(conn: Connection, q: float) -> rel.Prior | None:
+    """The crowd's prior (`reliability.fit_prior`), refitted when older than `PRIOR_TTL_S` or when
+    the number of players moved by a tenth: fitting reads every player's counts, so it is shared."""
+    R = db.game_reliability
+    key = str(conn.engine.url)
+    players = int(conn.execute(select(func.count()).select_from(R).where(R.c.n_tainted > 0)).scalar_one())
+    now = time.monotonic()
+    with _PRIORS_LOCK:
+        cached = _PRIORS.get(key)
+    if cached is not None and now - cached[0] < PRIOR_TTL_S and abs(players - cached[1]) <= cached[1] // 10:
+        return cached[2]
+    prior = None
+    if players >= rel.MIN_CROWD:
+        prior = rel.fit_prior([counts(r) for r in conn.execute(select(R).where(R.c.n_tainted > 0)).all()], q)
+    with _PRIORS_LOCK:
+        _PRIORS[key] = (now, players, prior)
+    return prior
+
+
 def bar(conn: Connection) -> tuple[float, int]:
     """The strictest earning bar any active game sets (reliability is per player, across games)."""
     G = db.game_games
@@ -62,7 +88,8 @@ def refresh(conn: Connection, player_id: int, **add: int) -> tuple[rel.Reliabili
         )
     row = conn.execute(select(R).where(R.c.player_id == player_id)).one()
     c = counts(row)
-    r = rel.estimate(c, crowd_error_rate(conn))
+    q = crowd_error_rate(conn)
+    r = rel.estimate(c, q, crowd_prior(conn, q))
     min_skill, min_seen = bar(conn)
     ok, reason = rel.earning(r, c, min_skill=min_skill, min_tainted_seen=min_seen)
     paused = conn.execute(

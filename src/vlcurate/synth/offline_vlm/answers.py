@@ -354,10 +354,13 @@ def _letter(i: int) -> str:
 
 
 def _wrong_answer(q: Question, right: str, ranked: list[tuple[str, float]]) -> str:
-    """A plausible wrong answer: the runner-up option (or a neighbouring count)."""
+    """A plausible wrong answer: the runner-up option, or a neighbouring count: one more or one fewer
+    (a per-image coin, so that wrong counts average what right ones do and a count's value does not
+    tell a tainted answer from an honest one)."""
     if q.form == "count_all":
         k = int(right)
-        return str(k + 1 if k < MAX_COUNT else k - 1)
+        up = k <= 1 or (k < MAX_COUNT and _unit(repr(ranked)) < 0.5)
+        return str(k + 1 if up else k - 1)
     for option, _ in ranked:
         if option != right:
             return option
