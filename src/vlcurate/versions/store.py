@@ -323,11 +323,16 @@ class VersionStore:
 
     def _manifest_row(self, vid: str, sample_id: str) -> tuple[bytes, str, int] | None:
         idx = self._cache.get(self.version_dir(vid) / "manifest.parquet", "id")
-        rows = idx.lookup(sample_id, ["id", "hash", "pack", "row"]).to_pylist()
+        rows = idx.lookup(sample_id, ["hash", "pack", "row"]).to_pylist()
         if not rows:
             return None
         r = rows[0]
         return r["hash"], r["pack"], int(r["row"])
+
+    def _content_hash(self, vid: str, sample_id: str) -> bytes | None:
+        idx = self._cache.get(self.version_dir(vid) / "manifest.parquet", "id")
+        rows = idx.lookup(sample_id, ["hash"]).column(0).to_pylist()
+        return rows[0] if rows else None
 
     def _events_of(self, vid: str, sample_id: str) -> builtins.list[LineageEvent]:
         idx = self._cache.get(self.version_dir(vid) / "events.parquet", "sample_id")
@@ -350,9 +355,8 @@ class VersionStore:
         history: list[HistoryEntry] = []
         prev: bytes | None = None
         for info in chain:
-            hit = self._manifest_row(info.id, sample_id)
+            digest = self._content_hash(info.id, sample_id)
             events = self._events_of(info.id, sample_id)
-            digest = hit[0] if hit else None
             if digest is None:
                 presence = "removed" if prev is not None else "absent"
             elif prev is None:

@@ -92,7 +92,8 @@ class _Indexed:
 
     def __init__(self, path: Path, key: str) -> None:
         try:
-            self.file = pq.ParquetFile(path)
+            # memory-mapped and without pre-buffering: a point read touches one small column chunk
+            self.file = pq.ParquetFile(path, memory_map=True, pre_buffer=False)
         except FileNotFoundError:
             raise CorruptVersionError(f"{path} is missing: the version's files were deleted") from None
         except (pa.ArrowInvalid, OSError) as exc:
@@ -114,14 +115,16 @@ class _Indexed:
             self.maxs.append(st.max)
 
     def lookup(self, value: str, columns: list[str]) -> pa.Table:
-        """Rows whose key equals `value` (any number, across group boundaries)."""
+        """Rows whose key equals `value` (any number, across group boundaries): one row-group read
+        per candidate group (measured faster than reading the key first and the rest on a hit)."""
         first = bisect.bisect_left(self.maxs, value)
+        wanted = list(dict.fromkeys([self.key, *columns]))
         parts: list[pa.Table] = []
         for k in range(first, len(self.mins)):
             if self.mins[k] > value:
                 break
-            rg = self.file.read_row_group(self.groups[k], columns=columns)
-            parts.append(rg.filter(pc.equal(rg.column(self.key), value)))
+            rg = self.file.read_row_group(self.groups[k], columns=wanted)
+            parts.append(rg.filter(pc.equal(rg.column(self.key), value)).select(columns))
         if not parts:
             return pa.table({c: pa.array([], self.file.schema_arrow.field(c).type) for c in columns})
         return pa.concat_tables(parts)
