@@ -4,6 +4,8 @@ training coverage and wrong labels are found, and bad runs fail with one clear l
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ NO_EMBED = DiagnoseOptions(scorer=None, progress=False)
 
 
 def test_blind_colour_ranked_first_with_its_failures(tmp_path: Path) -> None:
-    run = write_run(tmp_path, 96, 0, blind_to("red"))
+    run = write_run(tmp_path, 64, 0, blind_to("red"))
     d = diagnose(run, tmp_path / "diag", DiagnoseOptions(progress=False))
     top = d.weaknesses[0]
     assert top.attribute == {"colour": "red"} and top.category is None
@@ -104,3 +106,49 @@ def test_bad_runs(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["diagnose", str(tmp_path / "nope"), "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "not an evaluation run" in res.output
     assert not (tmp_path / "d").exists()
+
+
+class _Silent(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose model always answers with nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_model_that_returns_nothing_while_probing(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        run = write_run(tmp_path, 24, 0, blind_to("red"), endpoint=url)
+        res = CliRunner().invoke(
+            app, ["diagnose", str(run), "--out", str(tmp_path / "d"), "--scorer", "none", "-q"]
+        )
+    finally:
+        server.shutdown()
+    assert res.exit_code == 3, res.output  # partial: written, but the failures stay unattributed
+    assert "returned nothing usable" in res.output
+    d = load_diagnosis(tmp_path / "d")
+    assert not d.probed and d.probe_errors == d.failures > 0 and set(d.attribution) == {"wrong"}
+    assert d.weaknesses[0].attribute == {"colour": "red"}

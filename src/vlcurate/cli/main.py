@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "vlcurate.cli.version_cmd",  # `vlcurate version` alone still prints the installed version
     "vlcurate.cli.diagnose_cmd",
     "vlcurate.cli.plan_cmd",
+    "vlcurate.cli.loop_cmd",
 )
 
 for _name in _COMMAND_MODULES:

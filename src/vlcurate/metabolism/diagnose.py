@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +45,9 @@ from vlcurate.metabolism.probe import probe_failures, resolve_image
 from vlcurate.metabolism.slices import Scored, attribute_values, rank_slices
 from vlcurate.metabolism.trainpool import TrainItem
 from vlcurate.vlm.client import VLMSettings
+
+if TYPE_CHECKING:
+    from vlcurate.models.scorer import ClipScorer
 
 NOT_SCORED = ("error", "missing_image", "missing_answer")
 FAILED_STATUS = {"refused": "refusal", "unparsed": "format", "no_answer": "format"}
@@ -121,7 +126,7 @@ def diagnose(run_dir: str | Path, out: str | Path, opts: DiagnoseOptions | None 
     if train is not None:
         for s, w in zip(scored, weaknesses, strict=True):
             w.coverage = _coverage(s, rows, failed, train, vecs, train_vecs)
-            if w.coverage.thin:
+            if w.coverage is not None and w.coverage.thin:
                 w.evidence.append(
                     f"thin training data: {w.coverage.matching} of {w.coverage.train_total} training samples "
                     f"are about it ({w.coverage.share:.1%}; the benchmark has {w.coverage.bench_share:.1%})"
@@ -291,10 +296,8 @@ def _embeddings(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     if opts.scorer is None:
         return None, None
-    from vlcurate.models.loader import load_scorer
-
     try:
-        scorer = load_scorer(opts.scorer, device=opts.device)
+        scorer = _scorer(opts.scorer, opts.device)
     except Exception as exc:  # missing weights, unknown name: diagnose without embeddings
         warnings.append(f"no embeddings ({opts.scorer}: {exc}); clusters and embedding coverage skipped")
         return None, None
@@ -305,6 +308,14 @@ def _embeddings(
             scorer, [t.image for t in opts.train], [t.question for t in opts.train]
         )
     return vecs, train_vecs
+
+
+@functools.lru_cache(maxsize=2)
+def _scorer(name: str, device: str) -> ClipScorer:
+    """Loaded once per process: a loop diagnoses every round with the same scorer."""
+    from vlcurate.models.loader import load_scorer
+
+    return load_scorer(name, device=device)
 
 
 def _clusters(
@@ -355,7 +366,10 @@ def _clusters(
 
 
 def _values(attribute: dict[str, str]) -> list[str]:
-    return [v for val in attribute.values() for v in val.split("|") if v and not v.isdigit()]
+    """The attribute's values that a training text can name (words, not flags or numbers)."""
+    return [
+        v for val in attribute.values() for v in val.split("|") if v.isalpha() and v not in ("true", "false")
+    ]
 
 
 def _about(item: TrainItem, values: Sequence[str], category: str | None) -> bool:
@@ -371,9 +385,11 @@ def _coverage(
     train: Sequence[TrainItem],
     vecs: np.ndarray | None,
     train_vecs: np.ndarray | None,
-) -> Coverage:
+) -> Coverage | None:
     sl = s.slice
     values = _values(sl.attribute)
+    if not values and sl.category is None:
+        return None  # nothing a training text could be about (present=true, n_objects=3)
     matching = sum(1 for t in train if _about(t, values, sl.category))
     share = matching / len(train) if train else 0.0
     bench_ids = {r.id for r in rows}

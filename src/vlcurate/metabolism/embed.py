@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlcurate.base.images import decode_image
-from vlcurate.models.scorer import ClipScorer
+
+if TYPE_CHECKING:
+    from vlcurate.models.scorer import ClipScorer
 
 BATCH = 64
 

@@ -112,7 +112,12 @@ def _evidence(w: Weakness) -> Evidence:
 
 
 def _focus_values(w: Weakness) -> list[str]:
-    return [v for val in w.attribute.values() for v in val.split("|") if v]
+    return [
+        v
+        for val in w.attribute.values()
+        for v in val.split("|")
+        if v.isalpha() and v not in ("true", "false")
+    ]
 
 
 def _subject(w: Weakness) -> tuple[list[str], list[str]]:

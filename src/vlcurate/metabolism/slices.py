@@ -1,12 +1,13 @@
 """Slices of an evaluation run and their scores: where failures concentrate.
 
 A slice is a category, a benchmark attribute (`meta`, e.g. colour=red), a category and attribute
-together, or a confusion (reference and wrong answer swapped within a pair of values, e.g.
-circle|square). Its score is the number of failures it has beyond what the rest of the run's failure
-rate predicts, taken at the lower end of the slice's 95% interval, so a big slice that fails a bit
-more and a tiny slice that fails by chance both score low, and a slice that explains many failures
-scores high. Slices mostly explained by a better slice are dropped (greedy), so each weakness is
-a different set of failures.
+together, two attributes together (colour=red and present=true), or a confusion (reference and wrong
+answer swapped within a pair of values, e.g. circle|square). Its score is the number of failures it
+has beyond what the rest of the run's failure rate predicts, taken at the lower end of the slice's
+95% interval, so a big slice that fails a bit more and a tiny slice that fails by chance both score
+low, and a slice that explains many failures scores high. Slices are chosen greedily: after the best
+one, failures it explains no longer count (neither in later slices nor in their baselines), so each
+weakness is a different set of failures.
 """
 
 from __future__ import annotations
@@ -85,7 +86,14 @@ def _candidates(rows: Sequence[SampleResult], failed: Sequence[bool]) -> list[Sl
     def fails(idx: list[int]) -> list[int]:
         return [i for i in idx if failed[i]]
 
+    by_pair: dict[tuple[str, str, str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        attrs = sorted((k, v) for k, v in attribute_values(r).items() if k in usable)
+        for a in range(len(attrs)):
+            for b in range(a + 1, len(attrs)):
+                by_pair.setdefault((*attrs[a], *attrs[b]), []).append(i)
     out = [Slice(c, {}, idx, fails(idx)) for c, idx in by_cat.items()]
+    out += [Slice(None, {k1: v1, k2: v2}, idx, fails(idx)) for (k1, v1, k2, v2), idx in by_pair.items()]
     out += [Slice(None, {k: v}, idx, fails(idx)) for (k, v), idx in by_attr.items() if k in usable]
     out += [Slice(c, {k: v}, idx, fails(idx)) for (c, k, v), idx in by_cat_attr.items() if k in usable]
     out += _confusions(rows, failed, by_cat)

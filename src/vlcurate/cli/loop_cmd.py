@@ -1,0 +1,152 @@
+"""`vlcurate loop BENCH`: evaluate, diagnose, plan, apply, version, train, validate, for N rounds.
+
+Where new data comes from is the collector: `--collect synth` (offline: the synthetic world's
+`make_training_samples` answers each collect action's focus) or `--collect-cmd CMD`, a command run
+once per collect action with {out} (a folder to write instruction data into), {n}, {focus} (JSON),
+{request} (the `vlcurate build` request) and {seed}.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlcurate.cli.errors import EXIT_PARTIAL, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("loop")(loop_cmd)
+
+
+def synth_collector(action: object, out: Path, seed: int) -> list[Path]:
+    """Offline: synthetic-world samples about the action's focus (and category); a confusion pair
+    `a|b` is split into two halves, one about each value."""
+    from vlcurate.metabolism.plan import CollectAction
+    from vlcurate.synth.bench import FOCUS_KEYS, make_training_samples
+
+    assert isinstance(action, CollectAction)
+    variants: list[dict[str, str]] = [{"category": action.category} if action.category else {}]
+    for k, v in action.focus.items():
+        if k in FOCUS_KEYS and k != "category":
+            variants = [{**f, k: x} for f in variants for x in v.split("|")]
+    files: list[Path] = []
+    for i, f in enumerate(variants):
+        n = max(1, action.n // len(variants))
+        files.append(make_training_samples(out / f"part-{i}", n, seed + i, f or None))
+    return files
+
+
+def command_collector(cmd: str) -> object:
+    def collect(action: object, out: Path, seed: int) -> list[Path]:
+        from vlcurate.metabolism.plan import CollectAction
+        from vlcurate.metabolism.trainpool import instruct_files
+
+        assert isinstance(action, CollectAction)
+        out.mkdir(parents=True, exist_ok=True)
+        values = {
+            "out": str(out),
+            "n": str(action.n),
+            "focus": json.dumps(action.focus),
+            "request": action.build_request,
+            "seed": str(seed),
+        }
+        filled = cmd.format(**{k: shlex.quote(v) for k, v in values.items()})
+        proc = subprocess.run(filled, shell=True, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"collect command exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        return [Path(f) for f in instruct_files(out)]
+
+    return collect
+
+
+def loop_cmd(
+    bench: Annotated[Path, typer.Argument(help="the benchmark (`vlcurate eval` formats)")],
+    store: Annotated[Path, typer.Option(help="the version store the loop commits to")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the rounds and the summary")],
+    train: Annotated[
+        str | None,
+        typer.Option(help="first training data: an instruction file or folder, or a version of --store"),
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL of the model")] = (
+        "http://127.0.0.1:8300/v1"
+    ),
+    model: Annotated[str, typer.Option(help="model name at --endpoint")] = "tiny-synth",
+    api_key: Annotated[str | None, typer.Option(help="API key for --endpoint")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds to run")] = 2,
+    train_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help="training hook: a command with {version}, {version_dir}, {export}, {round}, {endpoint}, "
+            "{store}; default: the bundled server reloads its memory (POST /admin/memory)"
+        ),
+    ] = None,
+    collect: Annotated[str, typer.Option(help="where new data comes from: synth (offline)")] = "synth",
+    collect_cmd: Annotated[
+        str | None,
+        typer.Option(help="collect with a command instead: {out}, {n}, {focus}, {request}, {seed}"),
+    ] = None,
+    per_weakness: Annotated[int, typer.Option(min=1, help="new samples per weakness")] = 200,
+    top: Annotated[int, typer.Option(min=1, help="weaknesses planned for per round")] = 3,
+    method: Annotated[str, typer.Option(help="paired test: mcnemar | bootstrap")] = "mcnemar",
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N benchmark items")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 16,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="re-ask failures in diagnosis")] = True,
+    scorer: Annotated[
+        str, typer.Option(help="CLIP-style scorer for diagnosis embeddings, or 'none'")
+    ] = "tiny-synth",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run the data metabolism loop; a re-run resumes each round where it stopped."""
+    from vlcurate.metabolism.loop import Collector, Loop, LoopConfig
+
+    with user_errors():
+        if collect != "synth" and collect_cmd is None:
+            raise ValueError(f"--collect {collect!r}: only 'synth' is built in; use --collect-cmd for others")
+        collector: Collector = command_collector(collect_cmd) if collect_cmd else synth_collector  # type: ignore[assignment]
+        cfg = LoopConfig.model_validate(
+            {
+                "bench": str(bench),
+                "endpoint": endpoint,
+                "model": model,
+                "api_key": api_key,
+                "store": store,
+                "out": out,
+                "train": train,
+                "rounds": rounds,
+                "train_cmd": train_cmd,
+                "per_weakness": per_weakness,
+                "top": top,
+                "method": method,
+                "limit": limit,
+                "concurrency": concurrency,
+                "probe": probe,
+                "scorer": None if scorer.lower() == "none" else scorer,
+                "progress": not quiet,
+            }
+        )
+        summary = Loop(cfg, collector).run()
+    table = Table("round", "status", "top weakness", "added", "removed", "overall before", "overall after")
+    for r in summary.rounds:
+        b, a = r.accuracy_before.get("overall", {}), r.accuracy_after.get("overall", {})
+        table.add_row(
+            str(r.round),
+            r.status,
+            r.top_weakness or "-",
+            str(r.added),
+            str(r.removed),
+            f"{b['accuracy']:.1%}" if b.get("accuracy") is not None else "-",
+            f"{a['accuracy']:.1%}" if a.get("accuracy") is not None else "-",
+        )
+    Console().print(table)
+    Console().print(
+        f"{summary.stopped}; wrote {out / 'summary.json'} and {out / 'summary.html'}", highlight=False
+    )
+    if any(r.status == "failed" for r in summary.rounds):
+        raise typer.Exit(EXIT_PARTIAL)

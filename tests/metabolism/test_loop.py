@@ -1,0 +1,81 @@
+"""`vlcurate loop` against the bundled server with a planted weakness (it refuses counting): a
+failing train hook marks the round failed and keeps the version without accepting it; the re-run
+resumes at the train step, the server learns from the new version's export, and validation accepts
+the increment with the count category cured. Wrong answers are re-asked to tell perception from
+reasoning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.vlm_live import VLMServer
+from typer.testing import CliRunner
+
+from vlcurate.cli.main import app
+from vlcurate.synth.bench import make_benchmark, make_training_samples
+from vlcurate.versions.store import VersionStore
+
+
+def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
+    make_benchmark(tmp_path / "bench", 40, seed=3, categories=("count", "exists", "colour"))
+    train = make_training_samples(tmp_path / "train", 30, seed=4, focus={"category": "exists"})
+    store, out = tmp_path / "store", tmp_path / "loop"
+    with VLMServer(["--weakness", "refuse=count,blind-colour=red", "--memory-min", "10"]) as vlm:
+        args = [
+            "loop",
+            str(tmp_path / "bench" / "bench.jsonl"),
+            "--store",
+            str(store),
+            "--out",
+            str(out),
+            "--train",
+            str(train),
+            "--endpoint",
+            vlm.base_url,
+            "--rounds",
+            "1",
+            "--per-weakness",
+            "24",
+            "--top",
+            "1",
+            "--scorer",
+            "none",
+            "-q",
+        ]
+        res = CliRunner().invoke(app, [*args, "--train-cmd", "test -d {export} && exit 7"])
+        assert res.exit_code == 3, res.output
+        rnd = json.loads((out / "round-1" / "round.json").read_text())
+        assert rnd["status"] == "failed" and "exited with 7" in rnd["error"]
+        assert rnd["top_weakness"].startswith("category=count") and "refusal" in rnd["top_weakness"]
+        vs = VersionStore(store)
+        vid = rnd["new_version"]
+        info = vs.get(vid)  # the version is kept, with the plan that asked for it
+        assert info.plan_id == rnd["plan_id"] and info.n_samples == 30 + rnd["added"] and rnd["added"] >= 20
+        atts = vs.attachments(vid)
+        assert atts["plan"].payload["id"] == rnd["plan_id"]
+        assert atts["train-failed-round-1"].payload["accepted"] is False
+        assert "validation-round-1" not in atts
+        events = vs.events(vid).to_pylist()
+        assert {e["op"] for e in events} == {"collect"} and all(rnd["plan_id"] in e["reason"] for e in events)
+
+        res = CliRunner().invoke(app, args)  # resumes: same version, default hook (server memory)
+        assert res.exit_code == 0, res.output
+    rnd = json.loads((out / "round-1" / "round.json").read_text())
+    assert rnd["status"] == "accepted" and rnd["new_version"] == vid
+    assert rnd["accuracy_before"]["count"]["accuracy"] == 0.0
+    assert rnd["accuracy_after"]["count"]["accuracy"] > 0.5
+    assert rnd["decision"]["categories"]["count"]["improved"]
+    assert not any(c["regressed"] for c in rnd["decision"]["categories"].values())
+    diag = json.loads((out / "round-1" / "diag" / "diagnosis.json").read_text())
+    assert diag["probed"]  # wrong answers were re-asked: described, then answered from the description
+    probed = [f for f in diag["failed"] if f["probe"] is not None]
+    assert probed and all(
+        f["kind"] in ("perception", "reasoning") and f["probe"]["description"] for f in probed
+    )
+    red = [f for f in probed if f["meta"].get("colour") == "red" and f["meta"].get("present")]
+    assert all(f["kind"] == "perception" for f in red)  # blind to red: its own description misses them
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_version"] == vid
+    assert VersionStore(store).attachments(vid)["validation-round-1"].payload["accepted"] is True
+    assert (out / "summary.html").is_file() and (out / "round-1" / "report.html").is_file()
