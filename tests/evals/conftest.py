@@ -1,7 +1,7 @@
 """Real tiny-synth servers on loopback for the eval tests (uvicorn in threads, one shared scorer, per
 session): `plain`, `weak` (blind to red, refuses counting, garbles shape answers), `empty` (every
-reply empty) and `hang` (every reply hangs 5 s: a judge that times out); and a small synthetic
-benchmark."""
+reply empty), `hang` (every reply hangs 5 s: a judge that times out) and `slow` (150 ms a reply: a
+run to kill half way); and a small synthetic benchmark."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SERVERS: dict[str, dict[str, Any]] = {
     "weak": {"weakness": "blind-colour=red,refuse=count,garble=shape"},
     "empty": {"faults": "empty=1"},
     "hang": {"faults": "timeout=1", "hang_s": 5.0},
+    "slow": {"latency_ms": 150.0},
 }
 
 

@@ -5,7 +5,12 @@ replies, refusals, a judge that times out, an unreachable server, a changed conf
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +93,14 @@ def test_repeats_and_the_diagnosis_modes(
         progress=False,
     )
     assert told.overall.accuracy is not None and told.overall.accuracy >= 0.9
+    before = plain.app.state.faults.requests
     own = run_eval(cfg(plain, bench, tmp_path / "own", image_mode="description"), progress=False)
     rows = load_run(tmp_path / "own").samples
     assert all(isinstance(r.model_extra and r.model_extra.get("description"), str) for r in rows)
     assert own.overall.n == 18
+    # One description per image, then one text-only question per non-caption item.
+    asked = plain.app.state.faults.requests - before
+    assert asked == len({r.image for r in rows}) + sum(r.type != "caption" for r in rows)
 
 
 def test_weak_model_refuses_garbles_and_is_blind(
@@ -194,3 +203,26 @@ def test_unreachable_server_and_bad_files_from_the_cli(bench: Path, tmp_path: Pa
     assert "Traceback" not in r.output
     r = runner.invoke(app, ["eval", "ftp://nowhere", str(bench), "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "endpoint must be an http(s) URL" in r.output
+
+
+def test_a_killed_cli_run_keeps_its_lines_and_resumes(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "k"
+    cmd = [sys.executable, "-m", "vlcurate.cli.main", "eval", servers["slow"].base_url, str(bench),
+           "--out", str(out), "--concurrency", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.is_file() and samples.read_bytes().count(b"\n") >= 4:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kept = load_run(out).samples
+    assert 4 <= len(kept) < 18 and not (out / "summary.json").exists()
+    s = run_eval(cfg(servers["plain"], bench, out), progress=False)
+    assert s.complete and s.answered == 18
+    assert json.loads((out / "report.json").read_text())["run"]["asked"] == 18 - len(kept)

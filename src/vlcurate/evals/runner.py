@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import io
 import json
 import os
@@ -135,6 +136,17 @@ class _Asker:
         self.config = config
         self.client = client
         self.judge = judge
+        # One description per (image, repeat) for the whole run: items about the same image share it.
+        self._described: dict[tuple[str, int], asyncio.Task[VLMResult]] = {}
+
+    def _describe(self, item: BenchItem, images: list[bytes | str], repeat: int) -> asyncio.Task[VLMResult]:
+        data = item.image_bytes
+        ref = hashlib.sha256(data).hexdigest() if data is not None else (item.image_ref or item.id)
+        key = (ref, repeat)
+        if key not in self._described:
+            req = self._req(vp.DESCRIBE_PROMPT, images, repeat)
+            self._described[key] = asyncio.ensure_future(self.client.complete(req))
+        return self._described[key]
 
     def _req(self, prompt: str, images: list[bytes | str], repeat: int) -> VLMRequest:
         c = self.config
@@ -180,7 +192,7 @@ class _Asker:
                     return SampleResult(**base, status="error", error="the benchmark item has no description")
                 description = item.description
             else:
-                d = await self.client.complete(self._req(vp.DESCRIBE_PROMPT, images, repeat))
+                d = await asyncio.shield(self._describe(item, images, repeat))
                 latency += d.latency_s
                 if not d.ok:
                     return SampleResult(
