@@ -75,6 +75,11 @@ def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:
     data = make_training_samples(tmp_path, 8, seed=2)
     items = read_benchmark(data)
     assert len(items) == 8
+    hf = read_benchmark(make_training_samples(tmp_path / "hf", 8, seed=2, fmt="hf"))
+    assert [(i.id, i.question, i.answers, i.choices, i.category) for i in hf] == [
+        (i.id, i.question, i.answers, i.choices, i.category) for i in items
+    ]
+    assert all(i.image_bytes == Path(j.image_ref or "").read_bytes() for i, j in zip(hf, items, strict=True))
     for it in items:
         assert not it.question.endswith("single word or number.") and "Answer with" not in it.question
         assert it.answers and it.image_ref and Path(it.image_ref).is_file()

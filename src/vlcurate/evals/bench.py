@@ -199,7 +199,12 @@ def _split_prompt(text: str) -> tuple[str, list[str] | None]:
 
 
 def _from_instruct(rec: dict[str, Any], where: str, index: int) -> dict[str, Any]:
-    """An instruction-format record as a plain benchmark record."""
+    """An instruction-format record as a plain benchmark record (HF Parquet rows: `meta` is JSON text)."""
+    if isinstance(rec.get("meta"), str):
+        with contextlib.suppress(ValueError):
+            extra = json.loads(rec["meta"])
+            if isinstance(extra, dict):
+                rec = {**extra, **{k: v for k, v in rec.items() if k != "meta" and v is not None}}
     try:
         sample = parse_record(rec, source=where, index=index)
     except SampleError as exc:
