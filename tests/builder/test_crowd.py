@@ -61,7 +61,7 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
         ):
             client = PlatformClient(server.url, _token(server.url, name))
             agents[name] = LabelAgent(
-                client, answer, model="tiny-synth", max_units=units, idle_polls=600, poll_seconds=0.05
+                client, answer, model="tiny-synth", max_units=units, idle_polls=300, poll_seconds=0.3
             )
         results: dict[str, Any] = {}
         threads = [
@@ -78,7 +78,14 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
                     request=f"{ALL_SHAPES}, 6 each",
                     pools=[str(pool)],
                     out=out,
-                    platform=CrowdConfig(url=server.url, token=ADMIN, timeout_s=90, poll_s=0.1, unit_size=8),
+                    platform=CrowdConfig(
+                        url=server.url,
+                        token=ADMIN,
+                        timeout_s=90,
+                        poll_s=0.1,
+                        unit_size=8,
+                        max_request_bytes=12_000,  # several tasks, as a large build needs
+                    ),
                 ),
                 progress=lambda s, m: messages.append(f"{s}: {m}"),
             )
@@ -123,10 +130,14 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
             assert rows[bad].pts == 0.0 and rows[bad].paused and rows[bad].gold_fail >= 2, rows[bad]
             assert results[bad].states.get("valid", 0) == 0 and results[bad].points == 0.0
         assert rows["alice"].pts + rows["bob"].pts > 0 and not rows["alice"].paused and not rows["bob"].paused
-        # the verified labels read back: every published image has one
-        got = httpx.get(f"{server.url}/api/v1/label-tasks/{plat['task_id']}/labels", headers=admin_headers())
-        states = {v["state"] for v in got.json()["labels"]}
-        assert got.status_code == 200 and states <= {"verified", "disputed"}
+        # the verified labels read back, task by task: every published image has one
+        assert len(plat["task_ids"]) > 1
+        for task_id in plat["task_ids"]:
+            got = httpx.get(f"{server.url}/api/v1/label-tasks/{task_id}/labels", headers=admin_headers())
+            assert got.status_code == 200 and {v["state"] for v in got.json()["labels"]} <= {
+                "verified",
+                "disputed",
+            }
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,11 +130,13 @@ class StageLog(BaseModel):
 
 
 def _reason_kind(reason: str) -> str:
-    """A reason without its particulars ("near duplicate of pool image X (phash)" -> "near duplicate")."""
-    for cut in (" of ", " (", ":"):
-        if cut in reason and not reason.startswith("label issue"):
-            reason = reason.split(cut)[0]
-    return reason.split(" (")[0] if reason.startswith("label issue") else reason
+    """A reason without its particulars: "copy of expanded dataset image test/x.png (phash)" ->
+    "copy of expanded dataset", "confidence 0.31 < 0.5" -> "confidence <"."""
+    if reason.startswith("label issue"):
+        return reason.split(" (")[0]
+    r = re.sub(r" image \S+", "", reason).split(" (")[0].split(":")[0]
+    r = re.sub(r"(?<![A-Za-z])[-+]?\d[\d.,x]*", "", r)
+    return re.sub(r"\s+", " ", r).strip() or reason
 
 
 class CountingScorer:

@@ -41,6 +41,9 @@ class CrowdConfig(BaseModel):
     check_pass_fraction: float = Field(0.75, gt=0, le=1)
     agree_fraction: float = Field(0.8, gt=0, le=1)
     points_per_item: float = Field(1.0, gt=0)
+    max_request_bytes: int = Field(
+        3_000_000, ge=10_000, description="Images go out in several tasks so no request is larger."
+    )
 
 
 class VerifiedLabel(BaseModel):
@@ -119,22 +122,62 @@ class CrowdClient:
     def labels(self, task_id: int) -> LabelsState:
         return LabelsState.model_validate(self._call("GET", f"{API}/{task_id}/labels"))
 
+    def publish_all(
+        self,
+        name: str,
+        classes: list[tuple[str, str]],
+        images: dict[str, bytes],
+        trusted: dict[str, tuple[int, str]],
+    ) -> tuple[list[int], int]:
+        """Publish `images` as one label task or, past `max_request_bytes`, several; each part's
+        hidden checks are its `dataset` labels and `check_share` of it from the `builder` ones.
+        Returns the task ids and the number of checks."""
+        parts: list[list[str]] = [[]]
+        size = 0
+        for uid, data in images.items():
+            n = len(data) * 4 // 3 + 64
+            if parts[-1] and size + n > self.cfg.max_request_bytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(uid)
+            size += n
+        ids, n_checks = [], 0
+        for k, part in enumerate(parts):
+            checks = {u: trusted[u] for u in part if u in trusted and trusted[u][1] == "dataset"}
+            mine = {u: trusted[u][0] for u in part if u in trusted and trusted[u][1] == "builder"}
+            picked = pick_checks(part, mine, len(part), self.cfg.unit_size, self.cfg.check_share, len(checks))
+            checks |= {u: (lab, "builder") for u, lab in picked.items()}
+            suffix = f"-{k + 1}of{len(parts)}" if len(parts) > 1 else ""
+            ids.append(self.publish(f"{name}{suffix}"[:100], classes, {u: images[u] for u in part}, checks))
+            n_checks += len(checks)
+        return ids, n_checks
+
     def wait(
         self,
-        task_id: int,
+        task_ids: list[int],
         progress: Callable[[str], None],
         sleep: Callable[[float], None] = time.sleep,
     ) -> tuple[LabelsState, bool]:
-        """Poll until every unit is verified or set aside, or the deadline; (state, timed out)."""
+        """Poll until every unit of the tasks is verified or set aside, or the deadline; returns
+        their labels as one state and whether the deadline passed."""
         deadline = time.monotonic() + self.cfg.timeout_s
         last = None
         while True:
-            st = self.labels(task_id)
+            parts = [self.labels(t) for t in task_ids]
+            st = LabelsState(
+                task_id=task_ids[0],
+                units=sum(p.units for p in parts),
+                units_verified=sum(p.units_verified for p in parts),
+                units_inconclusive=sum(p.units_inconclusive for p in parts),
+                done=all(p.done for p in parts),
+                labels=[v for p in parts for v in p.labels],
+            )
             now = (st.units_verified, st.units_inconclusive)
             if now != last:
                 progress(
-                    f"task {task_id}: {st.units_verified}/{st.units} units verified"
+                    f"{st.units_verified}/{st.units} units verified"
                     + (f", {st.units_inconclusive} set aside" if st.units_inconclusive else "")
+                    + f" (label task{'s' if len(task_ids) > 1 else ''} {', '.join(map(str, task_ids))})"
                 )
                 last = now
             if st.done:
@@ -145,11 +188,14 @@ class CrowdClient:
 
 
 def pick_checks(
-    uids: list[str], trusted: dict[str, int], n_total: int, unit_size: int, share: float
+    uids: list[str], trusted: dict[str, int], n_total: int, unit_size: int, share: float, have: int = 0
 ) -> dict[str, int]:
-    """Which trusted labels become hidden checks: `share` of every unit, at least one per unit."""
+    """Which trusted labels become hidden checks: `share` of every unit, at least one per unit
+    (`have` checks are already chosen)."""
     n_units = -(-n_total // unit_size)
-    want = max(n_units, round(n_total * share))
+    want = max(n_units, round(n_total * share)) - have
+    if want <= 0:
+        return {}
     ordered = [u for u in uids if u in trusted]
     if len(ordered) <= want:
         return {u: trusted[u] for u in ordered}

@@ -32,7 +32,7 @@ from vlcurate.builder.collect import (
     retrieve,
 )
 from vlcurate.builder.costs import CountingScorer, Removed, StageLog
-from vlcurate.builder.crowd import CrowdClient, CrowdConfig, agreement, pick_checks
+from vlcurate.builder.crowd import CrowdClient, CrowdConfig, agreement
 from vlcurate.builder.demand import analyse_with_vlm, parse_request
 from vlcurate.builder.export import DEFAULT_FORMATS, check_formats, dataset_card, export_all
 from vlcurate.builder.formats import (
@@ -270,6 +270,18 @@ def _collect(
     return kept, info, False
 
 
+def _alr_note(alr: dict[str, Any]) -> str:
+    how = (
+        "from the crowd's verified agreement"
+        if alr.get("source") == "platform"
+        else "corrected for the verifier's measured error"
+        if alr.get("calibrated")
+        else "share the second check confirmed, uncalibrated"
+    )
+    value = "-" if alr.get("alr") is None else f"{alr['alr']:.4f}"
+    return f"ALR {value} (95% CI {alr['ci95']}; {how}; {alr.get('checked')} labels)"
+
+
 def _save_removed_thumbs(path: Path, images: list[PoolImage]) -> None:
     """Small PNGs of the removed images (the report shows them; the pool keeps only what passed)."""
     from vlcurate.builder.build_report import PER_REASON
@@ -498,39 +510,37 @@ def _crowd(
     mine = {i: classes.index(labelled[u][0].cls) for i, u in ids.items()}
     confirmed = {i: k for i, k in mine.items() if labelled[ids[i]][0].verified}
     images = {i: data[u] for i, u in ids.items()}
-    checks: dict[str, tuple[int, str]] = {}
+    known: dict[str, tuple[int, str]] = {i: (k, "builder") for i, k in confirmed.items()}
     if trusted is not None:  # an expanded dataset's labels: extra images, each a check
         _, ds = trusted
         for j in trusted_sample(ds, classes, "classify", limit=max(1, len(uids) // 4)):
             it = ds.items[j]
             images[f"d{j}"] = it.read()
-            checks[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
+            known[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
     c = cfg.platform
-    picked = pick_checks(list(mine), confirmed, len(images), c.unit_size, c.check_share)
-    checks.update({u: (k, "builder") for u, k in picked.items()})
     state_file = work / "platform.json"
     client = CrowdClient(c)
     try:
         with log.stage("platform") as st:
             if state_file.is_file():
-                task_id = int(json.loads(state_file.read_text())["task_id"])
-                progress("platform", f"resumed: waiting on label task {task_id} at {c.url}")
+                task_ids = [int(t) for t in json.loads(state_file.read_text())["task_ids"]]
+                progress("platform", f"resumed: waiting on label tasks {task_ids} at {c.url}")
                 log.mark_resumed("platform")
             else:
-                task_id = client.publish(
+                task_ids, n_checks = client.publish_all(
                     f"build-{fingerprint}-{len(images)}",
                     list(zip(classes, [cl.definition for cl in spec.classes], strict=True)),
                     images,
-                    checks,
+                    known,
                 )
-                write_json_atomic(state_file, {"task_id": task_id, "url": c.url})
+                write_json_atomic(state_file, {"task_ids": task_ids, "url": c.url})
+                st.add_calls(platform_items_published=len(images), platform_checks=n_checks)
                 log.save(work / "costs.json")
-                st.add_calls(platform_items_published=len(images), platform_checks=len(checks))
                 progress(
                     "platform",
-                    f"label task {task_id}: {len(images)} images ({len(checks)} hidden checks) at {c.url}",
+                    f"label tasks {task_ids}: {len(images)} images ({n_checks} hidden checks) at {c.url}",
                 )
-            state, timed_out = client.wait(task_id, lambda m: progress("platform", m))
+            state, timed_out = client.wait(task_ids, lambda m: progress("platform", m))
             st.saw = len(uids)
             verdict = {v.uid: v for v in state.labels}
             for i, u in ids.items():
@@ -539,7 +549,7 @@ def _crowd(
                     continue
                 lab = labelled[u][0]
                 lab.verified = v.label == mine[i]
-                lab.verifier = f"platform:{c.url}#task{task_id}"
+                lab.verifier = f"platform:{c.url}"
                 lab.verifier_confidence = None
             st.kept = sum(1 for i, u in ids.items() if labelled[u][0].verified)
     finally:
@@ -547,13 +557,12 @@ def _crowd(
     alr = agreement(mine, state)
     return {
         "alr": alr,
-        "task_id": task_id,
+        "task_ids": task_ids,
         "url": c.url,
         "units": state.units,
         "units_verified": state.units_verified,
         "units_inconclusive": state.units_inconclusive,
         "timed_out": timed_out,
-        "checks": {"builder": len(picked), "dataset": len(checks) - len(picked)},
     }
 
 
@@ -832,7 +841,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             kept=len(chosen),
             counts={"per_class": counts["per_class"], "per_split": counts["per_split"]},
             notes=[
-                f"ALR {metrics['alr']['alr']} (95% CI {metrics['alr']['ci95']})",
+                _alr_note(metrics["alr"]),
                 f"CBI {metrics['balance']['cbi']}, min/max ratio {metrics['balance']['min_max_ratio']}",
                 f"{len(queue)} labels queued for review in review/queue.jsonl",
                 "models: " + "; ".join(f"{k} {v}" for k, v in log.models.items()),
