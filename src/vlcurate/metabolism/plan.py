@@ -9,7 +9,8 @@ Per weakness, by kind:
 - reasoning and format: **improve** (recipe: answers must agree with their short answers, then
   chain-of-thought rewrites ending in `Answer: X`), and collect a smaller amount;
 - refusal: **collect** answered examples of the refused category;
-- label noise: **remove** the implicated training samples, each with its reason (catabolism).
+- label noise: **remove** the implicated training samples, each with its reason (catabolism), for
+  every label-noise weakness (the `top` limit applies to the other kinds).
 Every action names its evidence (weakness id, failing sample ids). The mixture per training stage
 gives the new data a share proportional to the weaknesses it answers (at most `MAX_NEW_SHARE`).
 Every recipe is validated with `ops.recipe.load_recipe` before the plan is written.
@@ -223,23 +224,22 @@ def make_plan(
         k += 1
         return f"a{k:02d}"
 
-    for w in diag.weaknesses[:top]:
-        terms = [v for v in _focus_values(w) if not v.isdigit()] or ([w.category] if w.category else [])
-        if w.kind == "label_noise":
-            if not w.implicated:
-                skipped.append(f"{w.id}: label noise without implicated samples")
-                continue
+    removing: set[str] = set()
+    for w in diag.weaknesses:  # removals are cheap and certain: every label-noise weakness, not just the top
+        fresh = [s for s in w.implicated if s.id not in removing] if w.kind == "label_noise" else []
+        if fresh:
+            removing |= {s.id for s in fresh}
             remove.append(
                 RemoveAction(
                     id=next_id(),
-                    sample_ids=[s.id for s in w.implicated],
-                    reasons={
-                        s.id: f"{s.reason}; resembles failure {s.nearest_failure}" for s in w.implicated
-                    },
+                    sample_ids=[s.id for s in fresh],
+                    reasons={s.id: f"{s.reason}; resembles failure {s.nearest_failure}" for s in fresh},
                     evidence=_evidence(w),
                 )
             )
-            continue
+    planned = [w for w in diag.weaknesses if w.kind != "label_noise"]
+    for w in planned[:top]:
+        terms = [v for v in _focus_values(w) if not v.isdigit()] or ([w.category] if w.category else [])
         share = PER_WEAKNESS.get(w.kind, 0.5)
         collect.append(_collect(w, max(1, int(per_weakness * share)), next_id(), out_path))
         if w.kind in ("perception", "coverage", "reasoning", "format") and terms:
@@ -249,7 +249,7 @@ def make_plan(
             aid = next_id()
             path, _ = _recipe(aid, op, terms, train_file, out_path, endpoint, model)
             improve.append(ImproveAction(id=aid, op=op, recipe=path, terms=terms, evidence=_evidence(w)))
-    for w in diag.weaknesses[top:]:
+    for w in planned[top:]:
         skipped.append(f"{w.id}: below the top {top} (score {w.score:.2f})")
     mixture = _mixture(diag, collect)
     body = {
