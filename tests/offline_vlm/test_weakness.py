@@ -171,3 +171,17 @@ def test_memory_at_start_up_and_garble(tmp_path: Path) -> None:
         assert status["weaknesses"][0]["cured"] == ["shape=circle"]
         scene, item = pick(lambda i: i.category == "exists", 1)[0]
         assert ask(vlm, scene, item) == GARBLE
+
+
+@pytest.mark.parametrize("fmt", ["llava", "jsonl", "hf"])
+def test_memory_reads_a_version_export(tmp_path: Path, fmt: str) -> None:
+    from vlcurate.versions.ingest import read_instruct
+    from vlcurate.versions.store import VersionStore
+
+    data = make_training_samples(tmp_path / "t", 6, seed=1, focus={"colour": "red"})
+    store = VersionStore(tmp_path / "store")
+    ing = read_instruct([data], tmp_path / "store")
+    info = store.commit(ing.samples, parent=None, message="red", events=ing.events)
+    store.export(info.id, fmt, tmp_path / "export")
+    mem = load_memory(tmp_path / "export")  # version.json beside the data is not read as samples
+    assert (mem.samples, mem.skipped, mem.count(("colour", "red"))) == (6, 0, 6)

@@ -118,7 +118,8 @@ def memory_files(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEMORY_SUFFIXES)
-        found = [p for p in found if not p.name.startswith(("truth", "manifest", "summary", "config"))]
+        skip = ("truth", "manifest", "summary", "config", "version", "missing")  # bookkeeping beside the data
+        found = [p for p in found if not p.name.startswith(skip)]
         if not found:
             raise MemoryLoadError(f"memory folder {path} holds no .json, .jsonl or .parquet instruction file")
         return found
