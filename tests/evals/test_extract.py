@@ -39,6 +39,7 @@ def test_multiple_choice(reply: str, status: str, extracted: str | None, correct
         ("Three.", "3", "ok", "3", True),
         ("There are three red circles.", "three", "ok", "3", True),
         ("No, there are none.", "0", "ok", "0", True),
+        ("No, there are 3 of them.", "0", "ok", "3", False),
         ("Answer: 4", "3", "ok", "4", False),
         ("Quite a lot of them.", "3", "unparsed", None, False),
         ("Gray.", "gray", "ok", "gray", True),

@@ -120,10 +120,12 @@ def as_number(text: str) -> float | None:
 
 
 def first_number(text: str) -> float | None:
-    m = _NUMBER.search(text)
-    if not m:
+    """The first number in a reply; a bare "no"/"none" counts as 0 only when no other number is named
+    ("No, there are 3" is 3)."""
+    found = [m.group(1).lower() for m in _NUMBER.finditer(text)]
+    if not found:
         return None
-    word = m.group(1).lower()
+    word = next((w for w in found if w not in ("no", "none")), found[0])
     return float(NUMBER_WORDS[word]) if word in NUMBER_WORDS else float(word)
 
 
