@@ -25,10 +25,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from vlcurate.server import db
-from vlcurate.server.errors import BadRequest, Conflict, PlatformError
+from vlcurate.server.errors import BadRequest, Conflict, NotFound, PlatformError
 from vlcurate.server.game.ids import new_public_id
 from vlcurate.server.game.players import Player
-from vlcurate.server.game.sessions import game_row, image_in_session, owned_session, require_open
+from vlcurate.server.game.sessions import game_row, image_in_session, require_open
 from vlcurate.server.game.views import QuestionOut
 from vlcurate.vlm.client import StreamEvent, VLMClient, VLMRequest, VLMResult, VLMSettings
 
@@ -191,24 +191,42 @@ def prepare(
 ) -> Pending | QuestionOut:
     """The checks before the model is asked: the stored answer for a replayed `client_key`, a 404/409/
     422 for a session, image, timer or question that does not allow it, else what to ask."""
-    Q = db.game_questions
+    Q, S, SI, Im = db.game_questions, db.game_sessions, db.game_session_images, db.game_images
     with engine.connect() as conn:
-        s = owned_session(conn, player, session_id)
-        si = image_in_session(conn, s.id, image_id)
-        first = conn.execute(
-            select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == client_key)
+        # one statement: the session (the player's), the image in it, its bytes, and the question
+        # already stored under this key if any (a replay)
+        row = conn.execute(
+            select(
+                S.c.id.label("session_pk"),
+                S.c.game_id,
+                S.c.state.label("session_state"),
+                SI.c.id.label("si_id"),
+                SI.c.started_at,
+                SI.c.finished_at,
+                SI.c.outcome,
+                SI.c.deadline,
+                SI.c.tainted,
+                Im.c.data,
+                Q.c.id.label("replayed_id"),
+            )
+            .select_from(S)
+            .outerjoin(SI, (SI.c.session_id == S.c.id) & (SI.c.public_id == image_id))
+            .outerjoin(Im, Im.c.id == SI.c.image_id)
+            .outerjoin(Q, (Q.c.session_image_id == SI.c.id) & (Q.c.client_key == client_key))
+            .where(S.c.public_id == session_id, S.c.player_id == player.id)
         ).first()
-        if first is not None:
-            return _out(first, True)
-        game = game_row(conn, s.game_id)
-        if s.state != "active":
-            raise Conflict(f"this session is {s.state}; nothing was stored")
-        require_open(si, db.utcnow())
+        if row is None:
+            raise NotFound("no such session for this player")
+        if row.si_id is None:
+            raise NotFound("this image is not in this session")
+        if row.replayed_id is not None:
+            return _out(conn.execute(select(Q).where(Q.c.id == row.replayed_id)).one(), True)
+        game = game_row(conn, row.game_id)
+        if row.session_state != "active":
+            raise Conflict(f"this session is {row.session_state}; nothing was stored")
+        require_open(row, db.utcnow())
         text = clean_question(question, game.max_question_chars)
-        image = conn.execute(
-            select(db.game_images.c.data).where(db.game_images.c.id == si.image_id)
-        ).scalar_one()
-    return Pending(s.id, image_id, player.id, client_key, text, game, image, bool(si.tainted))
+    return Pending(row.session_pk, image_id, player.id, client_key, text, game, row.data, bool(row.tainted))
 
 
 def store(engine: Engine, p: Pending, answer: str, latency_ms: float) -> QuestionOut:
@@ -217,12 +235,14 @@ def store(engine: Engine, p: Pending, answer: str, latency_ms: float) -> Questio
     Q = db.game_questions
     try:
         with db.begin_write(engine) as conn:
-            si = image_in_session(conn, p.session_pk, p.image_id)
-            first = conn.execute(
-                select(Q).where(Q.c.session_image_id == si.id, Q.c.client_key == p.client_key)
-            ).first()
-            if first is not None:
-                return _out(first, True)
+            SI = db.game_session_images
+            si = conn.execute(  # the image as it stands now, and a retry's stored question if any
+                select(SI.c.id, SI.c.finished_at, SI.c.outcome, Q.c.id.label("replayed_id"))
+                .outerjoin(Q, (Q.c.session_image_id == SI.c.id) & (Q.c.client_key == p.client_key))
+                .where(SI.c.session_id == p.session_pk, SI.c.public_id == p.image_id)
+            ).one()
+            if si.replayed_id is not None:
+                return _out(conn.execute(select(Q).where(Q.c.id == si.replayed_id)).one(), True)
             if si.finished_at is not None:
                 raise Conflict(f"this image was {si.outcome} while the model answered; nothing was stored")
             row = conn.execute(

@@ -39,18 +39,24 @@ def flag(
         with db.begin_write(engine) as conn:
             s = owned_session(conn, player, session_id, lock=True)
             si = image_in_session(conn, s.id, image_id)
-            q = conn.execute(
-                select(Q).where(Q.c.public_id == question_id, Q.c.session_image_id == si.id)
+            q = conn.execute(  # the question, and the image's flag if there is one already
+                select(
+                    Q.c.id,
+                    Q.c.public_id,
+                    F.c.public_id.label("flag_public_id"),
+                    F.c.question_id.label("flagged_question"),
+                    F.c.corrected.label("flag_corrected"),
+                )
+                .outerjoin(F, F.c.session_image_id == Q.c.session_image_id)
+                .where(Q.c.public_id == question_id, Q.c.session_image_id == si.id)
             ).first()
             if q is None:
                 raise NotFound("no such question on this image")
-            first = conn.execute(select(F).where(F.c.session_image_id == si.id)).first()
-            if first is not None:
-                if first.question_id != q.id:
+            if q.flag_public_id is not None:
+                if q.flagged_question != q.id:
                     raise Conflict("this image is already flagged (one flag per image)")
-                return FlagOut(
-                    flag_id=first.public_id, question_id=q.public_id, corrected=first.corrected, replayed=True
-                )
+                out = FlagOut(flag_id=q.flag_public_id, question_id=q.public_id, corrected=q.flag_corrected)
+                return out.model_copy(update={"replayed": True})
             if s.state != "active":
                 raise Conflict(f"this session is {s.state}; nothing was stored")
             now = db.utcnow()

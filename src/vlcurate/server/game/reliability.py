@@ -9,8 +9,8 @@ unflagged image a right answer with the probabilities that a, b and q (the model
 untainted images) give; that yields expected false alarms k among expected right answers n.
 
 Estimates are posteriors. With a crowd (`MIN_CROWD` players or more), the prior is the crowd's own
-distribution of rates, fitted by nonparametric maximum likelihood on a grid (empirical Bayes,
-`fit_prior`): 25 check images pin a rate down to about ±0.06 alone, and the crowd's shape narrows
+distribution of rates, fitted by nonparametric maximum likelihood on a grid and mixed with a tenth
+of Jeffreys' prior (empirical Bayes, `fit_prior`): 25 check images pin a rate down to about ±0.06 alone, and the crowd's shape narrows
 that for everyone. Before that, flat Beta(1, 1) priors: a ~ Beta(1 + flagged, 1 + missed),
 b ~ Beta(1 + k, 1 + n - k). A flag on an untainted image is then a true model error with
 probability a q / (a q + b (1 - q)).
@@ -124,18 +124,32 @@ def _b_counts(c: Counts, a: float, q: float) -> tuple[float, float]:
     return k, right
 
 
+JEFFREYS_SHARE = 0.1  # the fitted prior is mixed with a little Jeffreys prior: no rate is ruled out
+
+
+def _jeffreys() -> np.ndarray:
+    g = np.clip(GRID, 0.005, 0.995)
+    w = 1.0 / np.sqrt(g * (1.0 - g))
+    return w / w.sum()
+
+
+def _robust(w: np.ndarray) -> np.ndarray:
+    """NPMLE priors are spiky on small crowds; a player between two spikes is not forced onto one."""
+    return (1.0 - JEFFREYS_SHARE) * w + JEFFREYS_SHARE * _jeffreys()
+
+
 def fit_prior(counts: list[Counts], q: float) -> Prior | None:
     """The crowd's prior from every player's counts; None below `MIN_CROWD` players with checks."""
     seen = [c for c in counts if c.n_tainted > 0]
     if len(seen) < MIN_CROWD:
         return None
     ka = np.array([_a_counts(c) for c in seen])
-    wa = npmle(ka[:, 0], ka[:, 1])
+    wa = _robust(npmle(ka[:, 0], ka[:, 1]))
     withu = [c for c in seen if c.n_untainted > 0]
     if len(withu) < MIN_CROWD:
-        return Prior(wa, np.full(GRID.size, 1.0 / GRID.size), len(seen))
+        return Prior(wa, _jeffreys(), len(seen))
     kb = np.array([_b_counts(c, grid_posterior(*_a_counts(c), wa)[0], q) for c in withu])
-    return Prior(wa, npmle(kb[:, 0], kb[:, 1]), len(seen))
+    return Prior(wa, _robust(npmle(kb[:, 0], kb[:, 1])), len(seen))
 
 
 def estimate(c: Counts, q: float, prior: Prior | None = None) -> Reliability:

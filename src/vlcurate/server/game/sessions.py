@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -38,8 +40,21 @@ def owned_session(conn: Connection, player: Player, session_id: str, *, lock: bo
     return row
 
 
+GAME_ROW_TTL_S = 10.0
+_GAMES: dict[tuple[str, int], tuple[float, Any]] = {}
+
+
 def game_row(conn: Connection, game_id: int) -> Any:
-    return conn.execute(select(db.game_games).where(db.game_games.c.id == game_id)).one()
+    """A game's row; read once every `GAME_ROW_TTL_S` per database (a game's settings do not change
+    after creation, and nearly every request needs them)."""
+    key = (f"{id(conn.engine)}:{conn.engine.url}", game_id)
+    hit = _GAMES.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < GAME_ROW_TTL_S:
+        return hit[1]
+    row = conn.execute(select(db.game_games).where(db.game_games.c.id == game_id)).one()
+    _GAMES[key] = (now, row)
+    return row
 
 
 def session_images(conn: Connection, session_pk: int) -> list[Any]:
@@ -172,12 +187,14 @@ def advance(engine: Engine, player: Player, session_id: str, position: int) -> S
         if nxt is None:
             if all(im.finished_at is not None or im.id == here.id for im in images):
                 finish(conn, s, game, now)
-        elif nxt.started_at is None:
-            conn.execute(
-                update(SI)
-                .where(SI.c.id == nxt.id)
-                .values(started_at=now, deadline=now + dt.timedelta(seconds=game.seconds_per_image))
-            )
+            s = conn.execute(select(db.game_sessions).where(db.game_sessions.c.id == s.id)).one()
+            return view(conn, s, game, now)
+        if nxt.started_at is None:
+            deadline = now + dt.timedelta(seconds=game.seconds_per_image)
+            conn.execute(update(SI).where(SI.c.id == nxt.id).values(started_at=now, deadline=deadline))
+            # the usual case: answered from what is known, without reading the session again
+            started = SimpleNamespace(**{**nxt._asdict(), "started_at": now, "deadline": deadline})
+            return _view(s, game, len(images), _fresh_image_view(started, now))
         s = conn.execute(select(db.game_sessions).where(db.game_sessions.c.id == s.id)).one()
         return view(conn, s, game, now)
 
@@ -276,6 +293,36 @@ def summary(conn: Connection, s: Any) -> SummaryOut:
         flags_awaiting_confirmation=sum(1 for f in flags if f.state == "pending"),
         reliability=trust.view(trust.current(conn, s.player_id)),
         total_points=float(points),
+    )
+
+
+def _fresh_image_view(si: Any, now: dt.datetime) -> ImageOut:
+    """An image that has just started: no flag and no question yet."""
+    deadline = db.aware(si.deadline)
+    return ImageOut(
+        image_id=si.public_id,
+        position=si.position,
+        url=IMAGE_URL.format(si.public_id),
+        started_at=db.aware(si.started_at),
+        deadline=deadline,
+        seconds_left=round(max(0.0, (deadline - now).total_seconds()), 3),
+        state="active",
+        flagged=False,
+        questions=[],
+    )
+
+
+def _view(s: Any, game: Any, n_images: int, image: ImageOut) -> SessionOut:
+    return SessionOut(
+        session_id=s.public_id,
+        game=game.name,
+        state=s.state,
+        n_images=n_images,
+        position=image.position,
+        seconds_per_image=game.seconds_per_image,
+        max_question_chars=game.max_question_chars,
+        image=image,
+        summary=None,
     )
 
 

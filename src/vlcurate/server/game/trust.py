@@ -26,8 +26,24 @@ def counts(row: Any) -> rel.Counts:
     )
 
 
+Q_TTL_S = 5.0
+_Q: dict[str, tuple[float, float]] = {}
+
+
 def crowd_error_rate(conn: Connection) -> float:
-    """q over every player's untainted images and judged flags (`reliability.model_error_rate`)."""
+    """q over every player's untainted images and judged flags (`reliability.model_error_rate`);
+    an aggregate over all players, so it is computed at most every `Q_TTL_S` per database."""
+    key = f"{id(conn.engine)}:{conn.engine.url}"
+    hit = _Q.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < Q_TTL_S:
+        return hit[1]
+    q = _crowd_error_rate(conn)
+    _Q[key] = (now, q)
+    return q
+
+
+def _crowd_error_rate(conn: Connection) -> float:
     R = db.game_reliability
     row = conn.execute(
         select(
@@ -53,7 +69,7 @@ def crowd_prior(conn: Connection, q: float) -> rel.Prior | None:
     """The crowd's prior (`reliability.fit_prior`), refitted when older than `PRIOR_TTL_S` or when
     the number of players moved by a tenth: fitting reads every player's counts, so it is shared."""
     R = db.game_reliability
-    key = str(conn.engine.url)
+    key = f"{id(conn.engine)}:{conn.engine.url}"
     players = int(conn.execute(select(func.count()).select_from(R).where(R.c.n_tainted > 0)).scalar_one())
     now = time.monotonic()
     with _PRIORS_LOCK:
