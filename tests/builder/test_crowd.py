@@ -142,3 +142,23 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x]
+
+
+def test_platform_bad_input_fails_before_any_labelling(tmp_path: Path) -> None:
+    from tests.platform_live import free_port
+    from typer.testing import CliRunner
+
+    from vlcurate.cli.main import app
+
+    pool = write_scene_pool(tmp_path / "pool", 3, single=True)
+    out = tmp_path / "out"
+    base = ["build", "circles and squares, 2 each", "--pool", str(pool), "--out", str(out)]
+    runner = CliRunner()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    r = runner.invoke(app, [*base, "--platform", nobody], env={"VLCURATE_ADMIN_TOKEN": ""})
+    assert r.exit_code == 2 and "--platform needs the operator token" in r.output
+    r = runner.invoke(app, [*base, "--platform", nobody, "--platform-token", "t"])
+    assert r.exit_code == 2 and f"platform {nobody} unreachable" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*base, "--task", "detect", "--platform", nobody, "--platform-token", "t"])
+    assert r.exit_code == 2 and "classification labels only" in r.output
+    assert not out.exists()

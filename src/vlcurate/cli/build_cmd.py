@@ -174,6 +174,13 @@ def build(
     t.add_row("formats", ", ".join(summary["formats"]) + f"; report in {out}/report/report.html")
     t.add_row("seconds", f"{summary['total_seconds']}")
     console.print(t)
+    plat = m.get("platform")
+    if plat and plat["timed_out"]:
+        console.print(
+            f"[yellow]the crowd verified {plat['units_verified']} of {plat['units']} units before "
+            f"--platform-timeout:[/] the rest keep the local check (metrics.platform in build.json)",
+            highlight=False,
+        )
     if summary["short_classes"]:
         console.print(
             f"[yellow]short of the target:[/] {json.dumps(summary['short_classes'])}", highlight=False
