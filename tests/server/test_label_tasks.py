@@ -90,6 +90,31 @@ def test_publishing_answering_and_reading_back_labels(platform_db: str) -> None:
         got = httpx.get(f"{url}/api/v1/label-tasks/{task['id']}/labels", headers=admin, timeout=30).json()
         assert got["units"] == 2 and got["units_verified"] == 0 and not got["done"]
         assert {v["state"] for v in got["labels"]} == {"open"} and sum(v["check"] for v in got["labels"]) == 4
+        # a second contributor on the same unit agrees: the unit is verified by majority label, paid
+        other = _agent(url, "labeller2")
+        mine = [other.post("/api/v1/leases", json={"task_id": task["id"]}).json() for _ in range(2)]
+        same = next(x for x in mine if x["unit_id"] == lease["unit_id"])
+        colour = {}
+        for i in same["items"]:
+            data = other.get(i["image_url"]).content
+            colour[i["item_id"]] = (
+                0 if Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))[0] > 128 else 1
+            )
+        r = other.post(
+            f"/api/v1/leases/{same['lease_id']}/submit",
+            json={
+                "idempotency_key": "k2-12345678",
+                "model_fingerprint": "another-model",
+                "results": [{"item_id": k, "label": v} for k, v in colour.items()],
+            },
+        )
+        assert r.status_code == 200 and r.json()["state"] == "valid" and r.json()["points_credited"] == 4.0, (
+            r.text
+        )
+        got = httpx.get(f"{url}/api/v1/label-tasks/{task['id']}/labels", headers=admin, timeout=30).json()
+        done = [v for v in got["labels"] if v["state"] == "verified"]
+        assert got["units_verified"] == 1 and len(done) == 4
+        assert all(v["label"] == int(v["uid"][1:]) % 2 ^ 1 for v in done)  # odd uids are red (0)
         # reading labels back: operators only, label tasks only
         assert httpx.get(f"{url}/api/v1/label-tasks/{task['id']}/labels", timeout=30).status_code == 403
         r = httpx.get(f"{url}/api/v1/label-tasks/999/labels", headers=admin, timeout=30)
