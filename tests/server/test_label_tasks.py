@@ -115,6 +115,10 @@ def test_publishing_answering_and_reading_back_labels(platform_db: str) -> None:
         done = [v for v in got["labels"] if v["state"] == "verified"]
         assert got["units_verified"] == 1 and len(done) == 4
         assert all(v["label"] == int(v["uid"][1:]) % 2 ^ 1 for v in done)  # odd uids are red (0)
+        # the operator's uploaded images stay off the public feed and its image route
+        public = httpx.get(f"{url}/api/v1/feed", params={"limit": 500}, timeout=30).json()
+        assert public == []
+        assert {httpx.get(f"{url}/feed/images/{k}", timeout=30).status_code for k in range(1, 9)} == {404}
         # reading labels back: operators only, label tasks only
         assert httpx.get(f"{url}/api/v1/label-tasks/{task['id']}/labels", timeout=30).status_code == 403
         r = httpx.get(f"{url}/api/v1/label-tasks/999/labels", headers=admin, timeout=30)

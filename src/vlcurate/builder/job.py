@@ -644,11 +644,15 @@ def plan(cfg: BuildConfig) -> dict[str, Any]:
         n += sum(1 for sh in src.shards() for _ in src.iter_samples(sh))
     k = len(spec.classes)
     candidates = min(n, int(spec.images_per_class * cfg.oversample * k))
+    trusted = _trusted(cfg, existing)
+    n_trusted = len(trusted_sample(trusted[1], spec.class_names, spec.task)) if trusted else 0
     calls = {
         "image_embeddings": n,
-        "labeller_calls": candidates,
-        "verifier_calls": candidates,
-        "vlm_calls": candidates if cfg.verifier == "vlm" else 0,
+        "labeller_calls": candidates + n_trusted,
+        "verifier_calls": candidates + n_trusted,
+        "vlm_calls": candidates + n_trusted if cfg.verifier == "vlm" else 0,
+        "calibration_images": n_trusted,
+        "platform_images": candidates if cfg.platform else 0,
     }
     # benchmarks/builder.py on 2 shared cores with tiny-synth: ~16 s per 1,000 pool images (read, tools,
     # dedup, embed) and ~8 s per 1,000 candidates (label, check, export); real models are far slower
@@ -657,7 +661,19 @@ def plan(cfg: BuildConfig) -> dict[str, Any]:
         "spec": spec.model_dump(mode="json"),
         "pool_images": n,
         "formats": cfg.formats or list(DEFAULT_FORMATS[spec.task]),
-        "stages": ["demand", "collect", "tools", "retrieve", "label", "supervise", "export"],
+        "stages": [
+            "demand",
+            "collect",
+            "tools",
+            "embed",
+            *(["calibrate"] if n_trusted else []),
+            "retrieve",
+            "label",
+            "verify",
+            *(["platform"] if cfg.platform else []),
+            "supervise",
+            "export",
+        ],
         "model_calls": calls,
         "estimated_seconds": round(seconds, 1),
         "out": str(cfg.out),

@@ -459,6 +459,8 @@ def feed(conn: Connection, *, after_id: int = 0, limit: int = 50) -> list[FeedEn
                     u.c.id.in_([unit_id for _, unit_id in fresh]),
                     u.c.state == "verified",
                     u.c.verified_at.is_not(None),
+                    # label tasks' images are an operator's upload and their values class indices
+                    u.c.task_id.in_(select(db.tasks.c.id).where(db.tasks.c.kind != "label")),
                 )
             )
         }
@@ -518,7 +520,10 @@ def public_image(conn: Connection, item_id: int) -> tuple[bytes, str | None] | N
     item = conn.execute(select(i.c.dataset_id).where(i.c.id == item_id)).first()
     if item is None:
         return None
-    task_ids = [r[0] for r in conn.execute(select(t.c.id).where(t.c.dataset_id == item.dataset_id))]
+    task_ids = [
+        r[0]
+        for r in conn.execute(select(t.c.id).where(t.c.dataset_id == item.dataset_id, t.c.kind != "label"))
+    ]  # label tasks' images are not public (see `feed`)
     # Units of a task tile the dataset's id range: the one holding item_id has the largest
     # first_item <= item_id (an index on (task_id, first_item) makes this a single seek).
     shown = False
