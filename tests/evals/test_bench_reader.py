@@ -75,6 +75,8 @@ def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:
     data = make_training_samples(tmp_path, 8, seed=2)
     items = read_benchmark(data)
     assert len(items) == 8
+    (tmp_path / "version.json").write_text("{}")  # an export's bookkeeping beside its data file
+    assert [i.id for i in read_benchmark(tmp_path)] == [i.id for i in items]  # the folder: its one data file
     hf = read_benchmark(make_training_samples(tmp_path / "hf", 8, seed=2, fmt="hf"))
     assert [(i.id, i.question, i.answers, i.choices, i.category) for i in hf] == [
         (i.id, i.question, i.answers, i.choices, i.category) for i in items
@@ -113,5 +115,8 @@ def test_many_bad_lines_are_counted_and_missing_files_are_clear(tmp_path: Path) 
     (tmp_path / "b.jsonl").write_text("oops\n" * 9)
     with pytest.raises(BenchFileError, match=r"9 bad benchmark record\(s\).*b.jsonl:5.*\(and 4 more\)"):
         read_benchmark(tmp_path / "b.jsonl")
+    (tmp_path / "other.json").write_text("[]")
+    with pytest.raises(BenchFileError, match=r"found b\.jsonl, other\.json"):
+        read_benchmark(tmp_path)
     with pytest.raises(FileNotFoundError, match="benchmark not found"):
         read_benchmark(tmp_path / "missing.jsonl")

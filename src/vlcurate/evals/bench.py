@@ -320,16 +320,22 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
     raise BenchFileError(f"{path}: unknown benchmark format; expected one of {', '.join(BENCH_SUFFIXES)}")
 
 
+_BOOKKEEPING = ("version", "missing", "truth", "config", "summary", "report")
+
+
 def bench_file(path: str | Path) -> Path:
-    """The benchmark file: `path` itself, or the one bench.* file inside a folder."""
+    """The benchmark file: `path` itself, or inside a folder its one bench.* file, else its one data file
+    (a version export's data.json / samples.jsonl / data.parquet; bookkeeping files are not counted)."""
     p = Path(path)
     if p.is_dir():
-        found = sorted(
-            q for q in p.iterdir() if q.name.startswith("bench") and q.suffix.lower() in BENCH_SUFFIXES
-        )
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in BENCH_SUFFIXES)
+        found = [q for q in files if q.name.startswith("bench")]
+        found = found or [q for q in files if not q.name.startswith(_BOOKKEEPING)]
         if len(found) != 1:
+            names = ", ".join(q.name for q in found) or "none"
             raise BenchFileError(
-                f"{p}: a benchmark folder needs exactly one bench.jsonl/json/csv/tsv/parquet file"
+                f"{p}: a benchmark folder needs exactly one bench.jsonl/json/csv/tsv/parquet file "
+                f"(or one data file); found {names}"
             )
         return found[0]
     if not p.is_file():
