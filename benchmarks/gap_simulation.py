@@ -15,10 +15,12 @@ object count); whether it flags, and how it judges other players' flags, is its 
   too, and judge every flag "model wrong" (one pair shares an address and is linked, one is not);
 - agent: a VLM player (`origin: agent`, token login): 0.8 / 0.05, judges correctly with p=0.9.
 
-Rounds: every player plays one session (10 images, 5 tainted), then every player allowed to judge
-works through the judging queue. After `--sessions` rounds: the reliability error against each
-player's true rates (detection a, false alarm b), the export's false examples (confirmed flags where
-the model was right), validations per kept example, and points standing on false flags.
+Rounds: every player plays one session (10 images, 5 tainted), then the players allowed to judge
+take judging tasks in turn (a random order, one task each per turn) until none is left; a quarter
+of the tasks are tainted flags (checks of known truth that score the judges). After `--sessions`
+rounds: the reliability error against each player's true rates (detection a, false alarm b), the
+export's false examples (confirmed flags where the model was right), validations per kept example,
+points standing on false flags, and each kind of judge's skill and whether it kept its voice.
 """
 
 from __future__ import annotations
@@ -245,12 +247,15 @@ def main() -> None:
                     body = p.client.post(
                         f"/api/v1/game/sessions/{sid}/next", json={"position": im["position"]}
                     ).json()
-            for p in players:  # judging
-                k = KINDS[p.kind]
-                for _ in range(40):
+            # judging: every player takes one task in turn (in a random order) until none is left
+            judging_now = rng.sample(players, len(players))
+            for _ in range(40):
+                for p in list(judging_now):
+                    k = KINDS[p.kind]
                     t = p.client.post("/api/v1/game/judgements/next")
                     if t.status_code != 200:
-                        break
+                        judging_now.remove(p)
+                        continue
                     task = t.json()
                     J, F, SI, Im = db.game_judgements, db.game_flags, db.game_session_images, db.game_images
                     with engine.connect() as conn:

@@ -185,6 +185,8 @@ def test_a_judge_who_says_wrong_to_everything_loses_its_voice(game: Game) -> Non
     assert (bad.n_wrong, bad.said_wrong, bad.n_right, bad.said_right) == (5, 5, 5, 0)
     assert not bad.has_voice and bad.skill < judging.JUDGE_MIN_SKILL
     assert good.has_voice and good.skill > 0.6
+    assert "your votes do not count" in judge.get("/api/v1/game/me").json()["judging"]
+    assert fair.get("/api/v1/game/me").json()["judging"].startswith("your votes count (5 of 5")
     # on a flag still open, only the fair judge's vote counts
     with db.begin_write(game.engine) as conn:
         conn.execute(update(F).where(F.c.id == ids[-1]).values(state="pending"))

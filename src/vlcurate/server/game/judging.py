@@ -61,6 +61,21 @@ class JudgeSkill:
     def skill(self) -> float:
         return self.sensitivity + self.specificity - 1.0
 
+    def reason(self) -> str:
+        """What a judge is told about its voice."""
+        record = (
+            f"{self.said_wrong} of {self.n_wrong} checks where the model was wrong called wrong, "
+            f"{self.said_right} of {self.n_right} where it was right called right"
+        )
+        if min(self.n_wrong, self.n_right) < JUDGE_MIN_SCORED:
+            return f"your votes count (on probation as a judge: {record})"
+        if self.has_voice:
+            return f"your votes count ({record})"
+        return (
+            f"your votes do not count: {record}; sensitivity + specificity - 1 is {self.skill:.2f}, "
+            f"below {JUDGE_MIN_SKILL:.2f}. Judge each answer on its merits"
+        )
+
     @property
     def has_voice(self) -> bool:
         """On probation until both kinds of truth are seen `JUDGE_MIN_SCORED` times; then only a

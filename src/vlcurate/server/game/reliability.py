@@ -10,10 +10,10 @@ untainted images) give; that yields expected false alarms k among expected right
 
 Estimates are posteriors. With a crowd (`MIN_CROWD` players or more), the prior is the crowd's own
 distribution of rates, fitted by nonparametric maximum likelihood on a grid and mixed with a tenth
-of Jeffreys' prior (empirical Bayes, `fit_prior`): 25 check images pin a rate down to about ±0.06 alone, and the crowd's shape narrows
-that for everyone. Before that, flat Beta(1, 1) priors: a ~ Beta(1 + flagged, 1 + missed),
-b ~ Beta(1 + k, 1 + n - k). A flag on an untainted image is then a true model error with
-probability a q / (a q + b (1 - q)).
+of Jeffreys' prior (empirical Bayes, `fit_prior`): 25 check images pin a rate down to about ±0.06
+alone, and the crowd's shape narrows that for everyone. Before that, flat Beta(1, 1) priors:
+a ~ Beta(1 + flagged, 1 + missed), b ~ Beta(1 + k, 1 + n - k). A flag on an untainted image is then
+a true model error with probability a q / (a q + b (1 - q)).
 """
 
 from __future__ import annotations

@@ -111,6 +111,7 @@ class MeOut(BaseModel):
     origin: str
     points: float
     reliability: ReliabilityOut
+    judging: str = ""  # whether this player's verdicts as a judge count, and why
 
 
 class VLMVerdictOut(BaseModel):

@@ -143,8 +143,15 @@ def me(p: PlatformDep, who: PlayerDep) -> MeOut:
             select(db.contributors.c.points).where(db.contributors.c.id == who.contributor_id)
         ).scalar_one()
         rel = trust.view(trust.current(conn, who.id))
+        judge = judging.judge_skill(conn, [who.id])[who.id]
     return MeOut(
-        player_id=who.id, name=who.name, kind=who.kind, origin=who.origin, points=points, reliability=rel
+        player_id=who.id,
+        name=who.name,
+        kind=who.kind,
+        origin=who.origin,
+        points=points,
+        reliability=rel,
+        judging=judge.reason(),
     )
 
 
