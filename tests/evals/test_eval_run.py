@@ -115,6 +115,8 @@ def test_weak_model_refuses_garbles_and_is_blind(
     assert {r.status for r in by_cat["shape"]} == {"unparsed"}
     assert all(r.correct is False for r in by_cat["count"] + by_cat["shape"])  # scored as wrong
     assert s.per_category["count"].accuracy == 0.0
+    report = (tmp_path / "w" / "report.md").read_text()
+    assert "First failures:" in report and "| refused |" in report and "| unparsed |" in report
     red = [r for r in rows if r.meta.get("colour") == "red" and r.category in ("exists", "colour")]
     assert red and not any(r.correct for r in red if r.meta.get("present", True))
 

@@ -18,6 +18,19 @@ from vlcurate.evals.results import CategoryStats, EvalSummary, SampleResult, cat
 PLOT_FILE = "accuracy.png"
 MIN_SLICE = 3  # attribute slices with fewer scored answers are left out
 MAX_SLICES = 15
+MAX_FAILURES = 20  # failed answers listed in the report (all of them are in samples.jsonl)
+
+
+def failures(rows: list[SampleResult]) -> list[list[str]]:
+    """The first failed answers as table rows: id, category, status, question, reference, reply."""
+    out = []
+    for r in sorted(rows, key=lambda r: r.key):
+        if r.correct is False or r.status == "error":
+            reply = (r.response or r.error or "")[:80]
+            out.append([r.id, r.category, r.status, r.question[:80], str(r.answer or ""), reply])
+        if len(out) >= MAX_FAILURES:
+            break
+    return out
 
 
 def attribute_slices(rows: list[SampleResult], min_n: int = MIN_SLICE) -> dict[str, CategoryStats]:
@@ -61,7 +74,13 @@ def plot_categories(path: Path, summary: EvalSummary) -> None:
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
 
 
-def _markdown(summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str, Any]) -> str:
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(
+    summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str, Any], failed: list[list[str]]
+) -> str:
     o = summary.overall
     lines = [
         f"# Evaluation: {summary.model} on {summary.bench}",
@@ -91,11 +110,18 @@ def _markdown(summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[
         lines += [
             f"| {k} | {s.n} | {_pct(s.accuracy)} | {_ci(s)} |" for k, s in list(slices.items())[:MAX_SLICES]
         ]
+    if failed:
+        lines += ["", "First failures:", "", "| id | category | status | question | reference | reply |"]
+        lines += ["|---|---|---|---|---|---|"] + [
+            "| " + " | ".join(_cell(c) for c in f) + " |" for f in failed
+        ]
     lines += ["", f"![accuracy per category]({PLOT_FILE})", ""]
     return "\n".join(lines)
 
 
-def _html(summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str, Any]) -> str:
+def _html(
+    summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str, Any], failed: list[list[str]]
+) -> str:
     def table(head: list[str], rows: list[list[str]]) -> str:
         th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -123,6 +149,9 @@ def _html(summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str,
     if slices:
         rows = [[k, str(s.n), _pct(s.accuracy), _ci(s)] for k, s in list(slices.items())[:MAX_SLICES]]
         parts += ["<h2>Weakest attribute slices</h2>", table(["slice", "n", "accuracy", "95% CI"], rows)]
+    if failed:
+        head = ["id", "category", "status", "question", "reference", "reply"]
+        parts += ["<h2>First failures</h2>", table(head, failed)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -141,7 +170,8 @@ def write_eval_report(
             "slices": {k: s.model_dump(mode="json") for k, s in slices.items()},
         },
     )
-    write_text_atomic(out / "report.md", _markdown(summary, slices, run))
-    write_text_atomic(out / "report.html", _html(summary, slices, run))
+    failed = failures(rows)
+    write_text_atomic(out / "report.md", _markdown(summary, slices, run, failed))
+    write_text_atomic(out / "report.html", _html(summary, slices, run, failed))
     if summary.per_category:
         plot_categories(out / PLOT_FILE, summary)
