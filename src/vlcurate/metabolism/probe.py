@@ -12,28 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from vlcurate.evals.extract import score_reply
 from vlcurate.evals.results import SampleResult
 from vlcurate.metabolism.diagnosis import Probe
-from vlcurate.metabolism.slices import chosen_text
-from vlcurate.ops.instruct_ops import answers_agree
 from vlcurate.vlm.client import VLMRequest, VLMResult, VLMSettings, run_many
-from vlcurate.vlm.prompts import DESCRIBE_PROMPT, from_description_prompt, normalize_answer, question_prompt
+from vlcurate.vlm.prompts import DESCRIBE_PROMPT, from_description_prompt, question_prompt
 
 
 def is_correct(row: SampleResult, text: str | None) -> bool:
-    """Whether a free answer states the row's reference (a sentence, an option letter or its text)."""
+    """Whether a reply states the row's reference, scored exactly as `vlcurate eval` scores
+    (`evals.extract.score_reply`: option letters, yes/no, numbers, short answers)."""
     if not text or row.answer is None:
         return False
-    ref = row.answer
-    if answers_agree(text, ref, row.choices):
-        return True
-    if row.choices:
-        want = normalize_answer(ref)
-        if len(want) == 1 and want.isalpha():  # the reference is a letter: compare the option's text
-            i = ord(want.upper()) - ord("A")
-            want = normalize_answer(row.choices[i]) if 0 <= i < len(row.choices) else want
-        return chosen_text(row, text) == want or answers_agree(text, want)
-    return False
+    refs = [row.answer, *[str(a) for a in (row.model_extra or {}).get("answers", []) or []]]
+    return bool(score_reply(row.type, text, refs, row.choices).correct)
 
 
 def probe_failures(

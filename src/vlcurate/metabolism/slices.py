@@ -96,14 +96,20 @@ def _candidates(rows: Sequence[SampleResult], failed: Sequence[bool]) -> list[Sl
     out += [Slice(None, {k1: v1, k2: v2}, idx, fails(idx)) for (k1, v1, k2, v2), idx in by_pair.items()]
     out += [Slice(None, {k: v}, idx, fails(idx)) for (k, v), idx in by_attr.items() if k in usable]
     out += [Slice(c, {k: v}, idx, fails(idx)) for (c, k, v), idx in by_cat_attr.items() if k in usable]
-    out += _confusions(rows, failed, by_cat)
+    out += _confusions(rows, failed, by_cat, values)
     return out
 
 
 def _confusions(
-    rows: Sequence[SampleResult], failed: Sequence[bool], by_cat: dict[str, list[int]]
+    rows: Sequence[SampleResult],
+    failed: Sequence[bool],
+    by_cat: dict[str, list[int]],
+    values: dict[str, set[str]],
 ) -> list[Slice]:
-    """Pairs of values a category mixes up: failures whose reference is a and answer b (or b, a)."""
+    """Pairs of values a category mixes up: failures whose reference is a and answer b (or b, a).
+    When both are values of one attribute (shape) and mixed up both ways, the pair is also a slice
+    over every category:
+    items about either value (counting circles fails too when circles look like squares)."""
     out: list[Slice] = []
     for cat, idx in by_cat.items():
         pairs: Counter[tuple[str, str]] = Counter()
@@ -123,6 +129,11 @@ def _confusions(
             members = [i for i in idx if normalize_answer(rows[i].answer) in (a, b)]
             conf = Counter({s: c for s, c in swaps.items() if set(s.split("->")) == {a, b}})
             out.append(Slice(cat, {cat: f"{a}|{b}"}, members, [i for i in members if failed[i]], conf))
+            both_ways = conf[f"{a}->{b}"] > 0 and conf[f"{b}->{a}"] > 0  # swapped, not one-sided
+            for key, vals in values.items():
+                if both_ways and a in vals and b in vals:
+                    across = [i for i, r in enumerate(rows) if attribute_values(r).get(key) in (a, b)]
+                    out.append(Slice(None, {key: f"{a}|{b}"}, across, [i for i in across if failed[i]], conf))
     return out
 
 
