@@ -38,6 +38,8 @@ def answers(run: Path) -> dict[tuple[str, int], tuple[str | None, bool | None]]:
 def test_run_scores_resumes_after_a_kill_and_hits_the_cache(
     servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
 ) -> None:
+    shutil.copytree(bench.parent, tmp_path / "bench")  # a copy: its answers are edited at the end
+    bench = tmp_path / "bench" / bench.name
     cache = tmp_path / "cache"
     s = run_eval(cfg(servers["plain"], bench, tmp_path / "a", cache_dir=cache), progress=False)
     assert s.complete and s.answered == s.expected == 18
@@ -74,6 +76,9 @@ def test_run_scores_resumes_after_a_kill_and_hits_the_cache(
     before = (tmp_path / "a" / "samples.jsonl").read_bytes()
     with pytest.raises(RunConfigMismatch, match="temperature"):
         run_eval(cfg(servers["plain"], bench, tmp_path / "a", temperature=0.7), progress=False)
+    bench.write_text(bench.read_text().replace('"answer": "', '"answer": "x'))  # answers edited in place
+    with pytest.raises(RunConfigMismatch, match="benchmark file's content changed"):
+        run_eval(cfg(servers["plain"], bench, tmp_path / "a", cache_dir=cache), progress=False)
     assert (tmp_path / "a" / "samples.jsonl").read_bytes() == before
 
 

@@ -13,8 +13,9 @@ For diagnosis (`vlcurate diagnose`) the same questions can be asked three ways, 
 
 `ids` and `categories` restrict a run to some items (re-asking only the failures of another run);
 `prompt_prefix` is put before every question and `system` sent as the system message, for prompt
-variants. A run folder keeps one configuration: resuming with a different model, benchmark,
-sampling or mode is refused (`fingerprint`), while endpoint, concurrency, limits and keys may change.
+variants. A run folder keeps one configuration: resuming with a different model, benchmark (path or
+content), sampling or mode is refused (`fingerprint`, plus the benchmark file's sha256, kept in
+config.json), while endpoint, concurrency, limits and keys may change.
 """
 
 from __future__ import annotations

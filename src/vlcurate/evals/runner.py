@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from vlcurate.base.atomic import write_json_atomic
-from vlcurate.evals.bench import BenchItem, read_benchmark
+from vlcurate.evals.bench import BenchItem, bench_file, read_benchmark
 from vlcurate.evals.config import EvalConfig
 from vlcurate.evals.extract import LETTERS, Scored, score_reply
 from vlcurate.evals.results import (
@@ -65,7 +65,13 @@ def select_items(items: list[BenchItem], config: EvalConfig) -> list[BenchItem]:
     return items[: config.limit] if config.limit is not None else items
 
 
-def _check_config(out: Path, config: EvalConfig) -> None:
+def _fingerprint(config: EvalConfig) -> dict[str, Any]:
+    """What decides the answers: the config's fingerprint fields and the benchmark file's bytes."""
+    digest = hashlib.sha256(bench_file(config.bench).read_bytes()).hexdigest()
+    return {**config.fingerprint(), "bench_sha256": digest}
+
+
+def _check_config(out: Path, mine: dict[str, Any]) -> None:
     path = out / CONFIG_FILE
     if not path.is_file():
         return
@@ -73,9 +79,12 @@ def _check_config(out: Path, config: EvalConfig) -> None:
         old = json.loads(path.read_text())
     except ValueError:
         raise RunConfigMismatch(f"{path} is not valid JSON; use a fresh --out folder") from None
-    mine = config.fingerprint()
     before = {k: old.get("fingerprint", {}).get(k) for k in mine}
-    diff = [f"{k}: {before[k]!r} -> {mine[k]!r}" for k in mine if before[k] != mine[k]]
+    diff = [
+        f"{k}: {before[k]!r} -> {mine[k]!r}" for k in mine if before[k] != mine[k] and k != "bench_sha256"
+    ]
+    if not diff and before["bench_sha256"] != mine["bench_sha256"]:
+        diff = ["the benchmark file's content changed"]
     if diff:
         raise RunConfigMismatch(
             f"{out} holds a run made with other settings ({'; '.join(diff)}); use a fresh --out folder"
@@ -396,10 +405,10 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalSummary:
     items = select_items(read_benchmark(config.bench), config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
+    fingerprint = _fingerprint(config)
+    _check_config(out, fingerprint)
     write_json_atomic(
-        out / CONFIG_FILE,
-        {**config.model_dump(mode="json"), "fingerprint": config.fingerprint(), "items": len(items)},
+        out / CONFIG_FILE, {**config.model_dump(mode="json"), "fingerprint": fingerprint, "items": len(items)}
     )
     samples_path = out / SAMPLES_FILE
     _repair_tail(samples_path)
