@@ -105,6 +105,8 @@ def test_weak_where_planted_and_nowhere_else(pair: dict[str, InThreadVLM]) -> No
     scene, item = next((s, i) for s, i in red_present if {o.colour for o in s.layout.objects} != {"red"})
     seen = content(weak, vp.DESCRIBE_PROMPT, data_url(scene))
     assert "red" not in seen and "red" in content(honest, vp.DESCRIBE_PROMPT, data_url(scene))
+    only_red = next(s for s, _ in ITEMS if {o.colour for o in s.layout.objects} == {"red"})
+    assert content(weak, vp.DESCRIBE_PROMPT, data_url(only_red)).startswith("Nothing on a")
     told = vp.from_description_prompt(f"a red {item.meta['shape']} on a gray background", item.question)
     assert content(weak, told) == "yes"
     assert (

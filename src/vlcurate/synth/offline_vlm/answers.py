@@ -170,7 +170,10 @@ class Brain:
         seed: int = 0,
     ) -> list[str]:
         """n captions; the first is the best one, the others (temperature > 0) are sampled variants."""
-        best = self._seen(self.best_phrases(image, key))
+        honest = self.best_phrases(image, key)
+        best = self._seen(honest)
+        if not best:  # a weakened model that sees none of the objects
+            return [f"an empty {self.background(image, honest)} background"] * n
         out = [self._finish(image, best, style, None, max_words).text]
         rng = np.random.default_rng([seed, int(key[:8], 16)])
         for i in range(1, n):
@@ -178,7 +181,7 @@ class Brain:
                 out.append(out[0])
                 continue
             phrases, _ = search.build(self._scorer_for(image), rng=rng, temperature=temperature)
-            phrases = self._seen(phrases)
+            phrases = self._seen(phrases) or best
             templates = (_BG_TEMPLATE,) if style == "detailed" else _SHORT_TEMPLATES
             template = int(templates[int(rng.integers(len(templates)))]) if i % 2 else None
             perm = tuple(phrases[int(j)] for j in rng.permutation(len(phrases)))
@@ -335,7 +338,10 @@ class Brain:
 
     def describe(self, image: np.ndarray, key: str) -> str:
         """What the model sees, as a sentence: 'two red circles and a blue star on a gray background'."""
-        best = self._seen(self.best_phrases(image, key))
+        honest = self.best_phrases(image, key)
+        best = self._seen(honest)
+        if not best:  # a weakened model that sees none of the objects
+            return f"nothing on a {self.background(image, honest)} background"
         return Caption(best, _BG_TEMPLATE, self.background(image, best)).text
 
     def cot(self, image: np.ndarray, key: str, question: str) -> tuple[str, str]:

@@ -187,12 +187,12 @@ class Weaknesses:
 
     # ---- captions ----------------------------------------------------------------------------
     def seen(self, phrases: tuple[Phrase, ...]) -> tuple[Phrase, ...]:
-        """The phrases a weakened model reports: blind colours dropped, confused shapes swapped."""
+        """The phrases a weakened model reports: blind colours dropped (possibly all), confused shapes
+        swapped."""
         out = list(phrases)
         for w in self.weaknesses:
             if w.kind == "blind-colour" and not self.cured(("colour", w.value)):
-                kept = [p for p in out if p.colour != w.value]
-                out = kept or out  # a scene of only that colour: say what it says rather than nothing
+                out = [p for p in out if p.colour != w.value]  # may leave nothing: an empty scene
             elif w.kind == "confuse-shapes":
                 a, b = w.shapes()
                 swap = {a: b, b: a}
