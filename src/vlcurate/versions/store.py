@@ -634,7 +634,7 @@ class VersionStore:
                 schema=PACK_SCHEMA,
             )
             tmp_pack = stage / PACK_STAGE
-            write_table(tmp_pack, pack_table, PACK_ROW_GROUP)
+            write_table(tmp_pack, pack_table, PACK_ROW_GROUP, key="id")
             sha = file_sha256(tmp_pack)
             new_pack = (tmp_pack, sha)
             packs.add(sha)
@@ -645,9 +645,9 @@ class VersionStore:
         manifest = pa.table(
             {"id": sorted_ids, "hash": hashes_arr, "pack": pack_col, "row": row_col}, schema=MANIFEST_SCHEMA
         )
-        write_table(stage / "manifest.parquet", manifest)
+        write_table(stage / "manifest.parquet", manifest, key="id")
         ev = events_table(events)
-        write_table(stage / "events.parquet", ev)
+        write_table(stage / "events.parquet", ev, key="sample_id")
         info = VersionInfo(
             id="",
             parent=parent_id,
