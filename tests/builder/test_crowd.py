@@ -162,3 +162,6 @@ def test_platform_bad_input_fails_before_any_labelling(tmp_path: Path) -> None:
     r = runner.invoke(app, [*base, "--task", "detect", "--platform", nobody, "--platform-token", "t"])
     assert r.exit_code == 2 and "classification labels only" in r.output
     assert not out.exists()
+    # the contributor's side: a token pasted with the register command's preamble
+    r = runner.invoke(app, ["agent", "label", "--server", nobody, "--token", "agent 1 token:\nvla_x"])
+    assert r.exit_code == 2 and "--token must be the token alone" in r.output

@@ -761,7 +761,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     }
     progress(
         "supervise",
-        f"ALR {metrics['alr']['alr']} {metrics['alr']['ci95']}, CBI {metrics['balance']['cbi']}, "
+        f"{_alr_note(metrics['alr'])}, CBI {metrics['balance']['cbi']:.4f}, "
         f"{len(queue)} labels queued for review",
     )
     staging = make_staging(out)

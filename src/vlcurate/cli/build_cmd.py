@@ -166,10 +166,17 @@ def build(
     t = Table(title="vlcurate build", show_header=False)
     t.add_row("images", f"{summary['counts']['images']:,}  {json.dumps(summary['counts']['per_split'])}")
     t.add_row("per class", json.dumps(summary["counts"]["per_class"]))
-    how = "corrected for the verifier's measured error" if m["alr"].get("calibrated") else "uncalibrated"
-    t.add_row("ALR", f"{m['alr']['alr']}  95% CI {m['alr']['ci95']}  ({how})")
+    how = (
+        "from the crowd's verified agreement"
+        if m["alr"].get("source") == "platform"
+        else "corrected for the verifier's measured error"
+        if m["alr"].get("calibrated")
+        else "uncalibrated"
+    )
+    alr = "-" if m["alr"]["alr"] is None else f"{m['alr']['alr']:.4f}"
+    t.add_row("ALR", f"{alr}  95% CI {m['alr']['ci95']}  ({how})")
     t.add_row("model calls", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["model_calls"].items())))
-    t.add_row("CBI", f"{m['balance']['cbi']}  min/max {m['balance']['min_max_ratio']}")
+    t.add_row("CBI", f"{abs(m['balance']['cbi']):.4f}  min/max {m['balance']['min_max_ratio']}")
     t.add_row("queued", f"{summary['queued_for_review']} labels in review/queue.jsonl")
     t.add_row("formats", ", ".join(summary["formats"]) + f"; report in {out}/report/report.html")
     t.add_row("seconds", f"{summary['total_seconds']}")

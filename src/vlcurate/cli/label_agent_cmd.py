@@ -34,6 +34,8 @@ def label(
 
     poll = 1.0
     with user_errors(AuthError, PlatformError, UnknownModelError, WeightsNotFoundError):
+        if not token or any(c.isspace() for c in token.strip()):
+            raise ValueError("--token must be the token alone (the last line of `vlcurate agent register`)")
         scorer = load_scorer(model, device=device, precision=precision)  # type: ignore[arg-type]
         client = PlatformClient(server, token)
         agent = LabelAgent(
@@ -46,10 +48,12 @@ def label(
         )
         try:
             out = agent.run()
+            me = client.me()  # units verified after our submission were paid later
         finally:
             client.close()
     console.print(
-        f"{out.units} units ({out.items} images) labelled with {model}: {out.states}, "
-        f"{out.points:g} points credited; stopped: {out.stopped}",
+        f"{out.units} units ({out.items} images) labelled with {model}: {out.states} when submitted; "
+        f"{me.contributor} now has {me.points:g} points, reputation {me.reputation:.2f}; "
+        f"stopped: {out.stopped}",
         highlight=False,
     )

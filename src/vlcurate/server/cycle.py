@@ -121,7 +121,7 @@ def fast(
     pairs = p.unit_pairs(unit["first_item"], unit["last_item"])
     view = p.replica_view(lease_id, rep["seed"], pairs.item_ids, rep["gold_items"])
     try:
-        scores, statuses = place_results(view, body.results)
+        scores, statuses = place_results(view, body.results, task)
     except Rejected:
         return None  # general rejects it again and counts it against the contributor
     known = {int(i): (s, st) for i, s, st in snap["gold"]}

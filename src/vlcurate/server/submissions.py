@@ -201,6 +201,8 @@ def place_results(
     """Put each result (a score, or a label task's class index) at its stored position; every item
     exactly once, nothing else."""
     where = {v.public_id: v.position for v in view}
+    label_task = task is not None and labels.is_label(task)
+    what = "a label" if label_task else "a score"
     scores = np.full(len(view), np.nan, dtype=np.float32)
     statuses: dict[int, str] = {}
     seen: set[str] = set()
@@ -213,18 +215,22 @@ def place_results(
         if r.item_id in seen:
             raise Rejected(f"item {r.item_id} appears twice")
         seen.add(r.item_id)
-        try:
-            value = r.score if task is None else labels.result_value(task, r)
-        except ValueError as exc:
-            raise Rejected(str(exc)) from None
-        what = "a label" if task is not None and labels.is_label(task) else "a score"
+        if label_task and task is not None:
+            try:
+                value = labels.result_value(task, r)
+            except ValueError as exc:
+                raise Rejected(str(exc)) from None
+        elif r.label is not None:
+            raise Rejected(f"item {r.item_id}: this task wants scores, not labels")
+        else:
+            value = r.score
         if r.status == "ok":
             if value is None:
                 raise Rejected(f"item {r.item_id}: status ok needs {what}")
             scores[pos] = value
         else:
             if value is not None:
-                raise Rejected(f"item {r.item_id}: status {r.status} must not carry a score")
+                raise Rejected(f"item {r.item_id}: status {r.status} must not carry {what}")
             statuses[pos] = r.status
     if unknown:
         raise Rejected(f"{len(unknown)} results for items not in this unit (e.g. {unknown[0]!r})")
