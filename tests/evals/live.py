@@ -1,7 +1,8 @@
 """The tiny-synth VLM app under real uvicorn servers on loopback, in background threads of the test process.
 
-Several servers with different flags (weaknesses, faults) share one loaded scorer, so starting four
-costs one model load instead of four subprocesses importing torch; requests still go over HTTP.
+Several servers with different flags (weaknesses, faults) share one loaded scorer and its caches, so
+starting four costs one model load instead of four subprocesses importing torch, and each image is
+understood once; requests still go over HTTP.
 
     with InThreadVLM.many({"plain": {}, "weak": {"weakness": "refuse=count"}}) as servers:
         servers["weak"].base_url
@@ -18,6 +19,7 @@ from typing import Any
 from tests.platform_live import free_port
 
 _SCORER: Any = None
+_FIRST_BRAIN: Any = None
 
 
 def shared_scorer() -> Any:
@@ -45,7 +47,12 @@ class InThreadVLM:
         self.port = free_port()
         self.api_key = api_key
         s = VLMServerSettings(port=self.port, api_key=api_key, **settings)
+        global _FIRST_BRAIN
         brain = Brain(shared_scorer(), wrong_rate=s.wrong_rate, wrong_kinds=s.wrong_kinds)
+        if _FIRST_BRAIN is None:
+            _FIRST_BRAIN = brain
+        else:
+            brain.share_caches(_FIRST_BRAIN)  # embeddings and captions are computed once for all servers
         self.app = create_app(s, brain)
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"

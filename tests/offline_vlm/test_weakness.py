@@ -40,7 +40,7 @@ ITEMS: list[tuple[Scene, Item]] = [(scene, item) for _, scene, item in iter_benc
 SOLID = ("triangle", "star", "cross")  # shapes no weakness of WEAK touches
 
 
-def pick(pred: object, k: int = 3) -> list[tuple[Scene, Item]]:
+def pick(pred: object, k: int = 2) -> list[tuple[Scene, Item]]:
     found = [(s, i) for s, i in ITEMS if pred(i)]  # type: ignore[operator]
     return found[:k]
 
@@ -97,7 +97,7 @@ def test_weak_where_planted_and_nowhere_else(pair: dict[str, InThreadVLM]) -> No
             and i.meta["colour"] != "red"
             and i.meta["shape"] not in ("circle", "square")
         ),
-        4,
+        3,
     )
     assert [ask(weak, s, i) for s, i in others] == [ask(honest, s, i) for s, i in others]
 

@@ -126,6 +126,19 @@ class Brain:
                 self._best.popitem(last=False)
         return phrases
 
+    def share_caches(self, other: Brain) -> None:
+        """Use `other`'s lock and caches (image and text embeddings, best captions): brains over the
+        same scorer compute them identically, so several servers in one process (tests, benchmarks
+        with differently weakened models) compute each only once. Weaknesses stay per brain."""
+        if other.scorer is not self.scorer:
+            raise ValueError("only brains over the same scorer can share caches")
+        self._lock, self._images, self._texts, self._best = (
+            other._lock,
+            other._images,
+            other._texts,
+            other._best,
+        )
+
     def _seen(self, phrases: Phrases) -> Phrases:
         """The phrases as a weakened model reports them (unchanged without weaknesses)."""
         return self.weakness.seen(phrases) if self.weakness is not None else phrases
