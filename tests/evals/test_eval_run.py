@@ -199,6 +199,7 @@ def test_unreachable_server_and_bad_files_from_the_cli(bench: Path, tmp_path: Pa
     r = runner.invoke(app, ["eval", dead, str(bench), "--out", str(tmp_path / "d"), "--limit", "2",
                             "--max-retries", "0", "--no-progress"])  # fmt: skip
     assert r.exit_code == 3, r.output
+    assert "2 item(s) failed with request errors (2x cannot reach" in " ".join(r.output.split())
     rows = load_run(tmp_path / "d").samples
     assert {x.status for x in rows} == {"error"} and all("cannot reach" in (x.error or "") for x in rows)
 

@@ -128,5 +128,11 @@ def register(app: typer.Typer) -> None:
         console.print(f"run: {out / 'samples.jsonl'}, {out / 'summary.json'}, {out / 'report.html'}")
         errors = summary.status_counts.get("error", 0)
         if errors or not summary.complete:
-            msg = f"{errors} item(s) failed with request errors; run the same command again to retry them"
+            from collections import Counter
+
+            from vlcurate.evals.results import load_run
+
+            reasons = Counter(s.error or "" for s in load_run(out).samples if s.status == "error")
+            top = "; ".join(f"{n}x {why}" for why, n in reasons.most_common(2))
+            msg = f"{errors} item(s) failed with request errors ({top}); the same command retries them"
             raise fail(msg, EXIT_PARTIAL)
