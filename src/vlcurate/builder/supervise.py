@@ -137,7 +137,7 @@ def class_balance(counts: dict[str, int]) -> dict[str, Any]:
     p = values[values > 0] / total
     h = float(-(p * np.log(p)).sum())
     return {
-        "cbi": round(1.0 - h / math.log(k), 6),
+        "cbi": round(max(0.0, 1.0 - h / math.log(k)), 6),  # no -0.0 for a perfect balance
         "min_max_ratio": round(float(values.min() / values.max()), 6),
         "counts": dict(counts),
     }
