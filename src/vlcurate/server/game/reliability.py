@@ -104,24 +104,38 @@ def _b_counts(c: Counts, a: float, q: float) -> tuple[float, float]:
     Settled flags are known: confirmed ones were model errors, overturned ones false alarms. A
     pending flag is a false alarm, and an unflagged image was a right answer, with the probability
     the current (a, b, q) give; b is re-estimated from those expectations until it settles."""
-    n = c.n_untainted
-    pending = max(c.n_untainted_flagged - c.n_confirmed - c.n_overturned, 0)
-    unflagged = max(n - c.n_untainted_flagged, 0)
+    k, right = _b_counts_many([c], np.array([a]), q)
+    return float(k[0]), float(right[0])
+
+
+def _b_counts_many(cs: list[Counts], a: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_b_counts` for many players at once (numpy, so that fitting the crowd's prior is quick)."""
+    n = np.array([c.n_untainted for c in cs], dtype=float)
+    f = np.array([c.n_untainted_flagged for c in cs], dtype=float)
+    over = np.array([c.n_overturned for c in cs], dtype=float)
+    pending = np.maximum(f - np.array([c.n_confirmed for c in cs], dtype=float) - over, 0.0)
+    unflagged = np.maximum(n - f, 0.0)
     q = min(max(q, 0.001), 0.999)
-    a = min(max(a, 0.001), 0.999)
-    r_u = c.n_untainted_flagged / n
-    b = min(max((r_u - a * q) / (1.0 - q), 0.01), 0.99)
-    k = right = 0.0
+    a = np.clip(a, 0.001, 0.999)
+    b = np.clip((f / np.maximum(n, 1.0) - a * q) / (1.0 - q), 0.01, 0.99)
+    k = right = np.zeros_like(n)
     for _ in range(50):
         p_false = b * (1 - q) / (a * q + b * (1 - q))
         p_right = (1 - b) * (1 - q) / ((1 - a) * q + (1 - b) * (1 - q))
-        k = c.n_overturned + pending * p_false
+        k = over + pending * p_false
         right = k + unflagged * p_right
-        nb = min(max((k + 0.5) / (right + 1.0), 0.001), 0.999)
-        if abs(nb - b) < 1e-6:
+        nb = np.clip((k + 0.5) / (right + 1.0), 0.001, 0.999)
+        if np.abs(nb - b).max() < 1e-6:
             break
         b = nb
     return k, right
+
+
+def _posterior_means(k: np.ndarray, n: np.ndarray, w: np.ndarray) -> np.ndarray:
+    ll = _loglik(k, n)
+    post = np.exp(ll - ll.max(axis=1, keepdims=True)) * w
+    post /= post.sum(axis=1, keepdims=True)
+    return np.asarray(post @ GRID)
 
 
 JEFFREYS_SHARE = 0.1  # the fitted prior is mixed with a little Jeffreys prior: no rate is ruled out
@@ -148,8 +162,9 @@ def fit_prior(counts: list[Counts], q: float) -> Prior | None:
     withu = [c for c in seen if c.n_untainted > 0]
     if len(withu) < MIN_CROWD:
         return Prior(wa, _jeffreys(), len(seen))
-    kb = np.array([_b_counts(c, grid_posterior(*_a_counts(c), wa)[0], q) for c in withu])
-    return Prior(wa, _robust(npmle(kb[:, 0], kb[:, 1])), len(seen))
+    ka_u = np.array([_a_counts(c) for c in withu])
+    k, right = _b_counts_many(withu, _posterior_means(ka_u[:, 0], ka_u[:, 1], wa), q)
+    return Prior(wa, _robust(npmle(k, right)), len(seen))
 
 
 def estimate(c: Counts, q: float, prior: Prior | None = None) -> Reliability:

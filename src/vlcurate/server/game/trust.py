@@ -3,16 +3,19 @@ the refreshed estimate (after every session and every settled flag) and whether 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from vlcurate.server import db
 from vlcurate.server.game import reliability as rel
 from vlcurate.server.game.views import ReliabilityOut
+
+log = logging.getLogger(__name__)
 
 
 def counts(row: Any) -> rel.Counts:
@@ -61,27 +64,40 @@ def _crowd_error_rate(conn: Connection) -> float:
 
 
 PRIOR_TTL_S = 30.0
-_PRIORS: dict[str, tuple[float, int, rel.Prior | None]] = {}
+_PRIORS: dict[str, tuple[float, rel.Prior | None]] = {}
 _PRIORS_LOCK = threading.Lock()
 
 
+_FITTING: set[str] = set()
+
+
 def crowd_prior(conn: Connection, q: float) -> rel.Prior | None:
-    """The crowd's prior (`reliability.fit_prior`), refitted when older than `PRIOR_TTL_S` or when
-    the number of players moved by a tenth: fitting reads every player's counts, so it is shared."""
-    R = db.game_reliability
+    """The crowd's prior (`reliability.fit_prior`) as last fitted; a fit older than `PRIOR_TTL_S` is
+    redone in a background thread (it reads every player's counts, so it never runs inside the
+    caller's transaction), and until the first fit is done estimates use flat priors."""
     key = f"{id(conn.engine)}:{conn.engine.url}"
-    players = int(conn.execute(select(func.count()).select_from(R).where(R.c.n_tainted > 0)).scalar_one())
     now = time.monotonic()
     with _PRIORS_LOCK:
         cached = _PRIORS.get(key)
-    if cached is not None and now - cached[0] < PRIOR_TTL_S and abs(players - cached[1]) <= cached[1] // 10:
-        return cached[2]
-    prior = None
-    if players >= rel.MIN_CROWD:
-        prior = rel.fit_prior([counts(r) for r in conn.execute(select(R).where(R.c.n_tainted > 0)).all()], q)
-    with _PRIORS_LOCK:
-        _PRIORS[key] = (now, players, prior)
-    return prior
+        if (cached is None or now - cached[0] >= PRIOR_TTL_S) and key not in _FITTING:
+            _FITTING.add(key)
+            threading.Thread(target=_refit, args=(conn.engine, key, q), name="gap-prior", daemon=True).start()
+    return cached[1] if cached is not None else None
+
+
+def _refit(engine: Engine, key: str, q: float) -> None:
+    R = db.game_reliability
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(R).where(R.c.n_tainted > 0)).all()
+        prior = rel.fit_prior([counts(r) for r in rows], q)
+        with _PRIORS_LOCK:
+            _PRIORS[key] = (time.monotonic(), prior)
+    except Exception:  # a database gone away (tests, shutdown): the next call tries again
+        log.debug("could not fit the crowd's prior", exc_info=True)
+    finally:
+        with _PRIORS_LOCK:
+            _FITTING.discard(key)
 
 
 def bar(conn: Connection) -> tuple[float, int]:
