@@ -77,5 +77,8 @@ def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
     assert all(f["kind"] == "perception" for f in red)  # blind to red: its own description misses them
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_version"] == vid
-    assert VersionStore(store).attachments(vid)["validation-round-1"].payload["accepted"] is True
+    vs = VersionStore(store)
+    assert vs.attachments(vid)["validation-round-1"].payload["accepted"] is True
+    assert vs.head("main") == vid and rnd["main_moved"]  # main follows the accepted increment
+    assert vs.get(vid).parent == rnd["base_version"]
     assert (out / "summary.html").is_file() and (out / "round-1" / "report.html").is_file()

@@ -14,7 +14,8 @@ One round, in OUT/round-N/:
                 memory with `POST /admin/memory`)
     new eval    the same benchmark again (new-run/)
     validate    `evals.paired.compare_runs`: the decision is attached to the version; accepted moves
-                the loop's base to it, rejected puts the base back (the train hook with the base)
+                the loop's base to it (and the store's `main`, compare-and-swap), rejected puts the
+                base back (the train hook with the base)
 
 Each step writes its result into OUT/round-N/round.json before the next starts, so a re-run skips
 what is done (resumable per round). A failing train hook marks the round failed: the version is
@@ -43,6 +44,7 @@ from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose
 from vlcurate.metabolism.diagnosis import Diagnosis, load_diagnosis
 from vlcurate.metabolism.plan import CollectAction, Plan, PlanError, load_plan, make_plan
 from vlcurate.metabolism.trainpool import items_from_rows
+from vlcurate.versions.errors import VersionError
 from vlcurate.versions.model import LineageEvent
 from vlcurate.versions.store import VersionStore
 from vlcurate.vlm.client import VLMSettings
@@ -101,6 +103,8 @@ class RoundRecord(BaseModel):
     accuracy_before: dict[str, Any] = Field(default_factory=dict)
     accuracy_after: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    main_moved: bool | None = None  # accepted and `main` of the store now points at the new version
+    note: str | None = None
     started: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -196,6 +200,8 @@ class Loop:
         info = self.store.commit(
             ing.samples, parent=None, message=f"loop: training data {spec}", events=ing.events
         )
+        if self.store.head("main") is None:
+            self.store.set_ref("main", info.id, expect=None)
         return info.id
 
     def train(self, vid: str, rnd: int, folder: Path) -> Path:
@@ -361,7 +367,16 @@ class Loop:
             decision = self.validate(Path(rec.base_run), folder / "new-run", rec.new_version, rnd)
             rec.decision = json.loads(decision.model_dump_json())
             rec.status = "accepted" if decision.accepted else "rejected"
-            if not decision.accepted:  # put the base model back before the next round
+            if (
+                decision.accepted
+            ):  # `main` follows accepted increments (compare-and-swap: never over another's)
+                try:
+                    self.store.set_ref("main", rec.new_version, expect=rec.base_version)
+                    rec.main_moved = True
+                except VersionError as exc:
+                    rec.main_moved = False
+                    rec.note = f"main not moved: {exc}"
+            else:  # put the base model back before the next round
                 self.train(rec.base_version, rnd, folder)
             mark("validate")
         return rec

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vlcurate.base.atomic import write_text_atomic
 from vlcurate.builder.demand import parse_request
 from vlcurate.metabolism.diagnosis import Diagnosis, Weakness
+from vlcurate.metabolism.trainpool import instruct_files
 from vlcurate.ops.recipe import load_recipe
 
 PLAN_FILE = "plan.json"
@@ -106,6 +107,16 @@ class Plan(BaseModel):
         return [*self.collect, *self.improve, *self.remove]
 
 
+def _instruct_input(train: str | None) -> list[str] | None:
+    """The training pool's instruction files (absolute) for the recipes' source, when it is a path."""
+    if not train or "@" in train or not Path(train).exists():
+        return None
+    try:
+        return [str(Path(f).resolve()) for f in instruct_files(Path(train))]
+    except FileNotFoundError:
+        return None
+
+
 def _evidence(w: Weakness) -> Evidence:
     return Evidence(
         weakness=w.id, kind=w.kind, label=w.label, score=w.score, failing_ids=w.failing_ids[:MAX_EVIDENCE_IDS]
@@ -164,7 +175,7 @@ def _collect(w: Weakness, n: int, aid: str, out: Path) -> CollectAction:
 
 
 def _recipe(
-    aid: str, op: str, terms: list[str], train: str | None, out: Path, endpoint: str, model: str
+    aid: str, op: str, terms: list[str], train: list[str] | None, out: Path, endpoint: str, model: str
 ) -> tuple[str, dict[str, Any]]:
     vocab = out / "recipes" / f"{aid}.terms.txt"
     vocab.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +223,7 @@ def make_plan(
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     train = diag.train.source if diag.train is not None else None
-    train_file = train if train and Path(train).exists() and "@" not in train else None
+    train_file = _instruct_input(train)
     collect: list[CollectAction] = []
     improve: list[ImproveAction] = []
     remove: list[RemoveAction] = []
