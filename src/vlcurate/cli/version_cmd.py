@@ -133,6 +133,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Record the inputs as a new immutable version (an identical one is returned as it is)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         from vlcurate.versions.store import VersionStore
 
         with user_errors():
@@ -147,7 +149,16 @@ def register(app: typer.Typer) -> None:
                 parent_id, move = head, True  # the ref must still be at `head` when publishing
             with console.status("reading the input", spinner="dots"):
                 ing, kind_used = _ingest(inputs, kind, store)
-            with console.status(f"storing {len(ing.samples):,} samples", spinner="dots"):
+            with Progress(
+                TextColumn("[bold]storing[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("samples hashed"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as bar:
+                task = bar.add_task("store", total=len(ing.samples))
                 info = vs.commit(
                     ing.samples,
                     parent=parent_id,
@@ -155,6 +166,7 @@ def register(app: typer.Typer) -> None:
                     plan_id=plan_id,
                     events=ing.events,
                     ref=branch if move else None,
+                    progress=lambda n: bar.advance(task, n),
                 )
         if json_out:
             _print_json({**info.model_dump(), "dropped": ing.dropped, "branch": branch})

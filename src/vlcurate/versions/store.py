@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -510,13 +510,15 @@ class VersionStore:
         events: Iterable[LineageEvent | dict[str, Any]] | None = None,
         ref: str | None = None,
         lock_timeout: float = 60.0,
+        progress: Callable[[int], None] | None = None,
     ) -> VersionInfo:
         """Store `samples` as a new version (or return the identical one already stored).
 
         `events` are the lineage of this step (what operators did to which samples, and why); drops
         are events of samples not in `samples`. With `ref`, the ref must point at `parent` (or not
         exist when `parent` is None) when the version is published, else `ConcurrentUpdateError` and
-        nothing changes; the ref then points at the new version."""
+        nothing changes; the ref then points at the new version. `progress(n)` is called as every n
+        more samples are hashed."""
         self._ensure()
         parent_id = self.resolve(parent) if parent else None
         if ref is not None and not _NAME.match(ref):
@@ -524,7 +526,7 @@ class VersionStore:
         stage = self.root / "tmp" / f"stage-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         stage.mkdir(parents=True)
         try:
-            info, new_pack = self._stage(stage, samples, parent_id, message, plan_id, events or [])
+            info, new_pack = self._stage(stage, samples, parent_id, message, plan_id, events or [], progress)
             with store_lock(self.root / "lock", lock_timeout):
                 if ref is not None:
                     current = self.head(ref)
@@ -562,6 +564,7 @@ class VersionStore:
         message: str,
         plan_id: str | None,
         events: Iterable[LineageEvent | dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[VersionInfo, tuple[Path, str] | None]:
         ids_parts: list[pa.Array] = []
         hash_parts: list[pa.Array] = []
@@ -586,8 +589,12 @@ class VersionStore:
             ids.append(sid)
             hashes.append(content_hash(text))
             texts.append(text)
-            if len(ids) >= 50_000:
+            if len(ids) >= 10_000:
                 flush()
+                if progress is not None:
+                    progress(10_000)
+        if progress is not None:
+            progress(len(ids))
         flush()
         table = pa.table(
             {
