@@ -173,6 +173,11 @@ def test_validate_stores_the_decision_and_refuses_bad_runs(tmp_path: Path) -> No
     assert code == 2 and "not an evaluation run" in out
     code, out = invoke("version", "show", "main", "--store", store)
     assert "validation-mcnemar (accepted=True)" in out and "reverse (accepted=False)" in out
+    shown = json.loads(invoke("version", "show", "main", "--store", store, "--json")[1])
+    assert shown["verify"]["ok"] and shown["attachments"]["reverse"]["payload"]["accepted"] is False
+    # A version on another parent than the branch head is stored, and the branch stays where it was.
+    code, out = invoke("version", "create", str(data), "--store", store, "--root", "-m", "side")
+    assert code == 0 and f"main not moved (at {vid[:12]})" in out and open_store(store).head("main") == vid
 
 
 def test_build_export_and_user_errors(tmp_path: Path) -> None:

@@ -171,7 +171,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             _print_json({**info.model_dump(), "dropped": ing.dropped, "branch": branch})
             return
-        moved = f"{branch} -> {_short(vs.head(branch))}"
+        now = vs.head(branch)
+        moved = f"{branch} -> {_short(now)}" if now == info.id else f"{branch} not moved (at {_short(now)})"
         console.print(
             f"version [bold]{_short(info.id)}[/] ({info.id}): {info.n_samples:,} samples "
             f"({info.new_samples:,} new content), {info.n_events:,} lineage events, "
@@ -226,7 +227,7 @@ def register(app: typer.Typer) -> None:
                 {
                     "info": info.model_dump() if info else None,
                     "verify": report.model_dump(),
-                    "attachments": atts,
+                    "attachments": {k: a.model_dump() for k, a in atts.items()},
                 }
             )
         elif info is not None:
