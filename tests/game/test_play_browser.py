@@ -1,7 +1,8 @@
 """GAP's `/play` page in a real browser: Debian's Chromium (driven by Playwright) against a real
 uvicorn server and the bundled offline VLM. A guest logs in, asks (and sees the answer stream in),
 flags with the keyboard, asks a question carrying HTML (shown as text), moves on, lets an image's
-timer run out, reads the summary and the leaderboard; on a phone-sized viewport in dark mode and a desktop one in light mode.
+timer run out, reads the summary and the leaderboard; on a phone-sized viewport in dark mode and a
+desktop one in light mode.
 
 `VLCURATE_SCREENSHOTS=1` also writes docs/play-phone.png and docs/play-desktop.png."""
 
