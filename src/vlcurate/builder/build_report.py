@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
-from vlcurate.base.atomic import write_with
+from vlcurate.base.atomic import write_parquet_atomic, write_with
 from vlcurate.base.report import ReportData, write_report
 from vlcurate.builder.costs import StageLog, _reason_kind
 
@@ -209,3 +211,36 @@ def write_build_report(
         extra={"stages": stage_rows, "model_calls": log.totals(), **extra},
     )
     return write_report(root, report)
+
+
+def alr_note(alr: dict[str, Any]) -> str:
+    """One line: the ALR, its interval, and how it was estimated."""
+    how = (
+        "from the crowd's verified agreement"
+        if alr.get("source") == "platform"
+        else "corrected for the verifier's measured error"
+        if alr.get("calibrated")
+        else "share the second check confirmed, uncalibrated"
+    )
+    value = "-" if alr.get("alr") is None else f"{alr['alr']:.4f}"
+    return f"ALR {value} (95% CI {alr['ci95']}; {how}; {alr.get('checked')} labels)"
+
+
+def save_removed_thumbs(path: Path, images: Sequence[Any]) -> None:
+    """Small PNGs of the removed images (the report shows them; the pool keeps only what passed)."""
+    thumbs = [(im.uid, thumbnail(im.data)) for im in images[: 40 * PER_REASON]]
+    table = pa.table(
+        {
+            "uid": [u for u, t in thumbs if t is not None],
+            "thumb": pa.array([t for _, t in thumbs if t is not None], pa.binary()),
+        }
+    )
+    write_parquet_atomic(path, table)
+
+
+def load_removed_thumbs(path: Path) -> dict[str, bytes]:
+    """What `save_removed_thumbs` wrote (nothing when the file is missing)."""
+    if not path.is_file():
+        return {}
+    t = pq.read_table(path).to_pydict()
+    return dict(zip(t["uid"], t["thumb"], strict=True))

@@ -14,14 +14,19 @@ Without a trusted sample ALR stays the raw confirmed share and says it is uncali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlcurate.builder.formats import Ann, Dataset
-from vlcurate.builder.label import Label
+from vlcurate.builder.costs import StageLog
+from vlcurate.builder.formats import Ann, Dataset, write_json_atomic
+from vlcurate.builder.label import Label, box_masks
+from vlcurate.builder.spec import DatasetSpec
+from vlcurate.builder.supervise import Verifier
 
 DRAWS = 20_000
 MAX_TRUSTED = 400  # trusted images labelled and checked for the calibration
@@ -158,3 +163,68 @@ def corrected_alr(confirmed: int, checked: int, cal: Calibration, seed: int = 0)
     lo, hi = np.quantile(draws, [0.025, 0.975])
     out.update(alr=point, ci95=[round(float(lo), 4), round(float(hi), 4)])
     return out
+
+
+def calibrate_on(
+    trusted: tuple[str, Dataset] | None,
+    spec: DatasetSpec,
+    labeller: Any,
+    verifier: Verifier,
+    work: Path,
+    progress: Callable[[str, str], None],
+    log: StageLog,
+) -> Calibration | None:
+    """Label and check a trusted sample exactly as the pool is, to measure the verifier's error."""
+    if trusted is None:
+        return None
+    saved = work / "calibration.json"
+    if saved.is_file() and "calibrate" in log.stages:
+        log.mark_resumed("calibrate")
+        return Calibration.from_dict(json.loads(saved.read_text()))
+    log.reset("calibrate")
+    source, ds = trusted
+    picked = trusted_sample(ds, spec.class_names, spec.task)
+    if not picked:
+        progress("calibrate", f"{source}: no image whose labels are all in the spec's classes")
+        return None
+    with log.stage("calibrate") as st:
+        datas = [ds.items[i].read() for i in picked]
+        labs = labeller.label(datas)
+        if spec.task == "segment":
+            box_masks(datas, labs)
+        verifier.verify(datas, labs)
+        if getattr(verifier, "model", "").startswith("vlm:"):
+            log.count(vlm_requests=sum(len(x) for x in labs))
+        cal = measure(source, [ds.items[i].anns for i in picked], labs)
+        st.saw = st.kept = len(picked)
+    progress(
+        "calibrate",
+        f"verifier on {cal.images} trusted images: confirms {cal.correct_confirmed}/{cal.correct} "
+        f"correct and {cal.wrong_confirmed}/{cal.wrong} wrong labels",
+    )
+    write_json_atomic(saved, cal.saved())
+    log.save(work / "costs.json")
+    return cal
+
+
+def reported_alr(raw: dict[str, Any], cal: Calibration | None, has_trusted: bool) -> dict[str, Any]:
+    """The ALR to report: corrected for the verifier's measured error when a trusted sample allows."""
+    if cal is None:
+        why = (
+            "the trusted dataset has no image in the spec's classes"
+            if has_trusted
+            else "no trusted labels to measure the verifier on (pass --expand or --calibrate)"
+        )
+        return raw | {"calibrated": False, "why_not": why}
+    fixed = corrected_alr(raw["confirmed"], raw["checked"], cal)
+    if fixed["alr"] is None:
+        return raw | {"calibrated": False, "why_not": fixed["why_not"], "calibration": fixed["calibration"]}
+    return {
+        "alr": fixed["alr"],
+        "ci95": fixed["ci95"],
+        "checked": raw["checked"],
+        "confirmed": raw["confirmed"],
+        "calibrated": True,
+        "raw": {"alr": raw["alr"], "ci95": raw["ci95"]},
+        "calibration": fixed["calibration"],
+    }

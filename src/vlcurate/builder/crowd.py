@@ -12,14 +12,22 @@ the share of its labels the crowd's verified labels agree with.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.intervals import wilson
+from vlcurate.builder.calibrate import trusted_sample
+from vlcurate.builder.collect import PoolImage
+from vlcurate.builder.costs import StageLog
+from vlcurate.builder.formats import Dataset, write_json_atomic
+from vlcurate.builder.label import Label
+from vlcurate.builder.spec import DatasetSpec
 
 API = "/api/v1/label-tasks"
 
@@ -221,4 +229,79 @@ def agreement(builder: dict[str, int], crowd: LabelsState) -> dict[str, Any]:
         "confirmed": k,
         "source": "platform",
         "crowd_states": states,
+    }
+
+
+def verify_by_crowd(
+    c: CrowdConfig,
+    spec: DatasetSpec,
+    pool: list[PoolImage],
+    labelled: dict[str, list[Label]],
+    trusted: tuple[str, Dataset] | None,
+    work: Path,
+    fingerprint: str,
+    progress: Callable[[str, str], None],
+    log: StageLog,
+) -> dict[str, Any]:
+    """Publish the labels as a platform label task, wait for the crowd, and take its verified labels
+    as the second check (a label the crowd's verified label contradicts is not confirmed)."""
+    classes = spec.class_names
+    data = {im.uid: im.data for im in pool}
+    uids = [u for u, labs in labelled.items() if labs]
+    ids = {f"p{k}": u for k, u in enumerate(uids)}  # the server's uid pattern; pool uids are free text
+    mine = {i: classes.index(labelled[u][0].cls) for i, u in ids.items()}
+    confirmed = {i: k for i, k in mine.items() if labelled[ids[i]][0].verified}
+    images = {i: data[u] for i, u in ids.items()}
+    known: dict[str, tuple[int, str]] = {i: (k, "builder") for i, k in confirmed.items()}
+    if trusted is not None:  # an expanded dataset's labels: extra images, each a check
+        _, ds = trusted
+        for j in trusted_sample(ds, classes, "classify", limit=max(1, len(uids) // 4)):
+            it = ds.items[j]
+            images[f"d{j}"] = it.read()
+            known[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
+    state_file = work / "platform.json"
+    client = CrowdClient(c)
+    try:
+        with log.stage("platform") as st:
+            if state_file.is_file():
+                task_ids = [int(t) for t in json.loads(state_file.read_text())["task_ids"]]
+                progress("platform", f"resumed: waiting on label tasks {task_ids} at {c.url}")
+                log.mark_resumed("platform")
+            else:
+                task_ids, n_checks = client.publish_all(
+                    f"build-{fingerprint}-{len(images)}",
+                    list(zip(classes, [cl.definition for cl in spec.classes], strict=True)),
+                    images,
+                    known,
+                )
+                write_json_atomic(state_file, {"task_ids": task_ids, "url": c.url})
+                st.add_calls(platform_items_published=len(images), platform_checks=n_checks)
+                log.save(work / "costs.json")
+                progress(
+                    "platform",
+                    f"label tasks {task_ids}: {len(images)} images ({n_checks} hidden checks) at {c.url}",
+                )
+            state, timed_out = client.wait(task_ids, lambda m: progress("platform", m))
+            st.saw = len(uids)
+            verdict = {v.uid: v for v in state.labels}
+            for i, u in ids.items():
+                v = verdict.get(i)
+                if v is None or v.state != "verified" or v.label is None:
+                    continue
+                lab = labelled[u][0]
+                lab.verified = v.label == mine[i]
+                lab.verifier = f"platform:{c.url}"
+                lab.verifier_confidence = None
+            st.kept = sum(1 for i, u in ids.items() if labelled[u][0].verified)
+    finally:
+        client.close()
+    alr = agreement(mine, state)
+    return {
+        "alr": alr,
+        "task_ids": task_ids,
+        "url": c.url,
+        "units": state.units,
+        "units_verified": state.units_verified,
+        "units_inconclusive": state.units_inconclusive,
+        "timed_out": timed_out,
     }

@@ -22,8 +22,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.atomic import write_parquet_atomic
-from vlcurate.builder.build_report import thumbnail, write_build_report
-from vlcurate.builder.calibrate import Calibration, corrected_alr, measure, trusted_sample
+from vlcurate.builder.build_report import (
+    alr_note,
+    load_removed_thumbs,
+    save_removed_thumbs,
+    write_build_report,
+)
+from vlcurate.builder.calibrate import Calibration, calibrate_on, reported_alr, trusted_sample
 from vlcurate.builder.collect import (
     PoolImage,
     class_text_embeddings,
@@ -32,7 +37,7 @@ from vlcurate.builder.collect import (
     retrieve,
 )
 from vlcurate.builder.costs import CountingScorer, Removed, StageLog
-from vlcurate.builder.crowd import CrowdClient, CrowdConfig, agreement
+from vlcurate.builder.crowd import CrowdClient, CrowdConfig, verify_by_crowd
 from vlcurate.builder.demand import analyse_with_vlm, parse_request
 from vlcurate.builder.export import DEFAULT_FORMATS, check_formats, dataset_card, export_all
 from vlcurate.builder.formats import (
@@ -250,7 +255,7 @@ def _collect(
         kept = [images[i] for i in result.kept]
         st.saw, st.kept = len(images), len(kept)
         st.removed = [Removed(uid=u, reason=r, source=by_uid[u].source) for u, r in result.reasons.items()]
-    _save_removed_thumbs(work / "removed.parquet", [by_uid[u] for u in result.reasons])
+    save_removed_thumbs(work / "removed.parquet", [by_uid[u] for u in result.reasons])
     progress(
         "tools",
         f"{len(kept)} of {len(images)} images pass the image tools: {json.dumps(drop_counts(result))}",
@@ -270,39 +275,6 @@ def _collect(
     return kept, info, False
 
 
-def _alr_note(alr: dict[str, Any]) -> str:
-    how = (
-        "from the crowd's verified agreement"
-        if alr.get("source") == "platform"
-        else "corrected for the verifier's measured error"
-        if alr.get("calibrated")
-        else "share the second check confirmed, uncalibrated"
-    )
-    value = "-" if alr.get("alr") is None else f"{alr['alr']:.4f}"
-    return f"ALR {value} (95% CI {alr['ci95']}; {how}; {alr.get('checked')} labels)"
-
-
-def _save_removed_thumbs(path: Path, images: list[PoolImage]) -> None:
-    """Small PNGs of the removed images (the report shows them; the pool keeps only what passed)."""
-    from vlcurate.builder.build_report import PER_REASON
-
-    thumbs = [(im.uid, thumbnail(im.data)) for im in images[: 40 * PER_REASON]]
-    table = pa.table(
-        {
-            "uid": [u for u, t in thumbs if t is not None],
-            "thumb": pa.array([t for _, t in thumbs if t is not None], pa.binary()),
-        }
-    )
-    write_parquet_atomic(path, table)
-
-
-def _load_removed_thumbs(path: Path) -> dict[str, bytes]:
-    if not path.is_file():
-        return {}
-    t = pq.read_table(path).to_pydict()
-    return dict(zip(t["uid"], t["thumb"], strict=True))
-
-
 def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
     if cfg.verifier == "vlm":
         if not cfg.vlm_url:
@@ -311,71 +283,6 @@ def _verifier(cfg: BuildConfig, zs: ZeroShot, spec: DatasetSpec) -> Verifier:
 
         return VlmVerifier(VLMSettings(base_url=cfg.vlm_url, model=cfg.vlm_model))
     return CropVerifier(zs, spec.class_names)
-
-
-def _calibrate(
-    trusted: tuple[str, Dataset] | None,
-    spec: DatasetSpec,
-    labeller: Any,
-    verifier: Verifier,
-    work: Path,
-    progress: Progress,
-    log: StageLog,
-) -> Calibration | None:
-    """Label and check a trusted sample exactly as the pool is, to measure the verifier's error."""
-    if trusted is None:
-        return None
-    saved = work / "calibration.json"
-    if saved.is_file() and "calibrate" in log.stages:
-        log.mark_resumed("calibrate")
-        return Calibration.from_dict(json.loads(saved.read_text()))
-    log.reset("calibrate")
-    source, ds = trusted
-    picked = trusted_sample(ds, spec.class_names, spec.task)
-    if not picked:
-        progress("calibrate", f"{source}: no image whose labels are all in the spec's classes")
-        return None
-    with log.stage("calibrate") as st:
-        datas = [ds.items[i].read() for i in picked]
-        labs = labeller.label(datas)
-        if spec.task == "segment":
-            box_masks(datas, labs)
-        verifier.verify(datas, labs)
-        if getattr(verifier, "model", "").startswith("vlm:"):
-            log.count(vlm_requests=sum(len(x) for x in labs))
-        cal = measure(source, [ds.items[i].anns for i in picked], labs)
-        st.saw = st.kept = len(picked)
-    progress(
-        "calibrate",
-        f"verifier on {cal.images} trusted images: confirms {cal.correct_confirmed}/{cal.correct} "
-        f"correct and {cal.wrong_confirmed}/{cal.wrong} wrong labels",
-    )
-    write_json_atomic(saved, cal.saved())
-    log.save(work / "costs.json")
-    return cal
-
-
-def _alr(raw: dict[str, Any], cal: Calibration | None, has_trusted: bool) -> dict[str, Any]:
-    """The ALR to report: corrected for the verifier's measured error when a trusted sample allows."""
-    if cal is None:
-        why = (
-            "the trusted dataset has no image in the spec's classes"
-            if has_trusted
-            else "no trusted labels to measure the verifier on (pass --expand or --calibrate)"
-        )
-        return raw | {"calibrated": False, "why_not": why}
-    fixed = corrected_alr(raw["confirmed"], raw["checked"], cal)
-    if fixed["alr"] is None:
-        return raw | {"calibrated": False, "why_not": fixed["why_not"], "calibration": fixed["calibration"]}
-    return {
-        "alr": fixed["alr"],
-        "ci95": fixed["ci95"],
-        "checked": raw["checked"],
-        "confirmed": raw["confirmed"],
-        "calibrated": True,
-        "raw": {"alr": raw["alr"], "ci95": raw["ci95"]},
-        "calibration": fixed["calibration"],
-    }
 
 
 def _label_rounds(
@@ -416,7 +323,7 @@ def _label_rounds(
     )
     verifier = _verifier(cfg, zs, spec)
     log.models.update(labeller=labeller.model, verifier=verifier.model)
-    calibration = _calibrate(trusted, spec, labeller, verifier, work, progress, log)
+    calibration = calibrate_on(trusted, spec, labeller, verifier, work, progress, log)
     by_uid = {im.uid: i for i, im in enumerate(pool)}
     rounds: list[dict[str, Any]] = []
     need = spec.class_names
@@ -487,83 +394,6 @@ def _label_rounds(
         )
     del by_uid
     return labelled, rounds, dict(timings), calibration
-
-
-def _crowd(
-    cfg: BuildConfig,
-    spec: DatasetSpec,
-    pool: list[PoolImage],
-    labelled: dict[str, list[Label]],
-    trusted: tuple[str, Dataset] | None,
-    work: Path,
-    fingerprint: str,
-    progress: Progress,
-    log: StageLog,
-) -> dict[str, Any]:
-    """Publish the labels as a platform label task, wait for the crowd, and take its verified labels
-    as the second check (a label the crowd's verified label contradicts is not confirmed)."""
-    assert cfg.platform is not None
-    classes = spec.class_names
-    data = {im.uid: im.data for im in pool}
-    uids = [u for u, labs in labelled.items() if labs]
-    ids = {f"p{k}": u for k, u in enumerate(uids)}  # the server's uid pattern; pool uids are free text
-    mine = {i: classes.index(labelled[u][0].cls) for i, u in ids.items()}
-    confirmed = {i: k for i, k in mine.items() if labelled[ids[i]][0].verified}
-    images = {i: data[u] for i, u in ids.items()}
-    known: dict[str, tuple[int, str]] = {i: (k, "builder") for i, k in confirmed.items()}
-    if trusted is not None:  # an expanded dataset's labels: extra images, each a check
-        _, ds = trusted
-        for j in trusted_sample(ds, classes, "classify", limit=max(1, len(uids) // 4)):
-            it = ds.items[j]
-            images[f"d{j}"] = it.read()
-            known[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
-    c = cfg.platform
-    state_file = work / "platform.json"
-    client = CrowdClient(c)
-    try:
-        with log.stage("platform") as st:
-            if state_file.is_file():
-                task_ids = [int(t) for t in json.loads(state_file.read_text())["task_ids"]]
-                progress("platform", f"resumed: waiting on label tasks {task_ids} at {c.url}")
-                log.mark_resumed("platform")
-            else:
-                task_ids, n_checks = client.publish_all(
-                    f"build-{fingerprint}-{len(images)}",
-                    list(zip(classes, [cl.definition for cl in spec.classes], strict=True)),
-                    images,
-                    known,
-                )
-                write_json_atomic(state_file, {"task_ids": task_ids, "url": c.url})
-                st.add_calls(platform_items_published=len(images), platform_checks=n_checks)
-                log.save(work / "costs.json")
-                progress(
-                    "platform",
-                    f"label tasks {task_ids}: {len(images)} images ({n_checks} hidden checks) at {c.url}",
-                )
-            state, timed_out = client.wait(task_ids, lambda m: progress("platform", m))
-            st.saw = len(uids)
-            verdict = {v.uid: v for v in state.labels}
-            for i, u in ids.items():
-                v = verdict.get(i)
-                if v is None or v.state != "verified" or v.label is None:
-                    continue
-                lab = labelled[u][0]
-                lab.verified = v.label == mine[i]
-                lab.verifier = f"platform:{c.url}"
-                lab.verifier_confidence = None
-            st.kept = sum(1 for i, u in ids.items() if labelled[u][0].verified)
-    finally:
-        client.close()
-    alr = agreement(mine, state)
-    return {
-        "alr": alr,
-        "task_ids": task_ids,
-        "url": c.url,
-        "units": state.units,
-        "units_verified": state.units_verified,
-        "units_inconclusive": state.units_inconclusive,
-        "timed_out": timed_out,
-    }
 
 
 def _per_class_images(
@@ -726,13 +556,17 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     labelled, rounds, label_timings, calibration = _label_rounds(
         cfg, spec, pool, work, progress, log, trusted
     )
-    crowd = _crowd(cfg, spec, pool, labelled, trusted, work, fp, progress, log) if cfg.platform else None
+    crowd = (
+        verify_by_crowd(cfg.platform, spec, pool, labelled, trusted, work, fp, progress, log)
+        if cfg.platform
+        else None
+    )
     timings.update(label_timings)
     t0 = time.perf_counter()
     log.reset("supervise", "export")
     with log.stage("supervise") as st:
         chosen, queue, metrics = _select(spec, pool, labelled)
-        metrics["alr"] = _alr(metrics["alr"], calibration, trusted is not None)
+        metrics["alr"] = reported_alr(metrics["alr"], calibration, trusted is not None)
         if crowd is not None:  # ALR from the crowd's verified agreement; the local check beside it
             metrics["alr"] = crowd["alr"] | {"local": metrics["alr"]}
             metrics["platform"] = {k: v for k, v in crowd.items() if k != "alr"}
@@ -761,7 +595,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     }
     progress(
         "supervise",
-        f"{_alr_note(metrics['alr'])}, CBI {metrics['balance']['cbi']:.4f}, "
+        f"{alr_note(metrics['alr'])}, CBI {metrics['balance']['cbi']:.4f}, "
         f"{len(queue)} labels queued for review",
     )
     staging = make_staging(out)
@@ -846,7 +680,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             "total_seconds": round(time.perf_counter() - t_start, 3),
         }
         write_json_atomic(staging / "build.json", summary)
-        images = _load_removed_thumbs(work / "removed.parquet")
+        images = load_removed_thumbs(work / "removed.parquet")
         images.update({u: pool_by[u].data for u in held})
         write_build_report(
             staging / "report",
@@ -857,7 +691,7 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
             kept=len(chosen),
             counts={"per_class": counts["per_class"], "per_split": counts["per_split"]},
             notes=[
-                _alr_note(metrics["alr"]),
+                alr_note(metrics["alr"]),
                 f"CBI {metrics['balance']['cbi']}, min/max ratio {metrics['balance']['min_max_ratio']}",
                 f"{len(queue)} labels queued for review in review/queue.jsonl",
                 "models: " + "; ".join(f"{k} {v}" for k, v in log.models.items()),
