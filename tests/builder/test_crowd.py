@@ -179,3 +179,35 @@ def test_platform_bad_input_fails_before_any_labelling(tmp_path: Path) -> None:
     # the contributor's side: a token pasted with the register command's preamble
     r = runner.invoke(app, ["agent", "label", "--server", nobody, "--token", "agent 1 token:\nvla_x"])
     assert r.exit_code == 2 and "--token must be the token alone" in r.output
+
+
+def test_a_build_stopped_while_waiting_resumes_on_the_same_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlcurate.builder import job
+
+    pool = write_scene_pool(tmp_path / "pool", 30, single=True)
+    with InThreadServer(str(tmp_path / "platform.db"), sweep_seconds=0.2) as server:
+        crowd = CrowdConfig(url=server.url, token=ADMIN, timeout_s=0.3, poll_s=0.1, unit_size=8)
+        cfg = BuildConfig(
+            request="circles and squares, 3 each", pools=[str(pool)], out=tmp_path / "o", platform=crowd
+        )
+
+        def broken(*a: Any, **k: Any) -> Any:
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(job, "export_all", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            build(cfg)
+        monkeypatch.undo()
+        published = json.loads((job.work_dir_for(cfg.out) / "platform.json").read_text())["task_ids"]
+        # no agent came: the wait times out, the build exports with the local check and says so
+        summary = build(cfg)
+        plat = summary["metrics"]["platform"]
+        assert plat["task_ids"] == published and plat["timed_out"] and plat["units_verified"] == 0
+        stages = {s["stage"]: s for s in summary["stages"]}
+        assert stages["platform"]["resumed"] and stages["platform"]["calls"]["platform_items_published"] > 0
+        tasks = httpx.get(f"{server.url}/api/v1/tasks", timeout=30).json()
+        assert [t["id"] for t in tasks if t["kind"] == "label"] == published  # nothing published twice
+        alr = summary["metrics"]["alr"]  # nothing verified: the local figure stands, and says why
+        assert alr.get("source") != "platform" and alr["checked"] > 0 and "timeout" in alr["why_not_platform"]

@@ -568,8 +568,11 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
         chosen, queue, metrics = _select(spec, pool, labelled)
         metrics["alr"] = reported_alr(metrics["alr"], calibration, trusted is not None)
         if crowd is not None:  # ALR from the crowd's verified agreement; the local check beside it
-            metrics["alr"] = crowd["alr"] | {"local": metrics["alr"]}
             metrics["platform"] = {k: v for k, v in crowd.items() if k != "alr"}
+            if crowd["alr"]["checked"]:
+                metrics["alr"] = crowd["alr"] | {"local": metrics["alr"]}
+            else:  # nothing verified in time: the local figure stands, and says why
+                metrics["alr"]["why_not_platform"] = "the crowd verified no label before the timeout"
         st.saw, st.kept = len(labelled), len(chosen)
         src = {im.uid: im.source for im in pool}
         held = {u: why for u, _, why in queue}
