@@ -36,7 +36,7 @@ EXAMPLES: dict[str, str] = {
     "eval": "vlcurate eval http://127.0.0.1:8300/v1 bench/bench.jsonl --out runs/eval --repeats 1",
     "agent run": "vlcurate agent run --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN",
     "agent register": "vlcurate agent register --server http://127.0.0.1:8000 --contributor alice",
-    "agent label": "vlcurate agent label --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN --max-idle 60",
+    "agent label": "vlcurate agent label --server http://127.0.0.1:8000 --token $VLCURATE_TOKEN",
     "platform add-dataset": "vlcurate platform add-dataset pool1 'pool/shards/*.tar'",
     "platform add-task": "vlcurate platform add-task score-pool1 --dataset pool1",
     "platform add-agent": "vlcurate platform add-agent alice",
