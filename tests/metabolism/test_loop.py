@@ -2,17 +2,23 @@
 failing train hook marks the round failed and keeps the version without accepting it; the re-run
 resumes at the train step, the server learns from the new version's export, and validation accepts
 the increment with the count category cured. Wrong answers are re-asked to tell perception from
-reasoning."""
+reasoning. And a collector that fails: the round fails before anything is committed."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
+import pytest
+from tests.metabolism.runs import blind_to, write_run
 from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
 
 from vlcurate.cli.main import app
+from vlcurate.metabolism.loop import Loop, LoopConfig, LoopError
+from vlcurate.metabolism.plan import CollectAction
 from vlcurate.synth.bench import make_benchmark, make_training_samples
 from vlcurate.versions.store import VersionStore
 
@@ -82,3 +88,75 @@ def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
     assert vs.head("main") == vid and rnd["main_moved"]  # main follows the accepted increment
     assert vs.get(vid).parent == rnd["base_version"]
     assert (out / "summary.html").is_file() and (out / "round-1" / "report.html").is_file()
+
+
+def test_failing_collector_fails_the_round_and_commits_nothing(tmp_path: Path) -> None:
+    """No model needed: the round starts from a hand-made base run (blind to red)."""
+    run = write_run(tmp_path / "r", 48, 0, blind_to("red"))
+    train = make_training_samples(tmp_path / "train", 12, seed=4, focus={"category": "exists"})
+    cfg = LoopConfig(
+        bench=str(tmp_path / "r" / "bench" / "bench.jsonl"),
+        endpoint="http://127.0.0.1:9/v1",
+        store=tmp_path / "store",
+        out=tmp_path / "loop",
+        train=str(train),
+        probe=False,
+        scorer=None,
+        progress=False,
+    )
+
+    def broken(action: CollectAction, out: Path, seed: int) -> list[Path]:
+        raise RuntimeError(f"no source answers {action.build_request!r}")
+
+    loop = Loop(cfg, broken)
+    base = loop.initial_version()
+    with pytest.raises(LoopError, match="apply: no source answers"):
+        loop.run_round(1, base, run)
+    rnd = json.loads((tmp_path / "loop" / "round-1" / "round.json").read_text())
+    assert rnd["status"] == "failed" and rnd["done"] == ["base_eval", "diagnose", "plan"]
+    assert rnd["top_weakness"] == "colour=red (perception)"
+    assert VersionStore(tmp_path / "store").ids() == [base]  # nothing committed
+    # the store's main version is a training pool diagnose can read
+    args = ["diagnose", str(run), "--out", str(tmp_path / "d"), "--train", str(tmp_path / "store")]
+    res = CliRunner().invoke(app, [*args, "-q", "--scorer", "none", "--no-probe"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "d" / "diagnosis.json").read_text())
+    assert d["train"] == {"source": str(tmp_path / "store"), "samples": 12, "wrong_labels": 0}
+    assert d["weaknesses"][0]["coverage"]["train_total"] == 12
+
+
+def test_collect_command(tmp_path: Path) -> None:
+    from vlcurate.cli.loop_cmd import command_collector
+
+    action = CollectAction.model_validate(
+        {
+            "id": "a01",
+            "n": 6,
+            "category": None,
+            "focus": {"colour": "red"},
+            "build_request": "2 images each of red circles for classification",
+            "build_spec": "requests/a01.yaml",
+            "retrieval_queries": ["a red circle"],
+            "game_pool": {},
+            "evidence": {
+                "weakness": "w01",
+                "kind": "perception",
+                "label": "x",
+                "score": 1.0,
+                "failing_ids": [],
+            },
+        }
+    )
+    py = shlex.quote(sys.executable)
+    make = (
+        "from pathlib import Path; import sys, json; from vlcurate.synth.bench import make_training_samples"
+    )
+    make += " as m"
+    run = "m(Path(sys.argv[1]), int(sys.argv[2]), 1, json.loads(sys.argv[3]))"
+    collect = command_collector(f"{py} -c {shlex.quote(make + '; ' + run)} {{out}} {{n}} {{focus}}")
+    files = collect(action, tmp_path / "c", 1)
+    data = json.loads(files[0].read_text())
+    assert len(data) == 6 and all("red" in json.dumps(d).lower() for d in data)
+    failing = command_collector(f"{py} -c 'import sys; sys.exit(\"no pool for \" + sys.argv[1])' {{request}}")
+    with pytest.raises(RuntimeError, match="no pool for 2 images each of red circles"):
+        failing(action, tmp_path / "f", 1)

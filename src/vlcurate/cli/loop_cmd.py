@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,18 +21,19 @@ from rich.table import Table
 
 from vlcurate.cli.errors import EXIT_PARTIAL, user_errors
 
+if TYPE_CHECKING:
+    from vlcurate.metabolism.plan import CollectAction
+
 
 def register(app: typer.Typer) -> None:
     app.command("loop")(loop_cmd)
 
 
-def synth_collector(action: object, out: Path, seed: int) -> list[Path]:
+def synth_collector(action: CollectAction, out: Path, seed: int) -> list[Path]:
     """Offline: synthetic-world samples about the action's focus (and category); a confusion pair
     `a|b` is split into two halves, one about each value."""
-    from vlcurate.metabolism.plan import CollectAction
     from vlcurate.synth.bench import FOCUS_KEYS, make_training_samples
 
-    assert isinstance(action, CollectAction)
     variants: list[dict[str, str]] = [{"category": action.category} if action.category else {}]
     for k, v in action.focus.items():
         if k in FOCUS_KEYS and k != "category":
@@ -43,12 +45,12 @@ def synth_collector(action: object, out: Path, seed: int) -> list[Path]:
     return files
 
 
-def command_collector(cmd: str) -> object:
-    def collect(action: object, out: Path, seed: int) -> list[Path]:
-        from vlcurate.metabolism.plan import CollectAction
+def command_collector(cmd: str) -> Callable[[CollectAction, Path, int], list[Path]]:
+    """A collector that runs `cmd` once per collect action and reads the instruction data it wrote."""
+
+    def collect(action: CollectAction, out: Path, seed: int) -> list[Path]:
         from vlcurate.metabolism.trainpool import instruct_files
 
-        assert isinstance(action, CollectAction)
         out.mkdir(parents=True, exist_ok=True)
         values = {
             "out": str(out),
@@ -109,7 +111,7 @@ def loop_cmd(
     with user_errors():
         if collect != "synth" and collect_cmd is None:
             raise ValueError(f"--collect {collect!r}: only 'synth' is built in; use --collect-cmd for others")
-        collector: Collector = command_collector(collect_cmd) if collect_cmd else synth_collector  # type: ignore[assignment]
+        collector: Collector = command_collector(collect_cmd) if collect_cmd else synth_collector
         cfg = LoopConfig.model_validate(
             {
                 "bench": str(bench),
