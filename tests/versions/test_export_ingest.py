@@ -85,3 +85,27 @@ def test_export_stops_on_deleted_images_unless_told_to_skip(tmp_path: Path, imag
         store.export(vid, "llava", tmp_path / "out")
     with pytest.raises(VersionError, match="unknown export format"):
         store.export(vid, "yaml", tmp_path / "other")
+
+
+def test_hf_parquet_with_embedded_images_is_stored_once_and_exported_back(
+    tmp_path: Path, llava_file: Path
+) -> None:
+    from vlcurate.io.instruct.writer import InstructWriter
+
+    store = VersionStore(tmp_path / "vs")
+    records = [parse_record(r) for r in json.loads(llava_file.read_text())[:5]]
+    writer = InstructWriter(tmp_path / "hfdata", "hf", name="train")
+    for rec in records:
+        writer.add(rec, [(llava_file.parent / str(rec.images[0].path)).read_bytes()])
+    path = writer.close()
+    ing = read_instruct([path], store.root)
+    assert len(ing.samples) == 5 and ing.dropped == 0
+    stored = {p for s in ing.samples for p in s["images"]}
+    assert len(stored) == 2 and all(
+        Path(p).is_relative_to(store.root.resolve() / "objects" / "images") for p in stored
+    )
+    vid = store.commit(ing.samples, parent=None, message="hf").id
+    store.export(vid, "hf", tmp_path / "out")
+    rows = [s for _, s in iter_hf_rows(str(tmp_path / "out" / "data.parquet"))]
+    originals = {(llava_file.parent / "images" / n).read_bytes() for n in ("a.png", "b.png")}
+    assert {r.images[0].data for r in rows if not isinstance(r, Exception)} == originals
