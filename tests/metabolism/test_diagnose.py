@@ -81,6 +81,12 @@ def test_training_coverage_and_wrong_labels(tmp_path: Path) -> None:
     d = diagnose(run, tmp_path / "diag", DiagnoseOptions(train=train, progress=False))
     top = d.weaknesses[0]
     assert top.attribute == {"colour": "red"} and top.coverage is not None and top.coverage.thin
+    cov = top.coverage
+    assert cov.matching < 10 and cov.share < cov.bench_share / 2
+    # the failures' nearest training samples are farther than those of the items answered right
+    assert cov.nn_similarity_failures is not None and cov.nn_similarity_passes is not None
+    assert cov.nn_similarity_failures < cov.nn_similarity_passes
+    assert d.clusters and all(c.thin for c in d.clusters)
     noise = [w for w in d.weaknesses if w.kind == "label_noise"]
     assert noise and noise[0].attribute == {"colour": "red"}
     wrong_ids = {r["id"] for r in rows if r["answer"] != r["short_answer"]}
