@@ -20,7 +20,7 @@ EXAMPLES: dict[str, str] = {
     "version list": "vlcurate version list --store vstore",
     "version show": "vlcurate version show main --store vstore",
     "version log": "vlcurate version log main --store vstore",
-    "version diff": "vlcurate version diff 4d0f 2713 --store vstore",
+    "version diff": "vlcurate version diff main~1 main --store vstore",
     "version lineage": "vlcurate version lineage synth-0-0000001 --store vstore",
     "version export": "vlcurate version export main --store vstore --format llava --out exports/v2",
     "version validate": "vlcurate version validate main --store vs --base-run runs/base --new-run runs/new",
