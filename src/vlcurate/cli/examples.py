@@ -26,7 +26,7 @@ EXAMPLES: dict[str, str] = {
     "version validate": "vlcurate version validate main --store vs --base-run runs/base --new-run runs/new",
     "diagnose": "vlcurate diagnose runs/eval --out runs/diag --train train/data.json",
     "plan": "vlcurate plan runs/diag --out runs/plan",
-    "loop": "vlcurate loop bench/bench.jsonl --store vstore --train train/data.json --out runs/loop --rounds 2",
+    "loop": "vlcurate loop bench/bench.jsonl --store vstore --train train/ --out runs/loop --rounds 2",
     "models list": "vlcurate models list",
     "models download": "vlcurate models download dfn-b16",
     "synth pool": "vlcurate synth pool pool --n 2000 --corrupt-fraction 0.3",
