@@ -160,3 +160,18 @@ def test_collect_command(tmp_path: Path) -> None:
     failing = command_collector(f"{py} -c 'import sys; sys.exit(\"no pool for \" + sys.argv[1])' {{request}}")
     with pytest.raises(RuntimeError, match="no pool for 2 images each of red circles"):
         failing(action, tmp_path / "f", 1)
+
+
+def test_loop_without_training_data(tmp_path: Path) -> None:
+    args = [
+        "loop",
+        str(tmp_path / "bench.jsonl"),
+        "--store",
+        str(tmp_path / "s"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "no training data: give --train" in res.output
+    res = CliRunner().invoke(app, [*args, "--train", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no instruction data" in res.output

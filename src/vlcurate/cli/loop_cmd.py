@@ -106,9 +106,9 @@ def loop_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Run the data metabolism loop; a re-run resumes each round where it stopped."""
-    from vlcurate.metabolism.loop import Collector, Loop, LoopConfig
+    from vlcurate.metabolism.loop import Collector, Loop, LoopConfig, LoopError
 
-    with user_errors():
+    with user_errors(LoopError):
         if collect != "synth" and collect_cmd is None:
             raise ValueError(f"--collect {collect!r}: only 'synth' is built in; use --collect-cmd for others")
         collector: Collector = command_collector(collect_cmd) if collect_cmd else synth_collector
