@@ -113,8 +113,11 @@ def test_validate_stores_the_decision_and_refuses_bad_runs(tmp_path: Path) -> No
         new.path,
         "--target",
         "colour",
+        "--plot",
+        str(tmp_path / "decision.png"),
     )
     assert code == 0 and "ACCEPTED" in out and "improved" in out, out
+    assert (tmp_path / "decision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     vs = open_store(store)
     vid = vs.head("main")
     assert vid is not None

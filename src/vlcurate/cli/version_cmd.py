@@ -385,10 +385,13 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Pair only the items both runs answered instead of refusing.")
         ] = False,
         fail_on_reject: Annotated[bool, typer.Option(help="Exit 4 when the increment is rejected.")] = False,
+        plot: Annotated[
+            Path | None, typer.Option(help="Also draw the per-category changes with their intervals (PNG).")
+        ] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Paired test per category between two eval runs; the decision is stored with the version."""
-        from vlcurate.evals.paired import compare_runs
+        from vlcurate.evals.paired import compare_runs, plot_decision
         from vlcurate.evals.results import RunFormatError, load_run
         from vlcurate.versions.store import open_store
 
@@ -406,6 +409,8 @@ def register(app: typer.Typer) -> None:
                 allow_partial=allow_partial,
             )
             att = vs.attach(vid, name or f"validation-{method}", decision.model_dump())
+            if plot is not None:
+                plot_decision(plot, decision)
         if json_out:
             _print_json(decision.model_dump())
         else:

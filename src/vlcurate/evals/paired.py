@@ -311,3 +311,35 @@ def compare_runs(
         accepted=accepted,
         reasons=reasons,
     )
+
+
+def plot_decision(path: Path, decision: ValidationDecision) -> None:
+    """A forest plot: each category's accuracy change with its interval, regressions in red,
+    improvements in green (PNG, matplotlib Agg, written atomically)."""
+    from matplotlib.figure import Figure
+
+    from vlcurate.base.atomic import write_with
+
+    rows = [c for c in [*decision.categories.values(), decision.overall] if c.delta is not None and c.ci]
+    fig = Figure(figsize=(6.0, 0.42 * len(rows) + 1.3), dpi=100)
+    ax = fig.add_subplot()
+    for i, c in enumerate(reversed(rows)):
+        assert c.delta is not None and c.ci is not None
+        colour = "#c44e52" if c.regressed else "#55a868" if c.improved else "#4c72b0"
+        ax.plot([c.ci[0], c.ci[1]], [i, i], color=colour, lw=2)
+        ax.plot([c.delta], [i], "o", color=colour)
+        ax.text(
+            1.02,
+            i,
+            f"n={c.n}  p={c.p_value:.2g}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            fontsize=7,
+        )
+    ax.axvline(0, color="#333", lw=0.8)
+    ax.set_yticks(range(len(rows)), [c.category for c in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"accuracy change, new - base ({1 - decision.alpha:.0%} interval, {decision.method})")
+    verdict = "accepted" if decision.accepted else "rejected"
+    ax.set_title(f"increment {verdict}", fontsize=10, color="#55a868" if decision.accepted else "#c44e52")
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
