@@ -119,6 +119,9 @@ class _Silent(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path != "/v1/chat/completions":
+            self.send_error(404)
+            return
         body = json.dumps(
             {
                 "id": "x",
@@ -146,11 +149,10 @@ def test_model_that_returns_nothing_while_probing(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        run = write_run(tmp_path, 24, 0, blind_to("red"), endpoint=url)
-        res = CliRunner().invoke(
-            app, ["diagnose", str(run), "--out", str(tmp_path / "d"), "--scorer", "none", "-q"]
-        )
+        url = f"http://127.0.0.1:{server.server_address[1]}"  # --endpoint without /v1 gets it
+        run = write_run(tmp_path, 24, 0, blind_to("red"))
+        args = ["diagnose", str(run), "--out", str(tmp_path / "d"), "--endpoint", url, "--model", "m"]
+        res = CliRunner().invoke(app, [*args, "--scorer", "none", "-q"])
     finally:
         server.shutdown()
     assert res.exit_code == 3, res.output  # partial: written, but the failures stay unattributed

@@ -43,6 +43,7 @@ def diagnose_cmd(
 ) -> None:
     """Attribute every failure (perception, reasoning, format, refusal), cluster failures, check the
     training data's coverage and labels, and rank the weaknesses."""
+    from vlcurate.evals.config import api_base
     from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose, run_settings
     from vlcurate.metabolism.diagnosis import DiagnosisError
     from vlcurate.metabolism.trainpool import load_train_pool
@@ -59,7 +60,7 @@ def diagnose_cmd(
                 if base is None:
                     raise fail("--model without --endpoint: the run names no endpoint")
             settings = VLMSettings(
-                base_url=endpoint or base.base_url,  # type: ignore[union-attr]
+                base_url=api_base(endpoint) if endpoint else base.base_url,  # type: ignore[union-attr]
                 model=model or (base.model if base else "tiny-synth"),
                 api_key=api_key,
                 max_retries=1,
