@@ -47,7 +47,7 @@ _GAMES: dict[tuple[str, int], tuple[float, Any]] = {}
 def game_row(conn: Connection, game_id: int) -> Any:
     """A game's row; read once every `GAME_ROW_TTL_S` per database (a game's settings do not change
     after creation, and nearly every request needs them)."""
-    key = (f"{id(conn.engine)}:{conn.engine.url}", game_id)
+    key = (trust.db_key(conn), game_id)
     hit = _GAMES.get(key)
     now = time.monotonic()
     if hit is not None and now - hit[0] < GAME_ROW_TTL_S:

@@ -29,6 +29,12 @@ def counts(row: Any) -> rel.Counts:
     )
 
 
+def db_key(conn: Connection) -> str:
+    """One key per database for the in-process caches: the pool is shared by the engine and the
+    engines `db.begin_write` derives from it (a new object on every call)."""
+    return f"{id(conn.engine.pool)}:{conn.engine.url}"
+
+
 Q_TTL_S = 5.0
 _Q: dict[str, tuple[float, float]] = {}
 
@@ -36,7 +42,7 @@ _Q: dict[str, tuple[float, float]] = {}
 def crowd_error_rate(conn: Connection) -> float:
     """q over every player's untainted images and judged flags (`reliability.model_error_rate`);
     an aggregate over all players, so it is computed at most every `Q_TTL_S` per database."""
-    key = f"{id(conn.engine)}:{conn.engine.url}"
+    key = db_key(conn)
     hit = _Q.get(key)
     now = time.monotonic()
     if hit is not None and now - hit[0] < Q_TTL_S:
@@ -75,13 +81,14 @@ def crowd_prior(conn: Connection, q: float) -> rel.Prior | None:
     """The crowd's prior (`reliability.fit_prior`) as last fitted; a fit older than `PRIOR_TTL_S` is
     redone in a background thread (it reads every player's counts, so it never runs inside the
     caller's transaction), and until the first fit is done estimates use flat priors."""
-    key = f"{id(conn.engine)}:{conn.engine.url}"
+    key = db_key(conn)
     now = time.monotonic()
     with _PRIORS_LOCK:
         cached = _PRIORS.get(key)
         if (cached is None or now - cached[0] >= PRIOR_TTL_S) and key not in _FITTING:
             _FITTING.add(key)
-            threading.Thread(target=_refit, args=(conn.engine, key, q), name="gap-prior", daemon=True).start()
+            reader = conn.engine.execution_options(vlcurate_write=False)  # never BEGIN IMMEDIATE
+            threading.Thread(target=_refit, args=(reader, key, q), name="gap-prior", daemon=True).start()
     return cached[1] if cached is not None else None
 
 
