@@ -44,20 +44,26 @@ def test_blind_colour_ranked_first_with_its_failures(tmp_path: Path) -> None:
     assert load_diagnosis(tmp_path / "diag").weaknesses[0].id == "w01"
 
 
-def test_refusals_and_confusions(tmp_path: Path) -> None:
+def test_refusals_confusions_and_format(tmp_path: Path) -> None:
     def rule(item: Item) -> tuple[str, str | None] | None:
         if item["category"] == "count":
             return ("refused", None)
         if item["category"] == "shape" and item["answer"] in ("circle", "square"):
             return ("ok", "square" if item["answer"] == "circle" else "circle")
+        if item["category"] == "exists" and item["meta"]["shape"] == "star":
+            return ("unparsed", None)
         return None
 
     d = diagnose(write_run(tmp_path, 120, 1, rule), tmp_path / "diag", NO_EMBED)
-    first, second = d.weaknesses[0], d.weaknesses[1]
+    first = d.weaknesses[0]
     assert (first.kind, first.category, first.attribute) == ("refusal", "count", {})
-    assert second.attribute == {"shape": "circle|square"} and second.category == "shape"
-    assert set(second.confusions) <= {"circle->square", "square->circle"} and second.confusions
-    assert d.attribution["refusal"] == first.failures
+    swap = next(w for w in d.weaknesses if w.kind == "perception")
+    assert swap.attribute == {"shape": "circle|square"} and swap.category == "shape"
+    assert set(swap.confusions) <= {"circle->square", "square->circle"} and swap.confusions
+    fmt = next(w for w in d.weaknesses if w.kind == "format")
+    assert (fmt.category, fmt.attribute, fmt.failure_rate) == ("exists", {"shape": "star"}, 1.0)
+    assert len(d.weaknesses) == 3  # nothing else fails
+    assert d.attribution["refusal"] == first.failures and d.attribution["format"] == fmt.failures
 
 
 def test_training_coverage_and_wrong_labels(tmp_path: Path) -> None:
