@@ -336,9 +336,9 @@ def register(app: typer.Typer) -> None:
                 scores = " " + json.dumps(ev.scores, default=str) if ev.scores else ""
                 console.print(f"    {ev.op}{drop}{why}{scores}", highlight=False, soft_wrap=True)
         if h.sample is not None:
-            console.print(
-                json.dumps(h.sample, ensure_ascii=False)[:400], highlight=False, soft_wrap=True, markup=False
-            )
+            text = json.dumps(h.sample, ensure_ascii=False)
+            shown = text if len(text) <= 400 else text[:400] + " … (--json prints it whole)"
+            console.print(shown, highlight=False, markup=False, soft_wrap=True)
 
     @group.command("export")
     def export_command(
