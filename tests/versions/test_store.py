@@ -167,6 +167,10 @@ def test_damage_is_detected_and_named(tmp_path: Path, images: dict[str, str]) ->
     assert not (tmp_path / "out").exists()
     report = store.verify(v1)
     assert not report.ok and any(pack.name in p for p in report.problems)
+    # A point lookup that lands on the damage names the file (or the sample whose content changed).
+    with pytest.raises(CorruptVersionError, match=r"damaged|was altered|not a readable"):
+        for i in range(20):
+            VersionStore(tmp_path / "vs").sample(f"s{i:03d}", v1)
     # A deleted manifest.
     (vdir / v2 / "manifest.parquet").unlink()
     with pytest.raises(CorruptVersionError, match="missing"):

@@ -312,7 +312,7 @@ class VersionStore:
         digest, pack, row = hit
         path = self._pack_path(pack)
         idx = self._cache.get(path, "id")
-        group = idx.file.read_row_group(row // PACK_ROW_GROUP, columns=["hash", "sample"])
+        group = idx.read_group(row // PACK_ROW_GROUP, ["hash", "sample"])
         text = group.column("sample")[row % PACK_ROW_GROUP].as_py()
         if content_hash(text) != digest:
             raise CorruptVersionError(

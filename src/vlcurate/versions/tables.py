@@ -114,6 +114,7 @@ class _Indexed:
         meta = self.file.metadata
         col = self.file.schema_arrow.get_field_index(key)
         self.key = key
+        self.path = path
         self.mins: list[str] = []
         self.maxs: list[str] = []
         self.groups: list[int] = []
@@ -140,6 +141,15 @@ class _Indexed:
             self.mins.append(st.min)
             self.maxs.append(st.max)
 
+    def read_group(self, group: int, columns: list[str]) -> pa.Table:
+        """One row group; a damaged file is a `CorruptVersionError` naming it, never a raw Arrow error."""
+        try:
+            return self.file.read_row_group(group, columns=columns)
+        except (pa.ArrowException, OSError, IndexError) as exc:
+            raise CorruptVersionError(
+                f"{self.path} is damaged: row group {group} does not read ({exc})"
+            ) from None
+
     def lookup(self, value: str, columns: list[str]) -> pa.Table:
         """Rows whose key equals `value` (any number, across group boundaries): one row-group read
         per candidate group (measured faster than reading the key first and the rest on a hit)."""
@@ -149,7 +159,7 @@ class _Indexed:
         for k in range(first, len(self.mins)):
             if self.mins[k] > value:
                 break
-            rg = self.file.read_row_group(self.groups[k], columns=wanted)
+            rg = self.read_group(self.groups[k], wanted)
             parts.append(rg.filter(pc.equal(rg.column(self.key), value)).select(columns))
         if not parts:
             return pa.table({c: pa.array([], self.file.schema_arrow.field(c).type) for c in columns})
