@@ -109,3 +109,23 @@ def test_hf_parquet_with_embedded_images_is_stored_once_and_exported_back(
     rows = [s for _, s in iter_hf_rows(str(tmp_path / "out" / "data.parquet"))]
     originals = {(llava_file.parent / "images" / n).read_bytes() for n in ("a.png", "b.png")}
     assert {r.images[0].data for r in rows if not isinstance(r, Exception)} == originals
+
+
+def test_run_folders_that_hold_no_instruction_data_are_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from vlcurate.versions.ingest import read_run
+
+    with pytest.raises(VersionError, match="is not a `vlcurate run` output folder"):
+        read_run(tmp_path)
+    (tmp_path / "decisions").mkdir()
+    pq.write_table(
+        pa.table({"uid": ["a"], "key": ["a"], "text": ["a cat"], "keep": [True]}),
+        tmp_path / "decisions" / "s.parquet",
+    )
+    (tmp_path / "report.json").write_text(json.dumps({"steps": [{"op": "clip_score"}]}))
+    with pytest.raises(VersionError, match="no 'messages' column; versions hold instruction data"):
+        read_run(tmp_path)
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(VersionError, match="report.json: not JSON"):
+        read_run(tmp_path)
