@@ -127,5 +127,5 @@ def test_run_folders_that_hold_no_instruction_data_are_refused(tmp_path: Path) -
     with pytest.raises(VersionError, match="no 'messages' column; versions hold instruction data"):
         read_run(tmp_path)
     (tmp_path / "report.json").write_text("{not json")
-    with pytest.raises(VersionError, match="report.json: not JSON"):
+    with pytest.raises(VersionError, match=r"report\.json: not JSON"):
         read_run(tmp_path)
