@@ -301,11 +301,17 @@ def _embeddings(
     except Exception as exc:  # missing weights, unknown name: diagnose without embeddings
         warnings.append(f"no embeddings ({opts.scorer}: {exc}); clusters and embedding coverage skipped")
         return None, None
-    vecs = embed.embed_items(scorer, list(images), [r.question for r in rows])
+    bar = opts.progress  # a training pool can be large: show progress
+    vecs = embed.embed_items(
+        scorer, list(images), [r.question for r in rows], label="embedding answers" if bar else None
+    )
     train_vecs = None
     if opts.train:
         train_vecs = embed.embed_items(
-            scorer, [t.image for t in opts.train], [t.question for t in opts.train]
+            scorer,
+            [t.image for t in opts.train],
+            [t.question for t in opts.train],
+            label="embedding the training pool" if bar else None,
         )
     return vecs, train_vecs
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlcurate.base.images import decode_image
 
@@ -27,11 +29,63 @@ def _bytes(image: bytes | str | None) -> bytes | None:
     return p.read_bytes() if p.is_file() else None
 
 
-def embed_items(scorer: ClipScorer, images: Sequence[bytes | str | None], texts: Sequence[str]) -> np.ndarray:
-    """(N, 2 * dim) float32; an item without a readable image gets zeros in the image half."""
+def embed_items(
+    scorer: ClipScorer,
+    images: Sequence[bytes | str | None],
+    texts: Sequence[str],
+    *,
+    label: str | None = None,
+) -> np.ndarray:
+    """(N, 2 * dim) float32; an item without a readable image gets zeros in the image half.
+    With `label`, a progress bar (a training pool can be large)."""
     n, size = len(texts), scorer.preprocessing.image_size
     dim = scorer.embed_dim
     img = np.zeros((n, dim), dtype=np.float32)
+    with _Bar(label, 2 * n) as bar:  # images, then texts
+        img, txt = _embed(scorer, images, texts, n, size, dim, img, bar)
+    return (np.concatenate([img, txt], axis=1) / np.sqrt(2.0)).astype(np.float32)
+
+
+class _Bar:
+    """A rich progress bar over items, or nothing when `label` is None."""
+
+    def __init__(self, label: str | None, total: int) -> None:
+        self.progress: Progress | None = None
+        if label is not None:
+            self.progress = Progress(
+                TextColumn(f"[bold]{label}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def advance(self, k: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _embed(
+    scorer: ClipScorer,
+    images: Sequence[bytes | str | None],
+    texts: Sequence[str],
+    n: int,
+    size: int,
+    dim: int,
+    img: np.ndarray,
+    bar: _Bar,
+) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, n, BATCH):
         idx, arrays = [], []
         for i in range(start, min(n, start + BATCH)):
@@ -41,11 +95,13 @@ def embed_items(scorer: ClipScorer, images: Sequence[bytes | str | None], texts:
                 arrays.append(dec.array)
         if arrays:
             img[idx] = scorer.encode_images(np.stack(arrays)).cpu().numpy()
+        bar.advance(min(n, start + BATCH) - start)
     txt = np.zeros((n, dim), dtype=np.float32)
     for start in range(0, n, BATCH):
         chunk = list(texts[start : start + BATCH])
         txt[start : start + len(chunk)] = scorer.encode_texts(chunk).cpu().numpy()
-    return (np.concatenate([img, txt], axis=1) / np.sqrt(2.0)).astype(np.float32)
+        bar.advance(len(chunk))
+    return img, txt
 
 
 def nearest(query: np.ndarray, pool: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
