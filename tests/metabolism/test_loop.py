@@ -73,6 +73,9 @@ def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
     assert rnd["accuracy_after"]["count"]["accuracy"] > 0.5
     assert rnd["decision"]["categories"]["count"]["improved"]
     assert not any(c["regressed"] for c in rnd["decision"]["categories"].values())
+    target = rnd["targets"][0]  # the weakness the increment was for, closed
+    assert target["label"].startswith("category=count") and target["closed"]
+    assert target["before"]["accuracy"] == 0.0 and target["before"]["n"] == target["after"]["n"] > 0
     diag = json.loads((out / "round-1" / "diag" / "diagnosis.json").read_text())
     assert diag["probed"]  # wrong answers were re-asked: described, then answered from the description
     probed = [f for f in diag["failed"] if f["probe"] is not None]

@@ -147,6 +147,16 @@ def loop_cmd(
             f"{a['accuracy']:.1%}" if a.get("accuracy") is not None else "-",
         )
     Console().print(table)
+    for r in summary.rounds:
+        for t in r.targets:
+            b, a = (
+                f"{x:.0%}" if x is not None else "-"
+                for x in (t["before"]["accuracy"], t["after"]["accuracy"])
+            )
+            closed = " (closed)" if t["closed"] else ""
+            n = t["after"]["n"]
+            line = f"round {r.round}: {t['weakness']} {t['label']}: {b} -> {a} of {n} items{closed}"
+            Console().print(line, highlight=False)
     Console().print(
         f"{summary.stopped}; wrote {out / 'summary.json'} and {out / 'summary.html'}", highlight=False
     )

@@ -37,12 +37,14 @@ import httpx
 from pydantic import BaseModel, Field
 
 from vlcurate.base.atomic import write_text_atomic
+from vlcurate.base.intervals import wilson
 from vlcurate.evals.config import EvalConfig, api_base
 from vlcurate.evals.paired import ValidationDecision, compare_runs
 from vlcurate.evals.results import load_run
 from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose
 from vlcurate.metabolism.diagnosis import Diagnosis, load_diagnosis
 from vlcurate.metabolism.plan import CollectAction, Plan, PlanError, load_plan, make_plan
+from vlcurate.metabolism.slices import in_slice
 from vlcurate.metabolism.trainpool import items_from_rows
 from vlcurate.versions.errors import VersionError
 from vlcurate.versions.model import LineageEvent
@@ -103,6 +105,7 @@ class RoundRecord(BaseModel):
     accuracy_before: dict[str, Any] = Field(default_factory=dict)
     accuracy_after: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    targets: list[dict[str, Any]] = Field(default_factory=list)  # each planned weakness before/after
     main_moved: bool | None = None  # accepted and `main` of the store now points at the new version
     note: str | None = None
     started: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -366,6 +369,9 @@ class Loop:
         if step("validate"):
             decision = self.validate(Path(rec.base_run), folder / "new-run", rec.new_version, rnd)
             rec.decision = json.loads(decision.model_dump_json())
+            rec.targets = weakness_progress(
+                load_diagnosis(folder / "diag"), plan, Path(rec.base_run), folder / "new-run"
+            )
             rec.status = "accepted" if decision.accepted else "rejected"
             if (
                 decision.accepted
@@ -416,6 +422,25 @@ class Loop:
         write_text_atomic(self.out / SUMMARY_FILE, summary.model_dump_json(indent=2))
         write_summary_report(summary, self.out)
         return summary
+
+
+def weakness_progress(diag: Diagnosis, plan: Plan, base_run: Path, new_run: Path) -> list[dict[str, Any]]:
+    """Accuracy on the slice of every weakness the plan collected for, before and after (Wilson 95%):
+    did the increment close what it was for?"""
+    base, new = load_run(base_run).samples, load_run(new_run).samples
+    out: list[dict[str, Any]] = []
+    for wid in dict.fromkeys(c.evidence.weakness for c in plan.collect):
+        w = diag.weakness(wid)
+        row: dict[str, Any] = {"weakness": wid, "label": w.label}
+        for name, rows in (("before", base), ("after", new)):
+            scored = [r for r in rows if r.correct is not None and in_slice(r, w.category, w.attribute)]
+            k = sum(1 for r in scored if r.correct)
+            lo, hi = wilson(k, len(scored))
+            acc = round(k / len(scored), 4) if scored else None
+            row[name] = {"n": len(scored), "accuracy": acc, "ci95": [round(lo, 4), round(hi, 4)]}
+        row["closed"] = bool(row["after"]["n"] and row["after"]["ci95"][0] > row["before"]["ci95"][1])
+        out.append(row)
+    return out
 
 
 def _accuracies(run: Path) -> dict[str, Any]:

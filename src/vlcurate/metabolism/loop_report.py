@@ -102,6 +102,17 @@ def round_html(rec: RoundRecord, folder: Path) -> str:
     if fig:
         parts.append('<img src="accuracy.png" alt="accuracy before and after">')
     parts.append(_table(rec))
+    if rec.targets:
+        rows = "".join(
+            f"<tr><td>{_e(t['weakness'])} {_e(t['label'])}</td>"
+            f"<td>{_pct(t['before'])} of {t['before']['n']}</td>"
+            f"<td>{_pct(t['after'])}</td><td>{'closed' if t['closed'] else ''}</td></tr>"
+            for t in rec.targets
+        )
+        parts.append(
+            "<h3>The weaknesses it was for</h3><table><tr><th>weakness</th><th>before</th><th>after</th>"
+            f"<th></th></tr>{rows}</table>"
+        )
     parts += [f"<p>{_e(r)}</p>" for r in reasons]
     parts.append("</body></html>")
     return "\n".join(parts)

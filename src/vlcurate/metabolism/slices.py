@@ -60,6 +60,14 @@ def attribute_values(row: SampleResult) -> dict[str, str]:
     return out
 
 
+def in_slice(row: SampleResult, category: str | None, attribute: dict[str, str]) -> bool:
+    """Whether a row belongs to a weakness's slice (`a|b` values: either)."""
+    if category is not None and row.category != category:
+        return False
+    values = attribute_values(row)
+    return all(values.get(k) in v.split("|") for k, v in attribute.items())
+
+
 def chosen_text(row: SampleResult, value: str | None) -> str:
     """An extracted answer as text: an option letter becomes its choice."""
     v = normalize_answer(value)
