@@ -16,8 +16,9 @@ object count); whether it flags, and how it judges other players' flags, is its 
 - agent: a VLM player (`origin: agent`, token login): 0.8 / 0.05, judges correctly with p=0.9.
 
 Rounds: every player plays one session (10 images, 5 tainted), then the players allowed to judge
-take judging tasks in turn (a random order, one task each per turn) until none is left; a quarter
-of the tasks are tainted flags (checks of known truth that score the judges). After `--sessions`
+work through the judging queue (`--judging sequential`: in the population's order, up to 40 tasks
+each; `turns`: one task each in turn, in a random order); a quarter of the tasks are tainted flags
+(checks of known truth that score the judges). After `--sessions`
 rounds: the reliability error against each player's true rates (detection a, false alarm b), the
 export's false examples (confirmed flags where the model was right), validations per kept example,
 points standing on false flags, and each kind of judge's skill and whether it kept its voice.
@@ -156,6 +157,13 @@ def main() -> None:
         action="store_true",
         help="tainted images from the main pool too (default, as in the paper: an easy pool, one object)",
     )
+    ap.add_argument(
+        "--judging",
+        choices=("sequential", "turns"),
+        default="sequential",
+        help="who judges first: the population in order, each through the queue (as measured so far), "
+        "or one task each in turn in a random order (every kind of judge builds a record)",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -247,10 +255,14 @@ def main() -> None:
                     body = p.client.post(
                         f"/api/v1/game/sessions/{sid}/next", json={"position": im["position"]}
                     ).json()
-            # judging: every player takes one task in turn (in a random order) until none is left
-            judging_now = rng.sample(players, len(players))
-            for _ in range(40):
-                for p in list(judging_now):
+            # judging: "sequential": each player in the population's order works through the queue
+            # (up to 40 tasks); "turns": players take one task each in turn, in a random order
+            judging_now = rng.sample(players, len(players)) if args.judging == "turns" else list(players)
+            turns = [[p] * 40 for p in judging_now] if args.judging == "sequential" else [judging_now] * 40
+            for batch in turns:
+                for p in list(batch):
+                    if p not in judging_now:
+                        continue
                     k = KINDS[p.kind]
                     t = p.client.post("/api/v1/game/judgements/next")
                     if t.status_code != 200:
@@ -354,6 +366,7 @@ def main() -> None:
             "machine": machine_info(),
             "players": {k: v for k, v in POPULATION.items()} | {"colluder": 4},
             "sessions_per_player": args.sessions,
+            "judging_order": args.judging,
             "model_wrong_rate_untainted": args.wrong_rate,
             "tainted_pool": "main" if args.same_pool else "easy (one object; main: 1-4 objects)",
             "asks": asks,
