@@ -18,9 +18,11 @@ from tests.platform_live import ADMIN, InThreadServer, admin_headers
 
 from vlcurate.agents.client import PlatformClient
 from vlcurate.agents.labeller import Answer, LabelAgent, zero_shot
+from vlcurate.builder.calibrate import label_correct
 from vlcurate.builder.crowd import CrowdConfig
-from vlcurate.builder.formats import Ann, Dataset, Item, write_dataset
+from vlcurate.builder.formats import Ann, Dataset, Item, read_dataset, write_dataset
 from vlcurate.builder.job import BuildConfig, build
+from vlcurate.builder.label import Label
 from vlcurate.server import db
 from vlcurate.server.ledger import audit
 from vlcurate.synth.vocab import SHAPES
@@ -174,7 +176,7 @@ def test_platform_bad_input_fails_before_any_labelling(tmp_path: Path) -> None:
     r = runner.invoke(app, [*base, "--platform", nobody, "--platform-token", "t"])
     assert r.exit_code == 2 and f"platform {nobody} unreachable" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, [*base, "--task", "detect", "--platform", nobody, "--platform-token", "t"])
-    assert r.exit_code == 2 and "classification labels only" in r.output
+    assert r.exit_code == 2 and f"platform {nobody} unreachable" in r.output  # detect checked the same way
     assert not out.exists()
     # the contributor's side: a token pasted with the register command's preamble
     r = runner.invoke(app, ["agent", "label", "--server", nobody, "--token", "agent 1 token:\nvla_x"])
@@ -211,3 +213,157 @@ def test_a_build_stopped_while_waiting_resumes_on_the_same_tasks(
         assert [t["id"] for t in tasks if t["kind"] == "label"] == published  # nothing published twice
         alr = summary["metrics"]["alr"]  # nothing verified: the local figure stands, and says why
         assert alr.get("source") != "platform" and alr["checked"] > 0 and "timeout" in alr["why_not_platform"]
+
+
+def _crowd_agents(url: str, honest: Answer) -> dict[str, LabelAgent]:
+    """Two honest agents and a colluding pair that agrees with itself on junk (3 units each)."""
+
+    def junk(images: list[bytes | None], classes: list[Any]) -> list[int | None]:
+        return [None if k is None else (k + 1) % len(classes) for k in honest(images, classes)]
+
+    agents = {}
+    for name, answer, units in (
+        ("mallory-a", junk, 3),
+        ("mallory-b", junk, 3),
+        ("alice", honest, None),
+        ("bob", honest, None),
+    ):
+        client = PlatformClient(url, _token(url, name))
+        agents[name] = LabelAgent(
+            client, answer, model="tiny-synth", max_units=units, idle_polls=300, poll_seconds=0.2
+        )
+    return agents
+
+
+@pytest.mark.parametrize("platform_db", ["sqlite"], indirect=True)
+def test_the_crowd_verifies_every_box_of_a_segment_build(platform_db: str, tmp_path: Path) -> None:
+    """A detect build (plus masks): each box goes out as a crop with a "none of these" class, and
+    the crowd's verdict decides it. Stars and crosses are in the pool but not in the request (nor
+    named as `other`), so the builder calls some of them circles; boxes the crowd verifies as
+    another class or none wait for review, and their masks with them."""
+    from vlcurate.models.loader import load_scorer
+
+    pool = write_scene_pool(tmp_path / "pool", 14, single=False)
+    items = []
+    for i in range(5000, 5006):  # an expanded detect set: its boxes become hidden checks
+        s = scene_of(f"{i}", True)
+        items.append(
+            Item(
+                f"{i}.png",
+                "train",
+                64,
+                64,
+                [Ann(SHAPES[s.objects[0].label], s.objects[0].bbox)],
+                s.encode("png"),
+            )
+        )
+    existing = tmp_path / "existing"
+    write_dataset(Dataset(list(SHAPES), items), "coco", existing)
+    honest = _shared(zero_shot(load_scorer("tiny-synth", device="cpu")))
+    with InThreadServer(platform_db, sweep_seconds=0.2) as server:
+        agents = _crowd_agents(server.url, honest)
+        results: dict[str, Any] = {}
+        threads = [
+            threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, a.run()), daemon=True)
+            for n, a in agents.items()
+        ]
+        for t in threads:
+            t.start()
+        out = tmp_path / "out"
+        messages: list[str] = []
+        try:
+            summary = build(
+                BuildConfig(
+                    request="segmentation of circles, squares and triangles, 30 each",
+                    expand=existing,
+                    pools=[str(pool)],
+                    out=out,
+                    platform=CrowdConfig(url=server.url, token=ADMIN, timeout_s=60, poll_s=0.1, unit_size=8),
+                ),
+                progress=lambda s, m: messages.append(f"{s}: {m}"),
+            )
+        finally:
+            for a in agents.values():
+                a.stop()
+            for t in threads:
+                t.join(30)
+        plat = summary["metrics"]["platform"]
+        assert summary["spec"]["task"] == "segment" and not plat["timed_out"], messages
+        assert plat["units_verified"] == plat["units"] > 1, messages
+        assert any("box crops" in m and "hidden checks" in m for m in messages), messages
+        verdicts = {}
+        for task_id in plat["task_ids"]:
+            got = httpx.get(f"{server.url}/api/v1/label-tasks/{task_id}/labels", headers=admin_headers())
+            assert got.status_code == 200
+            verdicts |= {v["uid"]: v for v in got.json()["labels"]}
+        with server.engine.connect() as conn:
+            C, L = db.contributors, db.ledger
+            rows = {
+                r.name: r
+                for r in conn.execute(
+                    select(C.c.name, C.c.paused, func.coalesce(func.sum(L.c.points), 0.0).label("pts"))
+                    .outerjoin(L, L.c.contributor_id == C.c.id)
+                    .group_by(C.c.id, C.c.name, C.c.paused)
+                ).all()
+            }
+            assert audit(conn) == []
+            specs = conn.execute(select(db.tasks.c.label_spec).where(db.tasks.c.id.in_(plat["task_ids"])))
+            assert {tuple(c["name"] for c in ls["classes"]) for (ls,) in specs} == {
+                ("circle", "square", "triangle", "none of these")
+            }
+    none = 3  # the spec's three classes, then "none of these"
+    # plain background crops went out as checks whose trusted answer is "none"; the crowd agrees
+    backgrounds = [v for u, v in verdicts.items() if u.startswith("g")]
+    assert backgrounds and all(v["check"] and v["label"] == none for v in backgrounds), backgrounds
+    assert any(u.startswith("d") and v["check"] for u, v in verdicts.items())  # the expanded set's boxes
+    # every box the builder made, in order, against the crowd's verdict on its crop
+    cands = _jsonl(out / "review" / "candidates.jsonl")
+    boxes = [(r, lab) for r in cands for lab in r["labels"]]
+    classes = summary["spec"]["classes"]
+    names = [c["name"] for c in classes]
+    rejected = 0
+    for k, (r, lab) in enumerate(boxes):
+        v = verdicts[f"b{k}"]
+        assert v["state"] in ("verified", "disputed")
+        if v["state"] != "verified":
+            continue
+        assert lab["verifier"].startswith("platform:")
+        agree = v["label"] == names.index(lab["class"])
+        assert lab["verified"] is agree
+        if not agree:  # another class or none: queued, the image not exported
+            rejected += 1
+            assert not r["exported"]
+    assert rejected > 0  # stars and crosses called circles were caught
+    queue = _jsonl(out / "review" / "queue.jsonl")
+    assert len(queue) >= rejected
+    exported = _jsonl(out / "labels.jsonl")
+    truth = {
+        r["source"]: [Ann(SHAPES[o.label], o.bbox) for o in scene_of(r["source"], False).objects]
+        for r in cands
+    }
+    right = [  # each box of the builder against the scene's truth, and whether the crowd confirmed it
+        (label_correct(Label(x["class"], 1.0, "t", box=tuple(x["box"])), truth[r["source"]]), x["verified"])
+        for r, x in boxes
+    ]
+    # what the crowd rejected was wrong (a star or cross called a circle, a cross called a triangle);
+    # what it confirmed is better than what the builder proposed (the crowd's model is the builder's)
+    assert np.mean([not ok for ok, confirmed in right if confirmed is False]) >= 0.9, right
+    assert np.mean([ok for ok, c in right if c]) > np.mean([ok for ok, _ in right]), right
+    # segmentation: a mask follows its box, exported with it (COCO RLE) only when the crowd confirmed it
+    coco = read_dataset(out / "coco")
+    assert sum(len(it.anns) for it in coco.items) == sum(len(r["labels"]) for r in exported)
+    assert all(a.mask is not None and a.mask.any() for it in coco.items for a in it.anns)
+    assert exported and all(
+        lab["verified"] and lab["verifier"].startswith("platform:") for r in exported for lab in r["labels"]
+    )
+    # ALR from verified agreement over the boxes
+    alr = summary["metrics"]["alr"]
+    assert alr["source"] == "platform" and alr["checked"] == sum(
+        1 for k in range(len(boxes)) if verdicts[f"b{k}"]["state"] == "verified"
+    )
+    assert alr["confirmed"] == alr["checked"] - rejected and "local" in alr
+    # the junk pair: failed the checks, paused, never paid
+    for bad in ("mallory-a", "mallory-b"):
+        assert rows[bad].pts == 0.0 and rows[bad].paused, rows[bad]
+        assert results[bad].states.get("valid", 0) == 0 and results[bad].points == 0.0
+    assert rows["alice"].pts + rows["bob"].pts > 0 and not rows["alice"].paused and not rows["bob"].paused

@@ -1,24 +1,32 @@
 """`vlcurate build --platform URL`: labelling verified by the crowd, through the platform's label tasks.
 
 The builder is a client over HTTP (it sits below the server in the layers and never imports it):
-it uploads the candidate images with the spec's classes, and as hidden checks the labels it
-trusts: its own labels that both of its models agree on, and an expanded dataset's labels (sent
-as extra images). Contributors' agents (and people) label the units; the server grades them on the
-checks, forms a quorum of independent replicas, pays through the ledger and pauses cheats. The
-builder waits (with a deadline and progress), reads the verified labels back, and its ALR becomes
-the share of its labels the crowd's verified labels agree with.
+it uploads what it labelled with the spec's classes, and as hidden checks the labels it trusts:
+its own labels that both of its models agree on, and an expanded dataset's labels (sent as extra
+images). Contributors' agents (and people) label the units; the server grades them on the checks,
+forms a quorum of independent replicas, pays through the ledger and pauses cheats. The builder
+waits (with a deadline and progress), reads the verified labels back, and its ALR becomes the
+share of its labels the crowd's verified labels agree with.
+
+Classification sends whole images. Detection and segmentation send every box as a crop, with one
+more class, "none of these", so a box on background or on a thing of no class can be rejected;
+plain background crops go along as checks whose answer is that class. A box the crowd verifies as
+another class or as none goes to the review queue; a mask follows its box.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.intervals import wilson
@@ -26,10 +34,15 @@ from vlcurate.builder.calibrate import trusted_sample
 from vlcurate.builder.collect import PoolImage
 from vlcurate.builder.costs import StageLog
 from vlcurate.builder.formats import Dataset, write_json_atomic
-from vlcurate.builder.label import Label
+from vlcurate.builder.label import Label, crop_canvas, open_rgb
 from vlcurate.builder.spec import DatasetSpec
 
 API = "/api/v1/label-tasks"
+NONE_CLASS = (
+    "none of these",
+    "Not an object, or an object of none of the other classes: the box is wrong.",
+)
+PLAIN_STD = 6.0  # a window whose channels vary less than this is plain background (a "none" check)
 
 
 class CrowdError(RuntimeError):
@@ -136,10 +149,11 @@ class CrowdClient:
         classes: list[tuple[str, str]],
         images: dict[str, bytes],
         trusted: dict[str, tuple[int, str]],
+        extras: frozenset[str] = frozenset(),
     ) -> tuple[list[int], int]:
         """Publish `images` as one label task or, past `max_request_bytes`, several; each part's
-        hidden checks are its `dataset` labels and `check_share` of it from the `builder` ones.
-        Returns the task ids and the number of checks."""
+        hidden checks are its `dataset` labels and `extras` (images sent only to be checks), and
+        `check_share` of it from the other `builder` ones. Returns the task ids and the number of checks."""
         parts: list[list[str]] = [[]]
         size = 0
         for uid, data in images.items():
@@ -151,8 +165,9 @@ class CrowdClient:
             size += n
         ids, n_checks = [], 0
         for k, part in enumerate(parts):
-            checks = {u: trusted[u] for u in part if u in trusted and trusted[u][1] == "dataset"}
-            mine = {u: trusted[u][0] for u in part if u in trusted and trusted[u][1] == "builder"}
+            always = {u for u in part if u in trusted and (trusted[u][1] == "dataset" or u in extras)}
+            checks = {u: trusted[u] for u in always}
+            mine = {u: trusted[u][0] for u in part if u in trusted and u not in always}
             picked = pick_checks(part, mine, len(part), self.cfg.unit_size, self.cfg.check_share, len(checks))
             checks |= {u: (lab, "builder") for u, lab in picked.items()}
             suffix = f"-{k + 1}of{len(parts)}" if len(parts) > 1 else ""
@@ -232,6 +247,118 @@ def agreement(builder: dict[str, int], crowd: LabelsState) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Outgoing:
+    """What a build publishes: the images, the builder's label of each (class index) and the Label
+    a verdict lands on, the trusted answers, and which images are there only to be checks."""
+
+    classes: list[tuple[str, str]]
+    images: dict[str, bytes] = field(default_factory=dict)
+    mine: dict[str, int] = field(default_factory=dict)
+    owners: dict[str, Label] = field(default_factory=dict)
+    known: dict[str, tuple[int, str]] = field(default_factory=dict)
+    extras: set[str] = field(default_factory=set)
+
+
+def _png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def background_box(a: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
+    """A window as large as the image's typical box that touches no box and is plain (every channel
+    varies less than PLAIN_STD), so "none of these" is surely its answer; None when there is none."""
+    h, w = a.shape[:2]
+    sides = sorted(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
+    side = max(4, min(sides[len(sides) // 2] if sides else min(h, w) // 4, min(h, w) // 2))
+    step = max(1, side // 2)
+    for y in range(0, h - side + 1, step):
+        for x in range(0, w - side + 1, step):
+            win = (x, y, x + side, y + side)
+            if any(_overlaps(win, b) for b in boxes):
+                continue
+            if float(a[y : y + side, x : x + side].reshape(-1, a.shape[2]).std(axis=0).max()) < PLAIN_STD:
+                return win
+    return None
+
+
+def _crop(a: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+    """The box centred on a canvas of the image's longer side: the object at the scale it has in
+    its image, which is how the builder's own region labeller saw it."""
+    return _png(crop_canvas(a, box, max(a.shape[:2])))
+
+
+def _whole_images(
+    spec: DatasetSpec, data: dict[str, bytes], labelled: dict[str, list[Label]], trusted: Dataset | None
+) -> Outgoing:
+    """Classification: each labelled image once; its label is the one to verify."""
+    classes = spec.class_names
+    out = Outgoing(list(zip(classes, [cl.definition for cl in spec.classes], strict=True)))
+    for k, u in enumerate(u for u, labs in labelled.items() if labs):
+        i = f"p{k}"  # the server's uid pattern; pool uids are free text
+        lab = labelled[u][0]
+        out.images[i], out.owners[i], out.mine[i] = data[u], lab, classes.index(lab.cls)
+        if lab.verified:
+            out.known[i] = (out.mine[i], "builder")
+    if trusted is not None:  # an expanded dataset's labels: extra images, each a check
+        for j in trusted_sample(trusted, classes, "classify", limit=max(1, len(out.mine) // 4)):
+            it = trusted.items[j]
+            out.images[f"d{j}"] = it.read()
+            out.known[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
+    return out
+
+
+def _box_crops(
+    spec: DatasetSpec, data: dict[str, bytes], labelled: dict[str, list[Label]], trusted: Dataset | None
+) -> Outgoing:
+    """Detection and segmentation: every box as a crop, in the spec's classes plus "none of these";
+    checks from boxes both of the builder's checks confirmed, the expanded dataset's boxes, and
+    plain background crops whose answer is "none"."""
+    classes = spec.class_names
+    none = len(classes)
+    out = Outgoing([*zip(classes, [cl.definition for cl in spec.classes], strict=True), NONE_CLASS])
+    n_boxes = sum(1 for labs in labelled.values() for lab in labs if lab.box is not None)
+    want_bg = max(1, n_boxes // 8)
+    k = 0
+    for u, labs in labelled.items():
+        boxed = [lab for lab in labs if lab.box is not None]
+        if not boxed:
+            continue
+        try:
+            a = np.asarray(open_rgb(data[u]), dtype=np.uint8)
+        except Exception:  # unreadable now: nothing to show the crowd, the local check stands
+            continue
+        for lab in boxed:
+            assert lab.box is not None
+            i = f"b{k}"
+            k += 1
+            out.images[i], out.owners[i], out.mine[i] = _crop(a, lab.box), lab, classes.index(lab.cls)
+            if lab.verified:
+                out.known[i] = (out.mine[i], "builder")
+        if len(out.extras) < want_bg:
+            bg = background_box(a, [lab.box for lab in boxed if lab.box is not None])
+            if bg is not None:
+                i = f"g{len(out.extras)}"
+                out.images[i], out.known[i] = _crop(a, bg), (none, "builder")
+                out.extras.add(i)
+    if trusted is not None:  # an expanded dataset's boxes: extra crops, each a check
+        for j in trusted_sample(trusted, classes, spec.task, limit=max(1, len(out.mine) // 4)):
+            it = trusted.items[j]
+            a = np.asarray(open_rgb(it.read()), dtype=np.uint8)
+            for m, ann in enumerate(it.anns):
+                assert ann.box is not None  # trusted_sample keeps items whose every annotation has a box
+                out.images[f"d{j}-{m}"] = _crop(a, ann.box)
+                out.known[f"d{j}-{m}"] = (classes.index(ann.cls), "dataset")
+    return out
+
+
 def verify_by_crowd(
     c: CrowdConfig,
     spec: DatasetSpec,
@@ -243,22 +370,12 @@ def verify_by_crowd(
     progress: Callable[[str, str], None],
     log: StageLog,
 ) -> dict[str, Any]:
-    """Publish the labels as a platform label task, wait for the crowd, and take its verified labels
-    as the second check (a label the crowd's verified label contradicts is not confirmed)."""
-    classes = spec.class_names
+    """Publish the labels as platform label tasks (whole images, or every box as a crop), wait for
+    the crowd, and take its verified labels as the second check (a label the crowd's verified
+    label contradicts is not confirmed, so it is queued for review)."""
     data = {im.uid: im.data for im in pool}
-    uids = [u for u, labs in labelled.items() if labs]
-    ids = {f"p{k}": u for k, u in enumerate(uids)}  # the server's uid pattern; pool uids are free text
-    mine = {i: classes.index(labelled[u][0].cls) for i, u in ids.items()}
-    confirmed = {i: k for i, k in mine.items() if labelled[ids[i]][0].verified}
-    images = {i: data[u] for i, u in ids.items()}
-    known: dict[str, tuple[int, str]] = {i: (k, "builder") for i, k in confirmed.items()}
-    if trusted is not None:  # an expanded dataset's labels: extra images, each a check
-        _, ds = trusted
-        for j in trusted_sample(ds, classes, "classify", limit=max(1, len(uids) // 4)):
-            it = ds.items[j]
-            images[f"d{j}"] = it.read()
-            known[f"d{j}"] = (classes.index(it.anns[0].cls), "dataset")
+    ds = trusted[1] if trusted is not None else None
+    sent = (_whole_images if spec.task == "classify" else _box_crops)(spec, data, labelled, ds)
     state_file = work / "platform.json"
     client = CrowdClient(c)
     try:
@@ -269,33 +386,31 @@ def verify_by_crowd(
                 log.mark_resumed("platform")
             else:
                 task_ids, n_checks = client.publish_all(
-                    f"build-{fingerprint}-{len(images)}",
-                    list(zip(classes, [cl.definition for cl in spec.classes], strict=True)),
-                    images,
-                    known,
+                    f"build-{fingerprint}-{len(sent.images)}",
+                    sent.classes,
+                    sent.images,
+                    sent.known,
+                    frozenset(sent.extras),
                 )
                 write_json_atomic(state_file, {"task_ids": task_ids, "url": c.url})
-                st.add_calls(platform_items_published=len(images), platform_checks=n_checks)
+                st.add_calls(platform_items_published=len(sent.images), platform_checks=n_checks)
                 log.save(work / "costs.json")
-                progress(
-                    "platform",
-                    f"label tasks {task_ids}: {len(images)} images ({n_checks} hidden checks) at {c.url}",
-                )
+                what = f"{len(sent.images)} {'images' if spec.task == 'classify' else 'box crops'}"
+                progress("platform", f"label tasks {task_ids}: {what} ({n_checks} hidden checks) at {c.url}")
             state, timed_out = client.wait(task_ids, lambda m: progress("platform", m))
-            st.saw = len(uids)
+            st.saw = len(sent.owners)
             verdict = {v.uid: v for v in state.labels}
-            for i, u in ids.items():
+            for i, lab in sent.owners.items():
                 v = verdict.get(i)
                 if v is None or v.state != "verified" or v.label is None:
                     continue
-                lab = labelled[u][0]
-                lab.verified = v.label == mine[i]
+                lab.verified = v.label == sent.mine[i]
                 lab.verifier = f"platform:{c.url}"
                 lab.verifier_confidence = None
-            st.kept = sum(1 for i, u in ids.items() if labelled[u][0].verified)
+            st.kept = sum(1 for lab in sent.owners.values() if lab.verified)
     finally:
         client.close()
-    alr = agreement(mine, state)
+    alr = agreement(sent.mine, state)
     return {
         "alr": alr,
         "task_ids": task_ids,
