@@ -42,6 +42,7 @@ NONE_CLASS = (
     "none of these",
     "Not an object, or an object of none of the other classes: the box is wrong.",
 )
+CROP_MAX = 768  # pixels: the longest side of a published crop
 PLAIN_STD = 6.0  # a window whose channels vary less than this is plain background (a "none" check)
 
 
@@ -290,9 +291,10 @@ def background_box(a: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tup
 
 
 def _crop(a: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
-    """The box centred on a canvas of the image's longer side: the object at the scale it has in
-    its image, which is how the builder's own region labeller saw it."""
-    return _png(crop_canvas(a, box, max(a.shape[:2])))
+    """The box centred on a canvas of the image's longer side (at most CROP_MAX pixels, so a
+    photo's crops stay small to send): the object at the scale it has in its image, which is how
+    the builder's own region labeller saw it; a small object in a large photo comes out larger."""
+    return _png(crop_canvas(a, box, min(max(a.shape[:2]), CROP_MAX)))
 
 
 def _whole_images(
