@@ -370,3 +370,16 @@ def test_the_crowd_verifies_every_box_of_a_detect_build(platform_db: str, task: 
         assert rows[bad].pts == 0.0 and rows[bad].paused, rows[bad]
         assert results[bad].states.get("valid", 0) == 0 and results[bad].points == 0.0
     assert rows["alice"].pts + rows["bob"].pts > 0 and not rows["alice"].paused and not rows["bob"].paused
+
+
+def test_background_checks_come_only_from_plain_windows_that_touch_no_box() -> None:
+    from vlcurate.builder.crowd import PLAIN_STD, background_box
+
+    a = np.full((64, 64, 3), 110, np.uint8)
+    a[0:20, 0:20] = (215, 35, 35)  # an object in the top left
+    win = background_box(a, [(0, 0, 20, 20)])
+    assert win is not None and (win[0] >= 20 or win[1] >= 20)  # outside the box
+    x0, y0, x1, y1 = win
+    assert a[y0:y1, x0:x1].reshape(-1, 3).std(axis=0).max() < PLAIN_STD
+    noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert background_box(noisy, [(0, 0, 10, 10)]) is None  # a busy photo gives no "none" check
