@@ -476,14 +476,18 @@ def plan(cfg: BuildConfig) -> dict[str, Any]:
     candidates = min(n, int(spec.images_per_class * cfg.oversample * k))
     trusted = _trusted(cfg, existing)
     n_trusted = len(trusted_sample(trusted[1], spec.class_names, spec.task)) if trusted else 0
-    calls = {
+    calls: dict[str, int | str] = {
         "image_embeddings": n,
         "labeller_calls": candidates + n_trusted,
         "verifier_calls": candidates + n_trusted,
         "vlm_calls": candidates + n_trusted if cfg.verifier == "vlm" else 0,
         "calibration_images": n_trusted,
-        "platform_images": candidates if cfg.platform else 0,
+        "platform_images": candidates if cfg.platform and spec.task == "classify" else 0,
     }
+    if cfg.platform and spec.task != "classify":
+        # detect/segment builds publish one crop per labelled box (+ one background check per 8 boxes);
+        # how many boxes there are is known only after labelling
+        calls["platform_crops"] = "one per labelled box, plus one background check per 8 boxes"
     # benchmarks/builder.py on 2 shared cores with tiny-synth: ~16 s per 1,000 pool images (read, tools,
     # dedup, embed) and ~8 s per 1,000 candidates (label, check, export); real models are far slower
     seconds = n / 1000 * 16.0 + candidates / 1000 * 8.0

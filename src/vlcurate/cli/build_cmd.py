@@ -86,7 +86,8 @@ def build(
         str | None,
         typer.Option(
             help="platform URL (`vlcurate serve`): contributors' agents label and verify the images "
-            "as a label task; ALR then comes from their verified agreement (classification)"
+            "as label tasks (whole images for classify, one crop per box for detect/segment); ALR then "
+            "comes from their verified agreement"
         ),
     ] = None,
     platform_token: Annotated[
