@@ -361,19 +361,11 @@ class VLMClient:
             yield StreamEvent(result=VLMResult(error=str(exc)))
             return
         key = cache_key(s.model, req, [im.key for im in images], s.extra_body)
-        if self._cache is not None and req.use_cache:
-            hit = self._cache.get(key)
-            if hit is not None and hit.get("texts"):
-                yield StreamEvent(delta=str(hit["texts"][0]))
-                yield StreamEvent(
-                    result=VLMResult(
-                        texts=[str(hit["texts"][0])],
-                        finish_reasons=list(hit.get("finish_reasons") or [None]),
-                        parsed=[None],
-                        cached=True,
-                    )
-                )
-                return
+        hit = self._recall(key) if req.use_cache else None
+        if hit is not None and hit.texts:
+            yield StreamEvent(delta=hit.texts[0])
+            yield StreamEvent(result=hit)
+            return
         try:
             images = await self._resolve(images)
         except ImageInputError as exc:
@@ -392,17 +384,8 @@ class VLMClient:
             res = await self._ask(req, images)
             if res.ok:
                 yield StreamEvent(delta=res.text)
-        if res.ok and self._cache is not None:
-            self._cache.put(
-                key,
-                {
-                    "texts": res.texts,
-                    "finish_reasons": res.finish_reasons,
-                    "parsed": res.parsed,
-                    "prompt_tokens": res.prompt_tokens,
-                    "completion_tokens": res.completion_tokens,
-                },
-            )
+        if res.ok:
+            self._remember(key, res)
         yield StreamEvent(result=res)
 
     async def _ask_stream(
@@ -609,23 +592,38 @@ class VLMClient:
             self._counter.errors["bad_input"] += 1
             return VLMResult(error=str(exc))
         key = cache_key(s.model, req, [im.key for im in images], s.extra_body)
-        if self._cache is not None and req.use_cache:
-            hit = self._cache.get(key)
-            if hit is not None:
-                with contextlib.suppress(TypeError, KeyError):
-                    return VLMResult(
-                        texts=list(hit["texts"]),
-                        finish_reasons=list(hit["finish_reasons"]),
-                        parsed=list(hit["parsed"]),
-                        cached=True,
-                    )
+        hit = self._recall(key) if req.use_cache else None
+        if hit is not None:
+            return hit
         try:
             images = await self._resolve(images)
         except ImageInputError as exc:
             self._counter.errors["bad_input"] += 1
             return VLMResult(error=str(exc))
         res = await self._ask(req, images)
-        if res.ok and self._cache is not None:
+        if res.ok:
+            self._remember(key, res)
+        return res
+
+    def _recall(self, key: str) -> VLMResult | None:
+        """A cached result, or None (no cache, a miss, or an entry of another shape)."""
+        if self._cache is None:
+            return None
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        try:
+            return VLMResult(
+                texts=[str(t) for t in hit["texts"]],
+                finish_reasons=list(hit.get("finish_reasons") or [None] * len(hit["texts"])),
+                parsed=list(hit.get("parsed") or [None] * len(hit["texts"])),
+                cached=True,
+            )
+        except (TypeError, KeyError):
+            return None
+
+    def _remember(self, key: str, res: VLMResult) -> None:
+        if self._cache is not None:
             self._cache.put(
                 key,
                 {
@@ -636,7 +634,6 @@ class VLMClient:
                     "completion_tokens": res.completion_tokens,
                 },
             )
-        return res
 
     async def _resolve(self, images: list[PreparedImage]) -> list[PreparedImage]:
         """Fetch remote images that must go inline (data_url transport)."""
