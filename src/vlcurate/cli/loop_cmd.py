@@ -1,9 +1,12 @@
 """`vlcurate loop BENCH`: evaluate, diagnose, plan, apply, version, train, validate, for N rounds.
 
 Where new data comes from is the collector: `--collect synth` (offline: the synthetic world's
-`make_training_samples` answers each collect action's focus) or `--collect-cmd CMD`, a command run
-once per collect action with {out} (a folder to write instruction data into), {n}, {focus} (JSON),
-{request} (the `vlcurate build` request) and {seed}.
+`make_training_samples` answers each collect action's focus), `--collect build --pool SRC` (each
+collect action's `vlcurate build` request run against the pool; every exported, verified image
+becomes a question/answer sample) or `--collect-cmd CMD`, a command run once per collect action with
+{out} (a folder to write instruction data into), {n}, {focus} (JSON), {request} (the `vlcurate
+build` request) and {seed}. The plan's improve recipes run over the training samples unless
+`--no-improve`.
 """
 
 from __future__ import annotations
@@ -89,7 +92,22 @@ def loop_cmd(
             "{store}; default: the bundled server reloads its memory (POST /admin/memory)"
         ),
     ] = None,
-    collect: Annotated[str, typer.Option(help="where new data comes from: synth (offline)")] = "synth",
+    collect: Annotated[
+        str,
+        typer.Option(help="where new data comes from: synth (offline) or build (`vlcurate build`, --pool)"),
+    ] = "synth",
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--collect build: image pool(s) to build from (folders, shards, Parquet, manifests)"
+        ),
+    ] = None,
+    improve: Annotated[
+        bool,
+        typer.Option(
+            "--improve/--no-improve", help="run the plan's improve recipes (recaption, CoT rewrite)"
+        ),
+    ] = True,
     collect_cmd: Annotated[
         str | None,
         typer.Option(help="collect with a command instead: {out}, {n}, {focus}, {request}, {seed}"),
@@ -109,9 +127,21 @@ def loop_cmd(
     from vlcurate.metabolism.loop import Collector, Loop, LoopConfig, LoopError
 
     with user_errors(LoopError):
-        if collect != "synth" and collect_cmd is None:
-            raise ValueError(f"--collect {collect!r}: only 'synth' is built in; use --collect-cmd for others")
-        collector: Collector = command_collector(collect_cmd) if collect_cmd else synth_collector
+        if collect not in ("synth", "build") and collect_cmd is None:
+            raise ValueError(
+                f"--collect {collect!r}: 'synth' and 'build' are built in; use --collect-cmd for others"
+            )
+        if collect == "build" and not pool and collect_cmd is None:
+            raise ValueError("--collect build needs --pool (the images to build from)")
+        if pool and collect != "build":
+            raise ValueError("--pool is for --collect build")
+        collector: Collector = synth_collector
+        if collect_cmd:
+            collector = command_collector(collect_cmd)
+        elif collect == "build":
+            from vlcurate.metabolism.apply import build_collector
+
+            collector = build_collector(list(pool or []), progress=not quiet)
         cfg = LoopConfig.model_validate(
             {
                 "bench": str(bench),
@@ -129,12 +159,15 @@ def loop_cmd(
                 "limit": limit,
                 "concurrency": concurrency,
                 "probe": probe,
+                "improve": improve,
                 "scorer": None if scorer.lower() == "none" else scorer,
                 "progress": not quiet,
             }
         )
         summary = Loop(cfg, collector).run()
-    table = Table("round", "status", "top weakness", "added", "removed", "overall before", "overall after")
+    table = Table(
+        "round", "status", "top weakness", "added", "improved", "removed", "overall before", "overall after"
+    )
     for r in summary.rounds:
         b, a = r.accuracy_before.get("overall", {}), r.accuracy_after.get("overall", {})
         table.add_row(
@@ -142,6 +175,7 @@ def loop_cmd(
             r.status,
             r.top_weakness or "-",
             str(r.added),
+            str(r.improved),
             str(r.removed),
             f"{b['accuracy']:.1%}" if b.get("accuracy") is not None else "-",
             f"{a['accuracy']:.1%}" if a.get("accuracy") is not None else "-",

@@ -5,8 +5,11 @@ One round, in OUT/round-N/:
     base eval   the model as it is (round 1) or the accepted model of the round before
     diagnose    the base run against the base version's samples (diag/)
     plan        plan/ (a diagnosis with no weaknesses ends the loop: converged)
-    apply       new samples for every collect action (the `Collector`: offline the synthetic world's
-                generator, or a user command), implicated samples removed (catabolism)
+    apply       implicated samples removed (catabolism); new samples for every collect action (the
+                `Collector`: offline the synthetic world's generator, a `vlcurate build` over an
+                image pool, or a user command); every improve action's recipe run with the engine
+                over the training samples (`metabolism.apply`: rewrites replace their originals,
+                the recipe's drops are removals; `improve=False` skips it)
     version     VersionStore.commit(parent=base version, plan_id=plan id, lineage events naming the
                 action and weakness behind every added or removed sample); the plan is attached
     train       the train hook with the new version exported (`--train-cmd` with {version_dir},
@@ -82,6 +85,7 @@ class LoopConfig(BaseModel):
     concurrency: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1)
     probe: bool = True
+    improve: bool = True  # run the plan's improve recipes (recaption, chain-of-thought rewrite)
     scorer: str | None = "tiny-synth"
     progress: bool = True
 
@@ -98,6 +102,7 @@ class RoundRecord(BaseModel):
     top_weakness: str | None = None
     added: int = 0
     removed: int = 0
+    improved: int = 0  # samples an improve recipe rewrote (same id, new messages)
     new_version: str | None = None
     export: str | None = None
     new_run: str | None = None
@@ -244,12 +249,14 @@ class Loop:
                             params={"plan": plan.id, "action": r.id, "weakness": r.evidence.weakness},
                         )
                     )
+        new: dict[str, dict[str, Any]] = {}
         for k, c in enumerate(plan.collect):
             files = self.collector(c, folder / "collect" / c.id, 1000 * rnd + k)
             ing = read_instruct(files, self.cfg.store)
             for s in ing.samples:
                 s["id"] = f"r{rnd}-{c.id}-{s['id']}"
-                samples[s["id"]] = s
+                new[s["id"]] = s
+                label: dict[str, Any] = s["label"] if isinstance(s.get("label"), dict) else {}
                 events.append(
                     LineageEvent(
                         sample_id=s["id"],
@@ -260,10 +267,19 @@ class Loop:
                             "action": c.id,
                             "weakness": c.evidence.weakness,
                             "focus": c.focus,
+                            **({"build": s["build"]} if "build" in s else {}),
+                            **({"label_model": label["model"]} if label.get("model") else {}),
                         },
+                        scores={"label_confidence": label["confidence"]} if "confidence" in label else {},
                     )
                 )
-        return list(samples.values()), events
+        if self.cfg.improve:  # over the training samples (collected data is new and checked already)
+            from vlcurate.metabolism.apply import apply_improve
+
+            events += apply_improve(
+                plan, samples, folder / "plan", folder / "improve", progress=self.cfg.progress
+            )
+        return [*samples.values(), *new.values()], events
 
     # ---- rounds -------------------------------------------------------------------------------
     def run_round(self, rnd: int, base_version: str, base_run: Path | None) -> RoundRecord:
@@ -345,6 +361,7 @@ class Loop:
             rec.new_version = info.id
             rec.added = sum(1 for e in events if e.op == "collect")
             rec.removed = sum(1 for e in events if e.dropped)
+            rec.improved = sum(1 for e in events if e.op == "cot_rewrite")
             mark("apply")
             mark("version")
         assert rec.new_version is not None

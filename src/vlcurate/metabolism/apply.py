@@ -1,0 +1,220 @@
+"""The loop's apply step for a plan's **improve** actions: each action's recipe, run with the
+project's engine (`ops.engine_local.run_recipe`, as `vlcurate run` does) over the current training
+samples, changes the samples the new version will hold.
+
+- A sample the recipe rewrote (`messages_cot`: a chain-of-thought rewrite checked against the short
+  answer) replaces its original under the same id, with a lineage event naming the operator, the
+  plan, the action and the weakness.
+- A sample a later step dropped (hallucination, teacher behaviour, answer agreement) becomes a
+  removal with that operator's reason.
+- A sample the recipe's first step (`concept_match`, the action's terms) left out is not what the
+  action is about: it stays as it is.
+
+A recipe that cannot run, a run with failed shards, or a VLM that answered none of the rewrite
+requests raises `ApplyError`: the loop marks the round failed and commits nothing.
+
+`build_collector` answers collect actions with `vlcurate build` (`builder.job.build`) over an image
+pool: each exported image with a verified label becomes a question/answer sample whose lineage names
+the build and the label's confidence and model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from vlcurate.base.atomic import write_text_atomic
+from vlcurate.metabolism.plan import CollectAction, ImproveAction, Plan
+from vlcurate.versions.model import LineageEvent
+
+INPUT_FILE = "input.jsonl"
+# Rows the first step (the action's scope) or the source left out are not the action's business.
+OUT_OF_SCOPE = ("concept_match", "source")
+
+
+class ApplyError(RuntimeError):
+    """An improve recipe or a build that failed: the round is marked failed, nothing is committed."""
+
+
+def write_input(samples: dict[str, dict[str, Any]], path: Path) -> Path:
+    """The current training samples as instruction data (JSONL, stored form) for the recipes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(s) + "\n" for s in samples.values()))
+    return path
+
+
+def run_action(action: ImproveAction, plan_dir: Path, data: Path, out: Path, *, progress: bool) -> Path:
+    """Run the action's recipe over `data` into `out` (the engine's run folder); errors as `ApplyError`."""
+    from vlcurate.io.shards import ShardReadError
+    from vlcurate.ops.base import StepError
+    from vlcurate.ops.engine_local import run_recipe
+    from vlcurate.ops.recipe import RecipeError, load_recipe
+
+    where = f"improve {action.id} ({action.op})"
+    try:
+        rec = load_recipe(plan_dir / action.recipe).with_overrides(input=str(data), out=str(out))
+        result = run_recipe(rec, progress=progress)
+    except (RecipeError, StepError, ShardReadError, OSError) as exc:
+        raise ApplyError(f"{where}: {exc}") from exc
+    if result.partial:
+        shards = "; ".join(f"{k}: {v}" for k, v in result.failed_shards.items())
+        raise ApplyError(f"{where}: the recipe's run is partial ({shards or 'pairs failed to load'})")
+    return result.out
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in sorted((run_dir / "decisions").glob("*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows
+
+
+def apply_improve(
+    plan: Plan,
+    samples: dict[str, dict[str, Any]],
+    plan_dir: Path,
+    folder: Path,
+    *,
+    progress: bool = False,
+) -> list[LineageEvent]:
+    """Run every improve action of `plan` over `samples` (changed in place); the lineage events.
+
+    Every action sees the samples as they were before the first one; a sample an earlier action
+    already rewrote or removed is left to that action."""
+    if not plan.improve:
+        return []
+    data = write_input(samples, folder / INPUT_FILE)
+    events: list[LineageEvent] = []
+    touched: set[str] = set()
+    for action in plan.improve:
+        run_dir = run_action(action, plan_dir, data, folder / action.id, progress=progress)
+        rows = _rows(run_dir)
+        params = {"plan": plan.id, "action": action.id, "weakness": action.evidence.weakness}
+        statuses = [str(r["cot_status"]) for r in rows if r.get("cot_status")]
+        if statuses and all(s.startswith("error:") for s in statuses):
+            raise ApplyError(
+                f"improve {action.id} ({action.op}): every rewrite failed ({len(statuses)}), "
+                f"first: {statuses[0][len('error:') :]}"
+            )
+        for r in rows:
+            sid = str(r.get("key") or r.get("uid"))
+            if sid not in samples or sid in touched:
+                continue
+            by = r.get("dropped_by")
+            if not r.get("keep", True):
+                if by in OUT_OF_SCOPE:
+                    continue
+                touched.add(sid)
+                del samples[sid]
+                reason = f"{r.get('reason') or by}; plan {plan.id} {action.id} ({action.op})"
+                events.append(
+                    LineageEvent(sample_id=sid, op=str(by), reason=reason, dropped=True, params=params)
+                )
+            elif r.get("messages_cot"):
+                touched.add(sid)
+                before = samples[sid]["messages"]
+                samples[sid] = {**samples[sid], "messages": json.loads(r["messages_cot"])}
+                events.append(
+                    LineageEvent(
+                        sample_id=sid,
+                        op="cot_rewrite",
+                        reason=f"plan {plan.id} {action.id} ({action.op}): {action.evidence.label}; "
+                        "the rewrite's final answer agrees with the short answer",
+                        params={**params, "op": action.op, "replaced_turns": len(before)},
+                        scores={"cot_status": r.get("cot_status")},
+                    )
+                )
+    return events
+
+
+# ---- collect actions answered by `vlcurate build` ---------------------------------------------
+
+
+def build_question(classes: list[str]) -> str:
+    """The instruction asked about a built classification image."""
+    return f"What is shown in the image? Answer with one of: {', '.join(classes)}."
+
+
+def build_collector(
+    pools: list[str], *, progress: bool = False
+) -> Callable[[CollectAction, Path, int], list[Path]]:
+    """A collector that runs `builder.job.build` for each collect action's build request against
+    `pools` and turns every exported, verified image into a question/answer sample (LLaVA JSON)."""
+
+    def collect(action: CollectAction, out: Path, seed: int) -> list[Path]:
+        from vlcurate.builder.job import BuildConfig, build
+        from vlcurate.builder.spec import SpecError
+
+        build_out = out / "build"
+        try:
+            cfg = BuildConfig(request=action.build_request, pools=list(pools), out=build_out, overwrite=True)
+            summary = build(cfg, _build_progress if progress else _quiet_build)
+        except (SpecError, ValueError, OSError) as exc:
+            raise ApplyError(f"build {action.id} ({action.build_request!r}): {exc}") from exc
+        spec = summary["spec"]
+        if spec["task"] != "classify":
+            raise ApplyError(
+                f"build {action.id} ({action.build_request!r}): a {spec['task']} build; only "
+                "classification builds become instruction samples (use --collect synth or --collect-cmd)"
+            )
+        return [
+            write_build_samples(build_out, action, [c["name"] for c in spec["classes"]], out / "data.json")
+        ]
+
+    return collect
+
+
+def _quiet_build(stage: str, message: str) -> None:
+    return None
+
+
+def _build_progress(stage: str, message: str) -> None:
+    import sys
+
+    print(f"build {stage}: {message}", file=sys.stderr)
+
+
+def write_build_samples(build_out: Path, action: CollectAction, classes: list[str], path: Path) -> Path:
+    """One sample per exported image whose label was verified: the question from the spec's classes,
+    the answer its label, and the build and the label's confidence and model beside them."""
+    files = {p.name: p for p in (build_out / "imagefolder").glob("*/*/*") if p.is_file()}
+    question = build_question(classes)
+    records: list[dict[str, Any]] = []
+    for line in (build_out / "labels.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        labels = [lab for lab in row["labels"] if lab.get("verified")]
+        image = files.get(row["file"])
+        if not labels or image is None:
+            continue
+        lab = labels[0]
+        records.append(
+            {
+                "id": f"{action.id}-{row['uid'][:20]}",
+                "image": str(image.resolve()),
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {"from": "gpt", "value": lab["class"]},
+                ],
+                "short_answer": lab["class"],
+                "choices": classes,
+                "build": {
+                    "request": action.build_request,
+                    "out": str(build_out.resolve()),
+                    "uid": row["uid"],
+                    "source": row.get("source"),
+                    "split": row.get("split"),
+                },
+                "label": {
+                    k: lab.get(k) for k in ("class", "confidence", "model", "verifier", "verifier_confidence")
+                },
+            }
+        )
+    if not records:
+        raise ApplyError(f"build {action.id} ({action.build_request!r}): no verified image was exported")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(records, indent=1))
+    return path

@@ -1,0 +1,96 @@
+"""The loop's apply step beyond the synthetic collector: the plan's improve recipes run with the
+engine against the bundled VLM server (rewrites replace their originals, with lineage), a recipe
+that fails fails the round with nothing committed, and `--collect build` turns a `vlcurate build`
+over a small synthetic pool into question/answer samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.metabolism.runs import blind_to, write_run
+from tests.vlm_live import VLMServer
+
+from vlcurate.cli.loop_cmd import synth_collector
+from vlcurate.metabolism.loop import Loop, LoopConfig, LoopError
+from vlcurate.metabolism.plan import CollectAction, load_plan
+from vlcurate.synth.bench import make_training_samples
+from vlcurate.versions.store import VersionStore
+
+
+def _config(tmp_path: Path, endpoint: str, train: Path, **kw: Any) -> LoopConfig:
+    return LoopConfig.model_validate(
+        {
+            "bench": str(tmp_path / "r" / "bench" / "bench.jsonl"),
+            "endpoint": endpoint,
+            "store": tmp_path / "store",
+            "out": tmp_path / "loop",
+            "train": str(train),
+            "per_weakness": 4,
+            "top": 1,
+            "probe": False,
+            "scorer": None,
+            "progress": False,
+            "train_cmd": "true",
+            **kw,
+        }
+    )
+
+
+def test_improve_recipe_rewrites_samples_with_lineage(tmp_path: Path) -> None:
+    """Blind to red: the plan recaptions the training samples about red; the engine runs the recipe
+    against the bundled server, and the committed version holds the checked rewrites in place of
+    the originals, each with a lineage event naming the operator, plan, action and weakness."""
+    run = write_run(tmp_path / "r", 16, 0, blind_to("red"))
+    train = make_training_samples(tmp_path / "train", 8, seed=4, focus={"colour": "red"})
+    with VLMServer() as vlm:
+        loop = Loop(_config(tmp_path, vlm.base_url, train), synth_collector)
+        base = loop.initial_version()
+        rec = loop.run_round(1, base, run)
+    plan = json.loads((tmp_path / "loop" / "round-1" / "plan" / "plan.json").read_text())
+    (improve,) = plan["improve"]
+    assert improve["op"] == "recaption" and improve["terms"] == ["red"]
+    assert rec.new_version is not None and rec.improved > 0
+    vs = VersionStore(tmp_path / "store")
+    before = {s["id"]: s for s in vs.iter_samples(base)}
+    after = {s["id"]: s for s in vs.iter_samples(rec.new_version)}
+    rewrites = [e for e in vs.events(rec.new_version).to_pylist() if e["op"] == "cot_rewrite"]
+    assert len(rewrites) == rec.improved
+    for e in rewrites:
+        sid = e["sample_id"]
+        params = json.loads(e["params"]) if isinstance(e["params"], str) else e["params"]
+        assert params["plan"] == plan["id"] and params["action"] == improve["id"]
+        assert params["weakness"] == improve["evidence"]["weakness"] and plan["id"] in e["reason"]
+        old, new = before[sid]["messages"][-1]["content"], after[sid]["messages"][-1]["content"]
+        assert new != old and new.endswith(f"Answer: {before[sid]['short_answer']}")  # replaced, same id
+    untouched = set(before) - {e["sample_id"] for e in rewrites}
+    assert all(after[s]["messages"] == before[s]["messages"] for s in untouched if s in after)
+    assert len(after) == len(before) + rec.added - rec.removed
+
+
+def test_failing_improve_recipe_fails_the_round_and_commits_nothing(tmp_path: Path) -> None:
+    """A recipe the engine cannot run (here: a plan's recipe edited into nonsense) fails the round
+    with the error, before anything is committed; `--no-improve` commits the collected data only."""
+    run = write_run(tmp_path / "r", 16, 0, blind_to("red"))
+    train = make_training_samples(tmp_path / "train", 6, seed=4, focus={"colour": "red"})
+
+    def later(action: CollectAction, out: Path, seed: int) -> list[Path]:
+        raise RuntimeError("not yet")
+
+    loop = Loop(_config(tmp_path, "http://127.0.0.1:9/v1", train, improve=False), later)
+    base = loop.initial_version()
+    with pytest.raises(LoopError, match="apply: not yet"):  # stops after the plan is written
+        loop.run_round(1, base, run)
+    plan = load_plan(tmp_path / "loop" / "round-1" / "plan")
+    (tmp_path / "loop" / "round-1" / "plan" / plan.improve[0].recipe).write_text("steps: [{op: nope}]\n")
+    loop = Loop(_config(tmp_path, "http://127.0.0.1:9/v1", train), synth_collector)
+    with pytest.raises(LoopError, match=r"apply: improve a02 \(recaption\): .*a02\.yaml: missing 'source'"):
+        loop.run_round(1, base, run)
+    rnd = json.loads((tmp_path / "loop" / "round-1" / "round.json").read_text())
+    assert rnd["status"] == "failed" and rnd["done"] == ["base_eval", "diagnose", "plan"]
+    assert "a02.yaml: missing 'source'" in rnd["error"] and VersionStore(tmp_path / "store").ids() == [base]
+    loop = Loop(_config(tmp_path, "http://127.0.0.1:9/v1", train, improve=False), synth_collector)
+    samples, events = loop.apply(plan, base, 1, tmp_path / "loop" / "round-1")
+    assert {e.op for e in events} == {"collect"} and len(samples) == 6 + len(events)
