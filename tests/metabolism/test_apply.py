@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.builder.conftest import true_class, write_scene_pool
 from tests.metabolism.runs import blind_to, write_run
 from tests.vlm_live import VLMServer
+from typer.testing import CliRunner
 
 from vlcurate.cli.loop_cmd import synth_collector
+from vlcurate.cli.main import app
+from vlcurate.metabolism.apply import ApplyError, build_collector
 from vlcurate.metabolism.loop import Loop, LoopConfig, LoopError
-from vlcurate.metabolism.plan import CollectAction, load_plan
+from vlcurate.metabolism.plan import CollectAction, Plan, load_plan
 from vlcurate.synth.bench import make_training_samples
 from vlcurate.versions.store import VersionStore
 
@@ -94,3 +98,75 @@ def test_failing_improve_recipe_fails_the_round_and_commits_nothing(tmp_path: Pa
     loop = Loop(_config(tmp_path, "http://127.0.0.1:9/v1", train, improve=False), synth_collector)
     samples, events = loop.apply(plan, base, 1, tmp_path / "loop" / "round-1")
     assert {e.op for e in events} == {"collect"} and len(samples) == 6 + len(events)
+
+
+def _build_action(request: str) -> CollectAction:
+    return CollectAction.model_validate(
+        {
+            "id": "a01",
+            "n": 6,
+            "category": "shape",
+            "focus": {"shape": "circle|square"},
+            "build_request": request,
+            "build_spec": "requests/a01.yaml",
+            "retrieval_queries": ["a circle", "a square"],
+            "game_pool": {},
+            "evidence": {
+                "weakness": "w01",
+                "kind": "perception",
+                "label": "x",
+                "score": 1.0,
+                "failing_ids": [],
+            },
+        }
+    )
+
+
+def test_collect_build_turns_verified_images_into_samples(tmp_path: Path) -> None:
+    """`--collect build`: the collect action's request built from a small synthetic pool; every
+    exported image becomes a question over the spec's classes answered by its verified label, and
+    the lineage names the build and the label's confidence and model."""
+    pool = write_scene_pool(tmp_path / "pool", 40, single=True)
+    train = make_training_samples(tmp_path / "train", 4, seed=4)
+    cfg = _config(tmp_path, "http://127.0.0.1:9/v1", train, improve=False)
+    loop = Loop(cfg, build_collector([str(pool)]))
+    base = loop.initial_version()
+    action = _build_action("3 images each of circles and squares for classification")
+    plan = Plan(id="p1", diagnosis="", run="", created="", train_source=None, collect=[action])
+    samples, events = loop.apply(plan, base, 1, tmp_path / "round")
+    built = [s for s in samples if s["id"].startswith("r1-a01-")]
+    assert len(built) == 6 == len(events)
+    labels = {
+        json.loads(r)["uid"]: json.loads(r) for r in _lines(tmp_path / "round/collect/a01/build/labels.jsonl")
+    }
+    for s in built:
+        assert s["messages"][0]["content"].endswith(
+            "What is shown in the image? Answer with one of: circle, square."
+        )
+        assert (
+            s["messages"][1]["content"]
+            == s["short_answer"]
+            == labels[s["build"]["uid"]]["labels"][0]["class"]
+        )
+        assert Path(s["images"][0]).is_file() and s["short_answer"] in ("circle", "square")
+    right = sum(true_class(s["build"]["source"], True) == s["short_answer"] for s in built)
+    assert right >= 5  # verified labels, checked twice: (nearly) all right
+    for e in events:
+        assert e.op == "collect" and e.params["build"]["request"] == action.build_request
+        assert e.params["label_model"] == "zero-shot:tiny-synth" and 0 < e.scores["label_confidence"] <= 1
+    with pytest.raises(ApplyError, match="a detect request; only classification builds"):
+        build_collector([str(pool)])(
+            _build_action("3 images each of circles for detection"), tmp_path / "d", 1
+        )
+
+
+def _lines(path: Path) -> list[str]:
+    return [x for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_collect_build_needs_a_pool(tmp_path: Path) -> None:
+    args = ["loop", str(tmp_path / "b.jsonl"), "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, [*args, "--collect", "build"])
+    assert res.exit_code == 2 and "--collect build needs --pool" in res.output
+    res = CliRunner().invoke(app, [*args, "--pool", str(tmp_path)])
+    assert res.exit_code == 2 and "--pool is for --collect build" in res.output

@@ -146,24 +146,25 @@ def build_collector(
     `pools` and turns every exported, verified image into a question/answer sample (LLaVA JSON)."""
 
     def collect(action: CollectAction, out: Path, seed: int) -> list[Path]:
+        from vlcurate.builder.demand import parse_request
         from vlcurate.builder.job import BuildConfig, build
         from vlcurate.builder.spec import SpecError
 
+        where = f"build {action.id} ({action.build_request!r})"
         build_out = out / "build"
         try:
+            task = parse_request(action.build_request).task
+            if task != "classify":
+                raise ApplyError(
+                    f"{where}: a {task} request; only classification builds become instruction samples "
+                    "(use --collect synth or --collect-cmd for the others)"
+                )
             cfg = BuildConfig(request=action.build_request, pools=list(pools), out=build_out, overwrite=True)
             summary = build(cfg, _build_progress if progress else _quiet_build)
         except (SpecError, ValueError, OSError) as exc:
-            raise ApplyError(f"build {action.id} ({action.build_request!r}): {exc}") from exc
-        spec = summary["spec"]
-        if spec["task"] != "classify":
-            raise ApplyError(
-                f"build {action.id} ({action.build_request!r}): a {spec['task']} build; only "
-                "classification builds become instruction samples (use --collect synth or --collect-cmd)"
-            )
-        return [
-            write_build_samples(build_out, action, [c["name"] for c in spec["classes"]], out / "data.json")
-        ]
+            raise ApplyError(f"{where}: {exc}") from exc
+        classes = [c["name"] for c in summary["spec"]["classes"]]
+        return [write_build_samples(build_out, action, classes, out / "data.json")]
 
     return collect
 
