@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from vlcurate.cli.loop_cmd import synth_collector
 from vlcurate.cli.main import app
-from vlcurate.metabolism.apply import ApplyError, build_collector
+from vlcurate.metabolism.apply import ApplyError, build_collector, build_question
 from vlcurate.metabolism.loop import Loop, LoopConfig, LoopError
 from vlcurate.metabolism.plan import CollectAction, Plan, load_plan
 from vlcurate.synth.bench import make_training_samples
@@ -48,7 +48,7 @@ def test_improve_recipe_rewrites_samples_with_lineage(tmp_path: Path) -> None:
     against the bundled server, and the committed version holds the checked rewrites in place of
     the originals, each with a lineage event naming the operator, plan, action and weakness."""
     run = write_run(tmp_path / "r", 16, 0, blind_to("red"))
-    train = make_training_samples(tmp_path / "train", 8, seed=4, focus={"colour": "red"})
+    train = make_training_samples(tmp_path / "train", 6, seed=4, focus={"colour": "red"})
     with VLMServer() as vlm:
         loop = Loop(_config(tmp_path, vlm.base_url, train), synth_collector)
         base = loop.initial_version()
@@ -154,6 +154,12 @@ def test_collect_build_turns_verified_images_into_samples(tmp_path: Path) -> Non
     for e in events:
         assert e.op == "collect" and e.params["build"]["request"] == action.build_request
         assert e.params["label_model"] == "zero-shot:tiny-synth" and 0 < e.scores["label_confidence"] <= 1
+    # a one-class build has nothing to choose between: its images are asked about by yes/no
+    assert build_question(["star"], "star") == (
+        "Is there a star in the image? Answer yes or no.",
+        "yes",
+        ["yes", "no"],
+    )
     with pytest.raises(ApplyError, match="a detect request; only classification builds"):
         build_collector([str(pool)])(
             _build_action("3 images each of circles for detection"), tmp_path / "d", 1

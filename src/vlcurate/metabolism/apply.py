@@ -134,9 +134,12 @@ def apply_improve(
 # ---- collect actions answered by `vlcurate build` ---------------------------------------------
 
 
-def build_question(classes: list[str]) -> str:
-    """The instruction asked about a built classification image."""
-    return f"What is shown in the image? Answer with one of: {', '.join(classes)}."
+def build_question(classes: list[str], label: str) -> tuple[str, str, list[str]]:
+    """(question, answer, choices) for a built classification image: which of the spec's classes
+    it shows; a one-class build (nothing to choose between) asks whether it is there instead."""
+    if len(classes) == 1:
+        return f"Is there a {label} in the image? Answer yes or no.", "yes", ["yes", "no"]
+    return f"What is shown in the image? Answer with one of: {', '.join(classes)}.", label, classes
 
 
 def build_collector(
@@ -183,7 +186,6 @@ def write_build_samples(build_out: Path, action: CollectAction, classes: list[st
     """One sample per exported image whose label was verified: the question from the spec's classes,
     the answer its label, and the build and the label's confidence and model beside them."""
     files = {p.name: p for p in (build_out / "imagefolder").glob("*/*/*") if p.is_file()}
-    question = build_question(classes)
     records: list[dict[str, Any]] = []
     for line in (build_out / "labels.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -192,16 +194,17 @@ def write_build_samples(build_out: Path, action: CollectAction, classes: list[st
         if not labels or image is None:
             continue
         lab = labels[0]
+        question, answer, choices = build_question(classes, str(lab["class"]))
         records.append(
             {
-                "id": f"{action.id}-{row['uid'][:20]}",
+                "id": row["uid"][:20],
                 "image": str(image.resolve()),
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{question}"},
-                    {"from": "gpt", "value": lab["class"]},
+                    {"from": "gpt", "value": answer},
                 ],
-                "short_answer": lab["class"],
-                "choices": classes,
+                "short_answer": answer,
+                "choices": choices,
                 "build": {
                     "request": action.build_request,
                     "out": str(build_out.resolve()),
