@@ -56,3 +56,32 @@ def test_few_players_keep_flat_priors_and_pending_flags_count_by_their_odds() ->
     settled = rel.estimate(rel.Counts(25, 22, 25, 6, 0, 6), Q)
     pending = rel.estimate(rel.Counts(25, 22, 25, 6, 0, 0), Q)
     assert settled.b > pending.b > rel.estimate(rel.Counts(25, 22, 25, 0, 0, 0), Q).b
+
+
+def test_the_joint_prior_tells_two_types_apart_better_than_independent_shrinkage() -> None:
+    """Two kinds of player whose detection rates overlap after 25 checks but whose false alarms do
+    not: under the joint prior a player's untainted flags say which kind it is, and that pulls its a
+    towards its own kind; a prior that treats a and b as independent (the product of the same fit's
+    marginals) cannot."""
+    rng = np.random.default_rng(11)
+    joint_err, indep_err = [], []
+    for _ in range(20):
+        counts, truth = [], []
+        for a, b in [(0.85, 0.05)] * 10 + [(0.65, 0.45)] * 10:
+            wrong = rng.random(25) < Q
+            flagged = np.where(wrong, rng.random(25) < a, rng.random(25) < b)
+            counts.append(
+                rel.Counts(
+                    25, int(rng.binomial(25, a)), 25, int(flagged.sum()), 0, int((flagged & ~wrong).sum())
+                )
+            )
+            truth.append((a, b))
+        prior = rel.fit_prior(counts, Q)
+        assert prior is not None and prior.w.shape == (rel.GRID.size, rel.GRID.size)
+        indep = rel.Prior(np.outer(prior.a, prior.b), prior.players)
+        for c, (a, b) in zip(counts, truth, strict=True):
+            j, i = rel.estimate(c, Q, prior), rel.estimate(c, Q, indep)
+            joint_err.append((abs(j.a - a), abs(j.b - b)))
+            indep_err.append((abs(i.a - a), abs(i.b - b)))
+    joint, indep = np.mean(joint_err, axis=0), np.mean(indep_err, axis=0)
+    assert joint[0] < 0.85 * indep[0] and joint[1] <= indep[1], (joint, indep)

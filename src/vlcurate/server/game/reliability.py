@@ -3,15 +3,19 @@
 The model (BACKGROUND.md, after the paper's player interaction model): a player flags a wrong answer
 with detection rate a = P(flag | model wrong) and a right one with false-alarm rate
 b = P(flag | model right). Tainted images, where the model was told to be wrong, measure a directly:
-flagged of seen. False alarms come from the untainted images by EM: settled flags are known
+flagged of seen. False alarms come from the untainted images (by EM, flat priors): settled flags are known
 (overturned: a false alarm; confirmed: a model error), a pending flag is a false alarm and an
 unflagged image a right answer with the probabilities that a, b and q (the model's error rate on
 untainted images) give; that yields expected false alarms k among expected right answers n.
 
 Estimates are posteriors. With a crowd (`MIN_CROWD` players or more), the prior is the crowd's own
-distribution of rates, fitted by nonparametric maximum likelihood on a grid and mixed with a tenth
-of Jeffreys' prior (empirical Bayes, `fit_prior`): 25 check images pin a rate down to about ±0.06
-alone, and the crowd's shape narrows that for everyone. Before that, flat Beta(1, 1) priors:
+joint distribution of (a, b), fitted by nonparametric maximum likelihood on a 21 x 21 grid and mixed
+with a tenth of Jeffreys' prior (empirical Bayes, `fit_prior`): 25 check images pin a rate down to
+about ±0.06 alone, and the crowd's shape narrows that for everyone. Jointly, because a player's
+flags on untainted images also tell which kind of player it resembles, and so sharpen its a (and
+its checks its b). Each rate's own evidence is as above: a's flagged of checks, b's expected false
+alarms (EM, with a from the joint posterior); only the prior couples them.
+Before there is a crowd, flat Beta(1, 1) priors:
 a ~ Beta(1 + flagged, 1 + missed), b ~ Beta(1 + k, 1 + n - k). A flag on an untainted image is then
 a true model error with probability a q / (a q + b (1 - q)).
 """
@@ -52,50 +56,74 @@ def beta_mean_sd(alpha: float, beta: float) -> tuple[float, float]:
     return alpha / n, math.sqrt(alpha * beta / (n * n * (n + 1.0)))
 
 
-GRID = np.linspace(0.0, 1.0, 101)
+GRID = np.linspace(0.0, 1.0, 21)  # both axes of the joint prior over (a, b)
 MIN_CROWD = 10  # players with check images before the crowd's prior replaces the flat one
 
 
 @dataclass(frozen=True)
 class Prior:
-    """The crowd's distribution of detection (a) and false-alarm (b) rates: weights on `GRID`,
-    fitted to every player's counts (`fit_prior`); a player's estimate is its posterior under it."""
+    """The crowd's joint distribution of detection (a) and false-alarm (b) rates: weights `w` on the
+    grid `GRID` x `GRID` (rows a, columns b), fitted to every player's counts (`fit_prior`); a
+    player's estimate is its posterior under it."""
 
-    a: np.ndarray
-    b: np.ndarray
+    w: np.ndarray
     players: int
 
+    @property
+    def a(self) -> np.ndarray:
+        """The prior's marginal over a, on `GRID`."""
+        return np.asarray(self.w.sum(axis=1))
 
-def _loglik(k: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """log P(k of n | rate) on the grid, players x grid (k, n may be fractional: expected counts)."""
+    @property
+    def b(self) -> np.ndarray:
+        """The prior's marginal over b, on `GRID`."""
+        return np.asarray(self.w.sum(axis=0))
+
+
+def _loglik(ka: np.ndarray, na: np.ndarray, kb: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    """log P(ka of na checks flagged | a) + log P(kb false alarms of nb right answers | b) on the
+    joint grid, players x (a x b) cells (counts may be fractional: expected counts)."""
     g = np.clip(GRID, 1e-6, 1.0 - 1e-6)
-    return k[:, None] * np.log(g)[None, :] + (n - k)[:, None] * np.log1p(-g)[None, :]
+    lg, l1g = np.log(g)[None, :], np.log1p(-g)[None, :]
+    la = ka[:, None] * lg + (na - ka)[:, None] * l1g
+    lb = kb[:, None] * lg + (nb - kb)[:, None] * l1g
+    return np.asarray((la[:, :, None] + lb[:, None, :]).reshape(ka.size, -1))
 
 
-def npmle(k: np.ndarray, n: np.ndarray, iters: int = 300) -> np.ndarray:
-    """The nonparametric maximum-likelihood prior on `GRID` (EM over the grid's weights): the
-    empirical-Bayes prior that lets each player's few observations borrow strength from the crowd."""
-    ll = _loglik(k, n)
-    like = np.exp(ll - ll.max(axis=1, keepdims=True))
-    w = np.full(GRID.size, 1.0 / GRID.size)
+def _likelihood(ka: np.ndarray, na: np.ndarray, kb: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    ll = _loglik(ka, na, kb, nb)
+    return np.asarray(np.exp(ll - ll.max(axis=1, keepdims=True)))
+
+
+def npmle(like: np.ndarray, iters: int = 500) -> np.ndarray:
+    """The nonparametric maximum-likelihood prior over the grid's cells (EM over their weights),
+    given each player's likelihood per cell: the empirical-Bayes prior that lets each player's few
+    observations borrow strength from the players that look like it."""
+    w = np.full(like.shape[1], 1.0 / like.shape[1])
     for _ in range(iters):
         post = like * w
         post /= post.sum(axis=1, keepdims=True)
-        w = post.mean(axis=0)
-    return w
+        nw = post.mean(axis=0)
+        if np.abs(nw - w).max() < 1e-7:
+            return np.asarray(nw)
+        w = nw
+    return np.asarray(w)
 
 
-def grid_posterior(k: float, n: float, w: np.ndarray) -> tuple[float, float]:
-    """Posterior mean and sd of a rate after k of n, under prior weights `w` on `GRID`."""
-    ll = _loglik(np.array([k]), np.array([n]))[0]
-    post = np.exp(ll - ll.max()) * w
-    post /= post.sum()
-    mean = float(post @ GRID)
-    return mean, math.sqrt(max(float(post @ GRID**2) - mean * mean, 0.0))
+def _posteriors(
+    ka: np.ndarray, na: np.ndarray, kb: np.ndarray, nb: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each player's posterior marginals over a and over b (players x `GRID`) under joint prior `w`."""
+    post = _likelihood(ka, na, kb, nb) * w.ravel()
+    post = (post / post.sum(axis=1, keepdims=True)).reshape(ka.size, GRID.size, GRID.size)
+    return post.sum(axis=2), post.sum(axis=1)
 
 
-def _a_counts(c: Counts) -> tuple[float, float]:
-    return float(c.n_tainted_flagged), float(c.n_tainted)
+def _a_counts(cs: list[Counts]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([c.n_tainted_flagged for c in cs], dtype=float),
+        np.array([c.n_tainted for c in cs], dtype=float),
+    )
 
 
 def _b_counts(c: Counts, a: float, q: float) -> tuple[float, float]:
@@ -131,20 +159,34 @@ def _b_counts_many(cs: list[Counts], a: np.ndarray, q: float) -> tuple[np.ndarra
     return k, right
 
 
-def _posterior_means(k: np.ndarray, n: np.ndarray, w: np.ndarray) -> np.ndarray:
-    ll = _loglik(k, n)
-    post = np.exp(ll - ll.max(axis=1, keepdims=True)) * w
-    post /= post.sum(axis=1, keepdims=True)
-    return np.asarray(post @ GRID)
+def _joint(
+    cs: list[Counts], q: float, w: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Counts and posterior marginals for players: b's expected counts need a, so a comes first
+    (flat prior, or `w`'s posterior from the checks alone), then the joint posterior, then b's
+    counts again with that posterior's a."""
+    ka, na = _a_counts(cs)
+    if w is None:
+        a = (ka + 1.0) / (na + 2.0)
+    else:
+        pa, _ = _posteriors(ka, na, np.zeros_like(ka), np.zeros_like(ka), w)
+        a = pa @ GRID
+    kb, nb = _b_counts_many(cs, a, q)
+    if w is not None:
+        pa, _ = _posteriors(ka, na, kb, nb, w)
+        kb, nb = _b_counts_many(cs, pa @ GRID, q)
+    return ka, na, kb, nb
 
 
 JEFFREYS_SHARE = 0.1  # the fitted prior is mixed with a little Jeffreys prior: no rate is ruled out
 
 
 def _jeffreys() -> np.ndarray:
+    """Jeffreys' prior on `GRID` x `GRID`: independent Beta(1/2, 1/2) on a and on b."""
     g = np.clip(GRID, 0.005, 0.995)
     w = 1.0 / np.sqrt(g * (1.0 - g))
-    return w / w.sum()
+    w2 = np.outer(w, w)
+    return np.asarray(w2 / w2.sum())
 
 
 def _robust(w: np.ndarray) -> np.ndarray:
@@ -153,29 +195,25 @@ def _robust(w: np.ndarray) -> np.ndarray:
 
 
 def fit_prior(counts: list[Counts], q: float) -> Prior | None:
-    """The crowd's prior from every player's counts; None below `MIN_CROWD` players with checks."""
+    """The crowd's joint prior over (a, b) from every player's counts, tainted and untainted images
+    together (fitted twice: the second time with b's counts from the first fit's a); None below
+    `MIN_CROWD` players with checks."""
     seen = [c for c in counts if c.n_tainted > 0]
     if len(seen) < MIN_CROWD:
         return None
-    ka = np.array([_a_counts(c) for c in seen])
-    wa = _robust(npmle(ka[:, 0], ka[:, 1]))
-    withu = [c for c in seen if c.n_untainted > 0]
-    if len(withu) < MIN_CROWD:
-        return Prior(wa, _jeffreys(), len(seen))
-    ka_u = np.array([_a_counts(c) for c in withu])
-    k, right = _b_counts_many(withu, _posterior_means(ka_u[:, 0], ka_u[:, 1], wa), q)
-    return Prior(wa, _robust(npmle(k, right)), len(seen))
+    w = _robust(npmle(_likelihood(*_joint(seen, q, None))).reshape(GRID.size, GRID.size))
+    w = npmle(_likelihood(*_joint(seen, q, w))).reshape(GRID.size, GRID.size)
+    return Prior(_robust(w), len(seen))
 
 
 def estimate(c: Counts, q: float, prior: Prior | None = None) -> Reliability:
     """The posterior means and standard deviations of a and b for a player's counts, given q:
-    under the crowd's prior when there is one, else under flat Beta(1, 1) priors."""
+    under the crowd's joint prior when there is one, else under flat Beta(1, 1) priors."""
     if prior is not None:
-        a, a_sd = grid_posterior(*_a_counts(c), prior.a)
-        if c.n_untainted == 0:
-            b, b_sd = grid_posterior(0.0, float(c.n_overturned), prior.b)
-            return Reliability(a, a_sd, b, b_sd)
-        b, b_sd = grid_posterior(*_b_counts(c, a, q), prior.b)
+        pa, pb = _posteriors(*_joint([c], q, prior.w), prior.w)
+        a, b = float(pa[0] @ GRID), float(pb[0] @ GRID)
+        a_sd = math.sqrt(max(float(pa[0] @ GRID**2) - a * a, 0.0))
+        b_sd = math.sqrt(max(float(pb[0] @ GRID**2) - b * b, 0.0))
         return Reliability(a, a_sd, b, b_sd)
     a, a_sd = beta_mean_sd(1.0 + c.n_tainted_flagged, 1.0 + c.n_tainted - c.n_tainted_flagged)
     n = c.n_untainted
