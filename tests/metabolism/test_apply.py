@@ -160,6 +160,10 @@ def test_collect_build_turns_verified_images_into_samples(tmp_path: Path) -> Non
         "yes",
         ["yes", "no"],
     )
+    with pytest.raises(ApplyError, match="one class and nothing to tell it from"):
+        build_collector([str(pool)])(
+            _build_action("3 images each of zebras for classification"), tmp_path / "z", 1
+        )
     with pytest.raises(ApplyError, match="a detect request; only classification builds"):
         build_collector([str(pool)])(
             _build_action("3 images each of circles for detection"), tmp_path / "d", 1

@@ -149,27 +149,47 @@ def build_collector(
     `pools` and turns every exported, verified image into a question/answer sample (LLaVA JSON)."""
 
     def collect(action: CollectAction, out: Path, seed: int) -> list[Path]:
-        from vlcurate.builder.demand import parse_request
         from vlcurate.builder.job import BuildConfig, build
         from vlcurate.builder.spec import SpecError
 
         where = f"build {action.id} ({action.build_request!r})"
         build_out = out / "build"
         try:
-            task = parse_request(action.build_request).task
-            if task != "classify":
-                raise ApplyError(
-                    f"{where}: a {task} request; only classification builds become instruction samples "
-                    "(use --collect synth or --collect-cmd for the others)"
-                )
-            cfg = BuildConfig(request=action.build_request, pools=list(pools), out=build_out, overwrite=True)
+            request = one_class_request(action.build_request, where)
+            cfg = BuildConfig(request=request, pools=list(pools), out=build_out, overwrite=True)
             summary = build(cfg, _build_progress if progress else _quiet_build)
         except (SpecError, ValueError, OSError) as exc:
             raise ApplyError(f"{where}: {exc}") from exc
         classes = [c["name"] for c in summary["spec"]["classes"]]
-        return [write_build_samples(build_out, action, classes, out / "data.json")]
+        return [write_build_samples(build_out, action, classes, out / "data.json", request=request)]
 
     return collect
+
+
+def one_class_request(request: str, where: str) -> str:
+    """The request to build: a classification one. A one-class request has nothing for the zero-shot
+    labeller to tell its class from (every pool image would be labelled it), so a shape of the
+    synthetic world is built against the other shapes (`..., not circles or squares`); another
+    one-class request must say itself what its class is not."""
+    from vlcurate.builder.demand import parse_request
+    from vlcurate.metabolism.plan import SHAPE_WORDS
+
+    spec = parse_request(request)
+    if spec.task != "classify":
+        raise ApplyError(
+            f"{where}: a {spec.task} request; only classification builds become instruction samples "
+            "(use --collect synth or --collect-cmd for the others)"
+        )
+    if len(spec.class_names) > 1 or spec.other:
+        return request
+    (name,) = spec.class_names
+    if name not in SHAPE_WORDS:
+        raise ApplyError(
+            f"{where}: one class and nothing to tell it from (every pool image would be labelled "
+            f"{name!r}); the request must name what it is not, e.g. '..., not A or B'"
+        )
+    others = [f"{w}es" if w.endswith("s") else f"{w}s" for w in SHAPE_WORDS if w != name]
+    return f"{request}, not {' or '.join(others)}"
 
 
 def _quiet_build(stage: str, message: str) -> None:
@@ -182,7 +202,9 @@ def _build_progress(stage: str, message: str) -> None:
     print(f"build {stage}: {message}", file=sys.stderr)
 
 
-def write_build_samples(build_out: Path, action: CollectAction, classes: list[str], path: Path) -> Path:
+def write_build_samples(
+    build_out: Path, action: CollectAction, classes: list[str], path: Path, *, request: str | None = None
+) -> Path:
     """One sample per exported image whose label was verified: the question from the spec's classes,
     the answer its label, and the build and the label's confidence and model beside them."""
     files = {p.name: p for p in (build_out / "imagefolder").glob("*/*/*") if p.is_file()}
@@ -206,7 +228,7 @@ def write_build_samples(build_out: Path, action: CollectAction, classes: list[st
                 "short_answer": answer,
                 "choices": choices,
                 "build": {
-                    "request": action.build_request,
+                    "request": request or action.build_request,
                     "out": str(build_out.resolve()),
                     "uid": row["uid"],
                     "source": row.get("source"),
