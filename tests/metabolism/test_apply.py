@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests.builder.conftest import true_class, write_scene_pool
 from tests.metabolism.runs import blind_to, write_run
 from tests.vlm_live import VLMServer
@@ -88,8 +89,14 @@ def test_failing_improve_recipe_fails_the_round_and_commits_nothing(tmp_path: Pa
     with pytest.raises(LoopError, match="apply: not yet"):  # stops after the plan is written
         loop.run_round(1, base, run)
     plan = load_plan(tmp_path / "loop" / "round-1" / "plan")
-    (tmp_path / "loop" / "round-1" / "plan" / plan.improve[0].recipe).write_text("steps: [{op: nope}]\n")
+    recipe = tmp_path / "loop" / "round-1" / "plan" / plan.improve[0].recipe
+    doc = yaml.safe_load(recipe.read_text())  # the endpoint is down: no rewrite can be made
+    doc["steps"][-1]["vlm"] |= {"max_retries": 0, "max_answer_retries": 0, "timeout_s": 2}
+    recipe.write_text(yaml.safe_dump(doc))
     loop = Loop(_config(tmp_path, "http://127.0.0.1:9/v1", train), synth_collector)
+    with pytest.raises(LoopError, match=r"apply: improve a02 \(recaption\): every rewrite failed \(\d+\)"):
+        loop.run_round(1, base, run)
+    recipe.write_text("steps: [{op: nope}]\n")
     with pytest.raises(LoopError, match=r"apply: improve a02 \(recaption\): .*a02\.yaml: missing 'source'"):
         loop.run_round(1, base, run)
     rnd = json.loads((tmp_path / "loop" / "round-1" / "round.json").read_text())
