@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from vlcurate.builder.spec import load_spec
 from vlcurate.cli.main import app
-from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose
-from vlcurate.metabolism.plan import load_plan
+from vlcurate.evals.results import SampleResult
+from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose, vocabulary
+from vlcurate.metabolism.diagnosis import Diagnosis, Weakness
+from vlcurate.metabolism.plan import load_plan, make_plan
 from vlcurate.metabolism.trainpool import items_from_rows
 from vlcurate.ops.recipe import load_recipe
 
@@ -72,3 +74,55 @@ def test_plan_bad_input(tmp_path: Path) -> None:
     res = runner.invoke(app, ["plan", str(tmp_path / "diag"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 2 and "no weaknesses" in res.output and "nothing to plan" in res.output
     assert not (tmp_path / "p" / "plan.json").exists()
+
+
+def _weakness(wid: str, attribute: dict[str, str], category: str) -> Weakness:
+    return Weakness(
+        id=wid,
+        kind="perception",
+        category=category,
+        attribute=attribute,
+        label=f"{attribute} (perception)",
+        score=5.0,
+        n=40,
+        failures=20,
+        failure_rate=0.5,
+        ci95=(0.35, 0.65),
+        rest_failure_rate=0.1,
+        failing_ids=["q1", "q2"],
+    )
+
+
+def test_requests_are_phrased_in_the_benchmarks_own_words(tmp_path: Path) -> None:
+    """A benchmark that is not the synthetic world: its meta says `object` and `colour`; the plan's
+    build requests use those words, and a one-class request names what it is not."""
+    rows = [
+        SampleResult(
+            id=f"q{i}", question="?", answer="a", meta={"object": o, "colour": c, "img": f"x{i}.jpg"}
+        )
+        for i, (o, c) in enumerate(
+            [("bus", "red"), ("car", "blue"), ("dog", "white"), ("person", "red"), ("car", "white")]
+        )
+    ]
+    vocab = vocabulary(rows)
+    assert vocab == {"colour": ["blue", "red", "white"], "object": ["bus", "car", "dog", "person"]}
+    diag = Diagnosis(
+        run="r",
+        created="2026-12-07T00:00:00+00:00",
+        answers=40,
+        failures=20,
+        accuracy=0.5,
+        weaknesses=[
+            _weakness("w01", {"object": "bus"}, "what"),
+            _weakness("w02", {"colour": "red"}, "colour"),
+        ],
+        vocabulary=vocab,
+    )
+    plan = make_plan(diag, tmp_path / "plan", per_weakness=40, top=2)
+    bus, red = plan.collect
+    assert bus.build_request == "40 images each of buses for classification, not cars or dogs or persons"
+    spec = load_spec(tmp_path / "plan" / bus.build_spec)
+    assert spec.class_names == ["bus"] and {"car", "dog", "person"} <= {o.rstrip("s") for o in spec.other}
+    assert red.build_request.startswith("10 images each of red buses, red cars, red dogs and red persons")
+    assert "red dog" in load_spec(tmp_path / "plan" / red.build_spec).class_names
+    assert bus.retrieval_queries == ["a bus"] and "a red car" in red.retrieval_queries

@@ -168,11 +168,9 @@ def build_collector(
 
 def one_class_request(request: str, where: str) -> str:
     """The request to build: a classification one. A one-class request has nothing for the zero-shot
-    labeller to tell its class from (every pool image would be labelled it), so a shape of the
-    synthetic world is built against the other shapes (`..., not circles or squares`); another
-    one-class request must say itself what its class is not."""
+    labeller to tell its class from (every pool image would be labelled it), so it must say what its
+    class is not (`..., not circles or squares`); `plan` adds that from the benchmark's vocabulary."""
     from vlcurate.builder.demand import parse_request
-    from vlcurate.metabolism.plan import SHAPE_WORDS
 
     spec = parse_request(request)
     if spec.task != "classify":
@@ -183,13 +181,10 @@ def one_class_request(request: str, where: str) -> str:
     if len(spec.class_names) > 1 or spec.other:
         return request
     (name,) = spec.class_names
-    if name not in SHAPE_WORDS:
-        raise ApplyError(
-            f"{where}: one class and nothing to tell it from (every pool image would be labelled "
-            f"{name!r}); the request must name what it is not, e.g. '..., not A or B'"
-        )
-    others = [f"{w}es" if w.endswith("s") else f"{w}s" for w in SHAPE_WORDS if w != name]
-    return f"{request}, not {' or '.join(others)}"
+    raise ApplyError(
+        f"{where}: one class and nothing to tell it from (every pool image would be labelled "
+        f"{name!r}); the request must name what it is not, e.g. '..., not A or B'"
+    )
 
 
 def _quiet_build(stage: str, message: str) -> None:

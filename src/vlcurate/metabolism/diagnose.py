@@ -167,9 +167,24 @@ def diagnose(run_dir: str | Path, out: str | Path, opts: DiagnoseOptions | None 
         if train is not None
         else None,
         warnings=warnings,
+        vocabulary=vocabulary(rows),
     )
     write_diagnosis(diag, out_path)
     return diag
+
+
+MAX_VOCABULARY = 64  # more distinct values than this is an id or free text, not an attribute
+
+
+def vocabulary(rows: Sequence[SampleResult]) -> dict[str, list[str]]:
+    """Per meta key, the distinct values that are words (letters and spaces, up to three words), for
+    keys with 2 to MAX_VOCABULARY of them: the benchmark's own names for what its items are about."""
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        for k, v in r.meta.items():
+            if isinstance(v, str) and v.replace(" ", "").isalpha() and len(v.split()) <= 3:
+                seen.setdefault(k, set()).add(v.lower())
+    return {k: sorted(vs) for k, vs in sorted(seen.items()) if 2 <= len(vs) <= MAX_VOCABULARY}
 
 
 def write_diagnosis(diag: Diagnosis, out: Path) -> None:

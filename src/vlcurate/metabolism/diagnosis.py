@@ -144,6 +144,9 @@ class Diagnosis(BaseModel):
     failed: list[Failure] = Field(default_factory=list)
     train: TrainInfo | None = None
     warnings: list[str] = Field(default_factory=list)
+    # the benchmark's words per attribute ({"shape": ["circle", ...], "colour": [...]}), read from the
+    # items' meta: what `plan` phrases build requests and retrieval queries with
+    vocabulary: dict[str, list[str]] = Field(default_factory=dict)
 
     def weakness(self, wid: str) -> Weakness:
         for w in self.weaknesses:

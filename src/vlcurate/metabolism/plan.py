@@ -38,7 +38,6 @@ PLAN_VERSION = 1
 MAX_NEW_SHARE = 0.3
 PER_WEAKNESS = {"perception": 1.0, "coverage": 1.0, "refusal": 1.0, "reasoning": 0.5, "format": 0.5}
 MAX_EVIDENCE_IDS = 50
-SHAPE_WORDS = ("circle", "square", "triangle", "star", "cross")
 
 
 class PlanError(ValueError):
@@ -132,30 +131,63 @@ def _focus_values(w: Weakness) -> list[str]:
     ]
 
 
-def _subject(w: Weakness) -> tuple[list[str], list[str]]:
-    """Class names for a build request and retrieval queries about the weakness's attribute."""
-    values = _focus_values(w)
-    shapes = [v for v in values if v in SHAPE_WORDS]
-    others = [v for v in values if v not in SHAPE_WORDS]
-    if shapes and not others:
-        classes = [f"{s}s" if not s.endswith("s") else f"{s}es" for s in shapes]
-        return classes, [f"a {s}" for s in shapes]
-    if others:
-        words = " ".join(others)
-        classes = [f"{words} {s}es" if s.endswith("s") else f"{words} {s}s" for s in SHAPE_WORDS]
-        return classes, [f"a {words} {s}" for s in SHAPE_WORDS]
-    return [f"{s}es" if s.endswith("s") else f"{s}s" for s in SHAPE_WORDS], [
-        f"a picture to ask {w.category} questions about"
-    ]
+# meta keys that name the thing in the image (the noun a modifier such as a colour goes with)
+NOUN_KEYS = ("object", "class", "label", "shape", "noun", "thing", "entity", "species", "category_name")
+MAX_CONTRAST = 4  # other values a one-class request is built against
 
 
-def _collect(w: Weakness, n: int, aid: str, out: Path) -> CollectAction:
-    classes, queries = _subject(w)
+def plural(word: str) -> str:
+    head, _, last = word.rpartition(" ")
+    if last.endswith(("s", "x", "z", "ch", "sh")):
+        last += "es"
+    elif last.endswith("y") and last[-2:-1] not in "aeiou":
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}" if head else last
+
+
+def _subject(w: Weakness, vocab: dict[str, list[str]]) -> tuple[list[str], list[str], list[str]]:
+    """Class names for a build request, what those classes are NOT (so a one-class build has something
+    to be told from), and retrieval queries, all in the benchmark's own words (`Diagnosis.vocabulary`).
+
+    A weakness on the noun itself ({"shape": "circle|square"}) asks for those things, against the other
+    values of the same attribute; one on a modifier ({"colour": "red"}) asks for that modifier with every
+    noun of the benchmark ("red circles", "red squares", ...)."""
+    noun = next((k for k in NOUN_KEYS if k in vocab), None)
+    focus = {k: [v for v in val.split("|") if v.replace(" ", "").isalpha()] for k, val in w.attribute.items()}
+    focus = {k: vs for k, vs in focus.items() if vs and vs != ["true"] and vs != ["false"]}
+    things = focus.get(noun, []) if noun else []
+    modifiers = [v for k, vs in focus.items() if k != noun for v in vs]
+    if things and not modifiers:
+        contrast = [v for v in vocab.get(noun or "", []) if v not in things][:MAX_CONTRAST]
+        return [plural(t) for t in things], [plural(c) for c in contrast], [f"a {t}" for t in things]
+    if modifiers:
+        words = " ".join(modifiers)
+        nouns = things or (vocab[noun] if noun else [])
+        if nouns:
+            return [plural(f"{words} {n}") for n in nouns], [], [f"a {words} {n}" for n in nouns]
+        key = next(k for k in focus if k != noun)
+        contrast = [v for v in vocab.get(key, []) if v not in modifiers][:MAX_CONTRAST]
+        return (
+            [plural(f"{m} thing") for m in modifiers],
+            [plural(f"{c} thing") for c in contrast],
+            [f"something {m}" for m in modifiers],
+        )
+    nouns = vocab.get(noun, []) if noun else []
+    query = f"a picture to ask {w.category or 'these'} questions about"
+    return ([plural(n) for n in nouns] or [plural(w.category or "picture")]), [], [query]
+
+
+def _collect(w: Weakness, n: int, aid: str, out: Path, vocab: dict[str, list[str]]) -> CollectAction:
+    classes, contrast, queries = _subject(w, vocab)
     per_class = max(1, n // len(classes))
     task = "detection" if w.category == "count" else "classification"
     request = f"{per_class} images each of {', '.join(classes[:-1])} and {classes[-1]} for {task}"
     if len(classes) == 1:
         request = f"{per_class} images each of {classes[0]} for {task}"
+        if contrast:
+            request += f", not {' or '.join(contrast)}"
     spec = parse_request(request)  # the builder's own parser: a request it cannot read fails here
     spec_path = out / "requests" / f"{aid}.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +284,7 @@ def make_plan(
     for w in planned[:top]:
         terms = [v for v in _focus_values(w) if not v.isdigit()] or ([w.category] if w.category else [])
         share = PER_WEAKNESS.get(w.kind, 0.5)
-        collect.append(_collect(w, max(1, int(per_weakness * share)), next_id(), out_path))
+        collect.append(_collect(w, max(1, int(per_weakness * share)), next_id(), out_path, diag.vocabulary))
         if w.kind in ("perception", "coverage", "reasoning", "format") and terms:
             op: Literal["recaption", "cot_rewrite"] = (
                 "recaption" if w.kind in ("perception", "coverage") else "cot_rewrite"
