@@ -18,7 +18,6 @@ item `error` ("judge: ...") while the run goes on.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -30,6 +29,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vlcurate.base.aio import run_sync
 from vlcurate.base.atomic import write_json_atomic
 from vlcurate.evals.bench import BenchItem, bench_file, read_benchmark
 from vlcurate.evals.config import EvalConfig
@@ -389,15 +389,6 @@ async def _ask_all(
                 await judge.aclose()
 
 
-def _run_async(coro: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: a fresh thread
-        return pool.submit(asyncio.run, coro).result()
-
-
 def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalSummary:
     """Evaluate `config.model` on `config.bench` into `config.out`; resumes what is already there."""
     from vlcurate.evals.report import write_eval_report
@@ -426,7 +417,7 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalSummary:
     usage: tuple[UsageStats, UsageStats | None] | None = None
     try:
         if todo:
-            usage = _run_async(_ask_all(config, todo, log, progress))
+            usage = run_sync(_ask_all(config, todo, log, progress))
     finally:
         log.close()
         elapsed = time.monotonic() - t0

@@ -10,7 +10,6 @@ back with bytes or with status FETCH_ERROR and a short `error` ("HTTP 404", "tim
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 from fsspec.core import url_to_fs
 
 from vlcurate import __version__
+from vlcurate.base.aio import run_sync
 from vlcurate.base.images import sniff_image_ext
 from vlcurate.base.records import Sample, Status
 from vlcurate.io.fields import ext_of
@@ -182,9 +182,4 @@ def resolve_images(samples: list[Sample], **opts: Any) -> list[Sample]:
     with nothing to fetch (every image present, or no reference) comes back as it is, at no cost."""
     if not any(s.image is None and s.image_ref and s.status is Status.OK for s in samples):
         return samples
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(fetch_all(samples, **opts))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop is running here: use another thread
-        return pool.submit(asyncio.run, fetch_all(samples, **opts)).result()
+    return run_sync(fetch_all(samples, **opts))

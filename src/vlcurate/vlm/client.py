@@ -19,7 +19,6 @@ inlined as data URLs are fetched with httpx.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -35,6 +34,7 @@ import httpx
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vlcurate.base.aio import run_sync
 from vlcurate.vlm.cache import ResponseCache
 from vlcurate.vlm.usage import AdaptiveLimiter, UsageCounter, UsageStats
 from vlcurate.vlm.wire import (
@@ -909,12 +909,7 @@ def run_many_with_usage(
             results = await client.complete_many(reqs, progress=progress)
             return results, client.usage()
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # no loop in this thread (the usual case, also in worker threads)
-        return asyncio.run(go())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: use a fresh thread
-        return pool.submit(asyncio.run, go()).result()
+    return run_sync(go())
 
 
 def run_many(
