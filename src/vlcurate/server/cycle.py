@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from vlcurate.server import checks, db, leasing, links, reputation, schemas, submissions
+from vlcurate.server import checks, db, labels, leasing, links, reputation, schemas, submissions
 from vlcurate.server.auth import Caller, caller_from_row
 from vlcurate.server.errors import Conflict, Forbidden, NotFound, TooMany
 from vlcurate.server.platform import Platform
@@ -116,8 +116,8 @@ def fast(
     if dt.datetime.fromisoformat(rep["deadline"]) < now:
         return None
     task = p.task(rep["task_id"])
-    if body.model_fingerprint != task.model_fingerprint or task.kind == "label":
-        return None  # a label task (`labels`) always takes the general path
+    if body.model_fingerprint != task.model_fingerprint or labels.is_label(task):
+        return None  # a label task always takes the general path
     pairs = p.unit_pairs(unit["first_item"], unit["last_item"])
     view = p.replica_view(lease_id, rep["seed"], pairs.item_ids, rep["gold_items"])
     try:

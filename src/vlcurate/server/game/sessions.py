@@ -192,9 +192,10 @@ def advance(engine: Engine, player: Player, session_id: str, position: int) -> S
         if nxt.started_at is None:
             deadline = now + dt.timedelta(seconds=game.seconds_per_image)
             conn.execute(update(SI).where(SI.c.id == nxt.id).values(started_at=now, deadline=deadline))
-            # the usual case: answered from what is known, without reading the session again
+            # the usual case: answered from what is known, without reading the session again (an image
+            # that has just started has no flag and no question yet)
             started = SimpleNamespace(**{**nxt._asdict(), "started_at": now, "deadline": deadline})
-            return _view(s, game, len(images), _fresh_image_view(started, now))
+            return _view(s, game, len(images), _image_out(started, now, flagged=False, questions=[]))
         s = conn.execute(select(db.game_sessions).where(db.game_sessions.c.id == s.id)).one()
         return view(conn, s, game, now)
 
@@ -250,10 +251,14 @@ def _questions(conn: Connection, si_id: int) -> list[QuestionOut]:
 
 
 def image_view(conn: Connection, si: Any, now: dt.datetime) -> ImageOut:
-    deadline = db.aware(si.deadline)
     flagged = conn.execute(
         select(db.game_flags.c.id).where(db.game_flags.c.session_image_id == si.id)
     ).first()
+    return _image_out(si, now, flagged=flagged is not None, questions=_questions(conn, si.id))
+
+
+def _image_out(si: Any, now: dt.datetime, *, flagged: bool, questions: list[QuestionOut]) -> ImageOut:
+    deadline = db.aware(si.deadline)
     return ImageOut(
         image_id=si.public_id,
         position=si.position,
@@ -262,8 +267,8 @@ def image_view(conn: Connection, si: Any, now: dt.datetime) -> ImageOut:
         deadline=deadline,
         seconds_left=round(max(0.0, (deadline - now).total_seconds()), 3) if si.finished_at is None else 0.0,
         state="active" if is_open(si, now) else "done",
-        flagged=flagged is not None,
-        questions=_questions(conn, si.id),
+        flagged=flagged,
+        questions=questions,
     )
 
 
@@ -293,22 +298,6 @@ def summary(conn: Connection, s: Any) -> SummaryOut:
         flags_awaiting_confirmation=sum(1 for f in flags if f.state == "pending"),
         reliability=trust.view(trust.current(conn, s.player_id)),
         total_points=float(points),
-    )
-
-
-def _fresh_image_view(si: Any, now: dt.datetime) -> ImageOut:
-    """An image that has just started: no flag and no question yet."""
-    deadline = db.aware(si.deadline)
-    return ImageOut(
-        image_id=si.public_id,
-        position=si.position,
-        url=IMAGE_URL.format(si.public_id),
-        started_at=db.aware(si.started_at),
-        deadline=deadline,
-        seconds_left=round(max(0.0, (deadline - now).total_seconds()), 3),
-        state="active",
-        flagged=False,
-        questions=[],
     )
 
 
