@@ -255,3 +255,17 @@ def sniff_image_ext(data: bytes) -> str | None:
     if data.startswith(b"BM"):
         return "bmp"
     return None
+
+
+def thumbnail_png(data: bytes, side: int) -> bytes | None:
+    """A small PNG of an encoded image (longer side `side`), or None when it cannot be decoded: the
+    one thumbnail that reports (build, diagnose) show."""
+    try:
+        with Image.open(io.BytesIO(data)) as src:
+            im = src.convert("RGB")
+            im.thumbnail((side, side))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            return buf.getvalue()
+    except Exception:  # any decoder failure: a corrupt image has no thumbnail
+        return None

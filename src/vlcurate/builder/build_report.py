@@ -9,7 +9,6 @@ Written through the shared `base.report` writer as report.json, report.md and re
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from vlcurate.base.atomic import write_parquet_atomic, write_with
+from vlcurate.base.images import thumbnail_png
 from vlcurate.base.report import ReportData, write_report
 from vlcurate.builder.costs import StageLog, _reason_kind
 
@@ -27,25 +26,12 @@ PER_REASON = 12  # thumbnails kept per stage and reason
 THUMB = 64  # pixels, longer side
 
 
-def thumbnail(data: bytes, side: int = THUMB) -> bytes | None:
-    """A small PNG of an image, or None when it cannot be decoded (a corrupt file is its own reason)."""
-    try:
-        with Image.open(io.BytesIO(data)) as src:
-            im = src.convert("RGB")
-            im.thumbnail((side, side))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-            return buf.getvalue()
-    except Exception:
-        return None
-
-
 def save_thumbs(folder: Path, picks: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     """Write thumbnails named by uid hash under `folder`; returns uid -> file name (decodable ones)."""
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
     for uid, data in picks:
-        png = thumbnail(data)
+        png = thumbnail_png(data, THUMB)
         if png is None:
             continue
         name = hashlib.sha1(uid.encode()).hexdigest()[:16] + ".png"
@@ -228,7 +214,7 @@ def alr_note(alr: dict[str, Any]) -> str:
 
 def save_removed_thumbs(path: Path, images: Sequence[Any]) -> None:
     """Small PNGs of the removed images (the report shows them; the pool keeps only what passed)."""
-    thumbs = [(im.uid, thumbnail(im.data)) for im in images[: 40 * PER_REASON]]
+    thumbs = [(im.uid, thumbnail_png(im.data, THUMB)) for im in images[: 40 * PER_REASON]]
     table = pa.table(
         {
             "uid": [u for u, t in thumbs if t is not None],

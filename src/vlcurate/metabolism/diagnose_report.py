@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
 from vlcurate.base.atomic import write_bytes_atomic, write_text_atomic, write_with
+from vlcurate.base.images import thumbnail_png
 from vlcurate.metabolism.diagnosis import Diagnosis, Failure
 
 THUMB = 96
@@ -91,15 +89,13 @@ def thumbnail(image: str | None, out: Path) -> str | None:
     dest = out / "images" / name
     if not dest.exists():
         try:
-            with Image.open(image) as src:
-                im = src.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
+            png = thumbnail_png(Path(image).read_bytes(), THUMB)
         except OSError:
             return None
+        if png is None:
+            return None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(dest, buf.getvalue())
+        write_bytes_atomic(dest, png)
     return f"images/{name}"
 
 
