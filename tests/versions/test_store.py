@@ -203,3 +203,24 @@ def test_a_table_commits_like_its_dicts_and_refs_move_by_compare_and_swap(
     with pytest.raises(ConcurrentUpdateError, match="another writer moved it"):
         store.set_ref("main", a.id, expect=a.id)
     assert store.head("main") == c.id and store.refs() == {"main": c.id}
+
+
+def test_list_puts_parents_first_when_versions_share_a_second(
+    tmp_path: Path, images: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Times are kept to the second: a chain written within one second must still list oldest first,
+    whatever the ids' order (CI once listed a child before its parent)."""
+    import vlcurate.versions.store as store_mod
+
+    monkeypatch.setattr(store_mod, "_now", lambda: "2026-12-07T10:00:00+00:00")
+    store = VersionStore(tmp_path / "vs")
+    chain: list[str] = []
+    parent: str | None = None
+    for n in range(6):
+        info = store.commit(
+            [sample(i, images["red"]) for i in range(n + 1)], parent=parent, message=f"step {n}"
+        )
+        chain.append(info.id)
+        parent = info.id
+    assert sorted(chain) != chain  # the ids alone would put them out of order
+    assert [i.id for i in store.list()] == chain

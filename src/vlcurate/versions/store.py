@@ -229,8 +229,23 @@ class VersionStore:
         return info
 
     def list(self) -> list[VersionInfo]:
-        """Every version, oldest first."""
-        return sorted((self.get(v) for v in self.ids()), key=lambda i: (i.created, i.id))
+        """Every version, oldest first; a parent always before its children (times are to the second,
+        so two versions written in the same second are ordered by their depth in the history)."""
+        infos = {v: self.get(v) for v in self.ids()}
+        depth: dict[str, int] = {}
+
+        def depth_of(vid: str) -> int:
+            chain: builtins.list[str] = []
+            cur: str | None = vid
+            while cur is not None and cur not in depth and cur in infos and cur not in chain:
+                chain.append(cur)
+                cur = infos[cur].parent
+            base = depth.get(cur, -1) if cur is not None else -1
+            for i, v in enumerate(reversed(chain)):
+                depth[v] = base + 1 + i
+            return depth[vid]
+
+        return sorted(infos.values(), key=lambda i: (i.created, depth_of(i.id), i.id))
 
     def log(self, ref: str) -> builtins.list[VersionInfo]:
         """The version and its ancestors, newest first."""
