@@ -9,7 +9,6 @@ histogram one pass would give), so a report after a resume costs the same as one
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vlcurate.base.atomic import write_json_atomic, write_text_atomic, write_with
+from vlcurate.base.html import esc, page, table
 
 FORMATS = ("json", "md", "html")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -335,6 +335,8 @@ class ReportData:
     figures: list[tuple[str, str]] = field(default_factory=list)
     # Thumbnail galleries: title -> [(image path relative to the report, caption)].
     galleries: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # What a row is, in the report's words: "pairs" (image-caption pairs), "images" (a built dataset).
+    unit: str = "pairs"
 
     @property
     def dropped(self) -> int | None:
@@ -390,7 +392,7 @@ def write_report(out: str | Path, report: ReportData, *, formats: Sequence[str] 
     for name, h in report.histograms.items():
         png = root / report.plot_path(name)
         png.parent.mkdir(parents=True, exist_ok=True)
-        plot_histogram(png, h, name, cut=report.cuts.get(name))
+        plot_histogram(png, h, name, cut=report.cuts.get(name), unit=report.unit)
     data = report.to_json()
     if "json" in formats:
         write_json_atomic(root / "report.json", data)
@@ -402,7 +404,9 @@ def write_report(out: str | Path, report: ReportData, *, formats: Sequence[str] 
 
 
 # ----- rendering ------------------------------------------------------------------------------
-def plot_histogram(path: Path, h: Histogram, title: str, cut: float | None = None) -> None:
+def plot_histogram(
+    path: Path, h: Histogram, title: str, cut: float | None = None, unit: str = "pairs"
+) -> None:
     """One PNG of every series of `h` overlaid (at most PLOT_BARS bars), written to a temporary
     name then renamed. Uses matplotlib's Agg canvas directly: no display, no pyplot state."""
     from matplotlib.figure import Figure
@@ -427,7 +431,7 @@ def plot_histogram(path: Path, h: Histogram, title: str, cut: float | None = Non
     if len(edges) or cut is not None:
         ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.set_ylabel("pairs")
+    ax.set_ylabel(unit)
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
 
@@ -451,8 +455,8 @@ def _md(text: Any) -> str:
 
 def _headline(r: ReportData) -> str:
     if r.kept is None:
-        return f"{r.rows:,} pairs"
-    return f"{r.kept:,} of {r.rows:,} pairs kept ({r.rows - r.kept:,} dropped)"
+        return f"{r.rows:,} {r.unit}"
+    return f"{r.kept:,} of {r.rows:,} {r.unit} kept ({r.rows - r.kept:,} dropped)"
 
 
 def _inputs_text(inputs: Any) -> str:
@@ -497,9 +501,9 @@ def render_markdown(r: ReportData, data: Mapping[str, Any]) -> str:
             f"| {float(s['seconds']):.2f} |"
             for s in r.steps
         ]
-    for title, table in r.counts.items():
-        lines += ["", f"## {_md(title)}", "", "| | pairs |", "|---|---:|"]
-        lines += [f"| {_md(k)} | {int(v):,} |" for k, v in table.items()]
+    for title, counts in r.counts.items():
+        lines += ["", f"## {_md(title)}", "", f"| | {r.unit} |", "|---|---:|"]
+        lines += [f"| {_md(k)} | {int(v):,} |" for k, v in counts.items()]
     for title, (head, rows) in r.tables.items():
         lines += ["", f"## {_md(title)}", "", "| " + " | ".join(_md(h) for h in head) + " |"]
         lines += ["|" + "---|" * len(head)] + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
@@ -509,14 +513,14 @@ def render_markdown(r: ReportData, data: Mapping[str, Any]) -> str:
         lines += ["", f"## {_md(title)}", ""]
         lines += [f"![{_md(caption)}]({path}) {_md(caption)}  " for path, caption in thumbs] or ["none"]
     if data["drop_reasons"]:
-        lines += ["", "## Why pairs were dropped", "", "| reason | pairs |", "|---|---:|"]
+        lines += ["", f"## Why {r.unit} were dropped", "", f"| reason | {r.unit} |", "|---|---:|"]
         lines += [f"| {_md(k)} | {v:,} |" for k, v in data["drop_reasons"].items()]
     if r.failed_shards or r.failed_pairs:
         lines += [
             "",
             "## Failures",
             "",
-            f"{r.failed_pairs:,} pairs failed; {len(r.failed_shards):,} shards failed or were cut short",
+            f"{r.failed_pairs:,} {r.unit} failed; {len(r.failed_shards):,} shards failed or were cut short",
         ]
         if r.failed_shards:
             lines += ["", "| shard | error |", "|---|---|"]
@@ -530,14 +534,18 @@ def render_markdown(r: ReportData, data: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
-    """report.html: the same as report.md, every piece of text through html.escape."""
-    e = html.escape
+_REPORT_CSS = (
+    "td,th{border:none;border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}th{background:none}"
+    "figure{display:inline-block;margin:8px}figure img{max-width:520px}"
+    "figure.thumb{width:140px;vertical-align:top;font-size:11px}"
+    "figure.thumb img{width:96px;image-rendering:pixelated}"
+)
 
-    def table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-        h = "".join(f"<th>{e(c)}</th>" for c in head)
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><tr>{h}</tr>{body}</table>"
+
+def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
+    """report.html: the same as report.md, every piece of text through base.html.esc."""
+    e = esc
 
     parts = [f"<h1>{e(r.title)}</h1>", f"<p>{e(_headline(r))}</p><ul>"]
     if r.inputs is not None:
@@ -565,26 +573,25 @@ def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
         )
     for title, counts in r.counts.items():
         parts.append(f"<h2>{e(title)}</h2>")
-        parts.append(table(["", "pairs"], ([e(str(k)), f"{int(v):,}"] for k, v in counts.items())))
+        parts.append(table(["", r.unit], ([e(str(k)), f"{int(v):,}"] for k, v in counts.items())))
     for title, (head, rows) in r.tables.items():
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(table(head, ([e(c) for c in row] for row in rows)))
     parts += [
-        f"<figure><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'>"
-        f"<figcaption>{e(caption)}</figcaption></figure>"
+        f"<figure><img src='{e(path)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>"
         for caption, path in r.figures
     ]
     for title, thumbs in r.galleries.items():
         parts.append(f"<h2>{e(title)}</h2><div class='gallery'>")
         parts += [
-            f"<figure class='thumb'><img src='{e(path, quote=True)}' alt='{e(caption, quote=True)}'>"
+            f"<figure class='thumb'><img src='{e(path)}' alt='{e(caption)}'>"
             f"<figcaption>{e(caption)}</figcaption></figure>"
             for path, caption in thumbs
         ] or ["<p>none</p>"]
         parts.append("</div>")
     if r.failed_shards or r.failed_pairs:
         parts.append(
-            f"<h2>Failures</h2><p>{r.failed_pairs:,} pairs failed; "
+            f"<h2>Failures</h2><p>{r.failed_pairs:,} {e(r.unit)} failed; "
             f"{len(r.failed_shards):,} shards failed or were cut short</p>"
         )
         if r.failed_shards:
@@ -592,27 +599,17 @@ def render_html(r: ReportData, data: Mapping[str, Any]) -> str:
                 table(["shard", "error"], ([e(str(k)), e(str(v))] for k, v in r.failed_shards.items()))
             )
     if data["drop_reasons"]:
-        parts.append("<h2>Why pairs were dropped</h2>")
+        parts.append(f"<h2>Why {e(r.unit)} were dropped</h2>")
         parts.append(
-            table(["reason", "pairs"], ([e(str(k)), f"{v:,}"] for k, v in data["drop_reasons"].items()))
+            table(["reason", r.unit], ([e(str(k)), f"{v:,}"] for k, v in data["drop_reasons"].items()))
         )
     if r.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in r.warnings) + "</ul>")
     if data["statistics"]:
         parts.append("<h2>Statistics</h2>")
         parts += [
-            f"<figure><img src='{e(st['plot'], quote=True)}' alt='{e(name, quote=True)}'>"
+            f"<figure><img src='{e(st['plot'])}' alt='{e(name)}'>"
             f"<figcaption>{e(_stat_line(name, st))}</figcaption></figure>"
             for name, st in data["statistics"].items()
         ]
-    body = "\n".join(parts)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(r.title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
-table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}
-figure{{display:inline-block;margin:8px}}img{{max-width:520px}}
-figure.thumb{{width:140px;vertical-align:top;font-size:11px}}
-figure.thumb img{{width:96px;image-rendering:pixelated}}</style></head><body>
-{body}
-</body></html>
-"""
+    return page(r.title, parts, css=_REPORT_CSS)

@@ -175,6 +175,7 @@ def write_build_report(
     report = ReportData(
         title=title,
         command="build",
+        unit="images",
         inputs=inputs,
         rows=rows,
         kept=kept,

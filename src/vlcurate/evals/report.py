@@ -7,12 +7,13 @@ names e.g. colour=red), which is where a planted or real weakness shows first.
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from vlcurate.base.atomic import write_json_atomic, write_text_atomic, write_with
+from vlcurate.base.html import esc, page
+from vlcurate.base.html import table as html_table
 from vlcurate.evals.results import CategoryStats, EvalSummary, SampleResult, category_stats
 
 PLOT_FILE = "accuracy.png"
@@ -123,9 +124,7 @@ def _html(
     summary: EvalSummary, slices: dict[str, CategoryStats], run: dict[str, Any], failed: list[list[str]]
 ) -> str:
     def table(head: list[str], rows: list[list[str]]) -> str:
-        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><tr>{th}</tr>{body}</table>"
+        return html_table(head, rows, escape_cells=True)
 
     o = summary.overall
     cats = [
@@ -133,11 +132,7 @@ def _html(
         for c, s in summary.per_category.items()
     ]
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>vlcurate eval</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-        "text-align:right}td:first-child{text-align:left}</style>",
-        f"</head><body><h1>{html.escape(summary.model)} on {html.escape(summary.bench)}</h1>",
+        f"<h1>{esc(summary.model)} on {esc(summary.bench)}</h1>",
         f"<p>Overall accuracy <b>{_pct(o.accuracy)}</b> ({o.correct}/{o.n}, 95% CI {_ci(o)}); "
         f"{summary.answered} of {summary.expected} answered{'' if summary.complete else ' (incomplete)'}; "
         f"{summary.cache_hits} from the cache; {run.get('asked', 0)} asked "
@@ -152,8 +147,7 @@ def _html(
     if failed:
         head = ["id", "category", "status", "question", "reference", "reply"]
         parts += ["<h2>First failures</h2>", table(head, failed)]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return page("vlcurate eval", parts, css="td{text-align:right}td:first-child{text-align:left}")
 
 
 def write_eval_report(

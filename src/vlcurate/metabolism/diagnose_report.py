@@ -9,11 +9,12 @@ PNG copies under DIAG/images so the folder is self-contained.
 from __future__ import annotations
 
 import hashlib
-import html
-from collections.abc import Sequence
 from pathlib import Path
 
 from vlcurate.base.atomic import write_bytes_atomic, write_text_atomic, write_with
+from vlcurate.base.html import esc as _e
+from vlcurate.base.html import page
+from vlcurate.base.html import table as _table
 from vlcurate.base.images import thumbnail_png
 from vlcurate.metabolism.diagnosis import Diagnosis, Failure
 
@@ -21,16 +22,9 @@ THUMB = 96
 GALLERY_WEAKNESSES = 5
 GALLERY_ITEMS = 8
 CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-    "font-size:13px;vertical-align:top}th{background:#f3f3f3}.warn{color:#a60}.fig{max-width:100%}"
-    ".card{display:inline-block;width:220px;margin:6px;vertical-align:top;font-size:12px;"
-    "border:1px solid #ddd;padding:6px}.bad{color:#c22}.good{color:#282}"
+    ".fig{max-width:100%}.card{display:inline-block;width:220px;margin:6px;vertical-align:top;"
+    "font-size:12px;border:1px solid #ddd;padding:6px}"
 )
-
-
-def _e(v: object) -> str:
-    return html.escape("" if v is None else str(v))
 
 
 def plot_categories(diag: Diagnosis, path: Path) -> bool:
@@ -118,17 +112,8 @@ def _card(f: Failure, out: Path) -> str:
     )
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    h = "".join(f"<th>{_e(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
-
-
 def render(diag: Diagnosis, out: Path) -> str:
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>diagnosis</title>"
-        f"<style>{CSS}</style></head><body>"
-    ]
+    parts: list[str] = []
     acc = f"{diag.accuracy:.1%}" if diag.accuracy is not None else "-"
     parts.append(
         f"<h1>Diagnosis of {_e(diag.run)}</h1><p>model <b>{_e(diag.model)}</b> on {_e(diag.bench)}: "
@@ -206,8 +191,7 @@ def render(diag: Diagnosis, out: Path) -> str:
                 ],
             )
         )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return page("diagnosis", parts, css=CSS)
 
 
 def write_report(diag: Diagnosis, out: Path) -> Path:

@@ -3,29 +3,15 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlcurate.base.atomic import write_with
+from vlcurate.base.html import esc as _e
+from vlcurate.base.html import page, table
 
 if TYPE_CHECKING:
     from vlcurate.metabolism.loop import LoopSummary, RoundRecord
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-    "th{background:#f3f3f3}.ok{color:#282}.bad{color:#c22}img{max-width:100%}"
-)
-
-
-def _e(v: object) -> str:
-    return html.escape("" if v is None else str(v))
-
-
-def _head(title: str) -> str:
-    head = f"<meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
-    return f"<!doctype html><html><head>{head}</head><body>"
 
 
 def _pct(a: dict[str, Any] | None) -> str:
@@ -67,9 +53,8 @@ def plot_round(rec: RoundRecord, path: Path) -> bool:
 
 def _table(rec: RoundRecord) -> str:
     rows = []
-    cats = sorted(set(rec.accuracy_before) | set(rec.accuracy_after))
     comp = (rec.decision or {}).get("categories", {})
-    for c in cats:
+    for c in sorted(set(rec.accuracy_before) | set(rec.accuracy_after)):
         d = comp.get(c, {})
         flag = (
             "<span class=bad>regressed</span>"
@@ -77,19 +62,15 @@ def _table(rec: RoundRecord) -> str:
             else ("<span class=ok>improved</span>" if d.get("improved") else "")
         )
         p = d.get("p_value")
-        rows.append(
-            f"<tr><td>{_e(c)}</td><td>{_pct(rec.accuracy_before.get(c))}</td><td>{_pct(rec.accuracy_after.get(c))}</td>"
-            f"<td>{'-' if p is None else f'{p:.3g}'}</td><td>{flag}</td></tr>"
-        )
-    head = "<tr><th>category</th><th>before</th><th>after</th><th>p</th><th></th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+        before, after = _pct(rec.accuracy_before.get(c)), _pct(rec.accuracy_after.get(c))
+        rows.append([_e(c), before, after, "-" if p is None else f"{p:.3g}", flag])
+    return table(["category", "before", "after", "p", ""], rows)
 
 
 def round_html(rec: RoundRecord, folder: Path) -> str:
     fig = plot_round(rec, folder / "accuracy.png")
     reasons = (rec.decision or {}).get("reasons", [])
     parts = [
-        _head(f"round {rec.round}"),
         f"<h1>Round {rec.round}: {_e(rec.status)}</h1>",
         f"<p>base version {_e((rec.base_version or '')[:12])} -> "
         f"new version {_e((rec.new_version or '')[:12])}; "
@@ -103,38 +84,41 @@ def round_html(rec: RoundRecord, folder: Path) -> str:
         parts.append('<img src="accuracy.png" alt="accuracy before and after">')
     parts.append(_table(rec))
     if rec.targets:
-        rows = "".join(
-            f"<tr><td>{_e(t['weakness'])} {_e(t['label'])}</td>"
-            f"<td>{_pct(t['before'])} of {t['before']['n']}</td>"
-            f"<td>{_pct(t['after'])}</td><td>{'closed' if t['closed'] else ''}</td></tr>"
+        rows = [
+            [
+                f"{_e(t['weakness'])} {_e(t['label'])}",
+                f"{_pct(t['before'])} of {t['before']['n']}",
+                _pct(t["after"]),
+                "closed" if t["closed"] else "",
+            ]
             for t in rec.targets
-        )
-        parts.append(
-            "<h3>The weaknesses it was for</h3><table><tr><th>weakness</th><th>before</th><th>after</th>"
-            f"<th></th></tr>{rows}</table>"
-        )
+        ]
+        parts += ["<h3>The weaknesses it was for</h3>", table(["weakness", "before", "after", ""], rows)]
     parts += [f"<p>{_e(r)}</p>" for r in reasons]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return page(f"round {rec.round}", parts)
 
 
 def summary_html(summary: LoopSummary, out: Path) -> str:
     parts = [
-        _head("loop"),
         f"<h1>Data metabolism loop</h1><p>{_e(summary.stopped)}; "
         f"final version {_e((summary.final_version or '')[:12])}</p>",
-        "<table><tr><th>round</th><th>status</th><th>top weakness</th><th>added</th><th>removed</th>"
-        "<th>overall before</th><th>overall after</th></tr>",
+        table(
+            ["round", "status", "top weakness", "added", "removed", "overall before", "overall after"],
+            (
+                [
+                    f"<a href='round-{r.round}/report.html'>{r.round}</a>",
+                    _e(r.status),
+                    _e(r.top_weakness),
+                    str(r.added),
+                    str(r.removed),
+                    _pct(r.accuracy_before.get("overall")),
+                    _pct(r.accuracy_after.get("overall")),
+                ]
+                for r in summary.rounds
+            ),
+        ),
     ]
-    for r in summary.rounds:
-        parts.append(
-            f"<tr><td><a href='round-{r.round}/report.html'>{r.round}</a></td><td>{_e(r.status)}</td>"
-            f"<td>{_e(r.top_weakness)}</td><td>{r.added}</td><td>{r.removed}</td>"
-            f"<td>{_pct(r.accuracy_before.get('overall'))}</td><td>{_pct(r.accuracy_after.get('overall'))}</td></tr>"
-        )
-    parts.append("</table>")
     for r in summary.rounds:
         if (out / f"round-{r.round}" / "accuracy.png").is_file():
             parts.append(f'<h3>round {r.round}</h3><img src="round-{r.round}/accuracy.png">')
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return page("loop", parts)
