@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from vlcurate.evals.bench import BenchFileError, read_benchmark
 from vlcurate.synth.bench import make_benchmark, make_training_samples
@@ -69,6 +73,40 @@ def test_csv_tsv_json_and_parquet_layouts(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "b.parquet")
     [p] = read_benchmark(tmp_path / "b.parquet")
     assert p.image_bytes == png and p.image == "s.png" and p.answers == ["2"]
+
+
+def test_vlmevalkit_tsv_with_base64_images_hints_and_shared_images(tmp_path: Path) -> None:
+    """MMBench as VLMEvalKit ships it: images inline in base64 (a cell far over csv's 128 KiB
+    default), a later row naming an earlier row's index instead of repeating its image, hints."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (320, 320, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    big = buf.getvalue()
+    jpg = scene_from_seed(0, 1).encode("jpg")
+    b64 = base64.b64encode(big).decode()
+    assert len(b64) > 131072
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "7.png").write_bytes(jpg)
+    rows = [
+        ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"],
+        ["10", "What is shown?", "Look closely.", "noise", "a cat", "a dog", "", "A", "perception", b64],
+        ["11", "Is it colourful?", "nan", "yes", "no", "", "", "A", "perception", "10"],
+        ["12", "Which?", "", "x", "y", "", "", "B", "other", base64.b64encode(jpg).decode()],
+        ["13", "A file?", "", "x", "y", "", "", "B", "other", "img/7.png"],
+        ["14", "Not an image", "", "x", "y", "", "", "B", "other", "QUJD" * 40],
+    ]
+    (tmp_path / "mmbench.tsv").write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    first, shared, inline_jpg, on_disk, not_image = read_benchmark(tmp_path / "mmbench.tsv")
+    assert first.image_bytes == big and first.image == "<base64>" and first.image_ref is None
+    assert first.question == "Hint: Look closely.\nWhat is shown?" and "hint" not in first.meta
+    assert first.choices == ["noise", "a cat", "a dog"] and first.answers == ["A"]
+    assert shared.image_bytes == big and shared.question == "Is it colourful?"  # row 10's image
+    assert inline_jpg.image_bytes == jpg
+    assert on_disk.image_bytes is None and on_disk.image_ref == str(tmp_path.resolve() / "img" / "7.png")
+    # base64 that decodes to no image stays a (missing) path: the run marks it, never shows garbage
+    assert not_image.image_bytes is None and not_image.image_ref is not None
+    assert Image.open(io.BytesIO(shared.image_bytes)).size == (320, 320)
 
 
 def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:

@@ -234,3 +234,33 @@ def test_a_killed_cli_run_keeps_its_lines_and_resumes(
     s = run_eval(cfg(servers["plain"], bench, out), progress=False)
     assert s.complete and s.answered == 18
     assert json.loads((out / "report.json").read_text())["run"]["asked"] == 18 - len(kept)
+
+
+def test_a_vlmevalkit_tsv_with_base64_images_answers_like_the_jsonl(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    """The same questions as MMBench-style TSV (images inline in base64, repeated images naming the
+    first row that holds them): the model sees the same images, so it answers the same."""
+    import base64
+
+    rows = [json.loads(x) for x in bench.read_text().splitlines()]
+    rows = [r for r in rows if r["type"] != "caption"]
+    letters = "ABCD"
+    head = ["index", "question", "type", *letters, "answer", "category", "image"]
+    lines = ["\t".join(head)]
+    first_row: dict[str, str] = {}
+    for r in rows:
+        choices = (r["choices"] or []) + [""] * 4
+        answer = letters[r["choices"].index(r["answer"])] if r["choices"] else r["answer"]
+        img = first_row.get(r["image"]) or base64.b64encode((bench.parent / r["image"]).read_bytes()).decode()
+        first_row.setdefault(r["image"], r["id"])
+        lines.append("\t".join([r["id"], r["question"], r["type"], *choices[:4], answer, r["category"], img]))
+    tsv = tmp_path / "mm" / "bench.tsv"
+    tsv.parent.mkdir()
+    tsv.write_text("\n".join(lines) + "\n")
+    a = run_eval(cfg(servers["plain"], bench, tmp_path / "jsonl", cache_dir=tmp_path / "c1"), progress=False)
+    b = run_eval(cfg(servers["plain"], tsv, tmp_path / "tsv", cache_dir=tmp_path / "c2"), progress=False)
+    assert b.status_counts == {"ok": len(rows)} and b.answered == len(rows)
+    want = {k: v for k, v in answers(tmp_path / "jsonl").items() if k[0] in {r["id"] for r in rows}}
+    assert answers(tmp_path / "tsv") == want
+    assert a.overall.n > b.overall.n  # the captions were left out of the TSV

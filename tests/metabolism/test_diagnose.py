@@ -4,10 +4,13 @@ training coverage and wrong labels are found, and bad runs fail with one clear l
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tests.metabolism.runs import Item, blind_to, write_run, wrong_for
 from typer.testing import CliRunner
@@ -166,3 +169,42 @@ def test_model_that_returns_nothing_while_probing(tmp_path: Path) -> None:
     d = load_diagnosis(tmp_path / "d")
     assert not d.probed and d.probe_errors == d.failures > 0 and set(d.attribution) == {"wrong"}
     assert d.weaknesses[0].attribute == {"colour": "red"}
+
+
+def test_images_held_inside_the_benchmark_file(tmp_path: Path) -> None:
+    """An HF Parquet benchmark keeps its images as bytes and a run names them "<embedded>" (or by a
+    path that is no file): diagnose takes them from the benchmark, for the report and the clusters."""
+    run = write_run(tmp_path, 48, 0, blind_to("red"))
+    bench_dir = tmp_path / "bench"
+    items = [json.loads(x) for x in (bench_dir / "bench.jsonl").read_text().splitlines()]
+    table = pa.table(
+        {
+            "id": [i["id"] for i in items],
+            "question": [i["question"] for i in items],
+            "answer": [i["answer"] for i in items],
+            "category": [i["category"] for i in items],
+            "image": [{"bytes": (bench_dir / i["image"]).read_bytes(), "path": None} for i in items],
+        }
+    )
+    pq.write_table(table, tmp_path / "bench.parquet")
+    shutil.rmtree(bench_dir)
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    for k, r in enumerate(rows):
+        r["image"] = "<embedded>" if k % 2 else f"gone/{r['id']}.png"
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("summary.json", "config.json"):
+        doc = json.loads((run / name).read_text())
+        doc["bench"] = str(tmp_path / "bench.parquet")
+        (run / name).write_text(json.dumps(doc))
+    d = diagnose(run, tmp_path / "diag", DiagnoseOptions(progress=False))
+    assert not any("could not" in w or "not found" in w for w in d.warnings), d.warnings
+    assert all(f.image and Path(f.image).is_file() for f in d.failed)
+    assert sum(c.size for c in d.clusters) == d.failures  # embeddings saw the images
+    html = (tmp_path / "diag" / "report.html").read_text()
+    assert html.count('<img src="images/') >= min(8, d.failures) and "no image" not in html
+    # the benchmark gone as well: a warning, and the diagnosis still made
+    (tmp_path / "bench.parquet").unlink()
+    shutil.rmtree(tmp_path / "diag")
+    d = diagnose(run, tmp_path / "diag", DiagnoseOptions(scorer=None, progress=False))
+    assert d.weaknesses[0].attribute == {"colour": "red"}
+    assert any("could not be re-read" in w for w in d.warnings)

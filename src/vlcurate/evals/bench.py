@@ -11,7 +11,10 @@ One record per question. Field names are matched loosely, so common layouts read
               caption when captions are given, else short)
     category  category | kind | task                         (default "all")
     image     image | image_path | img | file_name: a path (relative to the benchmark file), an
-              http(s)/data URL, or embedded bytes ({bytes, path} in HF Parquet)
+              http(s)/data URL, embedded bytes ({bytes, path} in HF Parquet), or the image itself
+              in base64 (VLMEvalKit/MMBench TSV; there a short value naming another row's index
+              means that row's image)
+    hint      hint | context: put before the question as "Hint: ..." (MMBench, ScienceQA)
     description  a text description of the image (for `image_mode=description`, `description_from=bench`)
     meta      an object; every other field is added to it
 
@@ -27,9 +30,12 @@ problems. A missing answer or image is not a file error: the item is kept and th
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from vlcurate.base.images import sniff_image_ext
 from vlcurate.evals.extract import LETTERS, normalize
 from vlcurate.evals.results import QuestionType
 from vlcurate.io.instruct.formats import SampleError, parse_record
@@ -52,6 +59,7 @@ _ANSWER = ("answer", "label", "gt_answer", "ground_truth")
 _ANSWERS = ("answers", "captions", "references")
 _CATEGORY = ("category", "kind", "task")
 _IMAGE = ("image", "image_path", "img", "file_name")
+_HINT = ("hint", "context")
 _KNOWN = {
     *_ID,
     *_QUESTION,
@@ -60,11 +68,15 @@ _KNOWN = {
     *_ANSWERS,
     *_CATEGORY,
     *_IMAGE,
+    *_HINT,
     "type",
     "meta",
     "description",
 }
 _MAX_LISTED = 5
+_B64_MIN = 64  # VLMEvalKit: an image value of at most 64 characters names another row, longer is base64
+_B64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+CSV_FIELD_LIMIT = 1 << 30  # a base64 image in a TSV cell is far over csv's default 128 KiB
 NEWLINE = b"\n"
 
 
@@ -157,9 +169,23 @@ def _image(value: Any, base: Path) -> tuple[str | None, str | None, bytes | None
         if not value:
             return None, None, None
     ref = str(value).strip()
+    data = _base64_image(ref)  # first: a JPEG's base64 starts "/9j/", which reads as an absolute path
+    if data is not None:
+        return "<base64>", None, data
     if ref.startswith(("http://", "https://", "data:")) or Path(ref).is_absolute():
         return ref, ref, None
     return ref, str(base / ref), None
+
+
+def _base64_image(text: str) -> bytes | None:
+    """The bytes of an image written inline in base64, or None when `text` is not one (a path)."""
+    if len(text) <= _B64_MIN or not _B64.fullmatch(text[:4096]):
+        return None
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if sniff_image_ext(data[:16]) else None
 
 
 def _infer_type(
@@ -246,6 +272,9 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         if type_ != "caption":
             raise BenchFileError(f"{where}: no question (expected one of {', '.join(_QUESTION)})")
         question = vp.caption_prompt("detailed")
+    hint = _first(rec, _HINT)
+    if hint is not None and str(hint).strip() not in ("", "nan", "None"):
+        question = f"Hint: {_text(hint).strip()}\n{_text(question)}"
     rid = _first(rec, _ID)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
     extra = {k: v for k, v in rec.items() if k not in _KNOWN and not (len(k) == 1 and k in LETTERS)}
@@ -303,6 +332,7 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
                 yield where, index, BenchFileError(f"{where}: invalid JSON: {exc}")
         return
     if name.endswith((".csv", ".tsv")):
+        csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if name.endswith(".tsv") else ",")
             for index, row in enumerate(reader):
@@ -369,4 +399,21 @@ def read_benchmark(path: str | Path) -> list[BenchItem]:
         raise BenchFileError(f"{len(problems)} bad benchmark record(s): {head}{more}")
     if not items:
         raise BenchFileError(f"{file}: the benchmark holds no items")
+    _share_images(items)
     return items
+
+
+def _share_images(items: list[BenchItem]) -> None:
+    """VLMEvalKit writes each image once: a row whose image is a short value naming another row's
+    index (and no file of that name exists) shows that row's image."""
+    inline = {it.id: it.image_bytes for it in items if it.image == "<base64>" and it.image_bytes}
+    if not inline:
+        return
+    for it in items:
+        if (
+            it.image_bytes is None
+            and it.image in inline
+            and it.image_ref is not None
+            and not Path(it.image_ref).exists()
+        ):
+            it.image_bytes, it.image_ref = inline[it.image], None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vlcurate.base.atomic import write_text_atomic
+from vlcurate.evals.bench import BenchFileError
 from vlcurate.evals.results import EvalRun, RunFormatError, SampleResult, load_run
 from vlcurate.metabolism import embed
 from vlcurate.metabolism.diagnosis import (
@@ -41,7 +42,7 @@ from vlcurate.metabolism.diagnosis import (
     Weakness,
     WeaknessKind,
 )
-from vlcurate.metabolism.probe import probe_failures, resolve_image
+from vlcurate.metabolism.probe import embedded_images, probe_failures, resolve_image
 from vlcurate.metabolism.slices import Scored, attribute_values, rank_slices
 from vlcurate.metabolism.trainpool import TrainItem
 from vlcurate.vlm.client import VLMSettings
@@ -102,6 +103,23 @@ def _load(run_dir: Path) -> EvalRun:
     return run
 
 
+def _embedded(
+    rows: Sequence[SampleResult], images: list[str | None], bench: str | None, out: Path, warnings: list[str]
+) -> list[str | None]:
+    """Rows whose image is inside the benchmark file get it from there (DIAG/bench-images)."""
+    missing = {r.id for r, im in zip(rows, images, strict=True) if im is None and r.image}
+    if not missing or not bench:
+        return images
+    try:
+        found = embedded_images(bench, missing, out / "bench-images")
+    except (BenchFileError, OSError) as exc:
+        warnings.append(f"{len(missing)} images not found and the benchmark could not be re-read: {exc}")
+        return images
+    if len(found) < len(missing):
+        warnings.append(f"{len(missing) - len(found)} of {len(rows)} answers' images could not be found")
+    return [im or found.get(r.id) for r, im in zip(rows, images, strict=True)]
+
+
 def diagnose(run_dir: str | Path, out: str | Path, opts: DiagnoseOptions | None = None) -> Diagnosis:
     """Diagnose a run and write DIAG/diagnosis.json and DIAG/report.html; returns the diagnosis."""
     opts = opts or DiagnoseOptions()
@@ -114,6 +132,7 @@ def diagnose(run_dir: str | Path, out: str | Path, opts: DiagnoseOptions | None 
     bench = run.summary.bench if run.summary else run.config.get("bench")
     images = [resolve_image(r.image, run_path, bench) for r in rows]
     warnings: list[str] = []
+    images = _embedded(rows, images, bench, out_path, warnings)
     kinds, probes, probe_errors = _attribute(rows, failed, images, run, opts, warnings)
     scored = rank_slices(rows, failed)
     clusters: list[Cluster] = []

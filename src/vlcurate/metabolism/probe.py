@@ -9,9 +9,13 @@ that description alone, and to answer it without the image at all:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from vlcurate.base.atomic import write_bytes_atomic
+from vlcurate.base.images import sniff_image_ext
+from vlcurate.evals.bench import read_benchmark
 from vlcurate.evals.extract import score_reply
 from vlcurate.evals.results import SampleResult
 from vlcurate.metabolism.diagnosis import Probe
@@ -85,3 +89,21 @@ def resolve_image(ref: str | None, run_dir: Path, bench: str | None) -> str | No
         if t.is_file():
             return str(t.resolve())
     return None
+
+
+def embedded_images(bench: str, ids: Collection[str], dest: Path) -> dict[str, str]:
+    """Images a benchmark holds inside its file (HF Parquet bytes, VLMEvalKit base64), which a run
+    names only as "<embedded>": written once each under `dest` (named by content), as item id ->
+    path. Raises `BenchFileError` or OSError when the benchmark can no longer be read."""
+    wanted = set(ids)
+    out: dict[str, str] = {}
+    for item in read_benchmark(bench):
+        if item.id not in wanted or not item.image_bytes:
+            continue
+        ext = sniff_image_ext(item.image_bytes[:16]) or "img"
+        path = dest / f"{hashlib.sha256(item.image_bytes).hexdigest()[:20]}.{ext}"
+        if not path.is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, item.image_bytes)
+        out[item.id] = str(path.resolve())
+    return out
