@@ -109,6 +109,79 @@ def test_vlmevalkit_tsv_with_base64_images_hints_and_shared_images(tmp_path: Pat
     assert Image.open(io.BytesIO(shared.image_bytes)).size == (320, 320)
 
 
+def test_the_layouts_public_benchmarks_ship_in(tmp_path: Path) -> None:
+    """POPE, VQAv2/VizWiz, ScienceQA, SEED-Bench, TextVQA and MM-Vet as they come, unedited."""
+    (tmp_path / "pope.jsonl").write_text(
+        json.dumps({"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a dog?", "label": "no"}) + "\n"
+    )
+    [pope] = read_benchmark(tmp_path / "pope.jsonl")
+    assert (pope.id, pope.question, pope.type, pope.answers) == ("1", "Is there a dog?", "yesno", ["no"])
+    assert pope.image_ref == str(tmp_path.resolve() / "COCO_1.jpg")
+
+    vqa = {
+        "question_id": 5,
+        "image": "v.jpg",
+        "question": "What colour?",
+        "answers": [
+            {"answer": "red", "answer_confidence": "yes"},
+            {"answer": "dark red", "answer_confidence": "maybe"},
+        ],
+    }
+    sqa = {"id": "s", "question": "Which is a mammal?", "choices": ["frog", "whale"], "answer": 1, "hint": ""}
+    seed = {
+        "question_id": "101",
+        "question": "Where?",
+        "choice_a": "park",
+        "choice_b": "beach",
+        "choice_c": "road",
+        "choice_d": "shop",
+        "answer": "B",
+        "image": "s.png",
+    }
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (vqa, sqa, seed)))
+    v, q, sd = read_benchmark(tmp_path / "mixed.jsonl")
+    assert v.answers == ["red", "dark red"] and v.type == "short"
+    assert q.type == "mc" and q.answers == ["B"] and q.question == "Which is a mammal?"  # index 1
+    assert sd.choices == ["park", "beach", "road", "shop"] and sd.answers == ["B"] and sd.meta == {}
+
+    (tmp_path / "textvqa.json").write_text(
+        json.dumps(
+            {
+                "dataset_name": "textvqa",
+                "data": [
+                    {"question_id": 7, "question": "What brand?", "answers": ["nokia"] * 3, "image": "t.jpg"}
+                ],
+            }
+        )
+    )
+    [t] = read_benchmark(tmp_path / "textvqa.json")
+    assert (t.id, t.answers, t.image_ref) == ("7", ["nokia"] * 3, str(tmp_path.resolve() / "t.jpg"))
+
+    (tmp_path / "mmvet.json").write_text(
+        json.dumps(
+            {
+                "v1_0": {
+                    "imagename": "v1_0.png",
+                    "question": "What is x?",
+                    "answer": "3",
+                    "capability": "math",
+                },
+                "v1_1": {"imagename": "v1_1.png", "question": "Who?", "answer": "a cat"},
+            }
+        )
+    )
+    a, b = read_benchmark(tmp_path / "mmvet.json")
+    assert (a.id, b.id, a.meta["capability"]) == ("v1_0", "v1_1", "math")
+    assert a.image_ref == str(tmp_path.resolve() / "v1_0.png")
+
+    (tmp_path / "config.json").write_text(json.dumps({"name": "x", "version": 2}))
+    with pytest.raises(BenchFileError, match="a JSON object that is no benchmark"):
+        read_benchmark(tmp_path / "config.json")
+    (tmp_path / "broken.json").write_text('{"data": [')
+    with pytest.raises(BenchFileError, match="invalid JSON"):
+        read_benchmark(tmp_path / "broken.json")
+
+
 def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:
     data = make_training_samples(tmp_path, 8, seed=2)
     items = read_benchmark(data)

@@ -53,12 +53,12 @@ from vlcurate.vlm import prompts as vp
 
 BENCH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 _ID = ("id", "question_id", "index")
-_QUESTION = ("question", "prompt", "query")
+_QUESTION = ("question", "prompt", "query", "text")  # text: POPE, LLaVA-Bench
 _CHOICES = ("choices", "options")
 _ANSWER = ("answer", "label", "gt_answer", "ground_truth")
 _ANSWERS = ("answers", "captions", "references")
 _CATEGORY = ("category", "kind", "task")
-_IMAGE = ("image", "image_path", "img", "file_name")
+_IMAGE = ("image", "image_path", "img", "file_name", "image_file", "imagename")
 _HINT = ("hint", "context")
 _KNOWN = {
     *_ID,
@@ -127,9 +127,16 @@ def _text(value: Any) -> str:
 def _choices(rec: dict[str, Any], where: str) -> list[str] | None:
     value = _first(rec, _CHOICES)
     if value is None:
-        cols = [rec.get(k) for k in LETTERS]
-        found = [str(c) for c in cols if c is not None and str(c).strip() not in ("", "nan", "None")]
-        return found or None
+        for names in (
+            LETTERS,
+            [f"choice_{x.lower()}" for x in LETTERS],
+            [f"option_{x.lower()}" for x in LETTERS],
+        ):
+            cols = [rec.get(k) for k in names]  # MMBench's A, B, ...; SEED-Bench's choice_a, ...
+            found = [str(c) for c in cols if c is not None and str(c).strip() not in ("", "nan", "None")]
+            if found:
+                return found
+        return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -142,16 +149,20 @@ def _choices(rec: dict[str, Any], where: str) -> list[str] | None:
     raise BenchFileError(f"{where}: choices must be a non-empty list or an object of lettered options")
 
 
-def _answers(rec: dict[str, Any]) -> list[str]:
+def _answers(rec: dict[str, Any], choices: list[str] | None) -> list[str]:
     value = _first(rec, _ANSWER)
     if value is None:
         value = _first(rec, _ANSWERS)
     if value is None:
         return []
+    if isinstance(value, int) and not isinstance(value, bool) and choices and 0 <= value < len(choices):
+        return [LETTERS[value]]  # ScienceQA, AI2D: the answer is the option's index
     if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
         with contextlib.suppress(ValueError):
             value = json.loads(value)
     items = value if isinstance(value, list) else [value]
+    # VQAv2 / VizWiz: [{"answer": ..., "answer_confidence": ...}, ...]
+    items = [v.get("answer") if isinstance(v, dict) else v for v in items]
     return [str(v).strip() for v in items if v is not None and str(v).strip()]
 
 
@@ -265,7 +276,7 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
     if "conversations" in rec or "messages" in rec:
         rec = _from_instruct(rec, where, index)
     choices = _choices(rec, where)
-    answers = _answers(rec)
+    answers = _answers(rec, choices)
     type_ = _infer_type(rec.get("type"), choices, answers, rec, where)
     question = _first(rec, _QUESTION)
     if question is None:
@@ -277,7 +288,7 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         question = f"Hint: {_text(hint).strip()}\n{_text(question)}"
     rid = _first(rec, _ID)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-    extra = {k: v for k, v in rec.items() if k not in _KNOWN and not (len(k) == 1 and k in LETTERS)}
+    extra = {k: v for k, v in rec.items() if k not in _KNOWN and not _option_column(k)}
     written, ref, data = _image(_first(rec, _IMAGE), base)
     desc = rec.get("description")
     return BenchItem(
@@ -294,6 +305,12 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         meta={**{k: _plain(v) for k, v in extra.items()}, **meta},
         where=where,
     )
+
+
+def _option_column(name: str) -> bool:
+    """A column that holds one option of a multiple-choice item (A, choice_a, option_a)."""
+    letter = name[-1:].upper()
+    return letter in LETTERS and name in (letter, f"choice_{letter.lower()}", f"option_{letter.lower()}")
 
 
 def _plain(v: Any) -> Any:
@@ -318,6 +335,9 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
         return
     if name.endswith(".json"):
         buf = path.read_bytes()
+        if buf.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+            yield from _object_records(path, buf)
+            return
         try:
             spans = list(array_elements(buf))
         except JsonScanError as exc:
@@ -350,6 +370,30 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
     raise BenchFileError(f"{path}: unknown benchmark format; expected one of {', '.join(BENCH_SUFFIXES)}")
 
 
+def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
+    """A JSON object holding the items: a list under one of `_ITEM_LISTS` (TextVQA's `data`,
+    SEED-Bench's `questions`), or one item per key (MM-Vet: {"v1_0": {...}}, the key is the id)."""
+    try:
+        doc = json.loads(buf)
+    except ValueError as exc:
+        raise BenchFileError(f"{path}: invalid JSON: {exc}") from None
+    for key in _ITEM_LISTS:
+        if isinstance(doc.get(key), list):
+            for index, rec in enumerate(doc[key]):
+                yield f"{path} {key}[{index}]", index, rec
+            return
+    if doc and all(isinstance(v, dict) for v in doc.values()):
+        for index, (key, rec) in enumerate(doc.items()):
+            yield f"{path} [{key!r}]", index, rec if _first(rec, _ID) is not None else {"id": key, **rec}
+        return
+    lists = ", ".join(_ITEM_LISTS)
+    raise BenchFileError(
+        f"{path}: a JSON object that is no benchmark: expected a list of items under one of {lists}, "
+        "or an object of items keyed by id"
+    )
+
+
+_ITEM_LISTS = ("data", "questions", "items", "annotations", "samples")
 _BOOKKEEPING = ("version", "missing", "truth", "config", "summary", "report")
 
 
