@@ -182,6 +182,25 @@ def test_the_layouts_public_benchmarks_ship_in(tmp_path: Path) -> None:
         read_benchmark(tmp_path / "broken.json")
 
 
+def test_coco_captions_are_a_caption_benchmark(coco_dir: Path, tmp_path: Path) -> None:
+    """Real COCO captions: one caption item per photo, the photo found in the split's folder, its
+    human captions the references (the file the user already has for `vlcurate score`)."""
+    path = coco_dir / "annotations" / "captions_val2017.json"
+    doc = json.loads(path.read_text())
+    items = read_benchmark(path)
+    assert len(items) == len(doc["images"]) and {i.type for i in items} == {"caption"}
+    by_id = {str(im["id"]): im for im in doc["images"]}
+    for item in items:
+        im = by_id[item.id]
+        assert item.image_ref == str((coco_dir / "val2017" / im["file_name"]).resolve())
+        want = [a["caption"] for a in doc["annotations"] if a["image_id"] == im["id"]]
+        assert item.answers == [c.strip() for c in want] and len(item.answers) >= 5
+    # moved away from its photos: the images' coco_url
+    (tmp_path / "c.json").write_text(path.read_text())
+    moved = read_benchmark(tmp_path / "c.json")
+    assert all(i.image_ref and i.image_ref.startswith("http://images.cocodataset.org/") for i in moved)
+
+
 def test_instruction_data_reads_as_a_benchmark(tmp_path: Path) -> None:
     data = make_training_samples(tmp_path, 8, seed=2)
     items = read_benchmark(data)

@@ -48,7 +48,9 @@ from vlcurate.evals.extract import LETTERS, normalize
 from vlcurate.evals.results import QuestionType
 from vlcurate.io.instruct.formats import SampleError, parse_record
 from vlcurate.io.instruct.model import USER, strip_placeholders
+from vlcurate.io.json_reader import default_image_root, load_json_object
 from vlcurate.io.jsonscan import JsonScanError, array_elements
+from vlcurate.io.shards import ShardReadError
 from vlcurate.vlm import prompts as vp
 
 BENCH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
@@ -377,6 +379,9 @@ def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
         doc = json.loads(buf)
     except ValueError as exc:
         raise BenchFileError(f"{path}: invalid JSON: {exc}") from None
+    if isinstance(doc.get("images"), list) and isinstance(doc.get("annotations"), list):
+        yield from _coco_caption_items(path)
+        return
     for key in _ITEM_LISTS:
         if isinstance(doc.get(key), list):
             for index, rec in enumerate(doc[key]):
@@ -391,6 +396,25 @@ def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
         f"{path}: a JSON object that is no benchmark: expected a list of items under one of {lists}, "
         "or an object of items keyed by id"
     )
+
+
+def _coco_caption_items(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """COCO captions (`images` + `annotations`, read by the same reader as `vlcurate score`): one
+    caption item per image, its captions the references. Images are looked for beside the file,
+    in the split's folder (`annotations/captions_val2017.json` -> `val2017/`), else at `coco_url`."""
+    try:
+        coco = load_json_object(str(path))
+    except ShardReadError as exc:
+        raise BenchFileError(str(exc)) from None
+    root = default_image_root(str(path))
+    for index, im in enumerate(coco.images):
+        name, url = im.get("file_name"), im.get("coco_url")
+        local = [Path(root) / name] if root and name else []
+        local += [path.parent / name] if name else []
+        image = next((str(p.resolve()) for p in local if p.is_file()), None) or url or name
+        refs = [c for _, c in coco.captions.get(im.get("id"), []) if c.strip()]
+        rec = {"id": im.get("id", index), "type": "caption", "captions": refs, "image": image}
+        yield f"{path} images[{index}]", index, rec
 
 
 _ITEM_LISTS = ("data", "questions", "items", "annotations", "samples")
