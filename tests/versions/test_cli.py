@@ -222,3 +222,30 @@ def test_build_export_and_user_errors(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "vs" / "versions" / vid)
     code, out = invoke("version", "show", vid[:8], "--store", store)
     assert code == 2 and "no version" in out
+
+
+def test_image_root_for_instruction_files_kept_apart_from_their_images(tmp_path: Path) -> None:
+    """LLaVA's layout: the JSON in one place, images under an --image-folder elsewhere."""
+    data = tmp_path / "instruct"
+    write_planted(data, 12, seed=3)
+    (tmp_path / "json").mkdir()
+    moved = tmp_path / "json" / "data.json"
+    shutil.move(str(data / "data.json"), moved)
+    store = str(tmp_path / "vs")
+    code, out = invoke("version", "create", str(moved), "--store", store, "--json")
+    assert code != 0 or json.loads(out)["n_samples"] == 0, out  # every image missing: nothing stored
+    code, out = invoke("version", "create", str(moved), "--store", store, "--image-root", str(data), "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert info["n_samples"] == 12 and info["dropped"] == 0
+    samples = list(open_store(store).iter_samples(info["id"]))
+    images = [Path(img) for s in samples for img in s["images"]]
+    assert len(samples) == 12 and all(p.is_relative_to(data.resolve()) and p.is_file() for p in images)
+    code, out = invoke(
+        "version", "create", str(moved), "--store", store, "--image-root", str(tmp_path / "no")
+    )
+    assert code != 0 and "no such folder" in out
+    code, out = invoke(
+        "version", "create", str(data), "--store", store, "--kind", "build", "--image-root", str(data)
+    )
+    assert code != 0 and "--image-root is for instruction files" in out

@@ -35,7 +35,7 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def _ingest(inputs: list[Path], kind: str, store_root: Path) -> Any:
+def _ingest(inputs: list[Path], kind: str, store_root: Path, image_root: Path | None = None) -> Any:
     """Samples and events from the inputs: instruction files, a run folder, or a build export."""
     from vlcurate.versions.ingest import Ingested, read_instruct, read_run
 
@@ -45,7 +45,11 @@ def _ingest(inputs: list[Path], kind: str, store_root: Path) -> Any:
         else:
             kind = "instruct"
     if kind == "instruct":
-        return read_instruct(inputs, store_root), kind
+        if image_root is not None and not image_root.is_dir():
+            raise ValueError(f"--image-root {image_root}: no such folder")
+        return read_instruct(inputs, store_root, image_root), kind
+    if image_root is not None:
+        raise ValueError("--image-root is for instruction files (a run or build folder records its images)")
     if len(inputs) != 1 or not inputs[0].is_dir():
         raise ValueError(f"--kind {kind} takes one folder, got {len(inputs)} input(s)")
     if kind == "run":
@@ -130,6 +134,12 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="The plan that asked for this data (lineage).")
         ] = None,
         kind: Annotated[str, typer.Option(help="auto, instruct, run or build.")] = "auto",
+        image_root: Annotated[
+            Path | None,
+            typer.Option(
+                help="Folder relative image paths are under (LLaVA's --image-folder); default: the file's."
+            ),
+        ] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Record the inputs as a new immutable version (an identical one is returned as it is)."""
@@ -148,7 +158,7 @@ def register(app: typer.Typer) -> None:
             else:
                 parent_id, move = head, True  # the ref must still be at `head` when publishing
             with console.status("reading the input", spinner="dots"):
-                ing, kind_used = _ingest(inputs, kind, store)
+                ing, kind_used = _ingest(inputs, kind, store, image_root)
             with Progress(
                 TextColumn("[bold]storing[/]"),
                 BarColumn(),

@@ -143,8 +143,9 @@ def _records(path: Path) -> Iterator[tuple[int, InstructSample | SampleError]]:
             yield i, exc
 
 
-def read_instruct(files: list[Path], store_root: Path) -> Ingested:
-    """Samples and events from instruction data files."""
+def read_instruct(files: list[Path], store_root: Path, image_root: Path | None = None) -> Ingested:
+    """Samples and events from instruction data files; relative image paths are under `image_root`
+    (LLaVA's `--image-folder`), by default the folder of the file that names them."""
     out = Ingested()
     seen: set[str] = set()
     for path in files:
@@ -166,7 +167,8 @@ def read_instruct(files: list[Path], store_root: Path) -> Ingested:
                 )
                 out.dropped += 1
                 continue
-            body, problem = sample_dict(item, path.resolve().parent, store_root)
+            base_dir = image_root.resolve() if image_root is not None else path.resolve().parent
+            body, problem = sample_dict(item, base_dir, store_root)
             if item.id in seen:
                 problem = problem or f"duplicate:id {item.id!r} already read"
             if problem is not None:
