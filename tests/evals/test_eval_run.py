@@ -264,3 +264,26 @@ def test_a_vlmevalkit_tsv_with_base64_images_answers_like_the_jsonl(
     want = {k: v for k, v in answers(tmp_path / "jsonl").items() if k[0] in {r["id"] for r in rows}}
     assert answers(tmp_path / "tsv") == want
     assert a.overall.n > b.overall.n  # the captions were left out of the TSV
+
+
+def test_image_root_for_a_benchmark_kept_apart_from_its_images(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    """POPE's layout: the question file in one place, the photos in COCO's folder: `--image-root`
+    finds them for the run, and `diagnose` finds them again from the run's config."""
+    from vlcurate.metabolism.diagnose import DiagnoseOptions, diagnose
+
+    moved = tmp_path / "q" / "bench.jsonl"
+    moved.parent.mkdir()
+    shutil.copy(bench, moved)
+    base = ["eval", servers["plain"].base_url, str(moved), "--no-progress", "--concurrency", "4"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "lost")])
+    assert {s.status for s in load_run(tmp_path / "lost").samples} == {"missing_image"}, r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "found"), "--image-root", str(bench.parent)])
+    assert r.exit_code == 0, r.output
+    run_eval(cfg(servers["plain"], bench, tmp_path / "ref", cache_dir=tmp_path / "c"), progress=False)
+    assert answers(tmp_path / "found") == answers(tmp_path / "ref")
+    d = diagnose(tmp_path / "found", tmp_path / "diag", DiagnoseOptions(scorer=None, progress=False))
+    assert all(f.image and Path(f.image).is_file() for f in d.failed) and d.failed
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x"), "--image-root", str(tmp_path / "no")])
+    assert r.exit_code == 2 and "no such folder" in r.output

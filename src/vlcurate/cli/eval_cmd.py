@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the first repeat.")] = 0,
         concurrency: Annotated[int, typer.Option(min=1, help="Most requests in flight.")] = 16,
         limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+        image_root: Annotated[
+            Path | None, typer.Option(help="Folder relative image paths are under (default: beside BENCH).")
+        ] = None,
         category: Annotated[str | None, typer.Option(help="Only these categories (comma separated).")] = None,
         ids: Annotated[str | None, typer.Option(help="Only these item ids (comma separated).")] = None,
         image_mode: Annotated[
@@ -90,6 +93,7 @@ def register(app: typer.Typer) -> None:
                 endpoint=endpoint,
                 model=model,
                 bench=str(bench),
+                image_root=str(image_root) if image_root is not None else None,
                 out=out,
                 repeats=repeats,
                 temperature=temperature,

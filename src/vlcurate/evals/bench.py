@@ -319,7 +319,7 @@ def _plain(v: Any) -> Any:
     return v.hex() if isinstance(v, bytes) else v
 
 
-def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
+def _records(path: Path, image_root: str | Path | None = None) -> Iterator[tuple[str, int, Any]]:
     """(where, index, record) for every record; decoding errors are yielded as BenchFileError."""
     name = path.name.lower()
     if name.endswith((".jsonl", ".ndjson")):
@@ -338,7 +338,7 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
     if name.endswith(".json"):
         buf = path.read_bytes()
         if buf.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
-            yield from _object_records(path, buf)
+            yield from _object_records(path, buf, image_root)
             return
         try:
             spans = list(array_elements(buf))
@@ -372,7 +372,9 @@ def _records(path: Path) -> Iterator[tuple[str, int, Any]]:
     raise BenchFileError(f"{path}: unknown benchmark format; expected one of {', '.join(BENCH_SUFFIXES)}")
 
 
-def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
+def _object_records(
+    path: Path, buf: bytes, image_root: str | Path | None = None
+) -> Iterator[tuple[str, int, Any]]:
     """A JSON object holding the items: a list under one of `_ITEM_LISTS` (TextVQA's `data`,
     SEED-Bench's `questions`), or one item per key (MM-Vet: {"v1_0": {...}}, the key is the id)."""
     try:
@@ -380,7 +382,7 @@ def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
     except ValueError as exc:
         raise BenchFileError(f"{path}: invalid JSON: {exc}") from None
     if isinstance(doc.get("images"), list) and isinstance(doc.get("annotations"), list):
-        yield from _coco_caption_items(path)
+        yield from _coco_caption_items(path, image_root)
         return
     for key in _ITEM_LISTS:
         if isinstance(doc.get(key), list):
@@ -398,7 +400,7 @@ def _object_records(path: Path, buf: bytes) -> Iterator[tuple[str, int, Any]]:
     )
 
 
-def _coco_caption_items(path: Path) -> Iterator[tuple[str, int, Any]]:
+def _coco_caption_items(path: Path, image_root: str | Path | None = None) -> Iterator[tuple[str, int, Any]]:
     """COCO captions (`images` + `annotations`, read by the same reader as `vlcurate score`): one
     caption item per image, its captions the references. Images are looked for beside the file,
     in the split's folder (`annotations/captions_val2017.json` -> `val2017/`), else at `coco_url`."""
@@ -406,7 +408,7 @@ def _coco_caption_items(path: Path) -> Iterator[tuple[str, int, Any]]:
         coco = load_json_object(str(path))
     except ShardReadError as exc:
         raise BenchFileError(str(exc)) from None
-    root = default_image_root(str(path))
+    root = str(image_root) if image_root is not None else default_image_root(str(path))
     for index, im in enumerate(coco.images):
         name, url = im.get("file_name"), im.get("coco_url")
         local = [Path(root) / name] if root and name else []
@@ -441,14 +443,17 @@ def bench_file(path: str | Path) -> Path:
     return p
 
 
-def read_benchmark(path: str | Path) -> list[BenchItem]:
-    """Every item of a benchmark file; `BenchFileError` lists the first bad lines (and how many)."""
+def read_benchmark(path: str | Path, *, image_root: str | Path | None = None) -> list[BenchItem]:
+    """Every item of a benchmark file; `BenchFileError` lists the first bad lines (and how many).
+    Relative image paths are under `image_root` (POPE's COCO val2014 folder), else beside the file."""
     file = bench_file(path)
-    base = file.resolve().parent
+    if image_root is not None and not Path(image_root).is_dir():
+        raise BenchFileError(f"image root {image_root}: no such folder")
+    base = Path(image_root).resolve() if image_root is not None else file.resolve().parent
     items: list[BenchItem] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for where, index, rec in _records(file):
+    for where, index, rec in _records(file, image_root):
         try:
             if isinstance(rec, BenchFileError):
                 raise rec

@@ -61,6 +61,7 @@ class EvalConfig(BaseModel):
     endpoint: str  # base URL of an OpenAI-compatible server (…/v1; http://host:port gets /v1)
     model: str = "tiny-synth"
     bench: str  # benchmark file or folder
+    image_root: str | None = None  # relative image paths are under it (default: beside the benchmark)
     out: Path
     repeats: int = Field(1, ge=1, le=100)
     temperature: float = Field(0.0, ge=0.0, le=2.0)

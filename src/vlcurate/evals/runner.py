@@ -393,7 +393,7 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> EvalSummary:
     """Evaluate `config.model` on `config.bench` into `config.out`; resumes what is already there."""
     from vlcurate.evals.report import write_eval_report
 
-    items = select_items(read_benchmark(config.bench), config)
+    items = select_items(read_benchmark(config.bench, image_root=config.image_root), config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config)

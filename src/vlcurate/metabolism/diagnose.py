@@ -104,14 +104,19 @@ def _load(run_dir: Path) -> EvalRun:
 
 
 def _embedded(
-    rows: Sequence[SampleResult], images: list[str | None], bench: str | None, out: Path, warnings: list[str]
+    rows: Sequence[SampleResult],
+    images: list[str | None],
+    bench: str | None,
+    image_root: str | None,
+    out: Path,
+    warnings: list[str],
 ) -> list[str | None]:
     """Rows whose image is inside the benchmark file get it from there (DIAG/bench-images)."""
     missing = {r.id for r, im in zip(rows, images, strict=True) if im is None and r.image}
     if not missing or not bench:
         return images
     try:
-        found = embedded_images(bench, missing, out / "bench-images")
+        found = embedded_images(bench, missing, out / "bench-images", image_root)
     except (BenchFileError, OSError) as exc:
         warnings.append(f"{len(missing)} images not found and the benchmark could not be re-read: {exc}")
         return images
@@ -130,9 +135,10 @@ def diagnose(run_dir: str | Path, out: str | Path, opts: DiagnoseOptions | None 
         raise DiagnosisError(f"{run_path}: no scored answers to diagnose (every row is an error or unscored)")
     failed = [is_failure(r) for r in rows]
     bench = run.summary.bench if run.summary else run.config.get("bench")
-    images = [resolve_image(r.image, run_path, bench) for r in rows]
+    root = run.config.get("image_root")
+    images = [resolve_image(r.image, run_path, bench, root) for r in rows]
     warnings: list[str] = []
-    images = _embedded(rows, images, bench, out_path, warnings)
+    images = _embedded(rows, images, bench, root, out_path, warnings)
     kinds, probes, probe_errors = _attribute(rows, failed, images, run, opts, warnings)
     scored = rank_slices(rows, failed)
     clusters: list[Cluster] = []

@@ -73,14 +73,19 @@ def _probe(row: SampleResult, desc: VLMResult, blind: VLMResult, from_desc: VLMR
     )
 
 
-def resolve_image(ref: str | None, run_dir: Path, bench: str | None) -> str | None:
-    """The image of a run's row as a readable path or URL (paths are relative to the benchmark file)."""
+def resolve_image(
+    ref: str | None, run_dir: Path, bench: str | None, image_root: str | None = None
+) -> str | None:
+    """The image of a run's row as a readable path or URL (paths are relative to the run's
+    `image_root`, else to the benchmark file)."""
     if not ref:
         return None
     if ref.startswith(("http://", "https://", "data:")):
         return ref
     p = Path(ref)
     tries = [p] if p.is_absolute() else []
+    if image_root:
+        tries.append(Path(image_root) / ref)
     if bench:
         b = Path(bench)
         tries.append((b if b.is_dir() else b.parent) / ref)
@@ -91,13 +96,15 @@ def resolve_image(ref: str | None, run_dir: Path, bench: str | None) -> str | No
     return None
 
 
-def embedded_images(bench: str, ids: Collection[str], dest: Path) -> dict[str, str]:
+def embedded_images(
+    bench: str, ids: Collection[str], dest: Path, image_root: str | None = None
+) -> dict[str, str]:
     """Images a benchmark holds inside its file (HF Parquet bytes, VLMEvalKit base64), which a run
     names only as "<embedded>": written once each under `dest` (named by content), as item id ->
     path. Raises `BenchFileError` or OSError when the benchmark can no longer be read."""
     wanted = set(ids)
     out: dict[str, str] = {}
-    for item in read_benchmark(bench):
+    for item in read_benchmark(bench, image_root=image_root):
         if item.id not in wanted or not item.image_bytes:
             continue
         ext = sniff_image_ext(item.image_bytes[:16]) or "img"
