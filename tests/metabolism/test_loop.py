@@ -65,7 +65,8 @@ def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
         events = vs.events(vid).to_pylist()
         assert {e["op"] for e in events} == {"collect"} and all(rnd["plan_id"] in e["reason"] for e in events)
 
-        res = CliRunner().invoke(app, args)  # resumes: same version, default hook (server memory)
+        # resumes: same version, default hook (server memory); the increment must also gain something
+        res = CliRunner().invoke(app, [*args, "--require-gain"])
         assert res.exit_code == 0, res.output
     rnd = json.loads((out / "round-1" / "round.json").read_text())
     assert rnd["status"] == "accepted" and rnd["new_version"] == vid
@@ -87,7 +88,8 @@ def test_loop_round_fails_then_resumes_and_cures(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_version"] == vid
     vs = VersionStore(store)
-    assert vs.attachments(vid)["validation-round-1"].payload["accepted"] is True
+    validation = vs.attachments(vid)["validation-round-1"].payload
+    assert validation["accepted"] is True and validation["reasons"][-1].startswith("gain: closed w")
     assert vs.head("main") == vid and rnd["main_moved"]  # main follows the accepted increment
     assert vs.get(vid).parent == rnd["base_version"]
     assert (out / "summary.html").is_file() and (out / "round-1" / "report.html").is_file()

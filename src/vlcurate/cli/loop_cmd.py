@@ -118,6 +118,13 @@ def loop_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N benchmark items")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 16,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="re-ask failures in diagnosis")] = True,
+    require_gain: Annotated[
+        bool,
+        typer.Option(
+            "--require-gain/--no-require-gain",
+            help="accept only an increment that closes a planned weakness or improves a category",
+        ),
+    ] = False,
     scorer: Annotated[
         str, typer.Option(help="CLIP-style scorer for diagnosis embeddings, or 'none'")
     ] = "tiny-synth",
@@ -159,6 +166,7 @@ def loop_cmd(
                 "limit": limit,
                 "concurrency": concurrency,
                 "probe": probe,
+                "require_gain": require_gain,
                 "improve": improve,
                 "scorer": None if scorer.lower() == "none" else scorer,
                 "progress": not quiet,

@@ -16,9 +16,11 @@ One round, in OUT/round-N/:
                 {export}, {version}, {round}, {endpoint}; by default the bundled server reloads its
                 memory with `POST /admin/memory`)
     new eval    the same benchmark again (new-run/)
-    validate    `evals.paired.compare_runs`: the decision is attached to the version; accepted moves
-                the loop's base to it (and the store's `main`, compare-and-swap), rejected puts the
-                base back (the train hook with the base)
+    validate    `evals.paired.compare_runs`: no category may regress beyond its interval; with
+                `require_gain` the increment must also close a weakness it was planned for or
+                improve a category beyond its interval (`apply_gain_rule`). The decision is attached
+                to the version; accepted moves the loop's base to it (and the store's `main`,
+                compare-and-swap), rejected puts the base back (the train hook with the base)
 
 Each step writes its result into OUT/round-N/round.json before the next starts, so a re-run skips
 what is done (resumable per round). A failing train hook marks the round failed: the version is
@@ -85,6 +87,9 @@ class LoopConfig(BaseModel):
     concurrency: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1)
     probe: bool = True
+    require_gain: bool = (
+        False  # accept only an increment that closes a planned weakness or improves a category
+    )
     improve: bool = True  # run the plan's improve recipes (recaption, chain-of-thought rewrite)
     scorer: str | None = "tiny-synth"
     progress: bool = True
@@ -384,11 +389,13 @@ class Loop:
             rec.accuracy_after = _accuracies(folder / "new-run")
             mark("new_eval")
         if step("validate"):
-            decision = self.validate(Path(rec.base_run), folder / "new-run", rec.new_version, rnd)
-            rec.decision = json.loads(decision.model_dump_json())
             rec.targets = weakness_progress(
                 load_diagnosis(folder / "diag"), plan, Path(rec.base_run), folder / "new-run"
             )
+            decision = self.validate(
+                Path(rec.base_run), folder / "new-run", rec.new_version, rnd, rec.targets
+            )
+            rec.decision = json.loads(decision.model_dump_json())
             rec.status = "accepted" if decision.accepted else "rejected"
             if (
                 decision.accepted
@@ -404,10 +411,14 @@ class Loop:
             mark("validate")
         return rec
 
-    def validate(self, base_run: Path, new_run: Path, vid: str, rnd: int) -> ValidationDecision:
+    def validate(
+        self, base_run: Path, new_run: Path, vid: str, rnd: int, targets: list[dict[str, Any]]
+    ) -> ValidationDecision:
         decision = compare_runs(
             load_run(base_run), load_run(new_run), method=self.cfg.method, alpha=self.cfg.alpha
         )
+        if self.cfg.require_gain:
+            decision = apply_gain_rule(decision, targets)
         self.store.attach(vid, f"validation-round-{rnd}", json.loads(decision.model_dump_json()))
         return decision
 
@@ -439,6 +450,23 @@ class Loop:
         write_text_atomic(self.out / SUMMARY_FILE, summary.model_dump_json(indent=2))
         write_summary_report(summary, self.out)
         return summary
+
+
+def apply_gain_rule(decision: ValidationDecision, targets: list[dict[str, Any]]) -> ValidationDecision:
+    """`require_gain`: an increment that regresses nothing but gains nothing is rejected too. A gain
+    is a planned weakness closed (`weakness_progress`: its slice's interval after lies above the one
+    before) or a category (or the overall accuracy) improved beyond its paired-test interval."""
+    closed = [f"{t['weakness']} {t['label']}" for t in targets if t.get("closed")]
+    improved = [c.category for c in [*decision.categories.values(), decision.overall] if c.improved]
+    if closed or improved:
+        gains = [f"closed {', '.join(closed)}"] if closed else []
+        gains += [f"improved {', '.join(improved)}"] if improved else []
+        return decision.model_copy(update={"reasons": [*decision.reasons, f"gain: {'; '.join(gains)}"]})
+    why = (
+        f"no gain: none of the {len(targets)} planned weaknesses closed and no category improved beyond "
+        "its interval (--require-gain)"
+    )
+    return decision.model_copy(update={"accepted": False, "reasons": [*decision.reasons, why]})
 
 
 def weakness_progress(diag: Diagnosis, plan: Plan, base_run: Path, new_run: Path) -> list[dict[str, Any]]:
