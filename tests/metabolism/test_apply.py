@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.builder.conftest import true_class, write_scene_pool
+from tests.builder.conftest import scene_of, true_class, write_scene_pool
 from tests.metabolism.runs import blind_to, write_run
 from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
@@ -20,8 +20,9 @@ from vlcurate.cli.loop_cmd import synth_collector
 from vlcurate.cli.main import app
 from vlcurate.metabolism.apply import ApplyError, build_collector, build_question
 from vlcurate.metabolism.loop import Loop, LoopConfig, LoopError
-from vlcurate.metabolism.plan import CollectAction, Plan, load_plan
+from vlcurate.metabolism.plan import CollectAction, Plan, load_plan, plural
 from vlcurate.synth.bench import make_training_samples
+from vlcurate.synth.vocab import SHAPES
 from vlcurate.versions.store import VersionStore
 
 
@@ -171,10 +172,49 @@ def test_collect_build_turns_verified_images_into_samples(tmp_path: Path) -> Non
         build_collector([str(pool)])(
             _build_action("3 images each of zebras for classification"), tmp_path / "z", 1
         )
-    with pytest.raises(ApplyError, match="a detect request; only classification builds"):
+    with pytest.raises(ApplyError, match="one class and nothing to tell it from"):
         build_collector([str(pool)])(
             _build_action("3 images each of circles for detection"), tmp_path / "d", 1
         )
+
+
+def test_collect_build_for_detection_asks_how_many(tmp_path: Path) -> None:
+    """A counting weakness plans a detection build: every exported scene is asked how many of each
+    class it holds, answered by its verified boxes, never by a count with a doubtful box in it. The
+    request names what the classes are not: their boxes are labelled too, so a triangle is not
+    counted as a square."""
+    pool = write_scene_pool(tmp_path / "pool", 40, single=False)
+    train = make_training_samples(tmp_path / "train", 4, seed=4)
+    loop = Loop(
+        _config(tmp_path, "http://127.0.0.1:9/v1", train, improve=False), build_collector([str(pool)])
+    )
+    base = loop.initial_version()
+    action = _build_action(
+        "4 images each of circles and squares for detection, not triangles, stars or crosses"
+    )
+    plan = Plan(id="p1", diagnosis="", run="", created="", train_source=None, collect=[action])
+    samples, events = loop.apply(plan, base, 1, tmp_path / "round")
+    built = [s for s in samples if s["id"].startswith("r1-a01-")]
+    assert built and len(built) == len(events)
+    build_dir = tmp_path / "round/collect/a01/build"
+    labels = {json.loads(r)["uid"]: json.loads(r) for r in _lines(build_dir / "labels.jsonl")}
+    queued = {json.loads(r)["uid"] for r in _lines(build_dir / "review" / "queue.jsonl")}
+    right = 0
+    for s in built:
+        q, a = s["messages"][0]["content"], s["messages"][1]["content"]
+        cls = s["label"]["class"] if "label" in s else None
+        row = labels[s["build"]["uid"]]
+        boxes = [lab for lab in row["labels"] if lab["class"] == cls]
+        assert (
+            q.endswith(f"How many {plural(cls)} are there? Answer with a number.") and a == s["short_answer"]
+        )
+        assert int(a) == len(boxes) == s["label"]["boxes"] > 0 and all(lab["verified"] for lab in boxes)
+        assert not (s["build"]["uid"] in queued and cls in {lab["class"] for lab in row["labels"]} - {cls})
+        truth = sum(SHAPES[o.label] == cls for o in scene_of(s["build"]["source"], False).objects)
+        right += int(a) == truth
+        assert Path(s["images"][0]).is_file()
+    assert right >= 0.7 * len(built)  # counts from verified boxes: mostly the true count
+    assert {e.op for e in events} == {"collect"} and all("label_confidence" in e.scores for e in events)
 
 
 def _lines(path: Path) -> list[str]:

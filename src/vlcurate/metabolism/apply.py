@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from vlcurate.base.atomic import write_text_atomic
-from vlcurate.metabolism.plan import CollectAction, ImproveAction, Plan
+from vlcurate.metabolism.plan import CollectAction, ImproveAction, Plan, plural
 from vlcurate.versions.model import LineageEvent
 
 INPUT_FILE = "input.jsonl"
@@ -146,7 +146,9 @@ def build_collector(
     pools: list[str], *, progress: bool = False
 ) -> Callable[[CollectAction, Path, int], list[Path]]:
     """A collector that runs `builder.job.build` for each collect action's build request against
-    `pools` and turns every exported, verified image into a question/answer sample (LLaVA JSON)."""
+    `pools` and turns every exported, verified image into a question/answer sample (LLaVA JSON):
+    a classification build asks which class an image shows; a detection or segmentation build asks
+    how many of each class it holds (`write_count_samples`)."""
 
     def collect(action: CollectAction, out: Path, seed: int) -> list[Path]:
         from vlcurate.builder.job import BuildConfig, build
@@ -161,23 +163,21 @@ def build_collector(
         except (SpecError, ValueError, OSError) as exc:
             raise ApplyError(f"{where}: {exc}") from exc
         classes = [c["name"] for c in summary["spec"]["classes"]]
+        if summary["spec"]["task"] != "classify":
+            return [write_count_samples(build_out, action, out / "data.json", request=request)]
         return [write_build_samples(build_out, action, classes, out / "data.json", request=request)]
 
     return collect
 
 
 def one_class_request(request: str, where: str) -> str:
-    """The request to build: a classification one. A one-class request has nothing for the zero-shot
-    labeller to tell its class from (every pool image would be labelled it), so it must say what its
-    class is not (`..., not circles or squares`); `plan` adds that from the benchmark's vocabulary."""
+    """The request to build, checked. A one-class request has nothing for the zero-shot labeller to
+    tell its class from (every pool image, or every region, would be labelled it), so it must say
+    what its class is not (`..., not circles or squares`); `plan` adds that from the benchmark's
+    vocabulary."""
     from vlcurate.builder.demand import parse_request
 
     spec = parse_request(request)
-    if spec.task != "classify":
-        raise ApplyError(
-            f"{where}: a {spec.task} request; only classification builds become instruction samples "
-            "(use --collect synth or --collect-cmd for the others)"
-        )
     if len(spec.class_names) > 1 or spec.other:
         return request
     (name,) = spec.class_names
@@ -197,6 +197,86 @@ def _build_progress(stage: str, message: str) -> None:
     print(f"build {stage}: {message}", file=sys.stderr)
 
 
+def _record(
+    uid: str, image: Path, question: str, answer: str, choices: list[str] | None, build: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": uid,
+        "image": str(image.resolve()),
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{question}"},
+            {"from": "gpt", "value": answer},
+        ],
+        "short_answer": answer,
+        "choices": choices,
+        "build": build,
+    }
+
+
+def _build_info(build_out: Path, row: dict[str, Any], request: str) -> dict[str, Any]:
+    return {
+        "request": request,
+        "out": str(build_out.resolve()),
+        "uid": row["uid"],
+        "source": row.get("source"),
+        "split": row.get("split"),
+    }
+
+
+def write_count_samples(
+    build_out: Path, action: CollectAction, path: Path, *, request: str | None = None
+) -> Path:
+    """Counting questions from a detection (or segmentation) build: for every exported image and
+    every class found in it, "How many CLASSES are there?" answered by its verified boxes. A class
+    with any box the verifier did not confirm (or one held back for review) is not asked about in that
+    image: its count is not known. The label fields say how many boxes and their lowest confidence."""
+    files = {
+        p.name: p for fmt in ("coco", "yolo", "voc") for p in (build_out / fmt).rglob("*") if p.is_file()
+    }
+    doubtful: dict[str, set[str]] = {}
+    queue = build_out / "review" / "queue.jsonl"
+    for line in queue.read_text().splitlines() if queue.is_file() else []:
+        q = json.loads(line)
+        doubtful.setdefault(q["uid"], set()).add(str(q.get("label", {}).get("class")))
+    records: list[dict[str, Any]] = []
+    for line in (build_out / "labels.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        image = files.get(row["file"])
+        if image is None:
+            continue
+        by_class: dict[str, list[dict[str, Any]]] = {}
+        for lab in row["labels"]:
+            by_class.setdefault(str(lab["class"]), []).append(lab)
+        for cls, labs in sorted(by_class.items()):
+            if not all(lab.get("verified") for lab in labs) or cls in doubtful.get(row["uid"], set()):
+                continue
+            things = plural(cls)
+            rec = _record(
+                f"{row['uid'][:16]}-{len(records):04d}",
+                image,
+                f"How many {things} are there? Answer with a number.",
+                str(len(labs)),
+                None,
+                _build_info(build_out, row, request or action.build_request),
+            )
+            rec["label"] = {
+                "class": cls,
+                "confidence": min(float(lab.get("confidence") or 0.0) for lab in labs),
+                "model": labs[0].get("model"),
+                "verifier": labs[0].get("verifier"),
+                "verifier_confidence": min(float(lab.get("verifier_confidence") or 0.0) for lab in labs),
+                "boxes": len(labs),
+            }
+            records.append(rec)
+    if not records:
+        raise ApplyError(
+            f"build {action.id} ({action.build_request!r}): no image with verified boxes was exported"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(records, indent=1))
+    return path
+
+
 def write_build_samples(
     build_out: Path, action: CollectAction, classes: list[str], path: Path, *, request: str | None = None
 ) -> Path:
@@ -212,28 +292,18 @@ def write_build_samples(
             continue
         lab = labels[0]
         question, answer, choices = build_question(classes, str(lab["class"]))
-        records.append(
-            {
-                "id": row["uid"][:20],
-                "image": str(image.resolve()),
-                "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"},
-                    {"from": "gpt", "value": answer},
-                ],
-                "short_answer": answer,
-                "choices": choices,
-                "build": {
-                    "request": request or action.build_request,
-                    "out": str(build_out.resolve()),
-                    "uid": row["uid"],
-                    "source": row.get("source"),
-                    "split": row.get("split"),
-                },
-                "label": {
-                    k: lab.get(k) for k in ("class", "confidence", "model", "verifier", "verifier_confidence")
-                },
-            }
+        rec = _record(
+            row["uid"][:20],
+            image,
+            question,
+            answer,
+            choices,
+            _build_info(build_out, row, request or action.build_request),
         )
+        rec["label"] = {
+            k: lab.get(k) for k in ("class", "confidence", "model", "verifier", "verifier_confidence")
+        }
+        records.append(rec)
     if not records:
         raise ApplyError(f"build {action.id} ({action.build_request!r}): no verified image was exported")
     path.parent.mkdir(parents=True, exist_ok=True)

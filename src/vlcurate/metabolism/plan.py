@@ -186,8 +186,10 @@ def _collect(w: Weakness, n: int, aid: str, out: Path, vocab: dict[str, list[str
     request = f"{per_class} images each of {', '.join(classes[:-1])} and {classes[-1]} for {task}"
     if len(classes) == 1:
         request = f"{per_class} images each of {classes[0]} for {task}"
-        if contrast:
-            request += f", not {' or '.join(contrast)}"
+    if contrast and (len(classes) == 1 or task == "detection"):
+        # a one-class build has nothing to tell its class from; a detection build would count the
+        # other things in a scene as one of its classes
+        request += f", not {' or '.join(contrast)}"
     spec = parse_request(request)  # the builder's own parser: a request it cannot read fails here
     spec_path = out / "requests" / f"{aid}.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
