@@ -241,6 +241,20 @@ def test_bad_files_name_the_line(tmp_path: Path, name: str, text: str, expected:
         read_benchmark(tmp_path / name)
 
 
+def test_spreadsheet_exports_latin1_bom_and_bad_json_objects(tmp_path: Path) -> None:
+    """An Excel CSV starts with a byte order mark (its first column must still read as `question`);
+    a Latin-1 file is refused by name with the fix; so is a JSON object whose items are not a list."""
+    (tmp_path / "bom.csv").write_bytes("\ufeffquestion,answer\nIs it red?,yes\n".encode())
+    [item] = read_benchmark(tmp_path / "bom.csv")
+    assert (item.question, item.answers, item.type) == ("Is it red?", ["yes"], "yesno")
+    (tmp_path / "latin.tsv").write_bytes("question\tanswer\nWas ist das?\tK\xe4se\n".encode("latin-1"))
+    with pytest.raises(BenchFileError, match=r"latin\.tsv: not UTF-8 text near line 1 .*iconv"):
+        read_benchmark(tmp_path / "latin.tsv")
+    (tmp_path / "obj.json").write_text('{"data": 5, "name": "x"}')
+    with pytest.raises(BenchFileError, match="a JSON object that is no benchmark"):
+        read_benchmark(tmp_path / "obj.json")
+
+
 def test_many_bad_lines_are_counted_and_missing_files_are_clear(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl").write_text("oops\n" * 9)
     with pytest.raises(BenchFileError, match=r"9 bad benchmark record\(s\).*b.jsonl:5.*\(and 4 more\)"):

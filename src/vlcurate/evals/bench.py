@@ -355,11 +355,23 @@ def _records(path: Path, image_root: str | Path | None = None) -> Iterator[tuple
         return
     if name.endswith((".csv", ".tsv")):
         csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if name.endswith(".tsv") else ",")
-            for index, row in enumerate(reader):
-                where = f"{path}:{reader.line_num}"
-                yield where, index, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            try:
+                for index, row in enumerate(reader):
+                    where = f"{path}:{reader.line_num}"
+                    yield (
+                        where,
+                        index,
+                        {k: v for k, v in row.items() if k is not None and v not in (None, "")},
+                    )
+            except UnicodeDecodeError as exc:
+                raise BenchFileError(
+                    f"{path}: not UTF-8 text near line {reader.line_num + 1} ({exc.reason}); convert it, "
+                    "e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
+            except csv.Error as exc:
+                raise BenchFileError(f"{path}:{reader.line_num}: {exc}") from None
         return
     if name.endswith(".parquet"):
         try:
