@@ -9,7 +9,7 @@ import numpy as np
 from tests.builder.conftest import ALL_SHAPES, scene_of, true_class, write_scene_pool
 
 from vlcurate.base.intervals import wilson
-from vlcurate.builder.calibrate import Calibration, corrected_alr, label_correct, measure
+from vlcurate.builder.calibrate import Calibration, class_alr, corrected_alr, label_correct, measure
 from vlcurate.builder.formats import Ann, Dataset, Item, write_dataset
 from vlcurate.builder.job import BuildConfig, build
 from vlcurate.builder.label import Label
@@ -32,6 +32,17 @@ def test_the_correction_recovers_the_accuracy_a_biased_verifier_hides() -> None:
     # a bigger trusted sample narrows it again
     big = corrected_alr(confirmed, n, Calibration("t", 6000, 5400, round(5400 * s), 600, round(600 * f)))
     assert big["ci95"][1] - big["ci95"][0] < out["ci95"][1] - out["ci95"][0]
+
+
+def test_a_class_below_the_bar_only_by_its_raw_share_is_not_sent_back() -> None:
+    """The verifier confirms 90% of right labels and 30% of wrong ones: a class with 80% confirmed
+    is (0.8 - 0.3) / (0.9 - 0.3) = 83% right, above a 0.82 bar its raw share would miss."""
+    cal = Calibration("t", 200, 100, 90, 100, 30)
+    raw = {"alr": 0.8, "checked": 100, "confirmed": 80}
+    assert class_alr(raw, None) == 0.8
+    assert abs((class_alr(raw, cal) or 0) - 0.8333) < 0.001
+    none_wrong = Calibration("t", 50, 50, 48, 0, 0)  # nothing measurable: the raw share stands
+    assert class_alr(raw, none_wrong) == 0.8 and class_alr({"alr": None, "checked": 0}, cal) is None
 
 
 def test_no_measurable_error_leaves_alr_uncalibrated_and_says_why() -> None:
@@ -89,6 +100,15 @@ def test_expanding_a_labelled_set_calibrates_alr_on_its_labels(tmp_path: Path) -
         alr["ci95"][0] <= truth <= alr["ci95"][1] and alr["raw"]["alr"] == alr["confirmed"] / alr["checked"]
     )
     assert "corrected for its error measured on 100 trusted images" in (out / "README.md").read_text()
+    # every class corrected the same way, its raw share beside it; the corrected value is what the
+    # back-to-collection rule compares with the reliability bar
+    per_class = summary["metrics"]["alr_per_class"]
+    assert set(per_class) == set(SHAPES)
+    for c, m in per_class.items():
+        if m["checked"]:
+            assert m["calibrated"] and m["raw"]["alr"] == m["confirmed"] / m["checked"], c
+            sens, f = m["calibration"]["sensitivity"], m["calibration"]["false_confirm_rate"]
+            assert abs(m["alr"] - min(1.0, max(0.0, (m["raw"]["alr"] - f) / (sens - f)))) < 0.01, c
     stages = {s["stage"]: s for s in summary["stages"]}
     assert stages["calibrate"]["saw"] == 100 and stages["calibrate"]["calls"]["images_encoded"] >= 200
 

@@ -28,7 +28,7 @@ from vlcurate.builder.build_report import (
     save_removed_thumbs,
     write_build_report,
 )
-from vlcurate.builder.calibrate import Calibration, calibrate_on, reported_alr, trusted_sample
+from vlcurate.builder.calibrate import Calibration, calibrate_on, class_alr, reported_alr, trusted_sample
 from vlcurate.builder.collect import (
     PoolImage,
     class_text_embeddings,
@@ -374,7 +374,7 @@ def _label_rounds(
         unreliable = [
             c
             for c, m in decision.metrics["alr_per_class"].items()
-            if m["alr"] is not None and m["alr"] < spec.min_reliability
+            if (a := class_alr(m, calibration)) is not None and a < spec.min_reliability
         ]
         rounds.append(
             {
@@ -569,6 +569,10 @@ def build(cfg: BuildConfig, progress: Progress = _quiet) -> dict[str, Any]:
     with log.stage("supervise") as st:
         chosen, queue, metrics = _select(spec, pool, labelled)
         metrics["alr"] = reported_alr(metrics["alr"], calibration, trusted is not None)
+        if calibration is not None:  # each class corrected the same way (the raw share kept beside it)
+            metrics["alr_per_class"] = {
+                c: reported_alr(m, calibration, True) for c, m in metrics["alr_per_class"].items()
+            }
         if crowd is not None:  # ALR from the crowd's verified agreement; the local check beside it
             metrics["platform"] = {k: v for k, v in crowd.items() if k != "alr"}
             if crowd["alr"]["checked"]:
