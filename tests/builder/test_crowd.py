@@ -383,3 +383,72 @@ def test_background_checks_come_only_from_plain_windows_that_touch_no_box() -> N
     assert a[y0:y1, x0:x1].reshape(-1, 3).std(axis=0).max() < PLAIN_STD
     noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     assert background_box(noisy, [(0, 0, 10, 10)]) is None  # a busy photo gives no "none" check
+
+
+@pytest.mark.parametrize("platform_db", ["sqlite"], indirect=True)
+def test_adopted_crowd_labels_correct_the_model(platform_db: str, tmp_path: Path) -> None:
+    """People who know the answer (agents that look the truth up) label a build whose model makes a
+    few mistakes: with `adopt`, a label the crowd verified as another class takes the crowd's class,
+    keeps the model's as `corrected_from`, and is exported instead of waiting for review."""
+    pool = write_scene_pool(tmp_path / "pool", 120, single=True)
+    truth = {p.read_bytes(): true_class(str(p), True) for p in pool.iterdir()}
+
+    def oracle(images: list[bytes | None], classes: list[Any]) -> list[int | None]:
+        names = [c.name for c in classes]
+        return [None if b is None or b not in truth else names.index(truth[b]) for b in images]
+
+    with InThreadServer(platform_db, sweep_seconds=0.2) as server:
+        agents = [
+            LabelAgent(
+                PlatformClient(server.url, _token(server.url, name)),
+                oracle,
+                model="oracle",
+                idle_polls=300,
+                poll_seconds=0.3,
+            )
+            for name in ("ann", "ben")
+        ]
+        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+        for t in threads:
+            t.start()
+        out = tmp_path / "out"
+        try:
+            summary = build(
+                BuildConfig(
+                    request=f"{ALL_SHAPES}, 12 each",
+                    pools=[str(pool)],
+                    out=out,
+                    platform=CrowdConfig(
+                        url=server.url, token=ADMIN, timeout_s=90, poll_s=0.1, unit_size=8, adopt=True
+                    ),
+                )
+            )
+        finally:
+            for a in agents:
+                a.stop()
+            for t in threads:
+                t.join(30)
+    plat = summary["metrics"]["platform"]
+    assert not plat["timed_out"] and plat["units_verified"] == plat["units"]
+    cands = _jsonl(out / "review" / "candidates.jsonl")
+    corrected = [r for r in cands if r["labels"] and r["labels"][0].get("corrected_from")]
+    assert len(corrected) == plat["adopted"] > 0
+    for r in corrected:
+        lab = r["labels"][0]
+        assert lab["class"] == true_class(r["source"], True) != lab["corrected_from"]
+        assert (
+            lab["verified"]
+            and lab["model"].startswith("platform:")
+            and lab["verifier"].startswith("platform:")
+        )
+    exported = {r["uid"]: r for r in _jsonl(out / "labels.jsonl")}
+    assert any(r["uid"] in exported for r in corrected)  # exported, not held for review
+    queued = {q["uid"] for q in _jsonl(out / "review" / "queue.jsonl")}
+    assert not queued & {r["uid"] for r in corrected}
+    right = [r["labels"][0]["class"] == true_class(r["source"], True) for r in exported.values()]
+    assert np.mean(right) >= 0.97
+    card = (out / "README.md").read_text()
+    assert "labels the crowd corrected (its verified class taken; the model's kept as" in card
+    assert f"`corrected_from` in `labels.jsonl`): {plat['adopted']}" in card
+    # the ALR still measures the model: the crowd's agreement with the labels the model made
+    assert summary["metrics"]["alr"]["confirmed"] < summary["metrics"]["alr"]["checked"]

@@ -66,6 +66,12 @@ class CrowdConfig(BaseModel):
     max_request_bytes: int = Field(
         3_000_000, ge=10_000, description="Images go out in several tasks so no request is larger."
     )
+    adopt: bool = Field(
+        False,
+        description="Take the crowd's verified class where it differs from the builder's label (the "
+        "builder's class kept as `corrected_from`), instead of queueing the label for review. A box the "
+        "crowd verifies as 'none of these' is still held for review.",
+    )
 
 
 class VerifiedLabel(BaseModel):
@@ -361,6 +367,15 @@ def _box_crops(
     return out
 
 
+def adopt_crowd_label(lab: Label, cls: str, url: str) -> None:
+    """The crowd's verified class replaces the builder's: the label is now the crowd's (model and
+    verifier the platform), its old class kept, and its model probabilities dropped so the label-error
+    search does not flag it for disagreeing with the model the crowd overruled."""
+    lab.corrected_from, lab.cls = lab.cls, cls
+    lab.model = lab.verifier = f"platform:{url}"
+    lab.verified, lab.probs = True, None
+
+
 def verify_by_crowd(
     c: CrowdConfig,
     spec: DatasetSpec,
@@ -373,8 +388,9 @@ def verify_by_crowd(
     log: StageLog,
 ) -> dict[str, Any]:
     """Publish the labels as platform label tasks (whole images, or every box as a crop), wait for
-    the crowd, and take its verified labels as the second check (a label the crowd's verified
-    label contradicts is not confirmed, so it is queued for review)."""
+    the crowd, and take its verified labels as the second check: a label the crowd's verified label
+    contradicts is not confirmed, so it is queued for review, or, with `adopt`, takes the crowd's
+    class (a box the crowd calls none of these stays queued)."""
     data = {im.uid: im.data for im in pool}
     ds = trusted[1] if trusted is not None else None
     sent = (_whole_images if spec.task == "classify" else _box_crops)(spec, data, labelled, ds)
@@ -402,6 +418,7 @@ def verify_by_crowd(
             state, timed_out = client.wait(task_ids, lambda m: progress("platform", m))
             st.saw = len(sent.owners)
             verdict = {v.uid: v for v in state.labels}
+            adopted = 0
             for i, lab in sent.owners.items():
                 v = verdict.get(i)
                 if v is None or v.state != "verified" or v.label is None:
@@ -409,12 +426,16 @@ def verify_by_crowd(
                 lab.verified = v.label == sent.mine[i]
                 lab.verifier = f"platform:{c.url}"
                 lab.verifier_confidence = None
+                if not lab.verified and c.adopt and v.label < len(spec.class_names):
+                    adopt_crowd_label(lab, spec.class_names[v.label], c.url)
+                    adopted += 1
             st.kept = sum(1 for lab in sent.owners.values() if lab.verified)
     finally:
         client.close()
     alr = agreement(sent.mine, state)
     return {
         "alr": alr,
+        "adopted": adopted,
         "task_ids": task_ids,
         "url": c.url,
         "units": state.units,

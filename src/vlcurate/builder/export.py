@@ -90,6 +90,14 @@ def dataset_card(
         f"min/max class ratio {bal.get('min_max_ratio')}",
         f"- label issues flagged: {metrics.get('label_issues')}",
         f"- labels queued for review (not exported): {metrics.get('queued')}",
+        *(
+            [
+                f"- labels the crowd corrected (its verified class taken; the model's kept as "
+                f"`corrected_from` in `labels.jsonl`): {metrics['platform']['adopted']}"
+            ]
+            if (metrics.get("platform") or {}).get("adopted")
+            else []
+        ),
         f"- SSIM of enhanced images to their originals: {json.dumps(metrics.get('ssim_to_original'))}",
         f"- duplicates removed: {json.dumps(metrics.get('removed'))}",
         "",

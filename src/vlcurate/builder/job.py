@@ -190,6 +190,7 @@ def _label_from_json(d: dict[str, Any]) -> Label:
         d["verifier"],
         d["verifier_confidence"],
         d.get("probs"),
+        d.get("corrected_from"),
     )
 
 

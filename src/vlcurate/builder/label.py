@@ -34,6 +34,7 @@ class Label:
     verifier: str | None = None
     verifier_confidence: float | None = None
     probs: list[float] | None = field(default=None, repr=False)  # over spec classes, for label-issue search
+    corrected_from: str | None = None  # the model's class, when the crowd's verified label replaced it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class Label:
             "verifier_confidence": None
             if self.verifier_confidence is None
             else round(self.verifier_confidence, 4),
+            **({"corrected_from": self.corrected_from} if self.corrected_from else {}),
         }
 
 

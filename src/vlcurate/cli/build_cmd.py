@@ -96,6 +96,13 @@ def build(
     platform_timeout: Annotated[
         float, typer.Option(min=1, help="seconds to wait for the crowd's verified labels")
     ] = 600.0,
+    adopt_crowd_labels: Annotated[
+        bool,
+        typer.Option(
+            help="with --platform: take the crowd's verified class where it differs from the model's "
+            "(kept as corrected_from) instead of queueing the label for review"
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the spec and the plan with its cost; build nothing")
     ] = False,
@@ -127,6 +134,8 @@ def build(
             raise ValueError("--out is required")
         if platform is not None and not platform_token:
             raise ValueError("--platform needs the operator token: --platform-token or VLCURATE_ADMIN_TOKEN")
+        if adopt_crowd_labels and platform is None:
+            raise ValueError("--adopt-crowd-labels is for --platform builds (the crowd's labels)")
         enhance = (
             EnhanceParams(denoise=denoise, contrast=contrast, max_side=max_side)
             if (denoise or contrast or max_side)
@@ -154,7 +163,9 @@ def build(
             dry_run=dry_run,
             platform=None
             if platform is None
-            else CrowdConfig(url=platform, token=platform_token or "", timeout_s=platform_timeout),
+            else CrowdConfig(
+                url=platform, token=platform_token or "", timeout_s=platform_timeout, adopt=adopt_crowd_labels
+            ),
         )
         if dry_run:
             p = plan(cfg)
@@ -183,6 +194,12 @@ def build(
     t.add_row("seconds", f"{summary['total_seconds']}")
     console.print(t)
     plat = m.get("platform")
+    if plat and plat.get("adopted"):
+        console.print(
+            f"the crowd corrected {plat['adopted']} labels (their model class is kept as corrected_from "
+            "in labels.jsonl)",
+            highlight=False,
+        )
     if plat and plat["timed_out"]:
         console.print(
             f"[yellow]the crowd verified {plat['units_verified']} of {plat['units']} units before "
