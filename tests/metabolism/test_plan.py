@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.metabolism.runs import blind_to, write_run, wrong_for
 from typer.testing import CliRunner
 
@@ -126,3 +127,42 @@ def test_requests_are_phrased_in_the_benchmarks_own_words(tmp_path: Path) -> Non
     assert red.build_request.startswith("10 images each of red buses, red cars, red dogs and red persons")
     assert "red dog" in load_spec(tmp_path / "plan" / red.build_spec).class_names
     assert bus.retrieval_queries == ["a bus"] and "a red car" in red.retrieval_queries
+
+
+def test_a_weakness_with_no_thing_to_build_plans_retrieval_from_its_failures(tmp_path: Path) -> None:
+    """A caption benchmark with no categories and no attributes (COCO captions as they come): there is
+    no object to build a labelled set of, so the plan asks for images like the failed ones by their
+    reference captions, never for "200 images each of alls"; `--collect build` says why it cannot."""
+    from vlcurate.evals.results import summarize
+    from vlcurate.metabolism.apply import ApplyError, build_collector
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        SampleResult(
+            id=f"c{k}",
+            type="caption",
+            question="Describe the image.",
+            answer=f"a dog on a sofa {k}",
+            response="a square",
+            correct=k % 5 == 0,
+            status="ok",
+        )
+        for k in range(20)
+    ]
+    summary = summarize(rows, model="m", bench="b.json", expected=20)
+    (run / "samples.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    (run / "summary.json").write_text(summary.model_dump_json())
+    (run / "config.json").write_text(json.dumps({"bench": "b.json", "model": "m"}))
+    diag = diagnose(run, tmp_path / "diag", DiagnoseOptions(scorer=None, progress=False))
+    assert diag.weaknesses, diag
+    plan = make_plan(diag, tmp_path / "plan", top=1)
+    [c] = plan.collect
+    assert c.build_request is None and c.build_spec is None
+    assert c.retrieval_queries and all(q.startswith("a dog on a sofa") for q in c.retrieval_queries)
+    assert c.game_pool["queries"] == c.retrieval_queries
+    assert not plan.improve  # no term names what to improve ("all" is no term)
+    with pytest.raises(ApplyError, match="names no thing to build a labelled set of"):
+        build_collector([str(tmp_path)])(c, tmp_path / "x", 1)
+    out = CliRunner().invoke(app, ["plan", str(tmp_path / "diag"), "--out", str(tmp_path / "p2")]).output
+    assert "retrieval:" in out and "collect" in out

@@ -59,7 +59,7 @@ def command_collector(cmd: str) -> Callable[[CollectAction, Path, int], list[Pat
             "out": str(out),
             "n": str(action.n),
             "focus": json.dumps(action.focus),
-            "request": action.build_request,
+            "request": action.build_request or "",
             "seed": str(seed),
         }
         filled = cmd.format(**{k: shlex.quote(v) for k, v in values.items()})

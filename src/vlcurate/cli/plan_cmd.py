@@ -45,7 +45,8 @@ def plan_cmd(
         )
     table = Table("action", "what", "evidence")
     for c in plan.collect:
-        table.add_row(c.id, f"collect {c.n}: {c.build_request}", f"{c.evidence.weakness} {c.evidence.label}")
+        what = c.build_request or "retrieval: " + "; ".join(c.retrieval_queries[:3])
+        table.add_row(c.id, f"collect {c.n}: {what}", f"{c.evidence.weakness} {c.evidence.label}")
     for i in plan.improve:
         table.add_row(i.id, f"{i.op} ({i.recipe})", f"{i.evidence.weakness} {i.evidence.label}")
     for r in plan.remove:

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vlcurate.base.images import sniff_image_ext
 from vlcurate.evals.extract import LETTERS, normalize
-from vlcurate.evals.results import QuestionType
+from vlcurate.evals.results import DEFAULT_CATEGORY, QuestionType
 from vlcurate.io.instruct.formats import SampleError, parse_record
 from vlcurate.io.instruct.model import USER, strip_placeholders
 from vlcurate.io.json_reader import default_image_root, load_json_object
@@ -96,7 +96,7 @@ class BenchItem(BaseModel):
     type: QuestionType
     choices: list[str] | None = None
     answers: list[str] = Field(default_factory=list)  # accepted answers / caption references; [] = missing
-    category: str = "all"
+    category: str = DEFAULT_CATEGORY
     image: str | None = None  # as written (for the run log)
     image_ref: str | None = None  # local path resolved against the file, or a URL
     image_bytes: bytes | None = Field(default=None, repr=False)
@@ -260,7 +260,7 @@ def _from_instruct(rec: dict[str, Any], where: str, index: int) -> dict[str, Any
         "question": question,
         "choices": choices,
         "answer": short if short is not None else (answers[0] if answers else None),
-        "category": kind or "all",
+        "category": kind or DEFAULT_CATEGORY,
         "meta": meta,
     }
     if kind == "description":
@@ -299,7 +299,7 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         type=type_,
         choices=choices if type_ == "mc" else None,
         answers=answers,
-        category=str(_first(rec, _CATEGORY) or "all"),
+        category=str(_first(rec, _CATEGORY) or DEFAULT_CATEGORY),
         image=written,
         image_ref=ref,
         image_bytes=data,

@@ -37,6 +37,9 @@ SampleStatus = Literal[
 QuestionType = Literal["mc", "short", "yesno", "caption"]
 
 
+DEFAULT_CATEGORY = "all"  # the category of an item whose benchmark names none
+
+
 class SampleResult(BaseModel):
     """One answer to one benchmark item (one line of samples.jsonl)."""
 
@@ -44,7 +47,7 @@ class SampleResult(BaseModel):
 
     id: str
     repeat: int = Field(default=0, ge=0)
-    category: str = "all"
+    category: str = DEFAULT_CATEGORY
     type: QuestionType = "short"
     question: str
     choices: list[str] | None = None

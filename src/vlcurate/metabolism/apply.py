@@ -154,6 +154,12 @@ def build_collector(
         from vlcurate.builder.job import BuildConfig, build
         from vlcurate.builder.spec import SpecError
 
+        if action.build_request is None:
+            raise ApplyError(
+                f"collect {action.id}: the weakness names no thing to build a labelled set of "
+                f"({action.evidence.label}); collect images like its failures by retrieval "
+                f"({'; '.join(action.retrieval_queries[:2])}) with --collect-cmd, or use --collect synth"
+            )
         where = f"build {action.id} ({action.build_request!r})"
         build_out = out / "build"
         try:
@@ -257,7 +263,7 @@ def write_count_samples(
                 f"How many {things} are there? Answer with a number.",
                 str(len(labs)),
                 None,
-                _build_info(build_out, row, request or action.build_request),
+                _build_info(build_out, row, request or action.build_request or ""),
             )
             rec["label"] = {
                 "class": cls,
@@ -298,7 +304,7 @@ def write_build_samples(
             question,
             answer,
             choices,
-            _build_info(build_out, row, request or action.build_request),
+            _build_info(build_out, row, request or action.build_request or ""),
         )
         rec["label"] = {
             k: lab.get(k) for k in ("class", "confidence", "model", "verifier", "verifier_confidence")

@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlcurate.base.atomic import write_text_atomic
 from vlcurate.builder.demand import parse_request
-from vlcurate.metabolism.diagnosis import Diagnosis, Weakness
+from vlcurate.evals.results import DEFAULT_CATEGORY
+from vlcurate.metabolism.diagnosis import Diagnosis, Failure, Weakness
 from vlcurate.metabolism.trainpool import instruct_files
 from vlcurate.ops.recipe import load_recipe
 
@@ -59,8 +60,11 @@ class CollectAction(BaseModel):
     n: int = Field(ge=1)
     category: str | None
     focus: dict[str, str]  # {"colour": "red"}: what the new samples must be about
-    build_request: str  # `vlcurate build "<request>"`
-    build_spec: str  # the spec that request parses to (PLAN/requests/ID.yaml)
+    # `vlcurate build "<request>"` and the spec it parses to (PLAN/requests/ID.yaml); None when the
+    # weakness names no thing to build a labelled set of (a whole benchmark's captions, a category
+    # such as OCR with no objects in its items): retrieval queries and the game pool remain
+    build_request: str | None = None
+    build_spec: str | None = None
     retrieval_queries: list[str]
     game_pool: dict[str, Any]  # name and queries for a GAP game image pool
     evidence: Evidence
@@ -176,11 +180,42 @@ def _subject(w: Weakness, vocab: dict[str, list[str]]) -> tuple[list[str], list[
         )
     nouns = vocab.get(noun, []) if noun else []
     query = f"a picture to ask {w.category or 'these'} questions about"
-    return ([plural(n) for n in nouns] or [plural(w.category or "picture")]), [], [query]
+    return [plural(n) for n in nouns], [], [query]  # no nouns: nothing to build (see `_collect`)
 
 
-def _collect(w: Weakness, n: int, aid: str, out: Path, vocab: dict[str, list[str]]) -> CollectAction:
+MAX_QUERIES = 5
+
+
+def _failure_queries(w: Weakness, failed: list[Failure]) -> list[str]:
+    """Retrieval queries from the weakness's own failures: the reference captions of caption items
+    (they describe the images the model failed on), else the questions."""
+    ids = set(w.failing_ids)
+    out: list[str] = []
+    for f in failed:
+        text = (f.answer if f.type == "caption" else f.question) or ""
+        text = " ".join(text.split())[:120]
+        if f.id in ids and text and text not in out:
+            out.append(text)
+        if len(out) == MAX_QUERIES:
+            break
+    return out
+
+
+def _collect(
+    w: Weakness, n: int, aid: str, out: Path, vocab: dict[str, list[str]], failed: list[Failure]
+) -> CollectAction:
     classes, contrast, queries = _subject(w, vocab)
+    if not classes:  # no thing to build a labelled set of: images like the failed ones, by retrieval
+        queries = _failure_queries(w, failed) or queries
+        return CollectAction(
+            id=aid,
+            n=n,
+            category=w.category,
+            focus=dict(w.attribute),
+            retrieval_queries=queries,
+            game_pool={"name": f"metabolism-{aid}", "queries": queries, "images": n},
+            evidence=_evidence(w),
+        )
     per_class = max(1, n // len(classes))
     task = "detection" if w.category == "count" else "classification"
     request = f"{per_class} images each of {', '.join(classes[:-1])} and {classes[-1]} for {task}"
@@ -284,9 +319,11 @@ def make_plan(
             )
     planned = [w for w in diag.weaknesses if w.kind != "label_noise"]
     for w in planned[:top]:
-        terms = [v for v in _focus_values(w) if not v.isdigit()] or ([w.category] if w.category else [])
+        named = w.category if w.category and w.category != DEFAULT_CATEGORY else None
+        terms = [v for v in _focus_values(w) if not v.isdigit()] or ([named] if named else [])
         share = PER_WEAKNESS.get(w.kind, 0.5)
-        collect.append(_collect(w, max(1, int(per_weakness * share)), next_id(), out_path, diag.vocabulary))
+        n = max(1, int(per_weakness * share))
+        collect.append(_collect(w, n, next_id(), out_path, diag.vocabulary, diag.failed))
         if w.kind in ("perception", "coverage", "reasoning", "format") and terms:
             op: Literal["recaption", "cot_rewrite"] = (
                 "recaption" if w.kind in ("perception", "coverage") else "cot_rewrite"
