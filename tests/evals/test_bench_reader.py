@@ -182,6 +182,33 @@ def test_the_layouts_public_benchmarks_ship_in(tmp_path: Path) -> None:
         read_benchmark(tmp_path / "broken.json")
 
 
+def test_mmmu_parquet_with_several_images_and_python_literal_options(tmp_path: Path) -> None:
+    """MMMU as the hub ships it: options as a Python list literal, images in image_1..image_7 (bytes,
+    most of them null); every present image is kept in order and none is left in meta."""
+    one, two = scene_from_seed(0, 1).encode("png"), scene_from_seed(0, 2).encode("png")
+    table = pa.table(
+        {
+            "id": ["validation_Art_1", "validation_Art_2"],
+            "question": ["Compare <image 1> and <image 2>. Which has more objects?", "What is in <image 1>?"],
+            "options": ["['the first', 'the second', \"neither's\"]", "['a star', 'a cross']"],
+            "answer": ["B", "A"],
+            "image_1": [{"bytes": one, "path": None}, {"bytes": two, "path": None}],
+            "image_2": [{"bytes": two, "path": None}, None],
+            "image_3": [None, None],
+        }
+    )
+    pq.write_table(table, tmp_path / "mmmu.parquet")
+    a, b = read_benchmark(tmp_path / "mmmu.parquet")
+    assert a.choices == ["the first", "the second", "neither's"] and a.answers == ["B"] and a.type == "mc"
+    assert a.image_bytes == one and [m.image_bytes for m in a.more_images] == [two]
+    assert b.image_bytes == two and b.more_images == [] and b.choices == ["a star", "a cross"]
+    assert not any(k.startswith("image_") for k in a.meta) and not any(k.startswith("image_") for k in b.meta)
+    # a text that is neither JSON nor a literal list is still refused by name
+    (tmp_path / "bad.csv").write_text("question,options\nq?,\"['a', oops\"\n")
+    with pytest.raises(BenchFileError, match="choices must be a list"):
+        read_benchmark(tmp_path / "bad.csv")
+
+
 def test_coco_captions_are_a_caption_benchmark(coco_dir: Path, tmp_path: Path) -> None:
     """Real COCO captions: one caption item per photo, the photo found in the split's folder, its
     human captions the references (the file the user already has for `vlcurate score`)."""

@@ -287,3 +287,37 @@ def test_image_root_for_a_benchmark_kept_apart_from_its_images(
     assert all(f.image and Path(f.image).is_file() for f in d.failed) and d.failed
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x"), "--image-root", str(tmp_path / "no")])
     assert r.exit_code == 2 and "no such folder" in r.output
+
+
+def test_every_image_of_a_multi_image_item_is_sent(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    """image_2 and on go to the model with the first, in order (the cache key sees them: the same
+    question with another second image is asked again); an item whose second image is missing is
+    marked missing_image, never asked with one image fewer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlcurate.evals.bench import read_benchmark
+    from vlcurate.evals.runner import _load_images
+
+    rows = [json.loads(x) for x in bench.read_text().splitlines()][:2]
+    img = [(bench.parent / r["image"]).read_bytes() for r in rows]
+    table = pa.table(
+        {
+            "id": ["m1", "m2", "m3"],
+            "question": ["How many objects are there in the two images?"] * 3,
+            "answer": ["3"] * 3,
+            "image_1": [{"bytes": img[0], "path": None}] * 3,
+            "image_2": [{"bytes": img[1], "path": None}, {"bytes": img[0], "path": None}, None],
+            "image_3": [None, None, {"bytes": None, "path": "gone.png"}],
+        }
+    )
+    pq.write_table(table, tmp_path / "multi.parquet")
+    items = read_benchmark(tmp_path / "multi.parquet")
+    assert [len(_load_images(i)[0]) for i in items[:2]] == [2, 2]
+    assert _load_images(items[0])[0] == img and _load_images(items[2])[1] is not None
+    s = run_eval(cfg(servers["plain"], tmp_path / "multi.parquet", tmp_path / "run"), progress=False)
+    got = {r.id: r for r in load_run(tmp_path / "run").samples}
+    assert got["m1"].status == got["m2"].status == "ok" and s.cache_hits == 0
+    assert got["m3"].status == "missing_image" and "gone.png" in (got["m3"].error or "")

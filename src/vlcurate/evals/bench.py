@@ -14,6 +14,8 @@ One record per question. Field names are matched loosely, so common layouts read
               http(s)/data URL, embedded bytes ({bytes, path} in HF Parquet), or the image itself
               in base64 (VLMEvalKit/MMBench TSV; there a short value naming another row's index
               means that row's image)
+              image_1 when there is no image field; image_2, image_3, ... are more images of the
+              same item, sent in order (MMMU)
     hint      hint | context: put before the question as "Hint: ..." (MMBench, ScienceQA)
     description  a text description of the image (for `image_mode=description`, `description_from=bench`)
     meta      an object; every other field is added to it
@@ -30,6 +32,7 @@ problems. A missing answer or image is not a file error: the item is kept and th
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import contextlib
@@ -60,7 +63,8 @@ _CHOICES = ("choices", "options")
 _ANSWER = ("answer", "label", "gt_answer", "ground_truth")
 _ANSWERS = ("answers", "captions", "references")
 _CATEGORY = ("category", "kind", "task")
-_IMAGE = ("image", "image_path", "img", "file_name", "image_file", "imagename")
+_IMAGE = ("image", "image_path", "img", "file_name", "image_file", "imagename", "image_1")
+_MORE_IMAGES = re.compile(r"^image_([2-9]|[1-9][0-9])$")  # MMMU: image_1 .. image_7
 _HINT = ("hint", "context")
 _KNOWN = {
     *_ID,
@@ -86,6 +90,14 @@ class BenchFileError(ValueError):
     """A benchmark file that cannot be read; the message names the file and the lines at fault."""
 
 
+class ItemImage(BaseModel):
+    """One more image of an item: as written, resolved path or URL, embedded bytes."""
+
+    image: str | None = None
+    image_ref: str | None = None
+    image_bytes: bytes | None = Field(default=None, repr=False)
+
+
 class BenchItem(BaseModel):
     """One benchmark question, with its image as given and resolved."""
 
@@ -100,6 +112,7 @@ class BenchItem(BaseModel):
     image: str | None = None  # as written (for the run log)
     image_ref: str | None = None  # local path resolved against the file, or a URL
     image_bytes: bytes | None = Field(default=None, repr=False)
+    more_images: list[ItemImage] = Field(default_factory=list)  # image_2, image_3, ... in order
     description: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     where: str = ""  # file:line, for messages
@@ -140,15 +153,31 @@ def _choices(rec: dict[str, Any], where: str) -> list[str] | None:
                 return found
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BenchFileError(f"{where}: choices must be a list, got the text {value[:60]!r}") from None
+        parsed = _literal(value)
+        if parsed is None:
+            raise BenchFileError(f"{where}: choices must be a list, got the text {value[:60]!r}")
+        value = parsed
     if isinstance(value, dict):
         return [str(value[k]) for k in sorted(value)]
     if isinstance(value, list) and value:
         return [str(v) for v in value]
     raise BenchFileError(f"{where}: choices must be a non-empty list or an object of lettered options")
+
+
+def _literal(text: str) -> list[Any] | dict[str, Any] | None:
+    """A list or object written as text: JSON, or a Python literal (MMMU's options are
+    "['a', 'b']", as pandas wrote them); None when it is neither."""
+    text = text.strip()
+    with contextlib.suppress(ValueError):
+        value = json.loads(text)
+        return value if isinstance(value, list | dict) else None
+    if text[:1] not in "[{":
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list | dict) else None
 
 
 def _answers(rec: dict[str, Any], choices: list[str] | None) -> list[str]:
@@ -160,8 +189,7 @@ def _answers(rec: dict[str, Any], choices: list[str] | None) -> list[str]:
     if isinstance(value, int) and not isinstance(value, bool) and choices and 0 <= value < len(choices):
         return [LETTERS[value]]  # ScienceQA, AI2D: the answer is the option's index
     if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
-        with contextlib.suppress(ValueError):
-            value = json.loads(value)
+        value = _literal(value) or value
     items = value if isinstance(value, list) else [value]
     # VQAv2 / VizWiz: [{"answer": ..., "answer_confidence": ...}, ...]
     items = [v.get("answer") if isinstance(v, dict) else v for v in items]
@@ -290,8 +318,18 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         question = f"Hint: {_text(hint).strip()}\n{_text(question)}"
     rid = _first(rec, _ID)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-    extra = {k: v for k, v in rec.items() if k not in _KNOWN and not _option_column(k)}
+    extra = {
+        k: v
+        for k, v in rec.items()
+        if k not in _KNOWN and not _option_column(k) and not _MORE_IMAGES.match(k)
+    }
     written, ref, data = _image(_first(rec, _IMAGE), base)
+    more = sorted(
+        (int(m.group(1)), v) for k, v in rec.items() if (m := _MORE_IMAGES.match(k)) and v not in (None, "")
+    )
+    more_images = [
+        ItemImage(image=w, image_ref=r, image_bytes=d) for w, r, d in (_image(v, base) for _, v in more)
+    ]
     desc = rec.get("description")
     return BenchItem(
         id=str(rid) if rid is not None else str(index),
@@ -303,6 +341,7 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         image=written,
         image_ref=ref,
         image_bytes=data,
+        more_images=[m for m in more_images if m.image is not None],
         description=str(desc) if desc else None,
         meta={**{k: _plain(v) for k, v in extra.items()}, **meta},
         where=where,

@@ -102,26 +102,42 @@ def _repair_tail(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def _load_image(item: BenchItem) -> tuple[bytes | str | None, str | None]:
+def _load_image(
+    image: str | None, ref: str | None, data: bytes | None
+) -> tuple[bytes | str | None, str | None]:
     """(the image to send, why it cannot be sent): bytes for local and embedded images, URLs as they are."""
-    if item.image_bytes is not None:
-        data = item.image_bytes
-    elif item.image_ref is None:
-        return None, None
-    elif item.image_ref.startswith(("http://", "https://", "data:")):
-        return item.image_ref, None
-    else:
-        if not os.path.isfile(item.image_ref):
-            return None, f"image not found: {item.image_ref}"
+    if data is None:
+        if ref is None:
+            return None, None
+        if ref.startswith(("http://", "https://", "data:")):
+            return ref, None
+        if not os.path.isfile(ref):
+            return None, f"image not found: {ref}"
         try:
-            data = Path(item.image_ref).read_bytes()
+            data = Path(ref).read_bytes()
         except OSError as exc:
-            return None, f"image unreadable: {item.image_ref}: {exc}"
+            return None, f"image unreadable: {ref}: {exc}"
     try:
         Image.open(io.BytesIO(data))  # the header only: catches empty files and non-images
     except (UnidentifiedImageError, OSError) as exc:
-        return None, f"image unreadable: {item.image or 'embedded'}: {type(exc).__name__}"
+        return None, f"image unreadable: {image or 'embedded'}: {type(exc).__name__}"
     return data, None
+
+
+def _load_images(item: BenchItem) -> tuple[list[bytes | str], str | None]:
+    """Every image of an item in order (the image, then image_2, ...); one that cannot be sent is the
+    item's problem: a multi-image question asked with an image missing would be another question."""
+    out: list[bytes | str] = []
+    for w, r, d in [
+        (item.image, item.image_ref, item.image_bytes),
+        *((m.image, m.image_ref, m.image_bytes) for m in item.more_images),
+    ]:
+        got, problem = _load_image(w, r, d)
+        if problem is not None:
+            return [], problem
+        if got is not None:
+            out.append(got)
+    return out, None
 
 
 def _question(item: BenchItem, config: EvalConfig) -> str:
@@ -189,10 +205,9 @@ class _Asker:
         needs_image = c.image_mode == "image" or (
             c.image_mode == "description" and c.description_from == "model"
         )
-        image, problem = _load_image(item) if needs_image else (None, None)
+        images, problem = _load_images(item) if needs_image else ([], None)
         if problem is not None:
             return SampleResult(**base, status="missing_image", error=problem)
-        images: list[bytes | str] = [image] if image is not None else []
         latency = 0.0
         response: str | None
         if c.image_mode == "description":
