@@ -321,3 +321,19 @@ def test_every_image_of_a_multi_image_item_is_sent(
     got = {r.id: r for r in load_run(tmp_path / "run").samples}
     assert got["m1"].status == got["m2"].status == "ok" and s.cache_hits == 0
     assert got["m3"].status == "missing_image" and "gone.png" in (got["m3"].error or "")
+
+
+def test_a_cache_tag_keeps_a_retrained_models_answers_apart(
+    servers: dict[str, InThreadVLM], bench: Path, tmp_path: Path
+) -> None:
+    """The same model name, the same shared cache: under another --cache-tag (new weights) nothing
+    comes from the cache; under the same tag everything does; and a run folder refuses another tag."""
+    cache = tmp_path / "cache"
+    base = ["eval", servers["plain"].base_url, str(bench), "--no-progress", "--cache-dir", str(cache)]
+    for out, tag in (("a", "round-1"), ("b", "round-2"), ("c", "round-1")):
+        r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / out), "--cache-tag", tag])
+        assert r.exit_code == 0, r.output
+    hits = {o: json.loads((tmp_path / o / "summary.json").read_text())["cache_hits"] for o in "abc"}
+    assert hits == {"a": 0, "b": 0, "c": 18}
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--cache-tag", "round-3"])
+    assert r.exit_code == 2 and "cache_tag: 'round-1' -> 'round-3'" in r.output

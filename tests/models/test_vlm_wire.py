@@ -95,6 +95,9 @@ def test_messages_and_cache_key() -> None:
     assert k != cache_key("m", req.model_copy(update={"temperature": 0.5}), ["sha256:1"], {})
     assert k != cache_key("m", req.model_copy(update={"json_schema": None}), ["sha256:1"], {})
     assert k != cache_key("m", req, ["sha256:1"], {"top_k": 5})
+    assert cache_key("m", req, ["sha256:1"], {}, None) == k  # keys made before tags stay valid
+    tagged = cache_key("m", req, ["sha256:1"], {}, "step-1000")
+    assert tagged != k and tagged != cache_key("m", req, ["sha256:1"], {}, "step-2000")
 
 
 def test_cache_survives_bad_rows_and_files(tmp_path: Path) -> None:

@@ -64,6 +64,13 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[
             str | None, typer.Option(help="Response cache folder (default: OUT/vlm-cache; 'none' = off).")
         ] = None,
+        cache_tag: Annotated[
+            str | None,
+            typer.Option(
+                help="The weights behind --model (a checkpoint or training round): answers cached under "
+                "another tag are not reused when a retrained model is served under the same name."
+            ),
+        ] = None,
         judge_endpoint: Annotated[
             str | None, typer.Option(help="Judge server (default: ENDPOINT when --judge-model is set).")
         ] = None,
@@ -111,6 +118,7 @@ def register(app: typer.Typer) -> None:
                 max_retries=max_retries,
                 api_key=api_key,
                 cache_dir=cache,
+                cache_tag=cache_tag,
                 judge_endpoint=judge_endpoint,
                 judge_model=judge_model,
                 judge_mode=judge_mode,

@@ -40,6 +40,7 @@ FINGERPRINT_FIELDS = (
     "prompt_prefix",
     "system",
     "judge_model",
+    "cache_tag",
     "judge_mode",
     "caption_threshold",
 )
@@ -75,6 +76,9 @@ class EvalConfig(BaseModel):
     max_retries: int = Field(6, ge=0)
     api_key: str | None = Field(None, exclude=True)
     cache_dir: Path | None = None
+    cache_tag: str | None = (
+        None  # the weights behind the model (a checkpoint): other tags' answers not reused
+    )
     image_mode: ImageMode = "image"
     description_from: Literal["model", "bench"] = "model"
     prompt_prefix: str = ""

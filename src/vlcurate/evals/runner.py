@@ -362,6 +362,7 @@ def _settings(config: EvalConfig) -> VLMSettings:
         timeout_s=config.timeout_s,
         max_retries=config.max_retries,
         cache_dir=str(config.cache_dir) if config.cache_dir else None,
+        cache_tag=config.cache_tag,
     )
 
 

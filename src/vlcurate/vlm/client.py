@@ -96,6 +96,9 @@ class VLMSettings(BaseModel):
     backoff_base_s: float = Field(0.5, ge=0)  # retry n waits ~base * 2**(n-1), with jitter, capped below
     backoff_max_s: float = Field(30.0, ge=0)
     cache_dir: str | None = None  # persistent response cache (SQLite file in that folder); None = off
+    # the weights behind `model` (a checkpoint, a training round): answers cached under another tag are
+    # not reused, so a retrained model served under the same name is asked again
+    cache_tag: str | None = None
     image_transport: Literal["data_url", "url"] = "data_url"  # data_url: remote images are inlined
     structured_output: Literal["auto", "json_schema", "prompt"] = "auto"
     input_cost_per_mtok: float = Field(0.0, ge=0)
@@ -178,9 +181,12 @@ class VLMResult:
         return asdict(self)
 
 
-def cache_key(model: str, req: VLMRequest, image_keys: Sequence[str], extra_body: dict[str, Any]) -> str:
-    """sha256 of everything that shapes the answer: model, messages text, sampling, schema, images."""
-    payload = {
+def cache_key(
+    model: str, req: VLMRequest, image_keys: Sequence[str], extra_body: dict[str, Any], tag: str | None = None
+) -> str:
+    """sha256 of everything that shapes the answer: model (and its weights' tag), messages text,
+    sampling, schema, images."""
+    payload: dict[str, Any] = {
         "v": _CACHE_VERSION,
         "model": model,
         "system": req.system,
@@ -194,6 +200,8 @@ def cache_key(model: str, req: VLMRequest, image_keys: Sequence[str], extra_body
         "schema_name": req.schema_name if req.json_schema else None,
         "extra_body": extra_body,
     }
+    if tag is not None:  # only when set: keys made without a tag stay valid
+        payload["tag"] = tag
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -360,7 +368,7 @@ class VLMClient:
             c.errors["bad_input"] += 1
             yield StreamEvent(result=VLMResult(error=str(exc)))
             return
-        key = cache_key(s.model, req, [im.key for im in images], s.extra_body)
+        key = cache_key(s.model, req, [im.key for im in images], s.extra_body, s.cache_tag)
         hit = self._recall(key) if req.use_cache else None
         if hit is not None and hit.texts:
             yield StreamEvent(delta=hit.texts[0])
@@ -591,7 +599,7 @@ class VLMClient:
         except ValueError as exc:  # ImageInputError or a bad schema: nothing to send
             self._counter.errors["bad_input"] += 1
             return VLMResult(error=str(exc))
-        key = cache_key(s.model, req, [im.key for im in images], s.extra_body)
+        key = cache_key(s.model, req, [im.key for im in images], s.extra_body, s.cache_tag)
         hit = self._recall(key) if req.use_cache else None
         if hit is not None:
             return hit
