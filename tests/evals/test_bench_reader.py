@@ -209,6 +209,21 @@ def test_mmmu_parquet_with_several_images_and_python_literal_options(tmp_path: P
         read_benchmark(tmp_path / "bad.csv")
 
 
+def test_an_image_field_that_holds_several_images(tmp_path: Path) -> None:
+    """VLMEvalKit's multi-image cell (a list of base64 strings written as text) and a JSON list of
+    paths: the first is the image, the rest follow it in order."""
+    one, two = scene_from_seed(0, 1).encode("png"), scene_from_seed(0, 2).encode("png")
+    cell = str([base64.b64encode(one).decode(), base64.b64encode(two).decode()])
+    (tmp_path / "multi.tsv").write_text(f"index\tquestion\tanswer\timage\n1\tSame?\tno\t{cell}\n")
+    [t] = read_benchmark(tmp_path / "multi.tsv")
+    assert t.image_bytes == one and [m.image_bytes for m in t.more_images] == [two]
+    rec = {"id": "j", "question": "Same?", "answer": "no", "images": ["a.png", "b.png"]}
+    (tmp_path / "multi.jsonl").write_text(json.dumps(rec) + "\n")
+    [j] = read_benchmark(tmp_path / "multi.jsonl")
+    assert j.image_ref == str(tmp_path.resolve() / "a.png")
+    assert [m.image_ref for m in j.more_images] == [str(tmp_path.resolve() / "b.png")]
+
+
 def test_coco_captions_are_a_caption_benchmark(coco_dir: Path, tmp_path: Path) -> None:
     """Real COCO captions: one caption item per photo, the photo found in the split's folder, its
     human captions the references (the file the user already has for `vlcurate score`)."""

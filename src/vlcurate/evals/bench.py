@@ -14,8 +14,8 @@ One record per question. Field names are matched loosely, so common layouts read
               http(s)/data URL, embedded bytes ({bytes, path} in HF Parquet), or the image itself
               in base64 (VLMEvalKit/MMBench TSV; there a short value naming another row's index
               means that row's image)
-              image_1 when there is no image field; image_2, image_3, ... are more images of the
-              same item, sent in order (MMMU)
+              image_1 or images when there is no image field; a list (or VLMEvalKit's list of
+              base64 strings as text) is several images, as are image_2, image_3, ... (MMMU)
     hint      hint | context: put before the question as "Hint: ..." (MMBench, ScienceQA)
     description  a text description of the image (for `image_mode=description`, `description_from=bench`)
     meta      an object; every other field is added to it
@@ -63,7 +63,7 @@ _CHOICES = ("choices", "options")
 _ANSWER = ("answer", "label", "gt_answer", "ground_truth")
 _ANSWERS = ("answers", "captions", "references")
 _CATEGORY = ("category", "kind", "task")
-_IMAGE = ("image", "image_path", "img", "file_name", "image_file", "imagename", "image_1")
+_IMAGE = ("image", "image_path", "img", "file_name", "image_file", "imagename", "image_1", "images")
 _MORE_IMAGES = re.compile(r"^image_([2-9]|[1-9][0-9])$")  # MMMU: image_1 .. image_7
 _HINT = ("hint", "context")
 _KNOWN = {
@@ -218,6 +218,18 @@ def _image(value: Any, base: Path) -> tuple[str | None, str | None, bytes | None
     return ref, str(base / ref), None
 
 
+def _image_list(value: Any) -> tuple[Any, list[Any]]:
+    """(the first image, the rest) of an image field that holds several: a list of paths or bytes,
+    or VLMEvalKit's multi-image cell, a list of base64 strings written as text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        parsed = _literal(value)
+        if isinstance(parsed, list):
+            value = parsed
+    if isinstance(value, list | tuple):
+        return (value[0], list(value[1:])) if value else (None, [])
+    return value, []
+
+
 def _base64_image(text: str) -> bytes | None:
     """The bytes of an image written inline in base64, or None when `text` is not one (a path)."""
     if len(text) <= _B64_MIN or not _B64.fullmatch(text[:4096]):
@@ -323,12 +335,13 @@ def parse_item(rec: Any, *, base: Path, where: str, index: int) -> BenchItem:
         for k, v in rec.items()
         if k not in _KNOWN and not _option_column(k) and not _MORE_IMAGES.match(k)
     }
-    written, ref, data = _image(_first(rec, _IMAGE), base)
-    more = sorted(
-        (int(m.group(1)), v) for k, v in rec.items() if (m := _MORE_IMAGES.match(k)) and v not in (None, "")
-    )
+    first, listed = _image_list(_first(rec, _IMAGE))
+    written, ref, data = _image(first, base)
+    numbered = sorted((int(m.group(1)), v) for k, v in rec.items() if (m := _MORE_IMAGES.match(k)))
+    more = listed + [v for _, v in numbered]
     more_images = [
-        ItemImage(image=w, image_ref=r, image_bytes=d) for w, r, d in (_image(v, base) for _, v in more)
+        ItemImage(image=w, image_ref=r, image_bytes=d)
+        for w, r, d in (_image(v, base) for v in more if v not in (None, ""))
     ]
     desc = rec.get("description")
     return BenchItem(
