@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tests.builder.conftest import ALL_SHAPES, scene_of, true_class, write_scene_pool
 
 from vlcurate.base.intervals import wilson
-from vlcurate.builder.calibrate import Calibration, class_alr, corrected_alr, label_correct, measure
+from vlcurate.builder.calibrate import Calibration, corrected_alr, label_correct, measure, reported_alr
 from vlcurate.builder.formats import Ann, Dataset, Item, write_dataset
 from vlcurate.builder.job import BuildConfig, build
 from vlcurate.builder.label import Label
@@ -38,11 +39,16 @@ def test_a_class_below_the_bar_only_by_its_raw_share_is_not_sent_back() -> None:
     """The verifier confirms 90% of right labels and 30% of wrong ones: a class with 80% confirmed
     is (0.8 - 0.3) / (0.9 - 0.3) = 83% right, above a 0.82 bar its raw share would miss."""
     cal = Calibration("t", 200, 100, 90, 100, 30)
-    raw = {"alr": 0.8, "checked": 100, "confirmed": 80}
+    raw = {"alr": 0.8, "ci95": [0.71, 0.87], "checked": 100, "confirmed": 80}
+
+    def class_alr(raw: dict[str, Any], cal: Calibration | None) -> float | None:
+        return reported_alr(raw, cal, True)["alr"]  # what the back-to-collection rule compares
+
     assert class_alr(raw, None) == 0.8
     assert abs((class_alr(raw, cal) or 0) - 0.8333) < 0.001
     none_wrong = Calibration("t", 50, 50, 48, 0, 0)  # nothing measurable: the raw share stands
-    assert class_alr(raw, none_wrong) == 0.8 and class_alr({"alr": None, "checked": 0}, cal) is None
+    unchecked = {"alr": None, "ci95": [0.0, 1.0], "checked": 0, "confirmed": 0}
+    assert class_alr(raw, none_wrong) == 0.8 and class_alr(unchecked, cal) is None
 
 
 def test_no_measurable_error_leaves_alr_uncalibrated_and_says_why() -> None:

@@ -207,18 +207,6 @@ def calibrate_on(
     return cal
 
 
-def class_alr(raw: dict[str, Any], cal: Calibration | None) -> float | None:
-    """One class's reliability for the back-to-collection rule: its confirmed share corrected with
-    the verifier's measured rates where they allow (the same correction as the dataset's ALR), else
-    the raw share."""
-    if cal is not None and raw.get("checked"):
-        fixed = corrected_alr(raw["confirmed"], raw["checked"], cal)
-        if fixed["alr"] is not None:
-            return float(fixed["alr"])
-    alr = raw.get("alr")
-    return None if alr is None else float(alr)
-
-
 def reported_alr(raw: dict[str, Any], cal: Calibration | None, has_trusted: bool) -> dict[str, Any]:
     """The ALR to report: corrected for the verifier's measured error when a trusted sample allows."""
     if cal is None:

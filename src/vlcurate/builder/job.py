@@ -28,7 +28,7 @@ from vlcurate.builder.build_report import (
     save_removed_thumbs,
     write_build_report,
 )
-from vlcurate.builder.calibrate import Calibration, calibrate_on, class_alr, reported_alr, trusted_sample
+from vlcurate.builder.calibrate import Calibration, calibrate_on, reported_alr, trusted_sample
 from vlcurate.builder.collect import (
     PoolImage,
     class_text_embeddings,
@@ -375,7 +375,8 @@ def _label_rounds(
         unreliable = [
             c
             for c, m in decision.metrics["alr_per_class"].items()
-            if (a := class_alr(m, calibration)) is not None and a < spec.min_reliability
+            # corrected for the verifier's measured error like the dataset's ALR, else the raw share
+            if (a := reported_alr(m, calibration, True)["alr"]) is not None and a < spec.min_reliability
         ]
         rounds.append(
             {
