@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vlcurate.builder.formats import Ann, Item
 from vlcurate.synth.scene import Scene, generate_scene, scene_rng
 from vlcurate.synth.vocab import SHAPES
 
@@ -23,6 +24,17 @@ def write_scene_pool(folder: Path, n: int, single: bool, start: int = 0) -> Path
     for i in range(start, start + n):
         (folder / f"{i:05d}.png").write_bytes(scene_of(f"{i}", single).encode("png"))
     return folder
+
+
+def labelled_scenes(start: int, n: int) -> list[Item]:
+    """n one-object scenes (indices start..start+n, none of them in a pool written from 0) with their
+    true class and box: a labelled set to expand or trust."""
+    items = []
+    for i in range(start, start + n):
+        s = scene_of(f"{i}", True)
+        ann = [Ann(SHAPES[s.objects[0].label], s.objects[0].bbox)]
+        items.append(Item(f"{i}.png", "train", 64, 64, ann, s.encode("png")))
+    return items
 
 
 def true_class(path: str, single: bool) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tests.builder.conftest import ALL_SHAPES, scene_of, true_class, write_scene_pool
+from tests.builder.conftest import ALL_SHAPES, labelled_scenes, true_class, write_scene_pool
 
 from vlcurate.base.intervals import wilson
 from vlcurate.builder.calibrate import Calibration, corrected_alr, label_correct, measure, reported_alr
-from vlcurate.builder.formats import Ann, Dataset, Item, write_dataset
+from vlcurate.builder.formats import Ann, Dataset, write_dataset
 from vlcurate.builder.job import BuildConfig, build
 from vlcurate.builder.label import Label
 from vlcurate.synth.vocab import SHAPES
@@ -78,19 +78,7 @@ def test_labels_are_judged_against_trusted_boxes_and_classes() -> None:
 def test_expanding_a_labelled_set_calibrates_alr_on_its_labels(tmp_path: Path) -> None:
     pool = write_scene_pool(tmp_path / "pool", 120, single=True)
     # the set being expanded: 100 labelled scenes the pool does not hold (its labels are trusted)
-    items = []
-    for i in range(5000, 5100):
-        s = scene_of(f"{i}", True)
-        items.append(
-            Item(
-                f"{i}.png",
-                "train",
-                64,
-                64,
-                [Ann(SHAPES[s.objects[0].label], s.objects[0].bbox)],
-                s.encode("png"),
-            )
-        )
+    items = labelled_scenes(5000, 100)
     existing = tmp_path / "existing"
     write_dataset(Dataset(list(SHAPES), items), "imagefolder", existing)
     out = tmp_path / "out"

@@ -4,8 +4,10 @@ colluding pair answering junk that must not be paid."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,14 @@ import httpx
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from tests.builder.conftest import ALL_SHAPES, scene_of, true_class, write_scene_pool
+from tests.builder.conftest import ALL_SHAPES, labelled_scenes, scene_of, true_class, write_scene_pool
 from tests.platform_live import ADMIN, InThreadServer, admin_headers
 
 from vlcurate.agents.client import PlatformClient
 from vlcurate.agents.labeller import Answer, LabelAgent, zero_shot
 from vlcurate.builder.calibrate import label_correct
 from vlcurate.builder.crowd import CrowdConfig
-from vlcurate.builder.formats import Ann, Dataset, Item, read_dataset, write_dataset
+from vlcurate.builder.formats import Ann, Dataset, read_dataset, write_dataset
 from vlcurate.builder.job import BuildConfig, build
 from vlcurate.builder.label import Label
 from vlcurate.server import db
@@ -50,41 +52,16 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
 
     pool = write_scene_pool(tmp_path / "pool", 60, single=True)
     # expanding a labelled set: its labels go out as extra hidden checks (source `dataset`)
-    items = []
-    for i in range(5000, 5012):
-        s = scene_of(f"{i}", True)
-        ann = [Ann(SHAPES[s.objects[0].label], s.objects[0].bbox)]
-        items.append(Item(f"{i}.png", "train", 64, 64, ann, s.encode("png")))
+    items = labelled_scenes(5000, 12)
     existing = tmp_path / "existing"
     write_dataset(Dataset(list(SHAPES), items), "imagefolder", existing)
     honest = _shared(zero_shot(load_scorer("tiny-synth", device="cpu")))
 
-    def junk(images: list[bytes | None], classes: list[Any]) -> list[int | None]:
-        # the pair agrees with itself on labels that are always wrong where the model is right
-        return [None if k is None else (k + 1) % len(classes) for k in honest(images, classes)]
-
     with InThreadServer(platform_db, sweep_seconds=0.2) as server:
-        agents: dict[str, LabelAgent] = {}
-        for name, answer, units in (
-            ("mallory-a", junk, 3),
-            ("mallory-b", junk, 3),
-            ("alice", honest, None),
-            ("bob", honest, None),
-        ):
-            client = PlatformClient(server.url, _token(server.url, name))
-            agents[name] = LabelAgent(
-                client, answer, model="tiny-synth", max_units=units, idle_polls=300, poll_seconds=0.3
-            )
-        results: dict[str, Any] = {}
-        threads = [
-            threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, a.run()), daemon=True)
-            for n, a in agents.items()
-        ]
-        for t in threads:
-            t.start()
+        agents = _crowd_agents(server.url, honest)
         out = tmp_path / "out"
         messages: list[str] = []
-        try:
+        with _running(agents) as results:
             summary = build(
                 BuildConfig(
                     request=f"{ALL_SHAPES}, 6 each",
@@ -102,11 +79,6 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
                 ),
                 progress=lambda s, m: messages.append(f"{s}: {m}"),
             )
-        finally:
-            for a in agents.values():
-                a.stop()
-            for t in threads:
-                t.join(30)
         plat = summary["metrics"]["platform"]
         assert not plat["timed_out"] and plat["units_verified"] == plat["units"] > 1, messages
         assert any("units verified" in m for m in messages)
@@ -215,6 +187,26 @@ def test_a_build_stopped_while_waiting_resumes_on_the_same_tasks(
         assert alr.get("source") != "platform" and alr["checked"] > 0 and "timeout" in alr["why_not_platform"]
 
 
+@contextlib.contextmanager
+def _running(agents: dict[str, LabelAgent]) -> Iterator[dict[str, Any]]:
+    """The agents answering in threads while the block runs (stopped and joined after it, also when
+    it fails); each agent's result under its name once the block is left."""
+    results: dict[str, Any] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, a.run()), daemon=True)
+        for n, a in agents.items()
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield results
+    finally:
+        for a in agents.values():
+            a.stop()
+        for t in threads:
+            t.join(30)
+
+
 def _crowd_agents(url: str, honest: Answer) -> dict[str, LabelAgent]:
     """Two honest agents and a colluding pair that agrees with itself on junk (3 units each)."""
 
@@ -246,34 +238,15 @@ def test_the_crowd_verifies_every_box_of_a_detect_build(platform_db: str, task: 
 
     words = {"detect": "detection", "segment": "segmentation"}
     pool = write_scene_pool(tmp_path / "pool", 14, single=False)
-    items = []
-    for i in range(5000, 5006):  # an expanded detect set: its boxes become hidden checks
-        s = scene_of(f"{i}", True)
-        items.append(
-            Item(
-                f"{i}.png",
-                "train",
-                64,
-                64,
-                [Ann(SHAPES[s.objects[0].label], s.objects[0].bbox)],
-                s.encode("png"),
-            )
-        )
+    items = labelled_scenes(5000, 6)  # an expanded detect set: its boxes become hidden checks
     existing = tmp_path / "existing"
     write_dataset(Dataset(list(SHAPES), items), "coco", existing)
     honest = _shared(zero_shot(load_scorer("tiny-synth", device="cpu")))
     with InThreadServer(platform_db, sweep_seconds=0.2) as server:
         agents = _crowd_agents(server.url, honest)
-        results: dict[str, Any] = {}
-        threads = [
-            threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, a.run()), daemon=True)
-            for n, a in agents.items()
-        ]
-        for t in threads:
-            t.start()
         out = tmp_path / "out"
         messages: list[str] = []
-        try:
+        with _running(agents) as results:
             summary = build(
                 BuildConfig(
                     request=f"circles, squares and triangles, 30 each, for {words[task]}",
@@ -284,11 +257,6 @@ def test_the_crowd_verifies_every_box_of_a_detect_build(platform_db: str, task: 
                 ),
                 progress=lambda s, m: messages.append(f"{s}: {m}"),
             )
-        finally:
-            for a in agents.values():
-                a.stop()
-            for t in threads:
-                t.join(30)
         plat = summary["metrics"]["platform"]
         assert summary["spec"]["task"] == task and not plat["timed_out"], messages
         assert plat["units_verified"] == plat["units"] > 1, messages
@@ -398,8 +366,8 @@ def test_adopted_crowd_labels_correct_the_model(platform_db: str, tmp_path: Path
         return [None if b is None or b not in truth else names.index(truth[b]) for b in images]
 
     with InThreadServer(platform_db, sweep_seconds=0.2) as server:
-        agents = [
-            LabelAgent(
+        agents = {
+            name: LabelAgent(
                 PlatformClient(server.url, _token(server.url, name)),
                 oracle,
                 model="oracle",
@@ -407,12 +375,9 @@ def test_adopted_crowd_labels_correct_the_model(platform_db: str, tmp_path: Path
                 poll_seconds=0.3,
             )
             for name in ("ann", "ben")
-        ]
-        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
-        for t in threads:
-            t.start()
+        }
         out = tmp_path / "out"
-        try:
+        with _running(agents):
             summary = build(
                 BuildConfig(
                     request=f"{ALL_SHAPES}, 12 each",
@@ -423,11 +388,6 @@ def test_adopted_crowd_labels_correct_the_model(platform_db: str, tmp_path: Path
                     ),
                 )
             )
-        finally:
-            for a in agents:
-                a.stop()
-            for t in threads:
-                t.join(30)
     plat = summary["metrics"]["platform"]
     assert not plat["timed_out"] and plat["units_verified"] == plat["units"]
     cands = _jsonl(out / "review" / "candidates.jsonl")
