@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vlcurate.evals.results import SampleResult, summarize
+from vlcurate.metabolism.plan import CollectAction
 from vlcurate.synth.scene import scene_from_seed
 from vlcurate.synth.vocab import COLOUR_NAMES, PLURALS, SHAPES
 
@@ -112,3 +113,28 @@ def write_run(
         cfg["endpoint"] = endpoint
     (run / "config.json").write_text(json.dumps(cfg))
     return run
+
+
+def collect_action(
+    request: str, focus: dict[str, str], category: str | None, queries: list[str]
+) -> CollectAction:
+    """A plan's collect action a01 for 6 samples, as `plan` writes one (evidence: weakness w01)."""
+    return CollectAction.model_validate(
+        {
+            "id": "a01",
+            "n": 6,
+            "category": category,
+            "focus": focus,
+            "build_request": request,
+            "build_spec": "requests/a01.yaml",
+            "retrieval_queries": queries,
+            "game_pool": {},
+            "evidence": {
+                "weakness": "w01",
+                "kind": "perception",
+                "label": "x",
+                "score": 1.0,
+                "failing_ids": [],
+            },
+        }
+    )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.builder.conftest import scene_of, true_class, write_scene_pool
-from tests.metabolism.runs import blind_to, write_run
+from tests.metabolism.runs import blind_to, collect_action, write_run
 from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
 
@@ -109,25 +109,7 @@ def test_failing_improve_recipe_fails_the_round_and_commits_nothing(tmp_path: Pa
 
 
 def _build_action(request: str) -> CollectAction:
-    return CollectAction.model_validate(
-        {
-            "id": "a01",
-            "n": 6,
-            "category": "shape",
-            "focus": {"shape": "circle|square"},
-            "build_request": request,
-            "build_spec": "requests/a01.yaml",
-            "retrieval_queries": ["a circle", "a square"],
-            "game_pool": {},
-            "evidence": {
-                "weakness": "w01",
-                "kind": "perception",
-                "label": "x",
-                "score": 1.0,
-                "failing_ids": [],
-            },
-        }
-    )
+    return collect_action(request, {"shape": "circle|square"}, "shape", ["a circle", "a square"])
 
 
 def test_collect_build_turns_verified_images_into_samples(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.metabolism.runs import blind_to, write_run
+from tests.metabolism.runs import blind_to, collect_action, write_run
 from tests.vlm_live import VLMServer
 from typer.testing import CliRunner
 
@@ -133,24 +133,8 @@ def test_failing_collector_fails_the_round_and_commits_nothing(tmp_path: Path) -
 def test_collect_command(tmp_path: Path) -> None:
     from vlcurate.cli.loop_cmd import command_collector
 
-    action = CollectAction.model_validate(
-        {
-            "id": "a01",
-            "n": 6,
-            "category": None,
-            "focus": {"colour": "red"},
-            "build_request": "2 images each of red circles for classification",
-            "build_spec": "requests/a01.yaml",
-            "retrieval_queries": ["a red circle"],
-            "game_pool": {},
-            "evidence": {
-                "weakness": "w01",
-                "kind": "perception",
-                "label": "x",
-                "score": 1.0,
-                "failing_ids": [],
-            },
-        }
+    action = collect_action(
+        "2 images each of red circles for classification", {"colour": "red"}, None, ["a red circle"]
     )
     py = shlex.quote(sys.executable)
     make = (
