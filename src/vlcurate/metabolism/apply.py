@@ -204,8 +204,15 @@ def _build_progress(stage: str, message: str) -> None:
 
 
 def _record(
-    uid: str, image: Path, question: str, answer: str, choices: list[str] | None, build: dict[str, Any]
+    uid: str,
+    image: Path,
+    qa: tuple[str, str, list[str] | None],
+    build_out: Path,
+    row: dict[str, Any],
+    request: str,
 ) -> dict[str, Any]:
+    """One LLaVA sample from a built image: (question, answer, choices), and the build behind it."""
+    question, answer, choices = qa
     return {
         "id": uid,
         "image": str(image.resolve()),
@@ -215,18 +222,22 @@ def _record(
         ],
         "short_answer": answer,
         "choices": choices,
-        "build": build,
+        "build": {
+            "request": request,
+            "out": str(build_out.resolve()),
+            "uid": row["uid"],
+            "source": row.get("source"),
+            "split": row.get("split"),
+        },
     }
 
 
-def _build_info(build_out: Path, row: dict[str, Any], request: str) -> dict[str, Any]:
-    return {
-        "request": request,
-        "out": str(build_out.resolve()),
-        "uid": row["uid"],
-        "source": row.get("source"),
-        "split": row.get("split"),
-    }
+def _write_records(records: list[dict[str, Any]], path: Path, action: CollectAction, what: str) -> Path:
+    if not records:
+        raise ApplyError(f"build {action.id} ({action.build_request!r}): no {what} was exported")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(records, indent=1))
+    return path
 
 
 def write_count_samples(
@@ -256,15 +267,9 @@ def write_count_samples(
         for cls, labs in sorted(by_class.items()):
             if not all(lab.get("verified") for lab in labs) or cls in doubtful.get(row["uid"], set()):
                 continue
-            things = plural(cls)
-            rec = _record(
-                f"{row['uid'][:16]}-{len(records):04d}",
-                image,
-                f"How many {things} are there? Answer with a number.",
-                str(len(labs)),
-                None,
-                _build_info(build_out, row, request or action.build_request or ""),
-            )
+            qa = (f"How many {plural(cls)} are there? Answer with a number.", str(len(labs)), None)
+            uid = f"{row['uid'][:16]}-{len(records):04d}"
+            rec = _record(uid, image, qa, build_out, row, request or action.build_request or "")
             rec["label"] = {
                 "class": cls,
                 "confidence": min(float(lab.get("confidence") or 0.0) for lab in labs),
@@ -274,13 +279,7 @@ def write_count_samples(
                 "boxes": len(labs),
             }
             records.append(rec)
-    if not records:
-        raise ApplyError(
-            f"build {action.id} ({action.build_request!r}): no image with verified boxes was exported"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(records, indent=1))
-    return path
+    return _write_records(records, path, action, "image with verified boxes")
 
 
 def write_build_samples(
@@ -297,21 +296,10 @@ def write_build_samples(
         if not labels or image is None:
             continue
         lab = labels[0]
-        question, answer, choices = build_question(classes, str(lab["class"]))
-        rec = _record(
-            row["uid"][:20],
-            image,
-            question,
-            answer,
-            choices,
-            _build_info(build_out, row, request or action.build_request or ""),
-        )
+        qa = build_question(classes, str(lab["class"]))
+        rec = _record(row["uid"][:20], image, qa, build_out, row, request or action.build_request or "")
         rec["label"] = {
             k: lab.get(k) for k in ("class", "confidence", "model", "verifier", "verifier_confidence")
         }
         records.append(rec)
-    if not records:
-        raise ApplyError(f"build {action.id} ({action.build_request!r}): no verified image was exported")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(records, indent=1))
-    return path
+    return _write_records(records, path, action, "verified image")
