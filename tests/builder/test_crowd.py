@@ -46,8 +46,13 @@ def _shared(answer: Answer) -> Answer:
     return call
 
 
+@pytest.mark.parametrize("adopt", [False, True], ids=["review", "adopt"])
 @pytest.mark.parametrize("platform_db", ["sqlite"], indirect=True)  # PG: tests/server/test_label_tasks.py
-def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_path: Path) -> None:
+def test_the_crowd_verifies_labels_and_junk_is_never_paid(
+    platform_db: str, adopt: bool, tmp_path: Path
+) -> None:
+    """A colluding pair agreeing on junk is graded on the hidden checks, paused and never paid; with
+    `adopt` (the crowd's class replaces the model's), its junk is never adopted either."""
     from vlcurate.models.loader import load_scorer
 
     pool = write_scene_pool(tmp_path / "pool", 60, single=True)
@@ -75,6 +80,7 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
                         poll_s=0.1,
                         unit_size=8,
                         max_request_bytes=12_000,  # several tasks, as a large build needs
+                        adopt=adopt,
                     ),
                 ),
                 progress=lambda s, m: messages.append(f"{s}: {m}"),
@@ -92,6 +98,13 @@ def test_the_crowd_verifies_labels_and_junk_is_never_paid(platform_db: str, tmp_
         assert exported and all(r["labels"][0]["verifier"].startswith("platform:") for r in exported)
         assert np.mean([r["labels"][0]["class"] == true_class(r["source"], True) for r in exported]) >= 0.9
         assert "crowd's verified labels agree" in (out / "README.md").read_text()
+        # the junk (another class than the model's, agreed by the pair) never became a label
+        corrected = [
+            r
+            for r in _jsonl(out / "review" / "candidates.jsonl")
+            if r["labels"] and r["labels"][0].get("corrected_from")
+        ]
+        assert plat["adopted"] == 0 and corrected == []
         stages = {s["stage"]: s for s in summary["stages"]}
         extras = min(
             12, alr["checked"] // 4
